@@ -1,0 +1,5 @@
+"""Entry points: one thin click command per MLproject entry point (parse -> library -> log).
+
+``python -m steps.<name>`` is what MLproject, the grid driver and cluster jobs run;
+``thesis-mlflow <name>`` (``steps.cli``) is the same command under one console script.
+"""

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny synthetic files and an isolated MLflow store per test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thesis_mlflow import data, synthetic
+
+
+@pytest.fixture(scope="session")
+def tiny_splits():
+    return synthetic.generate(synthetic.GeneratorConfig(n_events=3000, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory, tiny_splits):
+    path = tmp_path_factory.mktemp("raw") / "tiny.h5"
+    data.write_raw(path, tiny_splits)
+    return path
+
+
+@pytest.fixture()
+def mlflow_env(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store and experiment for one test; no leaking run ids."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-exp")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def make_event_rows(objs, met=50.0, met_phi=0.1):
+    """One raw row from a list of (id, E, pT, eta, phi)."""
+    row = np.zeros(data.WIDTH, np.float32)
+    for i, (pid, E, pt, eta, phi) in enumerate(objs):
+        row[i] = pid
+        row[20 + 4 * i : 24 + 4 * i] = (E, pt, eta, phi)
+    row[18], row[19] = met, met_phi
+    return row

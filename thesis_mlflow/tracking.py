@@ -1,0 +1,157 @@
+"""Everything that talks to MLflow (with ``steps/``): store, experiment, runs, reuse, inputs.
+
+Conventions (DESIGN.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`` or
+``sqlite:///mlflow.db`` in the working directory; experiment ``4t-tokenization`` unless
+``MLFLOW_EXPERIMENT_NAME`` is set; every run tagged ``step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "4t-tokenization"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def client() -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient(tracking_uri())
+
+
+def ensure_experiment(name: str | None = None) -> str:
+    """Create the experiment if needed and return its id.
+
+    Called once before parallel jobs start: concurrent first use of a fresh SQLite store
+    can race on schema creation.
+    """
+    name = name or experiment_name()
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return c.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    elif exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+@contextmanager
+def step_run(step: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or attach to) the run of one step.
+
+    ``mlflow run`` and the grid driver hand us a run id through ``MLFLOW_RUN_ID``: we attach
+    to it, so the command a cluster job runs and the command a user types log alike.
+    The run ends FAILED on an exception and KILLED on Ctrl-C, never silently FINISHED.
+    """
+    client()  # sets the tracking URI
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    tags = {"step": step, **(tags or {})}
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+        if run_name:
+            tags["mlflow.runName"] = run_name
+        exp_name = client().get_experiment(run.info.experiment_id).name
+        if exp_name != experiment_name() and "MLFLOW_EXPERIMENT_NAME" not in os.environ and exp_name == "Default":
+            log.warning(
+                "this run logs to experiment 'Default' (mlflow run without --experiment-name); "
+                "use --experiment-name %s or export MLFLOW_EXPERIMENT_NAME=%s to compare it with the grid",
+                DEFAULT_EXPERIMENT, DEFAULT_EXPERIMENT,
+            )
+    else:
+        exp_id = ensure_experiment()
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+    mlflow.set_tags(tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(params: dict) -> None:
+    """Log params as strings; booleans as ``true``/``false`` like the CLI takes them."""
+    mlflow.log_params({k: _fmt(v) for k, v in params.items()})
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def log_file_input(path: str | Path, digest: str, name: str | None = None, context: str = "training") -> None:
+    """Log a file dataset with ``mlflow.log_input`` (name, digest, source path)."""
+    path = Path(path).resolve()
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path))
+    ds = MetaDataset(source=source, name=name or path.name, digest=digest[:36])
+    mlflow.log_input(ds, context=context)
+
+
+def find_finished_run(step: str, params: dict, experiment_id: str | None = None) -> mlflow.entities.Run | None:
+    """A FINISHED run of ``step`` whose params equal ``params`` (all of them), newest first.
+
+    This is how steps are reused instead of recomputed (mlflow's multistep_workflow pattern).
+    """
+    c = client()
+    exp_id = experiment_id or ensure_experiment()
+    filt = [f"tags.step = '{step}'", "attributes.status = 'FINISHED'"]
+    filt += [f"params.{k} = '{_fmt(v)}'" for k, v in params.items()]
+    runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def artifact_path(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    """Local path of a run's artifact (downloaded when the store is remote)."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst) if dst else None, tracking_uri=tracking_uri()))
+
+
+def ui_hint(experiment_id: str | None = None) -> str:
+    """How to look at the runs: the runs table URL (3.x opens on a GenAI overview otherwise)."""
+    uri = tracking_uri()
+    exp = experiment_id or ensure_experiment()
+    if uri.startswith("http"):
+        return f"MLflow UI: {uri.rstrip('/')}/#/experiments/{exp}/runs"
+    return (
+        f"mlflow ui --backend-store-uri {uri} --port 5000   then open "
+        f"http://127.0.0.1:5000/#/experiments/{exp}/runs"
+    )
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Library code logs; the steps decide how it is shown."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
