@@ -61,8 +61,14 @@ def ensure_experiment(name: str | None = None) -> str:
     return exp.experiment_id
 
 
+def current_experiment_id() -> str:
+    """The experiment of this process: the one `mlflow run` chose, else ours (created if needed)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment()
+
+
 @contextmanager
-def step_run(step: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def step_run(step: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None,
+             use_env: bool = True) -> Iterator[mlflow.ActiveRun]:
     """Start (or attach to) the run of one step.
 
     ``mlflow run`` and the grid driver hand us a run id through ``MLFLOW_RUN_ID``: we attach
@@ -70,7 +76,8 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     The run ends FAILED on an exception and KILLED on Ctrl-C, never silently FINISHED.
     """
     client()  # sets the tracking URI
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    if use_env:  # an upstream step started from inside another step makes its own run
+        run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     tags = {"step": step, **(tags or {})}
     if run_id:
         run = mlflow.start_run(run_id=run_id)
@@ -84,8 +91,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
                 DEFAULT_EXPERIMENT, DEFAULT_EXPERIMENT,
             )
     else:
-        exp_id = ensure_experiment()
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+        run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name)
     mlflow.set_tags(tags)
     try:
         yield run
@@ -126,7 +132,7 @@ def find_finished_run(step: str, params: dict, experiment_id: str | None = None)
     This is how steps are reused instead of recomputed (mlflow's multistep_workflow pattern).
     """
     c = client()
-    exp_id = experiment_id or ensure_experiment()
+    exp_id = experiment_id or current_experiment_id()
     filt = [f"tags.step = '{step}'", "attributes.status = 'FINISHED'"]
     filt += [f"params.{k} = '{_fmt(v)}'" for k, v in params.items()]
     runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
