@@ -12,11 +12,11 @@ from steps._common import ROOT, log, resolve, user_errors  # noqa: F401  (ROOT p
 from thesis_mlflow import data, synthetic, tracking
 
 
-def run_generate(n_events: int, seed: int, output: str) -> str:
+def run_generate(n_events: int, seed: int, output: str, use_env: bool = True) -> str:
     """Generate, write atomically, log; return the run id."""
     cfg = synthetic.GeneratorConfig(n_events=n_events, seed=seed)
     out = resolve(output)
-    with tracking.step_run("generate", run_name=f"generate-n{n_events}-s{seed}") as run:
+    with tracking.step_run("generate", run_name=f"generate-n{n_events}-s{seed}", use_env=use_env) as run:
         tracking.log_params({"n_events": n_events, "seed": seed, "output": str(out)})
         t0 = time.perf_counter()
         splits = synthetic.generate(cfg)

@@ -1,0 +1,123 @@
+"""The train entry point end to end: logging, artifacts, refusal of bad values, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from steps.cli import main
+from steps.train import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",
+        "--max-train-events", "600", "--max-eval-events", "200"]
+EPOCH_METRICS = ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s")
+
+
+def _runs(step=None):
+    runs = mlflow.search_runs(experiment_names=["test-exp"], output_format="list")
+    return [r for r in runs if step is None or r.data.tags.get("step") == step]
+
+
+def test_train_direct_logs_everything(mlflow_env, tiny_raw):
+    res = CliRunner().invoke(main, ["train", "--tokenizer", "direct", "--pooling", "max", "--met", "false", "--vect", "5",
+                                    "--epochs", "2", "--data", str(tiny_raw), *TINY])
+    assert res.exit_code == 0, res.output
+    (r,) = _runs("train")
+    assert r.info.status == "FINISHED"
+    assert r.info.run_name == "direct-max-nomet-5v-s0"
+    assert r.data.tags["grid.cell"] == "tokenizer=direct,pooling=max,met=false,vect=5,seed=0"
+    p = r.data.params
+    for k in ("tokenizer", "pooling", "met", "vect", "seed", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff",
+              "n_params", "n_params_embedding", "task", "data"):
+        assert k in p, k
+    assert (p["tokenizer"], p["pooling"], p["met"], p["vect"], p["d_model"], p["task"]) == ("direct", "max", "false", "5", "16", "4t_vs_bg")
+    c = mlflow.MlflowClient()
+    for k in EPOCH_METRICS:
+        assert [m.step for m in c.get_metric_history(r.info.run_id, k)] == [1, 2], k
+    for k in ("test_auc", "test_acc", "test_rej_at_eff50", "test_rej_at_eff70"):
+        assert np.isfinite(r.data.metrics[k]), k
+    assert 0.5 < r.data.metrics["test_auc"] <= 1.0
+    npz = np.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="eval/test_scores.npz"))
+    assert npz["labels"].shape == npz["scores"].shape == (200,)
+    assert set(np.unique(npz["labels"])) == {0, 1} and np.all((npz["scores"] >= 0) & (npz["scores"] <= 1))
+    ck = torch.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
+    assert ck["epoch"] == 2 and "optimizer" in ck and "rng" in ck and "scheduler" in ck
+    assert ck["scaler"]["mean"]["log_pt"] > 0
+    assert r.inputs.dataset_inputs[0].dataset.name == Path(tiny_raw).name
+
+
+def test_train_binned_reuses_binning_run(mlflow_env, tiny_raw):
+    args = ["train", "--tokenizer", "binned", "--pooling", "mean", "--epochs", "1", "--data", str(tiny_raw), *TINY]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, [*args[:-len(TINY)], *TINY, "--seed", "1"]).exit_code == 0
+    binning = _runs("binning")
+    assert len(binning) == 1
+    trains = _runs("train")
+    assert len(trains) == 2 and {r.data.params["binning_run_id"] for r in trains} == {binning[0].info.run_id}
+    assert {r.data.params["vocab_size"] for r in trains} == {"886"}
+
+
+@pytest.mark.parametrize("args, code, msg", [
+    (["--pooling", "avg"], 2, "'cls', 'mean', 'max'"),
+    (["--tokenizer", "bpe"], 2, "'direct', 'binned', 'binned_ambre', 'vqvae'"),
+    (["--met", "maybe"], 2, "true, false"),
+    (["--vect", "3"], 2, "'4', '5'"),
+    (["--epochs", "0"], 2, "epochs"),
+    (["--task", "ttH"], 2, "4t_vs_bg"),
+    (["--d-model", "15", "--n-heads", "2"], 1, "divisible"),
+    (["--tokenizer", "binned_ambre"], 1, "binned_path"),
+])
+def test_bad_parameters_fail_fast_without_a_run(mlflow_env, tiny_raw, args, code, msg):
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_raw), "--epochs", "1", *args])
+    assert res.exit_code == code, res.output
+    assert msg in res.output
+    assert _runs("train") == []
+
+
+def _train_cmd(raw, run_env, epochs=3):
+    env = {**os.environ, **run_env}
+    cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "binned", "--pooling", "cls", "--epochs", str(epochs), "--data", str(raw), *TINY]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_kill_and_resume_is_exact(mlflow_env, tiny_raw):
+    base = {"MLFLOW_TRACKING_URI": mlflow_env, "MLFLOW_EXPERIMENT_NAME": "test-exp"}
+    # uninterrupted reference
+    ref = _train_cmd(tiny_raw, base)
+    assert ref.returncode == 0, ref.stderr
+    # killed (SIGKILL, no cleanup) right after epoch 2 is logged
+    c = mlflow.MlflowClient()
+    exp = c.get_experiment_by_name("test-exp").experiment_id
+    killed = _train_cmd(tiny_raw, {**base, FAULT_ENV: "2"})
+    assert killed.returncode == -9
+    run = [r for r in _runs("train") if r.info.status == "RUNNING"]
+    assert len(run) == 1
+    run_id = run[0].info.run_id
+    assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1, 2]
+    # the retried job: same command, same run id
+    again = _train_cmd(tiny_raw, {**base, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": exp})
+    assert again.returncode == 0, again.stderr
+    assert "resum" in again.stderr
+    r = c.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    for k in EPOCH_METRICS:
+        assert [m.step for m in c.get_metric_history(run_id, k)] == [1, 2, 3], k
+    ref_run = [x for x in _runs("train") if x.info.run_id != run_id][0]
+    w_ref = torch.load(mlflow.artifacts.download_artifacts(run_id=ref_run.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
+    w_res = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
+    for k, v in w_ref["model"].items():
+        torch.testing.assert_close(w_res["model"][k], v, rtol=0, atol=0, msg=k)
+    assert r.data.metrics["test_auc"] == ref_run.data.metrics["test_auc"]
+    # a third start on the finished run trains nothing and logs nothing twice
+    third = _train_cmd(tiny_raw, {**base, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": exp})
+    assert third.returncode == 0 and "nothing to do" in third.stderr
+    assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1, 2, 3]
