@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from thesis_mlflow import data, features, synthetic  # noqa: E402
+from thesis_mlflow import features, synthetic  # noqa: E402
 from thesis_mlflow.binning import Binning  # noqa: E402
 from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
 from thesis_mlflow.train import TrainConfig, fit, resolve_device  # noqa: E402

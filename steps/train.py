@@ -6,7 +6,6 @@ and resumes from that run's ``checkpoints/last.pt`` when it exists.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,6 @@ from pathlib import Path
 import click
 import mlflow
 import numpy as np
-import torch
 
 from steps._common import BOOL, choice, resolve, user_errors
 from steps.binning import DEFAULT_INPUT, find_or_run_binning
@@ -66,12 +64,12 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
         if tok == "binned":
             raw = ensure_raw(opts["data"])
             run_id, path = find_or_run_binning(str(raw), n_bins=opts["n_bins"], vect=vect, phi=opts["phi"], fit_on=opts["fit_on"])
-            info.update(binning_run_id=run_id, data=str(raw), binned_path=str(path))
+            info.update(binning_run_id=run_id, data=str(raw), binned_file=str(path))
         else:
             if not opts["binned_path"]:
                 raise ValueError("tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)")
             path = resolve(opts["binned_path"])
-            info.update(data=str(path), binned_path=str(path))
+            info.update(data=str(path), binned_file=str(path))
         bd = read_binned(path)
         file_vect = int(bd.attrs.get("vect", vect))
         if file_vect != vect:
@@ -91,6 +89,20 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
 
 
 # --------------------------------------------------------------------------- run
+
+# Settings that must agree between a run's earlier attempts (or `mlflow run`'s own params) and now.
+CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
+
+
+def _same(logged: str, value) -> bool:
+    """``1e-4`` == ``0.0001``, ``True`` == ``true``: compare meaning, not spelling."""
+    a, b = str(logged).strip("'\""), tracking._fmt(value)
+    if a.lower() == b.lower():
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def run_train(opts: dict) -> str:
@@ -115,7 +127,7 @@ def run_train(opts: dict) -> str:
         if k in desc and desc[k] != v:
             raise RuntimeError(f"model and data disagree on {k}: model {desc[k]}, data {v}")
     if "vect" not in fed and "vect" not in desc:
-        fed["vect"] = opts["vect"] if opts["tokenizer"] != "binned" else int(read_binned(info["binned_path"]).attrs["vect"])
+        fed["vect"] = opts["vect"] if opts["tokenizer"] != "binned" else int(read_binned(info["binned_file"]).attrs["vect"])
     factors = {**desc, **fed}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], tcfg.seed)
     params = {
@@ -126,7 +138,7 @@ def run_train(opts: dict) -> str:
         "n_params_embedding": factors["n_params_embedding"], "task": opts["task"], "data": info["data"],
         "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
     }
-    for k in ("binning_run_id", "vqvae_run_id", "binned_path", "vocab_size"):
+    for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size"):
         if k in info:
             params[k] = info[k]
     tags = {"grid.cell": cell_tag(params["tokenizer"], params["pooling"], params["met"], params["vect"], tcfg.seed)}
@@ -138,14 +150,13 @@ def run_train(opts: dict) -> str:
         if "test_auc" in existing.data.metrics:
             log.info("run %s already has test metrics: nothing to do", run_id)
             return run_id
-        logged = set(existing.data.params)
-        clash = {k: (existing.data.params[k], str(tracking._fmt(v))) for k, v in params.items()
-                 if k in logged and existing.data.params[k] != tracking._fmt(v)}
+        logged = existing.data.params  # ours from an earlier attempt, or what `mlflow run` logged
+        clash = {k: (logged[k], tracking._fmt(params[k])) for k in CHECKED if k in logged and not _same(logged[k], params[k])}
         if clash:
             raise ValueError(f"run {run_id} was started with other settings; refusing to resume: {clash}")
         tracking.log_params({k: v for k, v in params.items() if k not in logged})
         if not existing.inputs.dataset_inputs:
-            src = Path(info.get("binned_path") or info["data"])
+            src = Path(info.get("binned_file") or info["data"])
             tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
         logged_epochs = {m.step for m in c.get_metric_history(run_id, "val_auc")}
         work = Path(tempfile.mkdtemp(prefix="thesis-train-"))

@@ -11,7 +11,7 @@ from thesis_mlflow import data
 
 def _write_h5(path, splits, ykeys=("Y_train", "y_val", "y_test"), extra=None, drop=()):
     with h5py.File(path, "w") as f:
-        for (s, sp), yk in zip(splits.items(), ykeys):
+        for (s, sp), yk in zip(splits.items(), ykeys, strict=True):
             if f"X_{s}" not in drop:
                 f[f"X_{s}"] = sp.X
             if yk not in drop:

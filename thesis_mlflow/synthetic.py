@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .data import N_OBJ, N_FEAT, Split, LABEL_NAMES
+from .data import LABEL_NAMES, N_FEAT, N_OBJ, Split
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def generate(cfg: GeneratorConfig) -> dict[str, Split]:
     counts = [int(round(cfg.fractions[k] * cfg.n_events)) for k in labels]
     counts[0] += cfg.n_events - sum(counts)
     Xs, ys = [], []
-    for lab, c in zip(labels, counts):
+    for lab, c in zip(labels, counts, strict=True):
         Xs.append(_generate_class(rng, cfg, lab, c))
         ys.append(np.full(c, lab, np.int64))
         log.info("generated %d %s events", c, LABEL_NAMES[lab])

@@ -11,9 +11,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -79,6 +79,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     if use_env:  # an upstream step started from inside another step makes its own run
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     tags = {"step": step, **(tags or {})}
+    saved = None  # an outer step's MLFLOW_RUN_ID, put back when this upstream run ends
     if run_id:
         run = mlflow.start_run(run_id=run_id)
         if run_name:
@@ -91,9 +92,17 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
                 DEFAULT_EXPERIMENT, DEFAULT_EXPERIMENT,
             )
     else:
-        run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name)
-    mlflow.set_tags(tags)
+        # mlflow.start_run() would adopt (and delete) MLFLOW_RUN_ID from the environment: an
+        # upstream step started inside `mlflow run` must neither take nor consume that id.
+        # (mlflow.end_run() unsets it as well: it is put back when this run ends.)
+        saved = os.environ.pop("MLFLOW_RUN_ID", None)
+        try:
+            run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name)
+        except BaseException:
+            _restore_run_id(saved)
+            raise
     try:
+        mlflow.set_tags(tags)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
@@ -103,6 +112,13 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        _restore_run_id(saved)
+
+
+def _restore_run_id(saved: str | None) -> None:
+    if saved is not None:
+        os.environ["MLFLOW_RUN_ID"] = saved
 
 
 def log_params(params: dict) -> None:
