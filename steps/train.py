@@ -74,6 +74,7 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
         file_vect = int(bd.attrs.get("vect", vect))
         if file_vect != vect:
             raise ValueError(f"binned file {path} was made with vect={file_vect}, but vect={vect} was requested")
+        info["vect"] = file_vect
         info["vocab_size"] = int(bd.attrs.get("vocab_size", max(int(x.max()) for x in bd.X.values()) + 1))
         inputs = {s: features.token_inputs(bd.X[s], met) for s in data.SPLITS}
         return inputs, bd.y, info
@@ -83,7 +84,23 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
     scaler = features.Scaler.fit(splits["train"])
     info["scaler"] = scaler.to_dict()
     if tok == "vqvae":
-        raise ValueError("tokenizer=vqvae needs a trained VQ-VAE: not available yet (the vqvae entry point is a later issue)")
+        from steps import vqvae
+
+        if opts["vqvae_run_id"]:
+            vq_run = opts["vqvae_run_id"]
+        else:
+            vq_run, _ = vqvae.find_or_run_vqvae(vqvae.defaults(input=str(raw), vect=vect, codebook_size=opts["codebook_size"],
+                                                               epochs=opts["vqvae_epochs"], max_events=opts["vqvae_max_events"]))
+        model, vq_scaler = vqvae.load_model(vq_run)
+        if model.cfg.vect != vect:
+            raise ValueError(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={vect} was requested")
+        info.update(vqvae_run_id=vq_run, codebook_size=model.cfg.codebook_size, scaler=vq_scaler.to_dict(), vect=model.cfg.vect)
+        inputs = {}
+        for s in data.SPLITS:
+            x = features.direct_inputs(splits[s], vect, False, vq_scaler)
+            codes = model.encode(x["cont"], x["ids"], x["valid"])
+            inputs[s] = features.code_inputs(codes, splits[s], met, vq_scaler)
+        return inputs, {s: splits[s].y for s in data.SPLITS}, info
     inputs = {s: features.direct_inputs(splits[s], vect, met, scaler) for s in data.SPLITS}
     return inputs, {s: splits[s].y for s in data.SPLITS}, info
 
@@ -115,7 +132,7 @@ def run_train(opts: dict) -> str:
     seed_everything(opts["seed"])
     mcfg = ModelConfig(tokenizer=opts["tokenizer"], pooling=opts["pooling"], met=opts["met"], vect=opts["vect"], n_classes=n_cls,
                        d_model=opts["d_model"], n_layers=opts["n_layers"], n_heads=opts["n_heads"], d_ff=opts["d_ff"],
-                       dropout=opts["dropout"], vocab_size=info.get("vocab_size", 886))
+                       dropout=opts["dropout"], vocab_size=info.get("vocab_size", 886), codebook_size=info.get("codebook_size", 512))
     model = Classifier(mcfg)
     lim = {"train": opts["max_train_events"] or None, "val": opts["max_eval_events"] or None, "test": opts["max_eval_events"] or None}
     tens = {s: features.make_tensors(inputs[s], labels[s], opts["task"], lim[s]) for s in data.SPLITS}
@@ -126,8 +143,8 @@ def run_train(opts: dict) -> str:
     for k, v in fed.items():
         if k in desc and desc[k] != v:
             raise RuntimeError(f"model and data disagree on {k}: model {desc[k]}, data {v}")
-    if "vect" not in fed and "vect" not in desc:
-        fed["vect"] = opts["vect"] if opts["tokenizer"] != "binned" else int(read_binned(info["binned_file"]).attrs["vect"])
+    if "vect" not in fed and "vect" not in desc:  # token inputs: vect is that of the binning / VQ-VAE that made them
+        fed["vect"] = info["vect"]
     factors = {**desc, **fed}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], tcfg.seed)
     params = {
@@ -138,7 +155,7 @@ def run_train(opts: dict) -> str:
         "n_params_embedding": factors["n_params_embedding"], "task": opts["task"], "data": info["data"],
         "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
     }
-    for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size"):
+    for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size"):
         if k in info:
             params[k] = info[k]
     tags = {"grid.cell": cell_tag(params["tokenizer"], params["pooling"], params["met"], params["vect"], tcfg.seed)}
@@ -219,6 +236,10 @@ def run_train(opts: dict) -> str:
 @click.option("--n-bins", type=click.IntRange(min=2, max=20), default=5, show_default=True)
 @click.option("--phi", type=choice("signed", "abs"), default="signed", show_default=True)
 @click.option("--fit-on", type=choice("all", "background"), default="all", show_default=True)
+@click.option("--vqvae-run-id", default="", help="tokenizer=vqvae: use this vqvae run (else one is found or trained).")
+@click.option("--codebook-size", type=click.IntRange(min=2, max=65536), default=512, show_default=True, help="tokenizer=vqvae.")
+@click.option("--vqvae-epochs", type=click.IntRange(min=1), default=10, show_default=True, help="tokenizer=vqvae, when one is trained.")
+@click.option("--vqvae-max-events", type=click.IntRange(min=0), default=0, help="tokenizer=vqvae: train it on the first N events (0 = all).")
 @click.option("--max-train-events", type=click.IntRange(min=0), default=0, help="Use only the first N training events (0 = all).")
 @click.option("--max-eval-events", type=click.IntRange(min=0), default=0, help="Use only the first N val/test events (0 = all).")
 @click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True)
