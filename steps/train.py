@@ -17,26 +17,20 @@ import click
 import mlflow
 import numpy as np
 
-from steps._common import BOOL, choice, resolve, user_errors
+from steps._common import BOOL, ROOT, choice, resolve, user_errors
 from steps.binning import DEFAULT_INPUT, find_or_run_binning
 from thesis_mlflow import data, features, tracking
 from thesis_mlflow.binning import read_binned
+from thesis_mlflow.grid import cell_name, cell_tag
 from thesis_mlflow.model import POOLINGS, TOKENIZERS, Classifier, ModelConfig
 from thesis_mlflow.train import TrainConfig, evaluate, fit, resolve_device, seed_everything
 
 log = logging.getLogger("steps.train")
 CKPT = "checkpoints/last.pt"
-# Fault injection for tests of eviction: SIGKILL this process right after epoch N is logged.
+# Fault injection for tests of eviction: SIGKILL this process right after epoch N is logged
+# (only in the cell whose run name is FAULT_CELL_ENV, when that is set).
 FAULT_ENV = "THESIS_MLFLOW_KILL_AFTER_EPOCH"
-
-
-def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
-    """Run name that reads like the cell: ``binned-max-met-4v-s0``."""
-    return f"{tokenizer}-{pooling}-{'met' if met else 'nomet'}-{vect}v-s{seed}"
-
-
-def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
-    return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
+FAULT_CELL_ENV = "THESIS_MLFLOW_KILL_CELL"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -47,13 +41,25 @@ def ensure_raw(path: str) -> Path:
     p = resolve(path)
     if p.is_file():
         return p
-    if p == resolve(DEFAULT_INPUT):
+    if p in (resolve(DEFAULT_INPUT), ROOT / DEFAULT_INPUT):  # the built-in dataset, from here or the project
         from steps.generate import run_generate
 
         log.info("%s missing: generating the built-in dataset", p)
         run_generate(302072, 0, str(p), use_env=False)
         return p
     raise FileNotFoundError(f"data file {p} not found (give --data a raw 4-top HDF5 file)")
+
+
+def _limit(opts: dict, split: str) -> int | None:
+    """First N events of a split (demo and test scales); None = all. Applied before task selection."""
+    n = opts["max_train_events"] if split == "train" else opts["max_eval_events"]
+    return n or None
+
+
+def infer_vect(bd, requested: int) -> int:
+    """A file without a ``vect`` attribute: 886 tokens is a 4-vector binning, 4386 a 5-vector one."""
+    vocab = bd.attrs.get("vocab_size") or max(int(x.max()) for x in bd.X.values()) + 1
+    return 5 if int(vocab) > 886 else 4 if int(vocab) > 0 else requested
 
 
 def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
@@ -71,7 +77,10 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
             path = resolve(opts["binned_path"])
             info.update(data=str(path), binned_file=str(path))
         bd = read_binned(path)
-        file_vect = int(bd.attrs.get("vect", vect))
+        for sp in data.SPLITS:
+            n = _limit(opts, sp)
+            bd.X[sp], bd.y[sp] = bd.X[sp][:n], bd.y[sp][:n]
+        file_vect = int(bd.attrs.get("vect", infer_vect(bd, vect)))
         if file_vect != vect:
             raise ValueError(f"binned file {path} was made with vect={file_vect}, but vect={vect} was requested")
         info["vect"] = file_vect
@@ -80,6 +89,7 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
         return inputs, bd.y, info
     raw = ensure_raw(opts["data"])
     splits = data.read_raw(raw)
+    splits = {sp: data.Split(X=v.X[: _limit(opts, sp)], y=v.y[: _limit(opts, sp)]) for sp, v in splits.items()}
     info["data"] = str(raw)
     scaler = features.Scaler.fit(splits["train"])
     info["scaler"] = scaler.to_dict()
@@ -134,8 +144,7 @@ def run_train(opts: dict) -> str:
                        d_model=opts["d_model"], n_layers=opts["n_layers"], n_heads=opts["n_heads"], d_ff=opts["d_ff"],
                        dropout=opts["dropout"], vocab_size=info.get("vocab_size", 886), codebook_size=info.get("codebook_size", 512))
     model = Classifier(mcfg)
-    lim = {"train": opts["max_train_events"] or None, "val": opts["max_eval_events"] or None, "test": opts["max_eval_events"] or None}
-    tens = {s: features.make_tensors(inputs[s], labels[s], opts["task"], lim[s]) for s in data.SPLITS}
+    tens = {s: features.make_tensors(inputs[s], labels[s], opts["task"]) for s in data.SPLITS}
 
     # Params are read back from the built model and the data it is fed, never echoed.
     desc = model.describe()
@@ -185,6 +194,8 @@ def run_train(opts: dict) -> str:
         if "scaler" in info:
             mlflow.log_dict(info["scaler"], "model/scaler.json")
         kill_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+        if os.environ.get(FAULT_CELL_ENV) not in (None, "", name):
+            kill_after = 0
 
         def on_checkpoint(path: Path) -> None:
             mlflow.log_artifact(str(path), artifact_path="checkpoints")

@@ -1,0 +1,169 @@
+"""The grid: expansion, the Condor DAG and submit files, and a real local run against a real server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from steps.cli import main
+from steps.grid import run_grid, status_rows, train_command
+from steps.train import FAULT_CELL_ENV, FAULT_ENV
+from thesis_mlflow import server
+from thesis_mlflow.grid import load_grid, write_dag
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
+
+
+def test_expansion_counts_and_names(tmp_path):
+    demo = load_grid(GRID, "demo")
+    full = load_grid(GRID, "full")
+    assert len(demo.cells()) == 36 and len(full.cells()) == 36 * len(full.seeds) == 108
+    names = [c.name for c in demo.cells()]
+    assert len(set(names)) == 36
+    assert all(re.fullmatch(r"(direct|binned|vqvae)-(cls|mean|max)-(met|nomet)-[45]v-s0", n) for n in names)
+    assert "binned-max-met-4v-s0" in names
+    c = next(c for c in demo.cells() if c.name == "binned-max-met-4v-s0")
+    assert c.tag == "tokenizer=binned,pooling=max,met=true,vect=4,seed=0"
+    assert demo.run_name == "binning_vs_direct-demo" and full.run_name == "binning_vs_direct"
+    # demo and full are selections of the same file: same factors, different training settings
+    assert demo.factors == full.factors and demo.train != full.train
+    doc = yaml.safe_load(GRID.read_text())
+    doc["binned_ambre_path"] = {4: "/x/a4.h5", 5: "/x/a5.h5"}
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    g = load_grid(p, "demo")
+    assert len(g.cells()) == 48
+    amb = [c for c in g.cells() if c.tokenizer == "binned_ambre"]
+    assert len(amb) == 12 and all(g.train_args(c)[-2:] == ["--binned-path", f"/x/a{c.vect}.h5"] for c in amb)
+    doc["binned_ambre_path"] = "/x/a4.h5"  # one path: the 4-vector file only
+    p.write_text(yaml.safe_dump(doc))
+    assert len(load_grid(p, "demo").cells()) == 42
+
+
+@pytest.mark.parametrize("patch, msg", [
+    ({"factors": {"pooling": ["sum"]}}, "factors.pooling has level 'sum'"),
+    ({"bogus": 1}, "unknown keys \\['bogus'\\]"),
+    ({"task": "x"}, "task must be one of"),
+    ({"condor": {"request_gpu": 1}}, "condor: unknown keys"),
+])
+def test_bad_grid_files(tmp_path, patch, msg):
+    doc = yaml.safe_load(GRID.read_text())
+    doc.update(patch)
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=msg):
+        load_grid(p, "demo")
+    with pytest.raises(ValueError, match="scale 'huge' not defined"):
+        load_grid(GRID, "huge")
+
+
+def _parse_sub(text: str) -> dict:
+    out = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_dag_and_submit_files_read_back(tmp_path):
+    doc = yaml.safe_load(GRID.read_text())
+    doc["condor"].update({"request_gpus": 2, "request_cpus": 8, "request_memory": "32GB", "job_category": "medium", "use_os": "el8",
+                          "getenv": False, "log_dir": str(tmp_path / "logs"), "initialdir": str(tmp_path), "retries": 5})
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    g = load_grid(p, "demo", base_dir=ROOT)
+    cells = g.cells()
+    run_ids = {c: f"{i:032x}" for i, c in enumerate(cells)}
+    dag = write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag")
+    text = dag.read_text()
+    # nodes: prepare, 36 train nodes with retries, a FINAL report node
+    assert re.search(r"^JOB prepare\S* ", text, re.M) and re.search(r"^FINAL report", text, re.M)
+    train_nodes = re.findall(r"^JOB (train\S*) ", text, re.M)
+    assert len(train_nodes) == 36
+    assert len(re.findall(r"^RETRY train\S* 5", text, re.M)) == 36
+    assert re.search(r"^PARENT prepare\S* CHILD", text, re.M)
+    vars_ = {}
+    for node, body in re.findall(r"^VARS (\S+) (.*)$", text, re.M):
+        vars_[node] = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', body))
+    from_dag = {(v["tokenizer"], v["pooling"], v["met"], v["vect"], v["seed"], v["run_id"]) for n, v in vars_.items() if n.startswith("train")}
+    expected = {(c.tokenizer, c.pooling, str(c.met).lower(), str(c.vect), str(c.seed), run_ids[c]) for c in cells}
+    assert from_dag == expected
+    # the train submit description carries the configured keys and the job's environment
+    subs = {f.name: _parse_sub(f.read_text()) for f in (tmp_path / "dag").glob("*.sub")}
+    train_sub = next(v for k, v in subs.items() if k.startswith("train"))
+    assert train_sub["request_gpus"] == "2" and train_sub["request_cpus"] == "8" and train_sub["request_memory"] == "32GB"
+    # "+JobCategory" is written in its canonical spelling "MY.JobCategory" by the bindings
+    assert train_sub["MY.JobCategory"] == '"medium"' and train_sub["MY.UseOS"] == '"el8"' and train_sub["getenv"] == "False"
+    assert train_sub["initialdir"] == str(tmp_path) and train_sub["output"].startswith(str(tmp_path / "logs"))
+    assert "MLFLOW_RUN_ID=$(run_id)" in train_sub["environment"] and "MLFLOW_TRACKING_URI=http://login01:5000" in train_sub["environment"]
+    assert train_sub["arguments"] == "-m steps.train $(args)"
+    # a node's arguments are exactly the local backend's command for the same cell
+    c0 = cells[0]
+    node = next(v for v in vars_.values() if v.get("run_id") == run_ids[c0])
+    assert train_command(g, c0)[1:] == ["-m", "steps.train", *node["args"].split(" ")]
+    assert any(k.startswith("report") for k in subs) and any(k.startswith("prepare") for k in subs)
+
+
+def test_condor_dry_run_prints_files(mlflow_env, tmp_path):
+    res = CliRunner().invoke(main, ["grid", "run", str(GRID), "--backend", "condor", "--scale", "demo", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "DAG written" in res.output and "JOB prepare" in res.output and "request_gpus = 1" in res.output
+    assert mlflow.search_runs(experiment_names=["test-exp"], output_format="list") == []  # a dry run creates no runs
+
+
+@pytest.fixture()
+def live_server(tmp_path, monkeypatch):
+    srv = server.start(tmp_path / "srv")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "grid-test")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(srv.uri)
+    yield srv
+    srv.stop()
+
+
+def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path, monkeypatch):
+    doc = {
+        "name": "tiny", "data": str(tiny_raw),
+        "factors": {"tokenizer": ["direct", "binned"], "pooling": ["mean"], "met": [True], "vect": [4, 5]},
+        "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                    "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 500, "max_eval_events": 200}}},
+    }
+    gfile = tmp_path / "tiny.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    # first pass: one cell is killed (SIGKILL) after its first epoch
+    monkeypatch.setenv(FAULT_ENV, "1")
+    monkeypatch.setenv(FAULT_CELL_ENV, "binned-mean-met-5v-s0")
+    lines = []
+    s1 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
+    assert sorted(s1["launched"]) == sorted(["direct-mean-met-4v-s0", "direct-mean-met-5v-s0", "binned-mean-met-4v-s0", "binned-mean-met-5v-s0"])
+    assert s1["status"]["binned-mean-met-5v-s0"] == "FAILED" and s1["n_finished"] == 3
+    monkeypatch.delenv(FAULT_ENV)
+    # second pass: only the failed cell runs again, on its own run id, resuming from epoch 1
+    s2 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
+    assert s2["launched"] == ["binned-mean-met-5v-s0"] and s2["n_finished"] == 4
+    # third pass: nothing to do
+    s3 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
+    assert s3["launched"] == []
+    runs = mlflow.search_runs(experiment_names=["grid-test"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("step") == "grid"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = mlflow.search_runs(experiment_names=["grid-test"], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
+                                  output_format="list")
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["grid.name"] for r in children} == {"tiny-demo"}
+    c = mlflow.MlflowClient()
+    for r in children:
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
+    assert len([r for r in runs if r.data.tags.get("step") == "binning"]) == 2  # prepared once per vect
+    rows = status_rows(str(gfile), "demo")
+    assert all(r["state"] == "FINISHED" and r["epoch"] == 2 for r in rows)
+    assert any("[1/1] binned-mean-met-5v-s0" in ln for ln in lines)

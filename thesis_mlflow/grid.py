@@ -1,0 +1,267 @@
+"""Grid definition: YAML -> cells -> the exact commands a cell runs, and the HTCondor DAG.
+
+MLflow-free: the driver (``steps/grid.py``) creates the runs and hands their ids in here.
+A ``demo`` and a ``full`` scale are selections of one YAML file (``scales:``), not copies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import TASKS
+from .model import POOLINGS, TOKENIZERS
+
+FACTORS = ("tokenizer", "pooling", "met", "vect")
+TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
+TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
+              "max_train_events", "max_eval_events", "device"}
+VQVAE_KEYS = {"epochs", "codebook_size", "max_events"}
+BINNING_KEYS = {"n_bins", "phi", "fit_on"}
+# Defaults like the user's Stoomboot train.sub: 1 GPU, 16 GB, el9, category "long", shared FS.
+CONDOR_DEFAULTS = {
+    "request_gpus": 1, "request_cpus": 2, "request_memory": "16GB", "request_disk": "32GB", "job_category": "long", "use_os": "el9",
+    "getenv": True, "log_dir": "condor/logs", "initialdir": ".", "retries": 3, "python": None, "dag_dir": "condor",
+}
+
+
+def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
+    """Run name that reads like the cell: ``binned-max-met-4v-s0``."""
+    return f"{tokenizer}-{pooling}-{'met' if met else 'nomet'}-{vect}v-s{seed}"
+
+
+def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
+    """The ``grid.cell`` tag: ``tokenizer=binned,pooling=max,met=true,vect=4,seed=0``."""
+    return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    tokenizer: str
+    pooling: str
+    met: bool
+    vect: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
+
+    @property
+    def tag(self) -> str:
+        return cell_tag(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
+
+    def params(self) -> dict:
+        return {"tokenizer": self.tokenizer, "pooling": self.pooling, "met": self.met, "vect": self.vect, "seed": self.seed}
+
+
+@dataclass
+class Grid:
+    name: str
+    scale: str
+    factors: dict
+    seeds: list
+    data: str
+    task: str
+    binned_ambre: dict  # vect -> path of the colleague's file
+    binning: dict
+    train: dict
+    vqvae: dict
+    condor: dict = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def run_name(self) -> str:
+        """``grid.name`` tag: the YAML name, suffixed by the scale unless it is ``full``."""
+        return self.name if self.scale == "full" else f"{self.name}-{self.scale}"
+
+    @property
+    def tokenizers(self) -> list[str]:
+        toks = list(self.factors["tokenizer"])
+        if self.binned_ambre and "binned_ambre" not in toks:
+            toks.append("binned_ambre")
+        return toks
+
+    def cells(self) -> list[Cell]:
+        out = []
+        for seed, tok, pool, met, vect in itertools.product(self.seeds, self.tokenizers, self.factors["pooling"], self.factors["met"],
+                                                            self.factors["vect"]):
+            if tok == "binned_ambre" and vect not in self.binned_ambre:
+                continue  # the colleague's file exists for these vects only
+            out.append(Cell(tok, pool, bool(met), int(vect), int(seed)))
+        return out
+
+    def train_args(self, cell: Cell) -> list[str]:
+        """Arguments of ``python -m steps.train`` for one cell: the same locally and on Condor."""
+        a = ["--tokenizer", cell.tokenizer, "--pooling", cell.pooling, "--met", "true" if cell.met else "false", "--vect", str(cell.vect),
+             "--seed", str(cell.seed), "--task", self.task, "--data", self.data]
+        for k, v in self.train.items():
+            a += [f"--{k.replace('_', '-')}", str(v)]
+        for k, v in self.binning.items():
+            a += [f"--{k.replace('_', '-')}", str(v)]
+        if cell.tokenizer == "vqvae":
+            a += ["--codebook-size", str(self.vqvae.get("codebook_size", 512)), "--vqvae-epochs", str(self.vqvae.get("epochs", 10)),
+                  "--vqvae-max-events", str(self.vqvae.get("max_events", 0))]
+        if cell.tokenizer == "binned_ambre":
+            a += ["--binned-path", str(self.binned_ambre[cell.vect])]
+        return a
+
+
+def _check(keys, allowed, where):
+    bad = set(keys) - set(allowed)
+    if bad:
+        raise ValueError(f"{where}: unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
+
+
+def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None = None) -> Grid:
+    """Read and validate a grid YAML; every mistake is named before anything runs.
+
+    Relative data paths are made absolute against ``base_dir`` (the project directory, where
+    the jobs run), so the driver, local jobs and Condor jobs all read the same file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file {path} not found")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    _check(doc, TOP_KEYS, str(path))
+    if not doc.get("name"):
+        raise ValueError(f"{path}: 'name' is required")
+    scales = doc.get("scales") or {}
+    if scale not in scales:
+        raise ValueError(f"{path}: scale {scale!r} not defined; defined scales: {', '.join(scales) or 'none'}")
+    sc = scales[scale] or {}
+    _check(sc, {"seeds", "train", "vqvae"}, f"{path}: scales.{scale}")
+    f = doc.get("factors") or {}
+    _check(f, FACTORS, f"{path}: factors")
+    allowed = {"tokenizer": [t for t in TOKENIZERS if t != "binned_ambre"], "pooling": list(POOLINGS), "met": [True, False], "vect": [4, 5]}
+    factors = {}
+    for k in FACTORS:
+        levels = f.get(k, allowed[k])
+        if not isinstance(levels, list) or not levels:
+            raise ValueError(f"{path}: factors.{k} must be a non-empty list")
+        for lv in levels:
+            if lv not in allowed[k]:
+                raise ValueError(f"{path}: factors.{k} has level {lv!r}; allowed: {allowed[k]} (binned_ambre comes from binned_ambre_path)")
+        factors[k] = levels
+    seeds = sc.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ValueError(f"{path}: scales.{scale}.seeds must be a list of integers >= 0")
+    ambre = doc.get("binned_ambre_path")
+    if ambre is None:
+        ambre = {}
+    elif isinstance(ambre, str):
+        ambre = {4: ambre}  # the colleague's file is a 4-vector binning unless said otherwise
+    elif isinstance(ambre, dict):
+        ambre = {int(k): str(v) for k, v in ambre.items() if v}
+        if set(ambre) - {4, 5}:
+            raise ValueError(f"{path}: binned_ambre_path keys must be 4 and/or 5")
+    else:
+        raise ValueError(f"{path}: binned_ambre_path must be a path or a mapping {{4: path, 5: path}}")
+    task = doc.get("task", "4t_vs_bg")
+    if task not in TASKS:
+        raise ValueError(f"{path}: task must be one of {', '.join(TASKS)}; got {task!r}")
+    train = dict(sc.get("train") or {})
+    _check(train, TRAIN_KEYS, f"{path}: scales.{scale}.train")
+    vq = dict(sc.get("vqvae") or {})
+    _check(vq, VQVAE_KEYS, f"{path}: scales.{scale}.vqvae")
+    binning = dict(doc.get("binning") or {})
+    _check(binning, BINNING_KEYS, f"{path}: binning")
+    condor = {**CONDOR_DEFAULTS, **(doc.get("condor") or {})}
+    _check(condor, CONDOR_DEFAULTS, f"{path}: condor")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    def absolute(p: str) -> str:
+        p = Path(p).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    ambre = {k: absolute(v) for k, v in ambre.items()}
+    return Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", "data/4tops_synthetic.h5")),
+                task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor, source=path)
+
+
+# --------------------------------------------------------------------------- HTCondor
+
+
+def submit_description(grid: Grid, args: str, env: str, log_name: str, project_dir: Path, python: str):
+    """One submit description (``htcondor2.Submit``) with the grid's condor settings."""
+    import htcondor2
+
+    c = grid.condor
+    log_dir = Path(c["log_dir"])
+    if not log_dir.is_absolute():
+        log_dir = project_dir / log_dir
+    initialdir = Path(c["initialdir"])
+    if not initialdir.is_absolute():
+        initialdir = (project_dir / initialdir).resolve()
+    sub = {
+        "universe": "vanilla",
+        "executable": python,
+        "arguments": args,
+        "initialdir": str(initialdir),
+        "environment": env,
+        "getenv": "True" if c["getenv"] else "False",
+        "output": str(log_dir / f"{log_name}.out"),
+        "error": str(log_dir / f"{log_name}.err"),
+        "log": str(log_dir / f"{grid.run_name}.log"),
+        "request_cpus": str(c["request_cpus"]),
+        "request_memory": str(c["request_memory"]),
+        "request_disk": str(c["request_disk"]),
+        "+JobCategory": f'"{c["job_category"]}"',
+        "+UseOS": f'"{c["use_os"]}"',
+        "should_transfer_files": "NO",  # shared filesystem, as on Stoomboot
+        "stream_output": "True",
+        "stream_error": "True",
+    }
+    if c["request_gpus"]:
+        sub["request_gpus"] = str(c["request_gpus"])
+    return htcondor2.Submit(sub)
+
+
+def _env(d: dict) -> str:
+    """Condor's new-style environment string: "A=1 B='x y'"."""
+    return '"' + " ".join(f"{k}='{v}'" if " " in str(v) else f"{k}={v}" for k, v in d.items()) + '"'
+
+
+def write_dag(grid: Grid, run_ids: dict[Cell, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
+              out_dir: Path | None = None) -> Path:
+    """Write the DAGMan workflow: prepare -> one train node per cell (with retries) -> report.
+
+    The report is DAGMan's FINAL node: it runs even when some cells failed for good, and the
+    report shows them as missing instead of the workflow never summarising anything.
+    """
+    from htcondor2 import dags
+
+    python = grid.condor["python"] or sys.executable
+    out_dir = Path(out_dir or (project_dir / grid.condor["dag_dir"] / grid.run_name))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(grid.condor["log_dir"])
+    (log_dir if log_dir.is_absolute() else project_dir / log_dir).mkdir(parents=True, exist_ok=True)
+    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1"}
+    dag = dags.DAG()
+    prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
+    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
+                        retries=int(grid.condor["retries"]))
+    cells = list(run_ids)
+    env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
+    prepare.child_layer(
+        name="train",
+        submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
+        vars=[{"cell": c.name, "run_id": run_ids[c], "args": shlex.join(grid.train_args(c)),
+               **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.params().items()}} for c in cells],
+        retries=int(grid.condor["retries"]),
+    )
+    rep_args = f"-m steps.report --grid {grid.run_name}"
+    report_sub = submit_description(grid, rep_args, _env(base_env), "report", project_dir, python)
+    dag.final(name="report", submit_description=report_sub)
+    dag_file = dags.write_dag(dag, out_dir, dag_file_name=f"{grid.run_name}.dag")
+    # htcondor2.dags writes submit files for layers only; the FINAL node's is written here.
+    (out_dir / "report.sub").write_text(str(report_sub))
+    return dag_file
