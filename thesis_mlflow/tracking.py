@@ -174,6 +174,8 @@ def ui_hint(experiment_id: str | None = None) -> str:
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Library code logs; the steps decide how it is shown."""
+    # One progress bar per downloaded artifact drowns the useful lines of a grid or report.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,132 @@
+"""The report: from a store filled through the MLflow API with known values to HTML/CSV/TeX."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from steps.report import run_report
+from thesis_mlflow.report import bootstrap_weights, weighted_auc
+
+GRID_DOC = {"name": "rep", "factors": {"tokenizer": ["direct", "binned"], "pooling": ["mean"], "met": [True], "vect": [4]},
+            "scales": {"full": {"seeds": [0, 1]}}}
+
+
+def test_weighted_auc_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.random(500) + 0.3 * y, 2)  # rounding makes ties
+    assert weighted_auc(s, y, np.ones(500))[0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    w = bootstrap_weights(500, 3, seed=1)
+    for b in range(3):
+        idx = np.repeat(np.arange(500), w[b].astype(int))
+        assert weighted_auc(s, y, w[b])[0] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+
+
+def _scores(rng, n, strength):
+    labels = (rng.random(n) < 0.5).astype(np.int8)
+    scores = 1 / (1 + np.exp(-(strength * (labels - 0.5) * 2 + rng.normal(0, 1, n))))
+    return labels, scores
+
+
+@pytest.fixture()
+def filled_store(mlflow_env, tmp_path):
+    """A grid of 4 expected cells: 3 finished with known metrics and scores, 1 never run."""
+    c = mlflow.MlflowClient()
+    exp = c.create_experiment("test-exp")
+    gfile = tmp_path / "rep.yaml"
+    gfile.write_text(yaml.safe_dump(GRID_DOC))
+    parent = c.create_run(exp, run_name="grid-rep", tags={"step": "grid", "grid.name": "rep"}).info.run_id
+    c.log_param(parent, "scale", "full")
+    c.log_artifact(parent, str(gfile), "grid")
+    rng = np.random.default_rng(0)
+    labels = (rng.random(2000) < 0.5).astype(np.int8)  # the same test events for every run
+    known = {}
+    for tok, seed, strength in (("direct", 0, 1.0), ("direct", 1, 1.2), ("binned", 0, 0.6)):
+        scores = 1 / (1 + np.exp(-(strength * (labels - 0.5) * 2 + rng.normal(0, 1, 2000))))
+        auc = roc_auc_score(labels, scores)
+        rid = c.create_run(exp, run_name=f"{tok}-mean-met-4v-s{seed}",
+                           tags={"step": "train", "grid.name": "rep", "mlflow.parentRunId": parent}).info.run_id
+        for k, v in {"tokenizer": tok, "pooling": "mean", "met": "true", "vect": "4", "seed": seed, "n_params": 1000, "n_params_embedding": 50}.items():
+            c.log_param(rid, k, v)
+        for e in (1, 2):
+            c.log_metric(rid, "val_auc", auc - 0.01 / e, step=e)
+        rej50, rej70 = 10.0 + seed, 4.0 + seed
+        for k, v in {"test_auc": auc, "test_rej_at_eff50": rej50, "test_rej_at_eff70": rej70, "train_seconds": 60.0}.items():
+            c.log_metric(rid, k, v)
+        buf = tmp_path / "test_scores.npz"
+        np.savez(buf, labels=labels, scores=scores.astype(np.float32))
+        c.log_artifact(rid, str(buf), "eval")
+        c.set_terminated(rid, "FINISHED")
+        known[(tok, seed)] = {"auc": float(roc_auc_score(labels, scores.astype(np.float32))), "rej50": rej50, "rej70": rej70}
+    return known
+
+
+def test_report_tables_equal_logged_values(filled_store, tmp_path):
+    out = run_report("rep", str(tmp_path / "out"), n_boot=50, echo=lambda *_: None)
+    df = pd.read_csv(out / "summary.csv")
+    assert {"tokenizer", "pooling", "met", "vect", "n_seeds", "test_auc_mean", "test_auc_std", "rej50_mean", "rej70_mean"} <= set(df.columns)
+    d = df.set_index("tokenizer")
+    k = filled_store
+    assert d.loc["direct", "n_seeds"] == 2 and d.loc["binned", "n_seeds"] == 1
+    assert d.loc["direct", "test_auc_mean"] == pytest.approx((k["direct", 0]["auc"] + k["direct", 1]["auc"]) / 2, abs=1e-5)
+    assert d.loc["direct", "test_auc_std"] == pytest.approx(np.std([k["direct", 0]["auc"], k["direct", 1]["auc"]], ddof=1), abs=1e-5)
+    assert d.loc["direct", "rej50_mean"] == pytest.approx(10.5) and d.loc["binned", "rej70_mean"] == pytest.approx(4.0)
+    assert d.loc["direct", "met"] == True  # noqa: E712  (pandas reads "true" back as a bool)
+    html_text = (out / "summary.html").read_text()
+    # the paired comparison binned - direct is matched on seed 0 only: the hand-computed difference
+    delta = k["binned", 0]["auc"] - k["direct", 0]["auc"]
+    pairs = pd.read_html(io.StringIO(html_text), match="comparison")[0]
+    row = pairs[pairs["comparison"] == "binned - direct"].iloc[0]
+    assert row["n_pairs"] == 1 and row["delta_auc_mean"] == pytest.approx(delta, abs=1e-4)
+    assert row["ci_low"] <= row["delta_auc_mean"] <= row["ci_high"]
+    # the missing cell is listed as missing
+    missing = pd.read_html(io.StringIO(html_text), match="NOT STARTED")[0]
+    assert len(missing) == 1 and missing.iloc[0]["tokenizer"] == "binned" and missing.iloc[0]["seed"] == 1
+    tex = (out / "summary.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and f"{k['binned', 0]['auc']:.4f}" in tex
+    # logged to a run tagged step=report
+    (r,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'report'", output_format="list")
+    assert r.data.tags["grid.name"] == "rep"
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "report")}
+    assert arts == {"report/summary.html", "report/summary.csv", "report/summary.tex"}
+
+
+def test_report_of_unknown_grid_fails_clearly(mlflow_env):
+    with pytest.raises(ValueError, match="no runs of grid 'nope'"):
+        run_report("nope", echo=lambda *_: None)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_html_renders_in_headless_chromium(filled_store, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("headless Chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)")
+    out = run_report("rep", str(tmp_path / "out"), n_boot=20, echo=lambda *_: None)
+    page = (out / "summary.html").resolve()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=8000",
+             "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and ("Error" in ln or "Uncaught" in ln)]
+    assert console == [], console
+    # plotly drew every figure: each div got its SVG
+    assert dom.stdout.count('class="main-svg"') >= 3 * 2
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1300,2400", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file()
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.std() > 10  # not a blank page
+    assert (img < 128).mean() > 0.005  # some ink: text, axes, bars
