@@ -5,9 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA := data/4tops_synthetic.h5
-export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
-
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo test lint bench stop clean chromium
 
 setup: $(STAMP)
 
@@ -23,18 +21,30 @@ data: $(DATA)
 $(DATA): $(STAMP)
 	$(VENV)/bin/thesis-mlflow generate --output $(DATA)
 
-demo: setup data
-	@echo "Tracking store: $$MLFLOW_TRACKING_URI"
-	$(VENV)/bin/thesis-mlflow info
+# generate, start a tracking server, run all 36 cells at demo scale, build the report
+demo: setup
+	scripts/demo.sh
 
-test: setup
+# The report test renders the dashboard in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup chromium
 	$(PY) -m pytest -q tests
+
+stop:
+	-$(VENV)/bin/thesis-mlflow serve --root mlflow-server --stop
 
 lint: setup
 	$(VENV)/bin/ruff check thesis_mlflow steps tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/data_difficulty.py
+	$(PY) benchmarks/binning_speed.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/vqvae_codebook.py
 
 clean:
-	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs
+	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs mlflow-server condor dashboards/*/

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from steps import binning, generate, grid, report, serve, train, vqvae
+from steps import binning, compare, generate, grid, report, serve, train, vqvae
 
 
 @click.group(help="thesis-mlflow: MLflow-tracked tokenization study for 4-top classification.")
@@ -19,6 +19,7 @@ main.add_command(vqvae.main, "vqvae")
 main.add_command(grid.main, "grid")
 main.add_command(serve.main, "serve")
 main.add_command(report.main, "report")
+main.add_command(compare.main, "compare")
 
 
 @main.command("info", help="Show the tracking store, the experiment and how to open its runs table.")

@@ -42,14 +42,27 @@ def find_parent(g: Grid, exp_id: str):
 
 
 def find_or_create_parent(g: Grid, exp_id: str):
+    """The grid's parent run: found by its ``grid.name`` tag, else created once.
+
+    Under ``mlflow run . -e grid`` the run MLflow made for us becomes the parent the first
+    time; on a resume it is only linked to the existing parent, so no grid has two.
+    """
     run = find_parent(g, exp_id)
-    if run is not None:
-        return run
     c = tracking.client()
-    run = c.create_run(exp_id, run_name=f"grid-{g.run_name}", tags={"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale})
-    rid = run.info.run_id
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if run is not None:
+        if env_run and env_run != run.info.run_id:
+            c.set_tag(env_run, "grid.resumed_parent", run.info.run_id)
+        return run
+    tags = {"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale}
+    if env_run:
+        rid = env_run
+        for k, v in {**tags, "mlflow.runName": f"grid-{g.run_name}"}.items():
+            c.set_tag(rid, k, v)
+    else:
+        rid = c.create_run(exp_id, run_name=f"grid-{g.run_name}", tags=tags).info.run_id
     c.log_param(rid, "grid_file", str(g.source))
-    c.log_param(rid, "scale", g.scale)
+    c.log_param(rid, "scale_name", g.scale)
     c.log_param(rid, "n_cells", len(g.cells()))
     c.log_param(rid, "seeds", ",".join(map(str, g.seeds)))
     c.log_param(rid, "tokenizers", ",".join(g.tokenizers))
@@ -204,7 +217,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     g = load_grid(path, scale, base_dir=ROOT)
     cells = g.cells()
     t0 = time.perf_counter()
-    exp_id = tracking.ensure_experiment()  # once, before any parallel job touches the store
+    exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store
     echo(f"grid {g.run_name}: {len(cells)} cells ({', '.join(g.tokenizers)}; seeds {g.seeds}), backend {backend}")
     if dry_run and backend == "condor":
         parent = find_parent(g, exp_id)

@@ -83,7 +83,7 @@ def _expected_cells(parent) -> list[dict]:
     try:
         files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
         path = tracking.artifact_path(parent.info.run_id, files[0])
-        g = load_grid(path, parent.data.params.get("scale", "full"), base_dir=ROOT)
+        g = load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT)
         return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in g.cells()]
     except Exception as e:  # an unreadable grid file: fall back to the runs that exist
         log.warning("could not read the grid file of parent %s (%s): missing cells are those never created", parent.info.run_id, e)

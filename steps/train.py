@@ -56,10 +56,26 @@ def _limit(opts: dict, split: str) -> int | None:
     return n or None
 
 
-def infer_vect(bd, requested: int) -> int:
-    """A file without a ``vect`` attribute: 886 tokens is a 4-vector binning, 4386 a 5-vector one."""
-    vocab = bd.attrs.get("vocab_size") or max(int(x.max()) for x in bd.X.values()) + 1
+def infer_vect(X: dict, attrs: dict, requested: int) -> int:
+    """A file without a ``vect`` attribute: up to 886 tokens is a 4-vector binning, more a 5-vector one."""
+    vocab = attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1
     return 5 if int(vocab) > 886 else 4 if int(vocab) > 0 else requested
+
+
+def read_ambre(path: Path, raw_path: str, seed: int) -> tuple[dict, dict, dict, str]:
+    """The colleague's file through the compare reader; a combined split is split like the raw
+    file when its rows align with it, else by a seeded 80/10/10 split (which one is logged)."""
+    from thesis_mlflow import compare
+
+    tf = compare.read_tokens(path)
+    raw_p = resolve(raw_path)
+    if tf.combined and raw_p.is_file():
+        raw = data.read_raw(raw_p)
+        X, y, how = compare.split_like_raw(tf, {s: len(v) for s, v in raw.items()}, {s: v.y for s, v in raw.items()},
+                                           {s: v.valid.sum(1) for s, v in raw.items()}, seed=seed)
+    else:
+        X, y, how = compare.split_like_raw(tf, {}, {}, {}, seed=seed)
+    return X, y, tf.attrs, how
 
 
 def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
@@ -71,22 +87,23 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
             raw = ensure_raw(opts["data"])
             run_id, path = find_or_run_binning(str(raw), n_bins=opts["n_bins"], vect=vect, phi=opts["phi"], fit_on=opts["fit_on"])
             info.update(binning_run_id=run_id, data=str(raw), binned_file=str(path))
+            bd = read_binned(path)
+            X, y, attrs = bd.X, bd.y, bd.attrs
         else:
             if not opts["binned_path"]:
                 raise ValueError("tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)")
-            path = resolve(opts["binned_path"])
-            info.update(data=str(path), binned_file=str(path))
-        bd = read_binned(path)
+            X, y, attrs, how = read_ambre(resolve(opts["binned_path"]), opts["data"], opts["seed"])
+            info.update(data=str(resolve(opts["binned_path"])), binned_file=str(resolve(opts["binned_path"])), ambre_split=how)
         for sp in data.SPLITS:
             n = _limit(opts, sp)
-            bd.X[sp], bd.y[sp] = bd.X[sp][:n], bd.y[sp][:n]
-        file_vect = int(bd.attrs.get("vect", infer_vect(bd, vect)))
+            X[sp], y[sp] = X[sp][:n], y[sp][:n]
+        file_vect = int(attrs.get("vect") or infer_vect(X, attrs, vect))
         if file_vect != vect:
-            raise ValueError(f"binned file {path} was made with vect={file_vect}, but vect={vect} was requested")
+            raise ValueError(f"binned file {info['binned_file']} was made with vect={file_vect}, but vect={vect} was requested")
         info["vect"] = file_vect
-        info["vocab_size"] = int(bd.attrs.get("vocab_size", max(int(x.max()) for x in bd.X.values()) + 1))
-        inputs = {s: features.token_inputs(bd.X[s], met) for s in data.SPLITS}
-        return inputs, bd.y, info
+        info["vocab_size"] = int(attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1)
+        inputs = {s: features.token_inputs(X[s], met) for s in data.SPLITS}
+        return inputs, y, info
     raw = ensure_raw(opts["data"])
     splits = data.read_raw(raw)
     splits = {sp: data.Split(X=v.X[: _limit(opts, sp)], y=v.y[: _limit(opts, sp)]) for sp, v in splits.items()}
@@ -164,7 +181,7 @@ def run_train(opts: dict) -> str:
         "n_params_embedding": factors["n_params_embedding"], "task": opts["task"], "data": info["data"],
         "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
     }
-    for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size"):
+    for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split"):
         if k in info:
             params[k] = info[k]
     tags = {"grid.cell": cell_tag(params["tokenizer"], params["pooling"], params["met"], params["vect"], tcfg.seed)}

@@ -45,7 +45,7 @@ def filled_store(mlflow_env, tmp_path):
     gfile = tmp_path / "rep.yaml"
     gfile.write_text(yaml.safe_dump(GRID_DOC))
     parent = c.create_run(exp, run_name="grid-rep", tags={"step": "grid", "grid.name": "rep"}).info.run_id
-    c.log_param(parent, "scale", "full")
+    c.log_param(parent, "scale_name", "full")
     c.log_artifact(parent, str(gfile), "grid")
     rng = np.random.default_rng(0)
     labels = (rng.random(2000) < 0.5).astype(np.int8)  # the same test events for every run
