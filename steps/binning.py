@@ -36,8 +36,8 @@ def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str
     digest = data.sha256(inp)
     name = f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}"
     with tracking.step_run("binning", run_name=name, use_env=use_env) as run:
-        tracking.log_params({**reuse_params(digest, n_bins, vect, phi, fit_on), "input": str(inp), "output": str(out),
-                             "vocab_size": b.vocab_size})
+        tracking.log_params({**reuse_params(digest, n_bins, vect, phi, fit_on), "input": input, "input_file": str(inp),
+                             "output_file": str(out), "vocab_size": b.vocab_size})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
         t0 = time.perf_counter()
         b.fit(splits["train"])
@@ -80,7 +80,7 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
     digest = data.sha256(inp)
     run = tracking.find_finished_run("binning", reuse_params(digest, n_bins, vect, phi, fit_on))
     if run is not None:
-        out = Path(run.data.params.get("output", ""))
+        out = Path(run.data.params.get("output_file", ""))
         if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
             log.info("reusing binning run %s (%s)", run.info.run_id, out)
             return run.info.run_id, out

@@ -17,7 +17,7 @@ def run_generate(n_events: int, seed: int, output: str, use_env: bool = True) ->
     cfg = synthetic.GeneratorConfig(n_events=n_events, seed=seed)
     out = resolve(output)
     with tracking.step_run("generate", run_name=f"generate-n{n_events}-s{seed}", use_env=use_env) as run:
-        tracking.log_params({"n_events": n_events, "seed": seed, "output": str(out)})
+        tracking.log_params({"n_events": n_events, "seed": seed, "output": output, "output_file": str(out)})
         t0 = time.perf_counter()
         splits = synthetic.generate(cfg)
         data.write_raw(out, splits, attrs={"generator": "thesis_mlflow.synthetic", "seed": seed, "n_events": n_events})

@@ -138,17 +138,6 @@ def build_inputs(opts: dict) -> tuple[dict, dict, dict]:
 CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
 
 
-def _same(logged: str, value) -> bool:
-    """``1e-4`` == ``0.0001``, ``True`` == ``true``: compare meaning, not spelling."""
-    a, b = str(logged).strip("'\""), tracking._fmt(value)
-    if a.lower() == b.lower():
-        return True
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
-
-
 def run_train(opts: dict) -> str:
     """Train one cell and log it; returns the run id."""
     tcfg = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], weight_decay=opts["weight_decay"],
@@ -194,9 +183,10 @@ def run_train(opts: dict) -> str:
             log.info("run %s already has test metrics: nothing to do", run_id)
             return run_id
         logged = existing.data.params  # ours from an earlier attempt, or what `mlflow run` logged
-        clash = {k: (logged[k], tracking._fmt(params[k])) for k in CHECKED if k in logged and not _same(logged[k], params[k])}
+        clash = {k: (logged[k], tracking.fmt(params[k])) for k in CHECKED if k in logged and not tracking.same_value(logged[k], params[k])}
         if clash:
             raise ValueError(f"run {run_id} was started with other settings; refusing to resume: {clash}")
+        # the rest: ours where new; what `mlflow run` or an earlier attempt logged stays
         tracking.log_params({k: v for k, v in params.items() if k not in logged})
         if not existing.inputs.dataset_inputs:
             src = Path(info.get("binned_file") or info["data"])

@@ -37,7 +37,7 @@ def run_vqvae(o: dict, use_env: bool = True) -> tuple[str, Path]:
     v = x["valid"]
     names = ["e", "pt", "eta", "phi"][5 - o["vect"]:]
     with tracking.step_run("vqvae", run_name=f"vqvae-v{o['vect']}-k{o['codebook_size']}", use_env=use_env) as run:
-        tracking.log_params({**reuse_params(digest, o), "input": str(inp), "n_objects": int(v.sum()), "commitment": cfg.commitment,
+        tracking.log_params({**reuse_params(digest, o), "input": o["input"], "input_file": str(inp), "n_objects": int(v.sum()), "commitment": cfg.commitment,
                              "ema": cfg.ema, "decay": cfg.decay, "kmeans_init": cfg.kmeans_init, "dead_threshold": cfg.dead_threshold})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
         torch.manual_seed(o["seed"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pytest
 from click.testing import CliRunner
 
 from steps.cli import main
@@ -46,3 +47,35 @@ def test_validate_command(tiny_raw, tmp_path):
     bad.write_text("x")
     res = CliRunner().invoke(main, ["validate", str(bad)])
     assert res.exit_code == 1 and "not a readable HDF5" in res.output
+
+
+def test_log_params_compares_meaning_not_spelling(mlflow_env, tmp_path):
+    from thesis_mlflow import tracking
+
+    (tmp_path / "data").mkdir()
+    with tracking.step_run("generate"):
+        mlflow.log_params({"lr": "1e-4", "output": "data/x.h5", "flag": "True", "empty": "''"})
+        tracking.log_params({"lr": 0.0001, "output": str(tmp_path / "data" / "x.h5"), "flag": True, "empty": "", "new": 3})
+        with pytest.raises(ValueError, match="lr"):
+            tracking.log_params({"lr": 0.001})
+        run_id = mlflow.active_run().info.run_id
+    p = mlflow.get_run(run_id).data.params
+    assert p["lr"] == "1e-4" and p["new"] == "3"  # the user's spelling stays
+
+
+def test_mlflow_run_generate(mlflow_env, tmp_path):
+    """`mlflow run . -e generate` logs its own params first; the step must agree with them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "g.h5"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(root), "-e", "generate", "--env-manager", "local", "--experiment-name", "test-exp",
+           "-P", "n_events=300", "-P", f"output={out}"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (r,) = mlflow.search_runs(experiment_names=["test-exp"], output_format="list")
+    assert r.info.status == "FINISHED" and r.data.params["output_sha256"] == data.sha256(out)

@@ -122,14 +122,41 @@ def _restore_run_id(saved: str | None) -> None:
 
 
 def log_params(params: dict) -> None:
-    """Log params as strings; booleans as ``true``/``false`` like the CLI takes them."""
-    mlflow.log_params({k: _fmt(v) for k, v in params.items()})
+    """Log params as strings (booleans as ``true``/``false``) on the active run.
+
+    ``mlflow run`` has already logged the entry point's own parameters as the user spelled
+    them (``1e-4``, ``data/x.h5``): a key already there with the same meaning is left as is,
+    a key with another value is an error naming both (a resumed run started differently).
+    """
+    run = mlflow.active_run()
+    existing = client().get_run(run.info.run_id).data.params if run else {}
+    clash = {k: (existing[k], fmt(v)) for k, v in params.items() if k in existing and not same_value(existing[k], v)}
+    if clash:
+        raise ValueError(f"run {run.info.run_id} already has other values for {clash} (logged, now)")
+    new = {k: fmt(v) for k, v in params.items() if k not in existing}
+    if new:
+        mlflow.log_params(new)
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+def same_value(logged: str, value) -> bool:
+    """Same meaning, not same spelling: ``1e-4`` == ``0.0001``, ``True`` == ``true``,
+    ``data/x.h5`` == ``/project/data/x.h5`` (relative to the working directory), ``''`` == ``""``."""
+    a, b = str(logged).strip("'\""), fmt(value)
+    if a.lower() == b.lower():
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        pass
+    if a and b and ("/" in a or "/" in b):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
 
 
 def log_file_input(path: str | Path, digest: str, name: str | None = None, context: str = "training") -> None:
@@ -150,7 +177,7 @@ def find_finished_run(step: str, params: dict, experiment_id: str | None = None)
     c = client()
     exp_id = experiment_id or current_experiment_id()
     filt = [f"tags.step = '{step}'", "attributes.status = 'FINISHED'"]
-    filt += [f"params.{k} = '{_fmt(v)}'" for k, v in params.items()]
+    filt += [f"params.{k} = '{fmt(v)}'" for k, v in params.items()]
     runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
