@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data import N_OBJ, SPLITS, DataFormatError, Split, atomic_path, split_keys
+from .data import N_OBJ, SPLITS, DataFormatError, Split, atomic_path, open_h5, split_keys
 
 PHI_CONVENTIONS = ("signed", "abs")
 _PHI_TOL = 1e-6  # a few float32 ulps at pi
@@ -230,13 +230,7 @@ def write_binned(path: str | Path, binning: Binning, splits: dict[str, Split], s
 def read_binned(path: str | Path) -> BinnedData:
     """Read a binned file of DESIGN section 4, refusing anything else with a clear message."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: binned file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e})") from e
-    with f:
+    with open_h5(path, "binned HDF5 file") as f:
         keys = split_keys(f, path)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}

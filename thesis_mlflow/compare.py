@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .binning import Binning
-from .data import N_OBJ, SPLITS, DataFormatError
+from .data import N_OBJ, SPLITS, DataFormatError, open_h5
 
 X_HINT = re.compile(r"(^|_)(x|data|tokens?|inputs?|features?)(_|$)", re.I)
 Y_HINT = re.compile(r"(^|_)(y|labels?|targets?|truth)(_|$)", re.I)
@@ -45,7 +45,7 @@ def inspect(path: str | Path) -> dict:
     """Structure of any HDF5 file: datasets (shape, dtype, range), attributes, vocabulary used."""
     path = Path(path)
     out = {"path": str(path), "datasets": {}, "attrs": {}}
-    with _open(path) as f:
+    with open_h5(path, "binned HDF5 file") as f:
         out["attrs"] = {k: _py(v) for k, v in f.attrs.items()}
 
         def visit(name, obj):
@@ -68,19 +68,10 @@ def _py(v):
     return v.item() if hasattr(v, "item") and np.ndim(v) == 0 else (v.tolist() if hasattr(v, "tolist") else v)
 
 
-def _open(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e})") from e
-
-
 def read_tokens(path: str | Path) -> TokenFile:
     """Find token arrays ([N, 20] integer-valued) and their labels under whatever names they have."""
     path = Path(path)
-    with _open(path) as f:
+    with open_h5(path, "binned HDF5 file") as f:
         arrays = {}
         f.visititems(lambda n, o: arrays.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None)
         xs = {n: o for n, o in arrays.items() if o.ndim == 2 and o.shape[1] == N_OBJ + 2}

@@ -178,16 +178,21 @@ def validate_split(X: np.ndarray, y: np.ndarray, xk: str, yk: str, where: str = 
 # --------------------------------------------------------------------------- reading
 
 
+def open_h5(path: str | Path, what: str = "HDF5 file") -> h5py.File:
+    """Open for reading, or raise :class:`DataFormatError` saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found (expected a {what})")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataFormatError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
 def read_raw(path: str | Path, splits: tuple[str, ...] = SPLITS, validate: bool = True) -> dict[str, Split]:
     """Read (and by default validate) the requested splits of a raw 4-top file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found (expected a raw 4-top HDF5 file)")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e})") from e
-    with f:
+    with open_h5(path, "raw 4-top HDF5 file") as f:
         keys = split_keys(f, path)
         out = {}
         for s in splits:
