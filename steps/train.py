@@ -192,42 +192,43 @@ def run_train(opts: dict) -> str:
             src = Path(info.get("binned_file") or info["data"])
             tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
         logged_epochs = {m.step for m in c.get_metric_history(run_id, "val_auc")}
-        work = Path(tempfile.mkdtemp(prefix="thesis-train-"))
-        ckpt_local = work / "last.pt"
-        resume = None
-        if any(a.path == "checkpoints" for a in c.list_artifacts(run_id)):
-            resume = tracking.artifact_path(run_id, CKPT, dst=work / "resume")
-            log.info("resuming run %s from its checkpoint", run_id)
-        if "scaler" in info:
-            mlflow.log_dict(info["scaler"], "model/scaler.json")
-        kill_after = int(os.environ.get(FAULT_ENV, "0") or 0)
-        if os.environ.get(FAULT_CELL_ENV) not in (None, "", name):
-            kill_after = 0
+        with tempfile.TemporaryDirectory(prefix="thesis-train-") as tmp:  # local checkpoint copies, gone afterwards
+            work = Path(tmp)
+            ckpt_local = work / "last.pt"
+            resume = None
+            if any(a.path == "checkpoints" for a in c.list_artifacts(run_id)):
+                resume = tracking.artifact_path(run_id, CKPT, dst=work / "resume")
+                log.info("resuming run %s from its checkpoint", run_id)
+            if "scaler" in info:
+                mlflow.log_dict(info["scaler"], "model/scaler.json")
+            kill_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+            if os.environ.get(FAULT_CELL_ENV) not in (None, "", name):
+                kill_after = 0
 
-        def on_checkpoint(path: Path) -> None:
-            mlflow.log_artifact(str(path), artifact_path="checkpoints")
+            def on_checkpoint(path: Path) -> None:
+                mlflow.log_artifact(str(path), artifact_path="checkpoints")
 
-        def on_epoch(epoch: int, metrics: dict) -> None:
-            if epoch in logged_epochs:
-                return
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
-            logged_epochs.add(epoch)
-            if kill_after and epoch == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                if epoch in logged_epochs:
+                    return
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+                logged_epochs.add(epoch)
+                if kill_after and epoch == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
 
-        t0 = time.perf_counter()
-        fit(model, tens["train"], tens["val"], tcfg, ckpt_local, resume_from=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint,
-            extra_state={"scaler": info.get("scaler"), "factors": factors})
-        mlflow.log_metric("train_seconds", time.perf_counter() - t0)
-        dev = resolve_device(tcfg.device)
-        ev = evaluate(model, tens["test"], dev, tcfg.eval_batch_size)
-        mlflow.log_metrics({"test_auc": ev["auc"], "test_acc": ev["acc"], "test_rej_at_eff50": ev["rej50"], "test_rej_at_eff70": ev["rej70"]})
-        npz = work / "test_scores.npz"
-        np.savez_compressed(npz, labels=ev["is_signal"].astype(np.int8), scores=ev["scores"].astype(np.float32),
-                            process=tens["test"].labels.astype(np.int8))
-        mlflow.log_artifact(str(npz), artifact_path="eval")
-        mlflow.log_dict({"factors": {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in factors.items()},
-                         "model_config": model.config_dict()}, "model/config.json")
+            t0 = time.perf_counter()
+            fit(model, tens["train"], tens["val"], tcfg, ckpt_local, resume_from=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint,
+                extra_state={"scaler": info.get("scaler"), "factors": factors})
+            mlflow.log_metric("train_seconds", time.perf_counter() - t0)
+            dev = resolve_device(tcfg.device)
+            ev = evaluate(model, tens["test"], dev, tcfg.eval_batch_size)
+            mlflow.log_metrics({"test_auc": ev["auc"], "test_acc": ev["acc"], "test_rej_at_eff50": ev["rej50"], "test_rej_at_eff70": ev["rej70"]})
+            npz = work / "test_scores.npz"
+            np.savez_compressed(npz, labels=ev["is_signal"].astype(np.int8), scores=ev["scores"].astype(np.float32),
+                                process=tens["test"].labels.astype(np.int8))
+            mlflow.log_artifact(str(npz), artifact_path="eval")
+            mlflow.log_dict({"factors": {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in factors.items()},
+                             "model_config": model.config_dict()}, "model/config.json")
         log.info("%s: test AUC %.4f, rejection %.1f @50%% / %.1f @70%%", name, ev["auc"], ev["rej50"], ev["rej70"])
         return run_id
 
