@@ -197,15 +197,22 @@ def run_condor(g: Grid, runs: dict[Cell, str], exp_id: str, grid_file: Path, dry
     if tracking.tracking_uri().startswith("sqlite"):
         echo("warning: jobs would log to a SQLite file: start `thesis-mlflow serve` and export MLFLOW_TRACKING_URI=http://HOST:PORT")
     cmd = f"condor_submit_dag -batch-name {g.run_name} {dag_file.name}"
-    if schedd_available():
-        import htcondor2
+    howto = f"cd {shlex.quote(str(dag_file.parent))} && {cmd}"
+    if not schedd_available():
+        echo(f"no schedd answered here; submit on the cluster with:\n  {howto}")
+        return dag_file
+    import htcondor2
 
-        sub = htcondor2.Submit.from_dag(str(dag_file), {"batch-name": g.run_name})
-        os.chdir(dag_file.parent)
+    cwd = os.getcwd()
+    try:
+        os.chdir(dag_file.parent)  # DAGMan resolves the node submit files against its own directory
+        sub = htcondor2.Submit.from_dag(dag_file.name, {"batch-name": g.run_name})
         cluster = htcondor2.Schedd().submit(sub)
-        echo(f"submitted DAG as cluster {cluster.cluster()}")
-    else:
-        echo(f"no schedd answered here; submit on the cluster with:\n  cd {shlex.quote(str(dag_file.parent))} && {cmd}")
+        echo(f"submitted DAG {dag_file.name} as cluster {cluster.cluster()}; follow it with condor_q -dag -nobatch")
+    except Exception as e:  # e.g. condor_dagman not on PATH on this host
+        echo(f"submitting through the bindings failed ({e}); submit with:\n  {howto}")
+    finally:
+        os.chdir(cwd)
     return dag_file
 
 

@@ -74,7 +74,19 @@ def collect(grid: str) -> dict:
         v = c.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
             k: [(x.step, x.value) for x in sorted(c.get_metric_history(rid, k), key=lambda x: x.step)] for k in ("codebook_usage", "perplexity")}
-    return {"runs": df, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq}
+    return {"runs": df, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq,
+            "parent": parents[0] if parents else None}
+
+
+def close_parent(data: dict, n_missing: int) -> None:
+    """A parent left RUNNING by a Condor submission is closed once no cell is queued or running
+    (the report is the DAG's final node): FINISHED when nothing is missing, else FAILED."""
+    parent = data["parent"]
+    if parent is None or parent.info.status != "RUNNING":
+        return
+    if data["runs"]["status"].isin(["RUNNING", "SCHEDULED"]).any():
+        return
+    tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
 
 
 def _expected_cells(parent) -> list[dict]:
@@ -129,6 +141,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = 200, echo=cl
         for name in files:
             mlflow.log_artifact(str(out / name), artifact_path="report")
         mlflow.log_metrics({"query_seconds": t_query, "build_seconds": t_build})
+    close_parent(data, len(r.missing))
     echo(f"report of {grid}: {len(r.cells)} cells, {len(r.missing)} missing; queries {t_query:.1f} s, build {t_build:.1f} s")
     echo(f"  {out / 'summary.html'}")
     return out

@@ -167,3 +167,24 @@ def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path,
     rows = status_rows(str(gfile), "demo")
     assert all(r["state"] == "FINISHED" and r["epoch"] == 2 for r in rows)
     assert any("[1/1] binned-mean-met-5v-s0" in ln for ln in lines)
+
+
+def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw, tmp_path):
+    doc = {"name": "cdr", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max"], "met": [True], "vect": [4]},
+           "scales": {"full": {"seeds": [0, 1]}}, "condor": {"dag_dir": str(tmp_path / "dag"), "log_dir": str(tmp_path / "logs")}}
+    gfile = tmp_path / "cdr.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    lines = []
+    s = run_grid(str(gfile), "condor", "full", 1, False, echo=lines.append)
+    assert len(s["launched"]) == 4
+    text = "\n".join(lines)
+    assert "condor_submit_dag -batch-name cdr cdr.dag" in text  # no schedd here: the exact command to run
+    children = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")
+    assert len(children) == 4 and {r.info.status for r in children} == {"SCHEDULED"}
+    dag = (tmp_path / "dag" / "cdr" / "cdr.dag").read_text()
+    assert {r.info.run_id for r in children} == set(re.findall(r'run_id="(\w+)"', dag))
+    # submitting again creates no second set of runs
+    run_grid(str(gfile), "condor", "full", 1, False, echo=lines.append)
+    assert len(mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")) == 4
+    rows = status_rows(str(gfile), "full")
+    assert [r["state"] for r in rows] == ["SCHEDULED"] * 4

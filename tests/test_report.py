@@ -98,6 +98,9 @@ def test_report_tables_equal_logged_values(filled_store, tmp_path):
     assert r.data.tags["grid.name"] == "rep"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "report")}
     assert arts == {"report/summary.html", "report/summary.csv", "report/summary.tex"}
+    # nothing queued or running any more and one cell missing: the parent left RUNNING is closed as FAILED
+    (parent,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'grid'", output_format="list")
+    assert parent.info.status == "FAILED"
 
 
 def test_report_of_unknown_grid_fails_clearly(mlflow_env):
