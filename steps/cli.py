@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from steps import binning, compare, generate, grid, report, serve, train, vqvae
+from steps._common import user_errors
+from thesis_mlflow import data, tracking
 
 
 @click.group(help="thesis-mlflow: MLflow-tracked tokenization study for 4-top classification.")
@@ -23,10 +25,8 @@ main.add_command(compare.main, "compare")
 
 
 @main.command("info", help="Show the tracking store, the experiment and how to open its runs table.")
+@user_errors
 def info() -> None:
-    from steps._common import user_errors  # noqa: F401  (sets up logging and sys.path)
-    from thesis_mlflow import tracking
-
     exp_id = tracking.ensure_experiment()
     runs = tracking.client().search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=10)
     click.echo(f"tracking URI : {tracking.tracking_uri()}")
@@ -38,12 +38,11 @@ def info() -> None:
 
 @main.command("validate", help="Check a raw 4-top HDF5 file against the format (DESIGN.md section 3).")
 @click.argument("path", type=click.Path(dir_okay=False))
+@user_errors
 def validate(path: str) -> None:
-    from steps._common import user_errors
-    from thesis_mlflow import data
-
-    sizes = user_errors(data.validate_file)(path)
+    sizes = data.validate_file(path)
     click.echo(f"{path}: OK " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+
 
 if __name__ == "__main__":
     main()

@@ -245,7 +245,6 @@ class Classifier(nn.Module):
         as if it had been used.
         """
         e = self.embed
-        out = {}
         if isinstance(e, DirectEmbedding):
             out = {"tokenizer": "direct", "vect": e.proj.in_features + 1, "met": e.met}
         elif isinstance(e, CodeEmbedding):
