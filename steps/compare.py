@@ -44,7 +44,8 @@ def _aligned_view(ours: cmp.TokenFile, theirs: cmp.TokenFile):
     return None, ours.stacked()[0], xt
 
 
-def run_compare(ours_arg: str, theirs_arg: str, raw: str | None, n_bins: int, vect: int) -> dict:
+def run_compare(ours_arg: str, theirs_arg: str, raw: str | None, n_bins: int, vect: int) -> tuple[dict, cmp.TokenFile, cmp.TokenFile, Binning]:
+    """The comparison summary, and the two files and the decoder it used (for the figures)."""
     theirs_path = resolve(theirs_arg)
     structure = cmp.inspect(theirs_path)
     theirs = cmp.read_tokens(theirs_path)
@@ -81,7 +82,7 @@ def run_compare(ours_arg: str, theirs_arg: str, raw: str | None, n_bins: int, ve
         summary["conventions"] = scores
         summary["best_match"] = {"phi": scores[best]["phi"], "fit_on": scores[best]["fit_on"], "score": scores[best]["score"],
                                  "measure": scores[best]["measure"]}
-    return summary
+    return summary, ours, theirs, b
 
 
 def figure_page(summary: dict, xo: np.ndarray, xt: np.ndarray, b: Binning) -> str:
@@ -116,9 +117,7 @@ def figure_page(summary: dict, xo: np.ndarray, xt: np.ndarray, b: Binning) -> st
 @click.option("--vect", type=click.Choice(["4", "5"]), default="4", show_default=True, help="Used when ours lacks the attribute.")
 @user_errors
 def main(ours, theirs, raw, n_bins, vect) -> None:
-    summary = run_compare(ours, theirs, raw or None, n_bins, int(vect))
-    b = Binning(n_bins=n_bins, vect=int(vect))
-    o, t = cmp.read_tokens(resolve_ours(ours)), cmp.read_tokens(resolve(theirs))
+    summary, o, t, b = run_compare(ours, theirs, raw or None, n_bins, int(vect))
     with tracking.step_run("compare", run_name=f"compare-{Path(theirs).stem}"):
         tracking.log_params({"ours": summary["ours"], "theirs": summary["theirs"], "raw": raw, "aligned": summary["aligned"]})
         if "best_match" in summary:

@@ -31,12 +31,8 @@ log = logging.getLogger("steps.grid")
 # --------------------------------------------------------------------------- runs
 
 
-def _q(v: str) -> str:
-    return v.replace("'", "\\'")
-
-
 def find_parent(g: Grid, exp_id: str):
-    runs = tracking.client().search_runs([exp_id], f"tags.step = 'grid' and tags.`grid.name` = '{_q(g.run_name)}'",
+    runs = tracking.client().search_runs([exp_id], f"tags.step = 'grid' and tags.`grid.name` = '{tracking.quote(g.run_name)}'",
                                          order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 

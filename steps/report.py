@@ -28,16 +28,12 @@ from thesis_mlflow.grid import load_grid
 log = logging.getLogger("steps.report")
 
 
-def _q(v: str) -> str:
-    return v.replace("'", "\\'")
-
-
 def collect(grid: str) -> dict:
     """Everything the report needs, through the tracking API only."""
     c = tracking.client()
     exp = tracking.current_experiment_id()
-    runs = c.search_runs([exp], f"tags.`grid.name` = '{_q(grid)}' and tags.step = 'train'", max_results=10000)
-    parents = c.search_runs([exp], f"tags.`grid.name` = '{_q(grid)}' and tags.step = 'grid'", max_results=1)
+    runs = c.search_runs([exp], f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'train'", max_results=10000)
+    parents = c.search_runs([exp], f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'grid'", max_results=1)
     if not runs and not parents:
         raise ValueError(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
     rows, hist, scores = [], {}, {}

@@ -42,7 +42,7 @@ def binned_files(tmp_path_factory, tiny_raw):
 def test_file_against_itself_agrees_fully(binned_files):
     from steps.compare import run_compare
 
-    s = run_compare(str(binned_files["signed"]), str(binned_files["signed"]), None, 5, 4)
+    s, *_ = run_compare(str(binned_files["signed"]), str(binned_files["signed"]), None, 5, 4)
     assert s["distribution"]["tokens"]["overlap"] == pytest.approx(1.0) and s["distribution"]["tokens"]["js"] == pytest.approx(0.0, abs=1e-12)
     assert s["aligned"] and s["events"]["identical_token_fraction"] == 1.0 and s["events"]["identical_event_fraction"] == 1.0
     conf = np.array(s["events"]["confusion"]["b_phi"])
@@ -52,7 +52,7 @@ def test_file_against_itself_agrees_fully(binned_files):
 def test_convention_finder_identifies_other_phi(binned_files, tiny_raw):
     from steps.compare import run_compare
 
-    s = run_compare(str(binned_files["signed"]), str(binned_files["combined"]), str(tiny_raw), 5, 4)
+    s, *_ = run_compare(str(binned_files["signed"]), str(binned_files["combined"]), str(tiny_raw), 5, 4)
     assert s["best_match"]["phi"] == "abs" and s["best_match"]["fit_on"] == "all"
     assert s["best_match"]["score"] == 1.0 and s["best_match"]["measure"] == "identical_token_fraction"
     assert s["theirs_layout"]["combined"] is True
@@ -63,7 +63,7 @@ def test_convention_finder_identifies_other_phi(binned_files, tiny_raw):
 def test_row_shuffled_copy_same_distribution_not_aligned(binned_files):
     from steps.compare import run_compare
 
-    s = run_compare(str(binned_files["abs"]), str(binned_files["shuffled"]), None, 5, 4)
+    s, *_ = run_compare(str(binned_files["abs"]), str(binned_files["shuffled"]), None, 5, 4)
     assert s["distribution"]["tokens"]["overlap"] == pytest.approx(1.0) and s["distribution"]["tokens"]["js"] == pytest.approx(0.0, abs=1e-12)
     assert s["aligned"] is False and "events" not in s
 

@@ -169,6 +169,11 @@ def log_file_input(path: str | Path, digest: str, name: str | None = None, conte
     mlflow.log_input(ds, context=context)
 
 
+def quote(value: str) -> str:
+    """A value inside a single-quoted search_runs filter string."""
+    return str(value).replace("'", "\\'")
+
+
 def find_finished_run(step: str, params: dict, experiment_id: str | None = None) -> mlflow.entities.Run | None:
     """A FINISHED run of ``step`` whose params equal ``params`` (all of them), newest first.
 
@@ -177,7 +182,7 @@ def find_finished_run(step: str, params: dict, experiment_id: str | None = None)
     c = client()
     exp_id = experiment_id or current_experiment_id()
     filt = [f"tags.step = '{step}'", "attributes.status = 'FINISHED'"]
-    filt += [f"params.{k} = '{fmt(v)}'" for k, v in params.items()]
+    filt += [f"params.{k} = '{quote(fmt(v))}'" for k, v in params.items()]
     runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 

@@ -178,14 +178,17 @@ class ObjectVQVAE(nn.Module):
                 "commit": commit, "codes": idx}
 
     @torch.no_grad()
-    def encode(self, cont: np.ndarray, ids: np.ndarray, valid: np.ndarray, batch: int = 65536) -> np.ndarray:
-        """Events (N, 18, n_cont), (N, 18), (N, 18) -> codes (N, 18); padding objects get -1."""
+    def codes_of(self, cont: torch.Tensor, ids: torch.Tensor, batch: int = 65536) -> np.ndarray:
+        """Flat objects (M, n_cont), (M,) -> code indices (M,), in eval mode, in chunks."""
         self.eval()
+        out = [self.vq(self.encode_latent(cont[s : s + batch], ids[s : s + batch]))[1] for s in range(0, len(cont), batch)]
+        return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
+
+    def encode(self, cont: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Events (N, 18, n_cont), (N, 18), (N, 18) -> codes (N, 18); padding objects get -1."""
         codes = np.full(valid.shape, -1, np.int64)
-        c = torch.from_numpy(np.ascontiguousarray(cont[valid], np.float32))
-        i = torch.from_numpy(np.ascontiguousarray(ids[valid], np.int64))
-        out = [self.vq(self.encode_latent(c[s : s + batch], i[s : s + batch]))[1] for s in range(0, len(c), batch)]
-        codes[valid] = torch.cat(out).numpy() if out else []
+        codes[valid] = self.codes_of(torch.from_numpy(np.ascontiguousarray(cont[valid], np.float32)),
+                                     torch.from_numpy(np.ascontiguousarray(ids[valid], np.int64)))
         return codes
 
 
@@ -237,9 +240,7 @@ def train_vqvae(model: ObjectVQVAE, cont: np.ndarray, ids: np.ndarray, tcfg: VQT
                 tot[k] += out[k].item() * len(b)
             feat += out["recon_features"].detach() * len(b)
             n += len(b)
-        model.eval()
-        codes = torch.cat([model.vq(model.encode_latent(c_all[s : s + 65536], i_all[s : s + 65536]))[1]
-                           for s in range(0, len(c_all), 65536)]).numpy()
+        codes = model.codes_of(c_all, i_all)
         m = {"recon_loss": tot["recon"] / n, "commit_loss": tot["commit"] / n, "recon_loss_id": tot["recon_id"] / n,
              **{f"recon_loss_{f}": float(v / n) for f, v in zip(feature_names, feat, strict=True)}, **usage_stats(codes, K)}
         history.append(m)
