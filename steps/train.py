@@ -23,7 +23,7 @@ from thesis_mlflow import data, features, tracking
 from thesis_mlflow.binning import read_binned
 from thesis_mlflow.grid import cell_name, cell_tag
 from thesis_mlflow.model import POOLINGS, TOKENIZERS, Classifier, ModelConfig
-from thesis_mlflow.train import TrainConfig, evaluate, fit, resolve_device, seed_everything
+from thesis_mlflow.train import STEP_MODES, TrainConfig, evaluate, fit, resolve_device, resolve_step, seed_everything
 
 log = logging.getLogger("steps.train")
 CKPT = "checkpoints/last.pt"
@@ -141,9 +141,9 @@ CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "bat
 def run_train(opts: dict) -> str:
     """Train one cell and log it; returns the run id."""
     tcfg = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], weight_decay=opts["weight_decay"],
-                       warmup_steps=opts["warmup_steps"], seed=opts["seed"], device=opts["device"])
+                       warmup_steps=opts["warmup_steps"], seed=opts["seed"], device=opts["device"], step_mode=opts["step_mode"])
     n_cls = data.n_classes(opts["task"])
-    resolve_device(tcfg.device)
+    step_mode = resolve_step(tcfg.step_mode, resolve_device(tcfg.device))
     inputs, labels, info = build_inputs(opts)
     seed_everything(opts["seed"])
     mcfg = ModelConfig(tokenizer=opts["tokenizer"], pooling=opts["pooling"], met=opts["met"], vect=opts["vect"], n_classes=n_cls,
@@ -167,7 +167,7 @@ def run_train(opts: dict) -> str:
         "seed": tcfg.seed, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size, "lr": tcfg.lr, "weight_decay": tcfg.weight_decay,
         "warmup_steps": tcfg.warmup_steps, "dropout": mcfg.dropout, "d_model": factors["d_model"], "n_layers": factors["n_layers"],
         "n_heads": factors["n_heads"], "d_ff": factors["d_ff"], "n_params": factors["n_params"],
-        "n_params_embedding": factors["n_params_embedding"], "task": opts["task"], "data": info["data"],
+        "n_params_embedding": factors["n_params_embedding"], "task": opts["task"], "data": info["data"], "step_mode": step_mode,
         "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
     }
     for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split"):
@@ -262,10 +262,12 @@ def run_train(opts: dict) -> str:
 @click.option("--max-train-events", type=click.IntRange(min=0), default=0, help="Use only the first N training events (0 = all).")
 @click.option("--max-eval-events", type=click.IntRange(min=0), default=0, help="Use only the first N val/test events (0 = all).")
 @click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True)
+@click.option("--step-mode", type=choice(*STEP_MODES), default="auto", show_default=True,
+              help="auto: torch.compile + CUDA graph on CUDA, eager on the CPU; same science, other kernels.")
 @user_errors
 def main(**kw) -> None:
     opts = {k.rstrip("_"): v for k, v in kw.items()}
-    for k in ("tokenizer", "pooling", "task", "phi", "fit_on", "device"):
+    for k in ("tokenizer", "pooling", "task", "phi", "fit_on", "device", "step_mode"):
         opts[k] = opts[k].lower()
     opts["vect"] = int(opts["vect"])
     run_id = run_train(opts)

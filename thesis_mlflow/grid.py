@@ -20,7 +20,7 @@ from .model import POOLINGS, TOKENIZERS
 FACTORS = ("tokenizer", "pooling", "met", "vect")
 TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
-              "max_train_events", "max_eval_events", "device"}
+              "max_train_events", "max_eval_events", "device", "step_mode"}
 VQVAE_KEYS = {"epochs", "codebook_size", "max_events"}
 BINNING_KEYS = {"n_bins", "phi", "fit_on"}
 # Defaults like the user's Stoomboot train.sub: 1 GPU, 16 GB, el9, category "long", shared FS.

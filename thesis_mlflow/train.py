@@ -4,10 +4,23 @@ MLflow-free: the caller passes ``on_epoch(epoch, metrics)`` and ``on_checkpoint(
 callbacks (the train step logs through them). Order each epoch: checkpoint first, then
 metrics. A resumed run replays the metric history stored in the checkpoint through
 ``on_epoch`` so the caller can log exactly the epochs it has not logged yet.
+
+Two ways to run one optimisation step, same science (model, data order, optimizer, schedule,
+number of steps), different kernels:
+
+- ``eager``: one Python pass per batch. The CPU path (bit-for-bit reproducible, resumes
+  exactly) and the fallback on GPUs.
+- ``graph`` / ``compiled``: the whole step (batch gather, forward, backward, clipping, fused
+  AdamW, the LR schedule as a device tensor) captured once as a CUDA graph and replayed per
+  batch, optionally with the model ``torch.compile``d first. At batch 64 the eager step is
+  bound by kernel launches and host syncs (the model needs ~40 MFLOP per event, the card does
+  hundreds of TFLOP/s); a replay is one launch. Shapes are static: the last partial batch of an
+  epoch is topped up with real events of weight 0, so it is neither dropped nor recompiled.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import random
@@ -26,11 +39,13 @@ from .features import Tensors
 
 log = logging.getLogger(__name__)
 
+STEP_MODES = ("auto", "eager", "graph", "compiled")
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 50  # fixed budget, no early stopping (the study compares at equal training)
-    batch_size: int = 64
+    batch_size: int = 64  # part of the science (the user's setting), not a speed knob
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 1000
@@ -38,6 +53,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # cuda when present (bf16 autocast), else cpu
     eval_batch_size: int = 4096
+    # auto: "compiled" on CUDA (torch.compile + CUDA graph; "graph" without Triton), "eager" on the CPU
+    step_mode: str = "auto"
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -50,6 +67,8 @@ class TrainConfig:
             raise ValueError("weight_decay and warmup_steps must be >= 0 and grad_clip > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.step_mode not in STEP_MODES:
+            raise ValueError(f"step_mode must be one of {', '.join(STEP_MODES)}; got {self.step_mode!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,6 +77,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def resolve_step(step: str, device: torch.device) -> str:
+    """The step mode actually used: ``auto`` picks the fastest that works on ``device``."""
+    if step == "auto":
+        if device.type != "cuda":
+            return "eager"
+        return "compiled" if importlib.util.find_spec("triton") is not None else "graph"
+    if step in ("graph", "compiled") and device.type != "cuda":
+        raise ValueError(f"step_mode={step} needs a CUDA device (CUDA graphs); use eager or auto on {device.type}")
+    return step
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +106,19 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
+
+
+def lr_factor(step: torch.Tensor, warmup: int, total: int) -> torch.Tensor:
+    """``lr_lambda`` on a device tensor (float64), so a captured graph computes its own LR."""
+    warm = (step + 1) / max(warmup, 1)
+    progress = ((step - warmup) / max(1, total - warmup)).clamp(max=1.0)
+    return torch.where(step < warmup, warm, 0.5 * (1 + torch.cos(math.pi * progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of one epoch: a function of (seed, epoch) only, so resume-proof."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -105,26 +148,189 @@ def binary_metrics(is_signal: np.ndarray, scores: np.ndarray) -> dict[str, float
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Tensors, device: torch.device, batch_size: int) -> dict:
-    """Loss, accuracy, AUC and the per-event signal scores of one split."""
+    """Loss, accuracy, AUC and the per-event signal scores of one split (eager model: few, large batches)."""
     model.eval()
-    losses, scores, correct = 0.0, [], 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    scores = []
     for i in range(0, len(data), batch_size):
         sl = slice(i, i + batch_size)
         with _autocast(device):
             logits = model(data.batch(sl, device))
         y = data.y[sl].to(device)
-        losses += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        scores.append(signal_scores(logits).cpu())
-    s = torch.cat(scores).numpy()
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(-1) == y).sum()
+        scores.append(signal_scores(logits))
+    s = torch.cat(scores).cpu().numpy()  # one host sync per split
     n_cls = model.cfg.n_classes
     is_sig = (data.y.numpy() == (1 if n_cls == 2 else 0))
-    return {"loss": losses / len(data), "acc": correct / len(data), "scores": s, "is_signal": is_sig, **binary_metrics(is_sig, s)}
+    return {"loss": loss_sum.item() / len(data), "acc": correct.item() / len(data), "scores": s, "is_signal": is_sig,
+            **binary_metrics(is_sig, s)}
 
 
 def _autocast(device: torch.device):
     # bf16 on GPUs (no loss scaling needed); plain fp32 on the CPU, where it is deterministic.
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class EagerStep:
+    """Today's loop, one Python pass per batch; the loss is summed on the device (no sync)."""
+
+    def __init__(self, model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device):
+        self.model, self.opt, self.sched, self.train, self.cfg, self.device = model, opt, sched, train, cfg, device
+        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+
+    def epoch(self, perm: torch.Tensor, tick: Callable[[], None]) -> torch.Tensor:
+        """One epoch in the order ``perm``; returns the summed (not mean) training loss."""
+        perm = perm.to(self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        params = list(self.model.parameters())
+        B = self.cfg.batch_size
+        for i in range(0, self.steps_per_epoch * B, B):
+            idx = perm[i : i + B]
+            with _autocast(self.device):
+                logits = self.model(self.train.batch(idx))
+            loss = F.cross_entropy(logits.float(), self.train.y[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            total += loss.detach().double() * len(idx)
+            tick()
+        return total
+
+
+class StaticStep:
+    """The step on static tensors: batch ``pos`` of the padded order ``self.perm`` -> one update.
+
+    Every input of a step lives in a tensor allocated once (the epoch's order, the batch
+    offset, the LR step, the loss accumulator), so the step can be captured as a CUDA graph
+    and replayed; called without capture (``capture=False``) it runs the same arithmetic
+    eagerly, which is how the CPU tests check it against the eager loop.
+    """
+
+    def __init__(self, model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, compile_model: bool = False,
+                 capture: bool = True):
+        self.model, self.opt, self.sched, self.train, self.cfg, self.device = model, opt, sched, train, cfg, device
+        B, N = cfg.batch_size, len(train)
+        self.steps_per_epoch = math.ceil(N / B)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.perm = torch.zeros(self.steps_per_epoch * B, dtype=torch.int64, device=device)  # (S*B,) this epoch's order, padded
+        self.offsets = torch.arange(B, device=device)  # (B,)
+        self.pos = torch.zeros((), dtype=torch.int64, device=device)  # start of the next batch in perm
+        self.lr_step = torch.zeros((), dtype=torch.float64, device=device)  # optimizer steps done (the schedule's x)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.lr = opt.param_groups[0]["lr"]
+        assert torch.is_tensor(self.lr), "StaticStep needs an optimizer whose lr is a tensor"
+        self.base_lr = cfg.lr
+        self.params = list(model.parameters())
+        self.forward = torch.compile(model, dynamic=False) if compile_model else model
+        self.graph = None
+        self.lr_step.fill_(float(sched.last_epoch))
+        if capture:
+            self._capture()
+
+    def _step(self) -> None:
+        B, N = self.cfg.batch_size, len(self.train)
+        at = self.pos + self.offsets  # (B,) positions in the padded order
+        idx = self.perm[at]  # (B,) event indices; the top-up of the last batch repeats real events
+        w = (at < N).float()  # (B,) 1 for this epoch's events, 0 for the top-up
+        batch = {k: v[idx] for k, v in self.train.inputs.items()}
+        with _autocast(self.device):
+            logits = self.forward(batch)  # (B, n_classes)
+        n_real = w.sum()
+        loss = (F.cross_entropy(logits.float(), self.train.y[idx], reduction="none") * w).sum() / n_real  # mean over real events
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+        self.lr.copy_(self.base_lr * lr_factor(self.lr_step, self.cfg.warmup_steps, self.total_steps))
+        self.opt.step()
+        self.lr_step += 1
+        self.pos += B
+        self.loss_sum += loss.detach().double() * n_real
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*self.params, *self.model.buffers(), self.pos, self.lr_step, self.loss_sum, self.lr]
+
+    @torch.no_grad()
+    def _restore(self, saved: list[torch.Tensor], opt_saved: dict) -> None:
+        for t, v in zip(self._state_tensors(), saved, strict=True):
+            t.copy_(v)
+        for st in self.opt.state.values():
+            for t in st.values():
+                if torch.is_tensor(t) and id(t) in opt_saved:
+                    t.copy_(opt_saved[id(t)])
+                elif torch.is_tensor(t):
+                    t.zero_()  # made by the warm-up: a fresh AdamW state is all zeros
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (compiles, allocates the optimizer state), undo the warm-up's
+        updates in place, then capture one step (PyTorch's "whole network capture")."""
+        with torch.no_grad():
+            saved = [t.detach().clone() for t in self._state_tensors()]
+            opt_saved = {id(t): t.clone() for st in self.opt.state.values() for t in st.values() if torch.is_tensor(t)}
+        rng = torch.cuda.get_rng_state(self.device)
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._step()
+        finally:  # also when compiling fails: the caller may fall back on the same model
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            torch.cuda.synchronize(self.device)
+            self._restore(saved, opt_saved)
+            torch.cuda.set_rng_state(rng, self.device)
+        self.opt.zero_grad(set_to_none=True)  # grads are then allocated from the graph's pool
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step()
+
+    def epoch(self, perm: torch.Tensor, tick: Callable[[], None]) -> torch.Tensor:
+        N, padded = len(self.train), self.perm.numel()
+        self.perm.copy_(perm[torch.arange(padded) % N])  # the last batch topped up from the epoch's start
+        self.pos.zero_()
+        self.loss_sum.zero_()
+        for _ in range(self.steps_per_epoch):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.opt.zero_grad(set_to_none=True)
+                self._step()
+            tick()
+        return self.loss_sum
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, mode: str) -> torch.optim.Optimizer:
+    """AdamW: the CPU default on the CPU (unchanged results); fused on CUDA; capturable with a
+    tensor LR for the captured step (the graph writes the LR itself)."""
+    if mode in ("graph", "compiled"):
+        lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True, capturable=True)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.device) -> None:
+    """Load a checkpoint's optimizer state into ``opt`` whichever step mode wrote it: the
+    group's own flags (fused, capturable, float or tensor LR) stay those of ``opt``."""
+    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, kept in zip(opt.param_groups, keep, strict=True):
+        saved_lr = g["lr"]
+        g.update(kept)
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(float(saved_lr))
+        else:
+            g["lr"] = float(saved_lr)
+        on_device = g.get("fused") or g.get("capturable")
+        for p in g["params"]:
+            st = opt.state.get(p, {})
+            if "step" in st:
+                st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- loop
@@ -146,20 +352,24 @@ def fit(
 
     ``resume_from``: a checkpoint written by this function; training continues at the next
     epoch with the saved model, optimizer, scheduler and RNG states, so the result equals
-    an uninterrupted run.
+    an uninterrupted run (bit-for-bit on the CPU; on CUDA within bf16 rounding, since dropout
+    is reseeded per epoch there).
     """
     device = resolve_device(cfg.device)
+    mode = resolve_step(cfg.step_mode, device)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, device, mode)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.epochs))
+    sched.base_lrs = [cfg.lr]  # a number even when the captured step's optimizer holds its LR in a tensor
     history: list[dict] = []
     start = 1
     if resume_from is not None:
         ck = torch.load(resume_from, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        _load_optimizer(opt, ck["optimizer"], device)
         sched.load_state_dict(ck["scheduler"])
+        sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
         torch.set_rng_state(ck["rng"]["torch"])
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"])
@@ -171,40 +381,38 @@ def fit(
         for h in history:  # let the caller log what it lost (each epoch once)
             if on_epoch:
                 on_epoch(h["epoch"], h["metrics"])
+    if start > cfg.epochs:
+        return history
     train_dev = train.to(device)
+    model.train()
+    t_build = time.perf_counter()
+    stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
+    if mode != "eager":
+        log.info("training step: %s (captured in %.1f s)", mode, time.perf_counter() - t_build)
     for epoch in range(start, cfg.epochs + 1):
         model.train()
+        if device.type == "cuda":  # dropout masks a function of (seed, epoch): a resumed graph replays them
+            torch.cuda.manual_seed(cfg.seed * 1_000_003 + epoch)
+        _sync(device)
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # per-epoch order, resume-proof
-        perm = torch.randperm(len(train), generator=g).to(device)
-        total, n_seen = 0.0, 0
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
-        for i in range(0, len(train), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            with _autocast(device):
-                logits = model(train_dev.batch(idx))
-            loss = F.cross_entropy(logits.float(), train_dev.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            n_seen += len(idx)
-            if bar is not None:
-                bar.update(1)
+        loss_sum = stepper.epoch(epoch_order(len(train), cfg.seed, epoch), bar.update if bar is not None else _nothing)
+        train_loss = loss_sum.item() / len(train)  # the epoch's one host sync
+        train_time = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        train_time = time.perf_counter() - t0
+        if mode != "eager":  # keep the scheduler's bookkeeping (and so the checkpoint) as the eager loop has it
+            sched.last_epoch += steps_per_epoch
+            sched._last_lr = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
         ev = evaluate(model, val, device, cfg.eval_batch_size)
-        metrics = {"train_loss": total / n_seen, "val_loss": ev["loss"], "val_auc": ev["auc"], "val_acc": ev["acc"],
-                   "lr": opt.param_groups[0]["lr"], "events_per_s": n_seen / train_time}
+        metrics = {"train_loss": train_loss, "val_loss": ev["loss"], "val_auc": ev["auc"], "val_acc": ev["acc"],
+                   "lr": float(sched.get_last_lr()[0]), "events_per_s": len(train) / train_time}
         history.append({"epoch": epoch, "metrics": metrics})
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                     "numpy": np.random.get_state(), "python": random.getstate()},
-            "history": history, "train_config": asdict(cfg), "model_config": model.config_dict(), **(extra_state or {}),
+            "history": history, "train_config": {**asdict(cfg), "step_mode": mode}, "model_config": model.config_dict(), **(extra_state or {}),
         }
         _atomic_save(state, checkpoint_path)
         if on_checkpoint:
@@ -214,6 +422,31 @@ def fit(
         if on_epoch:
             on_epoch(epoch, metrics)
     return history
+
+
+def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):
+    """The step object of ``mode``; ``compiled`` falls back to ``graph`` (with a warning) when
+    torch.compile fails here, e.g. a cluster node without a working Triton."""
+    if mode == "eager":
+        return EagerStep(model, opt, sched, train, cfg, device)
+    if mode == "compiled":
+        try:
+            return StaticStep(model, opt, sched, train, cfg, device, compile_model=True)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the uncompiled graph is the same science
+            if cfg.step_mode == "compiled":
+                raise
+            log.warning("torch.compile failed (%s: %s); using the uncompiled CUDA graph", type(e).__name__, str(e).splitlines()[0][:200])
+            opt.zero_grad(set_to_none=True)
+    return StaticStep(model, opt, sched, train, cfg, device, compile_model=False)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _atomic_save(obj, path: Path) -> None:
