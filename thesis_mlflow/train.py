@@ -370,9 +370,9 @@ def fit(
         _load_optimizer(opt, ck["optimizer"], device)
         sched.load_state_dict(ck["scheduler"])
         sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
-        torch.set_rng_state(ck["rng"]["torch"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"])
+            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
         history = ck["history"]
