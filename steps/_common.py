@@ -1,9 +1,14 @@
-"""Shared helpers of the entry points: bool parsing, errors as clean CLI failures."""
+"""Shared helpers of the entry points: bool parsing, errors as clean CLI failures, logging.
+
+Light on purpose (click and the standard library only): ``thesis-mlflow --help`` and a refused
+option answer before torch, MLflow or pandas are imported.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +18,6 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-from thesis_mlflow.data import DataFormatError  # noqa: E402
-from thesis_mlflow.tracking import configure_logging  # noqa: E402
-
-log = logging.getLogger("steps")
 
 
 class Bool(click.ParamType):
@@ -44,20 +44,27 @@ def choice(*values):
     return click.Choice([str(v) for v in values], case_sensitive=False)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Library code logs; the steps decide how it is shown."""
+    # One progress bar per downloaded artifact drowns the useful lines of a grid or report.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def user_errors(fn):
-    """Turn bad-input exceptions into a one-line error and exit code 1 (no traceback)."""
+    """Turn bad-input exceptions into a one-line error and exit code 1 (no traceback).
+
+    ValueError covers the data-format errors (``DataFormatError`` is one) and every spec check.
+    """
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         configure_logging()
         try:
             return fn(*a, **kw)
-        except (DataFormatError, ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper
-
-
-def resolve(path: str | Path) -> Path:
-    """Relative paths are taken against the working directory (``mlflow run .`` runs in the project)."""
-    return Path(path).expanduser().resolve()

@@ -1,32 +1,41 @@
-"""``thesis-mlflow``: one console script whose subcommands mirror the MLproject entry points."""
+"""``thesis-mlflow``: one console script whose subcommands mirror the MLproject entry points.
+
+Lazy, like sqlite-utils' CLI: a subcommand's module is imported when it is asked for, and
+those modules import torch, MLflow, pandas or plotly only inside the command itself, so
+``--help`` and a refused option answer at once.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from steps import binning, compare, generate, grid, report, serve, train, vqvae
 from steps._common import user_errors
-from thesis_mlflow import data, tracking
+
+SUBCOMMANDS = {name: f"steps.{name}" for name in ("generate", "binning", "compare", "vqvae", "train", "grid", "report", "serve")}
 
 
-@click.group(help="thesis-mlflow: MLflow-tracked tokenization study for 4-top classification.")
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted([*SUBCOMMANDS, *super().list_commands(ctx)])
+
+    def get_command(self, ctx, name):
+        if name in SUBCOMMANDS:
+            return importlib.import_module(SUBCOMMANDS[name]).main
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, help="thesis-mlflow: MLflow-tracked tokenization study for 4-top classification.")
 def main() -> None:
     pass
-
-
-main.add_command(generate.main, "generate")
-main.add_command(binning.main, "binning")
-main.add_command(train.main, "train")
-main.add_command(vqvae.main, "vqvae")
-main.add_command(grid.main, "grid")
-main.add_command(serve.main, "serve")
-main.add_command(report.main, "report")
-main.add_command(compare.main, "compare")
 
 
 @main.command("info", help="Show the tracking store, the experiment and how to open its runs table.")
 @user_errors
 def info() -> None:
+    from thesis_mlflow import tracking
+
     exp_id = tracking.ensure_experiment()
     runs = tracking.client().search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=10)
     click.echo(f"tracking URI : {tracking.tracking_uri()}")
@@ -40,6 +49,8 @@ def info() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @user_errors
 def validate(path: str) -> None:
+    from thesis_mlflow import data
+
     sizes = data.validate_file(path)
     click.echo(f"{path}: OK " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
 

@@ -7,8 +7,9 @@ import time
 
 import click
 
-from steps._common import resolve, user_errors
+from steps._common import user_errors
 from thesis_mlflow import server
+from thesis_mlflow.paths import resolve
 
 
 @click.command("serve", help="Start an mlflow tracking server with a SQLite store and served artifacts under ROOT.")

@@ -172,7 +172,7 @@ def test_binning_step_logs_everything(mlflow_env, tiny_raw, tmp_path):
 
 
 def test_binning_reused_not_recomputed(mlflow_env, tiny_raw):
-    from steps.binning import find_or_run_binning
+    from thesis_mlflow.upstream import find_or_run_binning
 
     rid1, p1 = find_or_run_binning(str(tiny_raw))
     rid2, p2 = find_or_run_binning(str(tiny_raw))

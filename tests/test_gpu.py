@@ -75,7 +75,7 @@ def test_cell_trains_on_cuda_end_to_end(mlflow_env, tiny_raw):
 def test_killed_run_resumes_on_cuda(mlflow_env, tiny_raw):
     import mlflow
 
-    from steps.train import FAULT_ENV
+    from thesis_mlflow.cell import FAULT_ENV
 
     base = {"MLFLOW_TRACKING_URI": mlflow_env, "MLFLOW_EXPERIMENT_NAME": "test-exp"}
     ref = _train(tiny_raw, base)

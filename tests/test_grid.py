@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from steps.grid import run_grid, status_rows, train_command
-from steps.train import FAULT_CELL_ENV, FAULT_ENV
+from thesis_mlflow.driver import run_grid, status_rows, train_command
+from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
 from thesis_mlflow import server
 from thesis_mlflow.grid import load_grid, write_dag
 
@@ -75,7 +75,8 @@ def _parse_sub(text: str) -> dict:
 def test_dag_and_submit_files_read_back(tmp_path):
     doc = yaml.safe_load(GRID.read_text())
     doc["condor"].update({"request_gpus": 2, "request_cpus": 8, "request_memory": "32GB", "job_category": "medium", "use_os": "el8",
-                          "getenv": False, "log_dir": str(tmp_path / "logs"), "initialdir": str(tmp_path), "retries": 5})
+                          "getenv": False, "log_dir": str(tmp_path / "logs"), "initialdir": str(tmp_path), "retries": 5,
+                          "cells_per_job": 1})  # one node per cell (packs: test_packing.py)
     p = tmp_path / "g.yaml"
     p.write_text(yaml.safe_dump(doc))
     g = load_grid(p, "demo", base_dir=ROOT)
@@ -107,7 +108,7 @@ def test_dag_and_submit_files_read_back(tmp_path):
     # a node's arguments are exactly the local backend's command for the same cell
     c0 = cells[0]
     node = next(v for v in vars_.values() if v.get("run_id") == run_ids[c0])
-    assert train_command(g, c0)[1:] == ["-m", "steps.train", *node["args"].split(" ")]
+    assert train_command(c0)[1:] == ["-m", "steps.train", *node["args"].split(" ")]
     assert any(k.startswith("report") for k in subs) and any(k.startswith("prepare") for k in subs)
 
 

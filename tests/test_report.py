@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from steps.report import run_report
+from thesis_mlflow.summary import run_report
 from thesis_mlflow.report import bootstrap_weights, weighted_auc
 
 GRID_DOC = {"name": "rep", "factors": {"tokenizer": ["direct", "binned"], "pooling": ["mean"], "met": [True], "vect": [4]},

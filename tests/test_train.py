@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from steps.cli import main
-from steps.train import FAULT_ENV
+from thesis_mlflow.cell import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",

@@ -23,10 +23,9 @@ import h5py
 import numpy as np
 
 from .data import N_OBJ, SPLITS, DataFormatError, Split, atomic_path, open_h5, split_keys
+from .spec import FIT_ON, PHI_CONVENTIONS
 
-PHI_CONVENTIONS = ("signed", "abs")
 _PHI_TOL = 1e-6  # a few float32 ulps at pi
-FIT_ON = ("all", "background")
 QUANTILE_FEATURES = {4: ("pt", "eta", "met"), 5: ("e", "pt", "eta", "met")}
 _OBJ_FEATURE = {"e": "E", "pt": "pT", "eta": "eta"}
 

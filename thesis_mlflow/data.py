@@ -26,6 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .spec import TASKS  # noqa: F401  (re-exported: data.TASKS)
+
 log = logging.getLogger(__name__)
 
 N_OBJ = 18
@@ -34,7 +36,6 @@ WIDTH = N_OBJ + 2 + N_OBJ * N_FEAT  # 92
 N_IDS = 7
 SPLITS = ("train", "val", "test")
 LABEL_NAMES = {1: "4t", 2: "ttH", 3: "ttW", 4: "ttWW", 5: "ttZ"}
-TASKS = ("4t_vs_bg", "4t_vs_ttH", "multiclass")
 # Column of each feature inside the per-object (E, pT, eta, phi) block.
 FEATURE_INDEX = {"E": 0, "pT": 1, "eta": 2, "phi": 3}
 VECT_FEATURES = {4: ("pT", "eta", "phi"), 5: ("E", "pT", "eta", "phi")}

@@ -1,6 +1,6 @@
-"""Grid definition: YAML -> cells -> the exact commands a cell runs, and the HTCondor DAG.
+"""Grid definition: YAML -> cells (``CellSpec``) -> the exact commands a cell runs, and the HTCondor DAG.
 
-MLflow-free: the driver (``steps/grid.py``) creates the runs and hands their ids in here.
+MLflow-free: the driver (``thesis_mlflow.driver``) creates the runs and hands their ids in here.
 A ``demo`` and a ``full`` scale are selections of one YAML file (``scales:``), not copies.
 """
 
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import TASKS
-from .model import POOLINGS, TOKENIZERS
+from .spec import POOLINGS, TASKS, TOKENIZERS, CellSpec
 
 FACTORS = ("tokenizer", "pooling", "met", "vect")
 TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
@@ -27,37 +26,9 @@ BINNING_KEYS = {"n_bins", "phi", "fit_on"}
 CONDOR_DEFAULTS = {
     "request_gpus": 1, "request_cpus": 2, "request_memory": "16GB", "request_disk": "32GB", "job_category": "long", "use_os": "el9",
     "getenv": True, "log_dir": "condor/logs", "initialdir": ".", "retries": 3, "python": None, "dag_dir": "condor",
+    # cells trained at once in one GPU job (each its own process, child run and checkpoint); 1 = one job per cell
+    "cells_per_job": 1,
 }
-
-
-def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
-    """Run name that reads like the cell: ``binned-max-met-4v-s0``."""
-    return f"{tokenizer}-{pooling}-{'met' if met else 'nomet'}-{vect}v-s{seed}"
-
-
-def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
-    """The ``grid.cell`` tag: ``tokenizer=binned,pooling=max,met=true,vect=4,seed=0``."""
-    return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    tokenizer: str
-    pooling: str
-    met: bool
-    vect: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return cell_name(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
-
-    @property
-    def tag(self) -> str:
-        return cell_tag(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
-
-    def params(self) -> dict:
-        return {"tokenizer": self.tokenizer, "pooling": self.pooling, "met": self.met, "vect": self.vect, "seed": self.seed}
 
 
 @dataclass
@@ -87,29 +58,29 @@ class Grid:
             toks.append("binned_ambre")
         return toks
 
-    def cells(self) -> list[Cell]:
+    def cells(self) -> list[CellSpec]:
+        """Every cell of the grid at this scale, each a complete, validated train spec."""
+        base = {"task": self.task, "data": self.data, **self.train, **self.binning}
+        vq = {"vqvae_epochs": self.vqvae.get("epochs", 10), "codebook_size": self.vqvae.get("codebook_size", 512),
+              "vqvae_max_events": self.vqvae.get("max_events", 0)}
         out = []
         for seed, tok, pool, met, vect in itertools.product(self.seeds, self.tokenizers, self.factors["pooling"], self.factors["met"],
                                                             self.factors["vect"]):
             if tok == "binned_ambre" and vect not in self.binned_ambre:
                 continue  # the colleague's file exists for these vects only
-            out.append(Cell(tok, pool, bool(met), int(vect), int(seed)))
+            out.append(CellSpec(tokenizer=tok, pooling=pool, met=bool(met), vect=int(vect), seed=int(seed), **base,
+                                **(vq if tok == "vqvae" else {}), binned_path=self.binned_ambre.get(vect, "") if tok == "binned_ambre" else ""))
         return out
 
-    def train_args(self, cell: Cell) -> list[str]:
+    def train_args(self, cell: CellSpec) -> list[str]:
         """Arguments of ``python -m steps.train`` for one cell: the same locally and on Condor."""
-        a = ["--tokenizer", cell.tokenizer, "--pooling", cell.pooling, "--met", "true" if cell.met else "false", "--vect", str(cell.vect),
-             "--seed", str(cell.seed), "--task", self.task, "--data", self.data]
-        for k, v in self.train.items():
-            a += [f"--{k.replace('_', '-')}", str(v)]
-        for k, v in self.binning.items():
-            a += [f"--{k.replace('_', '-')}", str(v)]
-        if cell.tokenizer == "vqvae":
-            a += ["--codebook-size", str(self.vqvae.get("codebook_size", 512)), "--vqvae-epochs", str(self.vqvae.get("epochs", 10)),
-                  "--vqvae-max-events", str(self.vqvae.get("max_events", 0))]
-        if cell.tokenizer == "binned_ambre":
-            a += ["--binned-path", str(self.binned_ambre[cell.vect])]
-        return a
+        return cell.cli_args()
+
+    def packs(self) -> list[list[CellSpec]]:
+        """The cells grouped ``condor.cells_per_job`` at a time (grid order), one GPU job each."""
+        k = int(self.condor.get("cells_per_job", 1))
+        cells = self.cells()
+        return [cells[i : i + k] for i in range(0, len(cells), k)]
 
 
 def _check(keys, allowed, where):
@@ -183,8 +154,16 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
         return str(p if p.is_absolute() else (base / p).resolve())
 
     ambre = {k: absolute(v) for k, v in ambre.items()}
-    return Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", "data/4tops_synthetic.h5")),
-                task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor, source=path)
+    k = condor["cells_per_job"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
+    g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", "data/4tops_synthetic.h5")),
+             task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor, source=path)
+    try:
+        g.cells()  # every cell is a valid train spec, or nothing runs
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: scales.{scale}: {e}") from e
+    return g
 
 
 # --------------------------------------------------------------------------- HTCondor
@@ -230,12 +209,15 @@ def _env(d: dict) -> str:
     return '"' + " ".join(f"{k}='{v}'" if " " in str(v) else f"{k}={v}" for k, v in d.items()) + '"'
 
 
-def write_dag(grid: Grid, run_ids: dict[Cell, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
+def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
               out_dir: Path | None = None) -> Path:
-    """Write the DAGMan workflow: prepare -> one train node per cell (with retries) -> report.
+    """Write the DAGMan workflow: prepare -> train nodes (with retries) -> report.
 
-    The report is DAGMan's FINAL node: it runs even when some cells failed for good, and the
-    report shows them as missing instead of the workflow never summarising anything.
+    A train node is one cell (``python -m steps.train``, the local backend's command) or, with
+    ``condor.cells_per_job`` K > 1, a pack of K cells trained at once on the job's GPU
+    (``python -m steps.grid pack``): a retried pack runs only its cells not yet finished, each
+    resuming from its own checkpoint. The report is DAGMan's FINAL node: it runs even when some
+    cells failed for good, and the report shows them as missing.
     """
     from htcondor2 import dags
 
@@ -250,14 +232,26 @@ def write_dag(grid: Grid, run_ids: dict[Cell, str], tracking_uri: str, experimen
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
-    env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
-    prepare.child_layer(
-        name="train",
-        submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
-        vars=[{"cell": c.name, "run_id": run_ids[c], "args": shlex.join(grid.train_args(c)),
-               **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.params().items()}} for c in cells],
-        retries=int(grid.condor["retries"]),
-    )
+    k = int(grid.condor["cells_per_job"])
+    if k == 1:
+        env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
+        prepare.child_layer(
+            name="train",
+            submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
+            vars=[{"cell": c.name, "run_id": run_ids[c], "args": shlex.join(grid.train_args(c)),
+                   **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.factors().items()}} for c in cells],
+            retries=int(grid.condor["retries"]),
+        )
+    else:
+        args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)"
+        packs = [cells[i : i + k] for i in range(0, len(cells), k)]
+        prepare.child_layer(
+            name="pack",
+            submit_description=submit_description(grid, args, _env(base_env), "pack-$(pack)", project_dir, python),
+            vars=[{"pack": f"{i:03d}", "cells": " ".join(c.name for c in p), "runs": ",".join(f"{c.name}={run_ids[c]}" for c in p)}
+                  for i, p in enumerate(packs)],
+            retries=int(grid.condor["retries"]),
+        )
     rep_args = f"-m steps.report --grid {grid.run_name}"
     report_sub = submit_description(grid, rep_args, _env(base_env), "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKENIZERS = ("direct", "binned", "binned_ambre", "vqvae")
-POOLINGS = ("cls", "mean", "max")
+from .spec import POOLINGS, TOKENIZERS
+
 N_OBJ = 18
 MAX_LEN = 64  # positional table size; sequences are 18-20 tokens, extra room for appended padding
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +137,19 @@ def log_params(params: dict) -> None:
         mlflow.log_params(new)
 
 
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    """Metrics on the active run, as floats."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(local: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(local), artifact_path=artifact_path)
+
+
+def log_dict(d: dict, artifact_file: str) -> None:
+    mlflow.log_dict(d, artifact_file)
+
+
 def fmt(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -187,6 +199,17 @@ def find_finished_run(step: str, params: dict, experiment_id: str | None = None)
     return runs[0] if runs else None
 
 
+def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
+    """The run ``run_id``, or a one-line ValueError naming it (and the step it should be)."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise ValueError(f"run {run_id!r} not found at {tracking_uri()} ({str(e).splitlines()[0][:120]})") from e
+    if step and run.data.tags.get("step") != step:
+        raise ValueError(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
+    return run
+
+
 def artifact_path(run_id: str, path: str, dst: str | Path | None = None) -> Path:
     """Local path of a run's artifact (downloaded when the store is remote)."""
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst) if dst else None, tracking_uri=tracking_uri()))
@@ -202,12 +225,3 @@ def ui_hint(experiment_id: str | None = None) -> str:
         f"mlflow ui --backend-store-uri {uri} --port 5000   then open "
         f"http://127.0.0.1:5000/#/experiments/{exp}/runs"
     )
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Library code logs; the steps decide how it is shown."""
-    # One progress bar per downloaded artifact drowns the useful lines of a grid or report.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .features import Tensors
+from .spec import STEP_MODES
 
 log = logging.getLogger(__name__)
 
-STEP_MODES = ("auto", "eager", "graph", "compiled")
 
 
 @dataclass

@@ -1,0 +1,128 @@
+"""Several cells per GPU job: packs in the DAG, a retried pack trains only what is left, MPS plumbing."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from thesis_mlflow import packing
+from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
+from thesis_mlflow.driver import ensure_children, find_or_create_parent, run_pack
+from thesis_mlflow.grid import load_grid, write_dag
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
+
+
+def _grid_file(tmp_path, **condor):
+    doc = yaml.safe_load(GRID.read_text())
+    doc["condor"].update({"log_dir": str(tmp_path / "logs"), **condor})
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_dag_with_packs_covers_every_cell_once(tmp_path):
+    p = _grid_file(tmp_path, cells_per_job=8)
+    g = load_grid(p, "full", base_dir=ROOT)
+    cells = g.cells()
+    assert len(cells) == 108 and [len(x) for x in g.packs()] == [8] * 13 + [4]
+    run_ids = {c: f"{i:032x}" for i, c in enumerate(cells)}
+    dag = write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag").read_text()
+    nodes = re.findall(r"^JOB (pack\S*) ", dag, re.M)
+    assert len(nodes) == 14 and not re.search(r"^JOB train", dag, re.M)
+    assert len(re.findall(r"^RETRY pack\S* 3", dag, re.M)) == 14
+    runs = [v for v in re.findall(r'runs="([^"]*)"', dag)]
+    pairs = [x.split("=") for r in runs for x in r.split(",")]
+    assert sorted(rid for _, rid in pairs) == sorted(run_ids.values())  # each cell in exactly one pack
+    assert {name for name, _ in pairs} == {c.name for c in cells}
+    sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
+    assert "-m steps.grid pack" in sub and "--runs $(runs)" in sub and "--scale full" in sub
+    assert "MLFLOW_RUN_ID" not in sub  # each cell's run id travels in --runs, not the job's environment
+
+
+def test_cells_per_job_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="cells_per_job must be an integer >= 1"):
+        load_grid(_grid_file(tmp_path, cells_per_job=0), "demo")
+
+
+def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, monkeypatch):
+    doc = {"name": "pk", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max", "cls"], "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 400, "max_eval_events": 200}}},
+           "condor": {"cells_per_job": 3}}
+    gfile = tmp_path / "pk.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    g = load_grid(gfile, "demo", base_dir=ROOT)
+    exp = mlflow.MlflowClient().create_experiment("test-exp")
+    children = ensure_children(g, find_or_create_parent(g, exp), exp)
+    runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
+    monkeypatch.setenv(FAULT_ENV, "1")
+    monkeypatch.setenv(FAULT_CELL_ENV, "direct-max-met-4v-s0")
+    lines = []
+    with pytest.raises(RuntimeError, match="1 of 3 cells not finished: direct-max-met-4v-s0"):
+        run_pack(str(gfile), "demo", runs, echo=lines.append)
+    assert "pack of 3 cells: 0 finished, 3 to train" in lines
+    monkeypatch.delenv(FAULT_ENV)
+    lines.clear()
+    run_pack(str(gfile), "demo", runs, echo=lines.append)
+    assert "pack of 3 cells: 2 finished, 1 to train" in lines
+    assert [ln.split()[1] for ln in lines if ln.startswith("[")] == ["direct-max-met-4v-s0"]
+    c = mlflow.MlflowClient()
+    for r in children.values():
+        run = c.get_run(r.info.run_id)
+        assert run.info.status == "FINISHED" and "test_auc" in run.data.metrics
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]  # resumed: each epoch once
+    lines.clear()
+    run_pack(str(gfile), "demo", runs, echo=lines.append)  # a third start: nothing to do
+    assert lines == ["pack of 3 cells: 3 finished, 0 to train"]
+    with pytest.raises(ValueError, match=r"unknown or malformed: \['nope'\]"):
+        run_pack(str(gfile), "demo", "nope=123", echo=lines.append)
+
+
+def test_thread_budget_is_split():
+    n = packing.cpu_budget()
+    assert packing.thread_env(1)["OMP_NUM_THREADS"] == str(n)
+    assert packing.thread_env(64)["OMP_NUM_THREADS"] == "1"
+
+
+def _fake_bin(d: Path, name: str, body: str) -> None:
+    p = d / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+
+
+def test_mps_daemon_started_and_stopped(tmp_path, monkeypatch):
+    """The plumbing of a private MPS daemon, with stand-ins for nvidia-smi and the control binary."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    _fake_bin(bin_dir, "nvidia-smi", 'echo "GPU 0: NVIDIA H200 (UUID: GPU-x)"\n')
+    _fake_bin(bin_dir, "nvidia-cuda-mps-control", f'echo "$@ pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat 2>/dev/null | head -1)" >> {calls}\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert packing.gpu_count() == 1
+    with packing.shared_gpu("auto", 4) as env:
+        pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+        assert Path(pipe).is_dir() and Path(env["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
+    assert not Path(pipe).exists()  # removed afterwards
+    started, stopped = calls.read_text().splitlines()
+    assert started.startswith(f"-d pipe={pipe}") and stopped == f" pipe={pipe} stdin=quit"
+    with packing.shared_gpu("auto", 1) as env:  # one process: nothing to share
+        assert env == {}
+
+
+def test_mps_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither nvidia-smi nor the MPS control binary
+    with packing.shared_gpu("auto", 8) as env:
+        assert env == {}
+    with pytest.raises(RuntimeError, match="nvidia-cuda-mps-control is not on the PATH"), packing.shared_gpu("on", 8):
+        pass
+    with pytest.raises(ValueError, match="mps must be one of auto, on, off"), packing.shared_gpu("sometimes", 8):
+        pass

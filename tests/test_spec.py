@@ -1,0 +1,75 @@
+"""The cell spec: one validated description of a cell, round-tripping through the train command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steps.train import main as train_cmd
+from thesis_mlflow.grid import load_grid
+from thesis_mlflow.spec import CellSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
+
+
+def _parse(args: list[str]) -> CellSpec:
+    ctx = train_cmd.make_context("train", list(args))
+    return CellSpec.from_options(**{k.rstrip("_"): v for k, v in ctx.params.items()})
+
+
+@pytest.mark.parametrize("scale", ["demo", "full"])
+def test_every_grid_cell_round_trips_through_its_command(scale):
+    """The command a grid job runs rebuilds exactly the cell the driver meant."""
+    for cell in load_grid(GRID, scale, base_dir=ROOT).cells():
+        assert _parse(cell.cli_args()) == cell, cell.name
+
+
+def test_defaults_are_the_thesis_settings():
+    s = CellSpec()
+    assert (s.d_model, s.n_layers, s.n_heads, s.d_ff, s.epochs, s.batch_size) == (72, 8, 8, 144, 50, 64)
+    assert _parse([]) == s
+    assert s.name == "direct-cls-met-4v-s0" and s.tag == "tokenizer=direct,pooling=cls,met=true,vect=4,seed=0"
+    assert s.settings()["lr"] == 1e-4 and set(s.factors()) == {"tokenizer", "pooling", "met", "vect", "seed"}
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"pooling": "avg"}, "pooling must be one of cls, mean, max; got 'avg'"),
+    ({"vect": 3}, "vect must be 4 or 5"),
+    ({"d_model": 15, "n_heads": 2}, "divisible"),
+    ({"tokenizer": "binned_ambre"}, "needs binned_path"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"step_mode": "turbo"}, "step_mode must be one of auto, eager, graph, compiled"),
+    ({"met": "yes"}, "met must be true or false"),
+])
+def test_bad_values_are_named(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        CellSpec(**kw)
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ValueError, match=r"unknown cell settings \['poolng'\]"):
+        CellSpec.from_options(poolng="max")
+
+
+def test_spec_is_frozen_and_hashable():
+    s = CellSpec(tokenizer="binned", pooling="max")
+    with pytest.raises(AttributeError):
+        s.pooling = "cls"  # type: ignore[misc]
+    assert {s: 1}[CellSpec(tokenizer="binned", pooling="max")] == 1
+    assert s.replace(seed=2).seed == 2 and s.seed == 0
+
+
+def test_cli_answers_without_loading_torch_or_mlflow():
+    """--help and a refused option never import the heavy packages."""
+    code = ("import sys; from steps.cli import main\n"
+            "try:\n    main(['train', '--pooling', 'foo'])\nexcept SystemExit as e:\n    assert e.code == 2\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'mlflow', 'pandas', 'plotly', 'numpy', 'h5py') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "'foo' is not one of 'cls', 'mean', 'max'" in res.stderr

@@ -1,0 +1,125 @@
+"""Train one cell and log it: ``train_cell(spec) -> run id``.
+
+Attaches to ``MLFLOW_RUN_ID`` when set (``mlflow run``, grid children, retried cluster jobs)
+and resumes from that run's ``checkpoints/last.pt`` when it exists: each epoch's metrics are
+logged exactly once. The logged factors are read back from the built model and the data fed
+to it, never echoed from the request. Talks to MLflow only through ``tracking``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data, features, tracking
+from .inputs import build_inputs
+from .spec import CellSpec, cell_name, cell_tag
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+# Fault injection for tests of eviction: SIGKILL this process right after epoch N is logged
+# (only in the cell whose run name is FAULT_CELL_ENV, when that is set).
+FAULT_ENV = "THESIS_MLFLOW_KILL_AFTER_EPOCH"
+FAULT_CELL_ENV = "THESIS_MLFLOW_KILL_CELL"
+# Settings that must agree between a run's earlier attempts (or `mlflow run`'s own params) and now.
+CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
+
+
+def train_cell(spec: CellSpec) -> str:
+    """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id."""
+    from .model import Classifier, ModelConfig
+    from .train import TrainConfig, resolve_device, resolve_step, seed_everything
+
+    tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
+                       warmup_steps=spec.warmup_steps, seed=spec.seed, device=spec.device, step_mode=spec.step_mode)
+    step_mode = resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
+    inp = build_inputs(spec)
+    seed_everything(spec.seed)
+    model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
+                                   n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
+                                   d_ff=spec.d_ff, dropout=spec.dropout, vocab_size=inp.info.get("vocab_size", 886),
+                                   codebook_size=inp.info.get("codebook_size", 512)))
+    tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
+    factors = _factors(model, inp)
+    params = {**spec.settings(), **{k: factors[k] for k in ("tokenizer", "pooling", "met", "vect", "d_model", "n_layers", "n_heads", "d_ff",
+                                                            "n_params", "n_params_embedding")},
+              "data": inp.info["data"], "step_mode": step_mode,
+              "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
+              **{k: inp.info[k] for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split")
+                 if k in inp.info}}
+    name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
+    tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
+    with tracking.step_run("train", run_name=name, tags=tags) as run:
+        return _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name)
+
+
+def _factors(model, inp) -> dict:
+    """The factors as the built model and the data fed to it have them; they must agree."""
+    desc = model.describe()
+    fed = features.describe_inputs(inp.arrays["train"])
+    for k, v in fed.items():
+        if k in desc and desc[k] != v:
+            raise RuntimeError(f"model and data disagree on {k}: model {desc[k]}, data {v}")
+    if "vect" not in fed and "vect" not in desc:  # token inputs: vect is that of the binning / VQ-VAE that made them
+        fed["vect"] = inp.info["vect"]
+    return {**desc, **fed}
+
+
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str) -> str:
+    from .train import evaluate, fit, resolve_device
+
+    c = tracking.client()
+    existing = c.get_run(run_id)
+    if "test_auc" in existing.data.metrics:
+        log.info("run %s already has test metrics: nothing to do", run_id)
+        return run_id
+    logged = existing.data.params  # ours from an earlier attempt, or what `mlflow run` logged
+    clash = {k: (logged[k], tracking.fmt(params[k])) for k in CHECKED if k in logged and not tracking.same_value(logged[k], params[k])}
+    if clash:
+        raise ValueError(f"run {run_id} was started with other settings; refusing to resume: {clash}")
+    # the rest: ours where new; what `mlflow run` or an earlier attempt logged stays
+    tracking.log_params({k: v for k, v in params.items() if k not in logged})
+    if not existing.inputs.dataset_inputs:
+        src = Path(info.get("binned_file") or info["data"])
+        tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
+    logged_epochs = {m.step for m in c.get_metric_history(run_id, "val_auc")}
+    with tempfile.TemporaryDirectory(prefix="thesis-train-") as tmp:  # local checkpoint copies, gone afterwards
+        work = Path(tmp)
+        resume = None
+        if any(a.path == "checkpoints" for a in c.list_artifacts(run_id)):
+            resume = tracking.artifact_path(run_id, CHECKPOINT, dst=work / "resume")
+            log.info("resuming run %s from its checkpoint", run_id)
+        if "scaler" in info:
+            tracking.log_dict(info["scaler"], "model/scaler.json")
+        kill_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+        if os.environ.get(FAULT_CELL_ENV) not in (None, "", name):
+            kill_after = 0
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            if epoch in logged_epochs:
+                return
+            tracking.log_metrics(metrics, step=epoch)
+            logged_epochs.add(epoch)
+            if kill_after and epoch == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        t0 = time.perf_counter()
+        fit(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
+            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": factors})
+        tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
+        ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
+        tracking.log_metrics({"test_auc": ev["auc"], "test_acc": ev["acc"], "test_rej_at_eff50": ev["rej50"], "test_rej_at_eff70": ev["rej70"]})
+        npz = work / "test_scores.npz"
+        np.savez_compressed(npz, labels=ev["is_signal"].astype(np.int8), scores=ev["scores"].astype(np.float32),
+                            process=tens["test"].labels.astype(np.int8))
+        tracking.log_artifact(npz, "eval")
+        tracking.log_dict({"factors": {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in factors.items()},
+                           "model_config": model.config_dict()}, "model/config.json")
+    log.info("%s: test AUC %.4f, rejection %.1f @50%% / %.1f @70%%", name, ev["auc"], ev["rej50"], ev["rej70"])
+    return run_id

@@ -1,0 +1,113 @@
+"""Model inputs of a cell, per tokenizer, built from files (and the upstream runs they need).
+
+``build_inputs(spec)`` is the one place that knows where each tokenizer's inputs come from:
+the raw file (direct), a binning run's file (binned), the colleague's pre-binned file
+(binned_ambre) or a VQ-VAE run's codes (vqvae). It returns in-memory arrays per split and the
+params that say where they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data, features, upstream
+from .paths import resolve
+from .spec import CellSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inputs:
+    arrays: dict[str, dict[str, np.ndarray]]  # split -> model inputs (features.* dicts)
+    labels: dict[str, np.ndarray]  # split -> original labels 1..5
+    info: dict = field(default_factory=dict)  # where they came from: data, binned_file, binning_run_id, vqvae_run_id, ...
+
+
+def _limit(spec: CellSpec, split: str) -> int | None:
+    """First N events of a split (demo and test scales); None = all. Applied before task selection."""
+    return (spec.max_train_events if split == "train" else spec.max_eval_events) or None
+
+
+def infer_vect(X: dict, attrs: dict, requested: int) -> int:
+    """A file without a ``vect`` attribute: up to 886 tokens is a 4-vector binning, more a 5-vector one."""
+    vocab = attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1
+    return 5 if int(vocab) > 886 else 4 if int(vocab) > 0 else requested
+
+
+def read_ambre(path: Path, raw_path: str, seed: int) -> tuple[dict, dict, dict, str]:
+    """The colleague's file through the compare reader; a combined split is split like the raw
+    file when its rows align with it, else by a seeded 80/10/10 split (which one is logged)."""
+    from . import compare
+
+    tf = compare.read_tokens(path)
+    raw_p = resolve(raw_path)
+    if tf.combined and raw_p.is_file():
+        raw = data.read_raw(raw_p)
+        X, y, how = compare.split_like_raw(tf, {s: len(v) for s, v in raw.items()}, {s: v.y for s, v in raw.items()},
+                                           {s: v.valid.sum(1) for s, v in raw.items()}, seed=seed)
+    else:
+        X, y, how = compare.split_like_raw(tf, {}, {}, {}, seed=seed)
+    return X, y, tf.attrs, how
+
+
+def build_inputs(spec: CellSpec) -> Inputs:
+    """Per-split model inputs and labels of ``spec``'s tokenizer, finding or making upstream runs."""
+    if spec.tokenizer in ("binned", "binned_ambre"):
+        return _token_inputs(spec)
+    raw = upstream.ensure_raw(spec.data)
+    splits = data.read_raw(raw)
+    splits = {sp: data.Split(X=v.X[: _limit(spec, sp)], y=v.y[: _limit(spec, sp)]) for sp, v in splits.items()}
+    labels = {s: splits[s].y for s in data.SPLITS}
+    if spec.tokenizer == "vqvae":
+        return _code_inputs(spec, raw, splits, labels)
+    scaler = features.Scaler.fit(splits["train"])
+    arrays = {s: features.direct_inputs(splits[s], spec.vect, spec.met, scaler) for s in data.SPLITS}
+    return Inputs(arrays, labels, {"data": str(raw), "scaler": scaler.to_dict()})
+
+
+def _token_inputs(spec: CellSpec) -> Inputs:
+    from .binning import read_binned
+
+    if spec.tokenizer == "binned":
+        raw = upstream.ensure_raw(spec.data)
+        run_id, path = upstream.find_or_run_binning(str(raw), n_bins=spec.n_bins, vect=spec.vect, phi=spec.phi, fit_on=spec.fit_on)
+        info = {"binning_run_id": run_id, "data": str(raw), "binned_file": str(path)}
+        bd = read_binned(path)
+        X, y, attrs = bd.X, bd.y, bd.attrs
+    else:
+        path = resolve(spec.binned_path)
+        X, y, attrs, how = read_ambre(path, spec.data, spec.seed)
+        info = {"data": str(path), "binned_file": str(path), "ambre_split": how}
+    for sp in data.SPLITS:
+        n = _limit(spec, sp)
+        X[sp], y[sp] = X[sp][:n], y[sp][:n]
+    file_vect = int(attrs.get("vect") or infer_vect(X, attrs, spec.vect))
+    if file_vect != spec.vect:
+        raise ValueError(f"binned file {info['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")
+    info["vect"] = file_vect
+    info["vocab_size"] = int(attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1)
+    return Inputs({s: features.token_inputs(X[s], spec.met) for s in data.SPLITS}, y, info)
+
+
+def _code_inputs(spec: CellSpec, raw: Path, splits: dict, labels: dict) -> Inputs:
+    if spec.vqvae_run_id:
+        vq_run = spec.vqvae_run_id
+    else:
+        vq_run, _ = upstream.find_or_run_vqvae(upstream.VQSpec(input=str(raw), vect=spec.vect, codebook_size=spec.codebook_size,
+                                                               epochs=spec.vqvae_epochs, max_events=spec.vqvae_max_events))
+    model, vq_scaler = upstream.load_vqvae(vq_run)
+    if model.cfg.vect != spec.vect:
+        raise ValueError(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={spec.vect} was requested")
+    info = {"data": str(raw), "vqvae_run_id": vq_run, "codebook_size": model.cfg.codebook_size, "scaler": vq_scaler.to_dict(),
+            "vect": model.cfg.vect}
+    arrays = {}
+    for s in data.SPLITS:
+        x = features.direct_inputs(splits[s], spec.vect, False, vq_scaler)
+        codes = model.encode(x["cont"], x["ids"], x["valid"])
+        arrays[s] = features.code_inputs(codes, splits[s], spec.met, vq_scaler)
+    return Inputs(arrays, labels, info)

@@ -1,0 +1,152 @@
+"""What a cell is: one frozen, validated description of a train run (``CellSpec``).
+
+Built once, from the ``train`` command's options (CLI or MLproject) or from a grid YAML cell,
+and used by ``train``, the grid driver (its commands and DAG) and the report's expected
+cells. Everything a run logs as its settings is derived from it. This module imports nothing
+heavy (no numpy, torch or MLflow): the CLI validates against it before loading anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+TOKENIZERS = ("direct", "binned", "binned_ambre", "vqvae")
+POOLINGS = ("cls", "mean", "max")
+TASKS = ("4t_vs_bg", "4t_vs_ttH", "multiclass")
+STEP_MODES = ("auto", "eager", "graph", "compiled")
+DEVICES = ("auto", "cpu", "cuda")
+PHI_CONVENTIONS = ("signed", "abs")
+FIT_ON = ("all", "background")
+DEFAULT_DATA = "data/4tops_synthetic.h5"
+
+
+def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
+    """Run name that reads like the cell: ``binned-max-met-4v-s0``."""
+    return f"{tokenizer}-{pooling}-{'met' if met else 'nomet'}-{vect}v-s{seed}"
+
+
+def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
+    """The ``grid.cell`` tag: ``tokenizer=binned,pooling=max,met=true,vect=4,seed=0``."""
+    return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    # -- the factors of the study: tokenizer x pooling x met x vect, repeated per seed
+    tokenizer: str = "direct"
+    pooling: str = "cls"
+    met: bool = True  # MET and MET-phi enter the model
+    vect: int = 4  # 4: (pT, eta, phi) + ID; 5: (E, pT, eta, phi) + ID
+    seed: int = 0
+    # -- what is learned, from which file
+    task: str = "4t_vs_bg"  # 4t against all backgrounds (labels 2-5)
+    data: str = DEFAULT_DATA  # raw 4-top HDF5; the built-in dataset is generated when this default is missing
+    binned_path: str = ""  # binned_ambre: the colleague's pre-binned file
+    max_train_events: int = 0  # first N events of a split (demo and test scales); 0 = all
+    max_eval_events: int = 0
+    # -- the model: the user's ~400k configuration (~340k in encoder + head, ~64k in the 886-token table)
+    d_model: int = 72
+    n_layers: int = 8
+    n_heads: int = 8  # head dim 9: small, but it is what the thesis runs used
+    d_ff: int = 144  # 2x d_model, as in the user's config (not the usual 4x)
+    dropout: float = 0.1
+    # -- training: 50 epochs, no early stopping (the study compares at equal training)
+    epochs: int = 50
+    batch_size: int = 64  # part of the science (the user's setting), not a speed knob
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    device: str = "auto"  # cuda when present (bf16 autocast), else cpu
+    step_mode: str = "auto"  # how a step runs (eager / CUDA graph / compiled): kernels only, same science
+    # -- upstream runs a tokenizer needs (found or made once per settings)
+    n_bins: int = 5  # binned: Ambre-style bins per feature
+    phi: str = "signed"  # binned: phi convention (DESIGN.md section 4)
+    fit_on: str = "all"  # binned: quantile edges fitted on all training events or background only
+    vqvae_run_id: str = ""  # vqvae: use this run (else one is found or trained)
+    codebook_size: int = 512
+    vqvae_epochs: int = 10
+    vqvae_max_events: int = 0
+
+    def __post_init__(self):
+        for k, allowed in (("tokenizer", TOKENIZERS), ("pooling", POOLINGS), ("task", TASKS), ("step_mode", STEP_MODES),
+                           ("device", DEVICES), ("phi", PHI_CONVENTIONS), ("fit_on", FIT_ON)):
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k} must be one of {', '.join(allowed)}; got {getattr(self, k)!r}")
+        if not isinstance(self.met, bool):
+            raise ValueError(f"met must be true or false; got {self.met!r}")
+        if self.vect not in (4, 5):
+            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+        for k in ("seed", "max_train_events", "max_eval_events", "weight_decay", "warmup_steps", "vqvae_max_events"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0; got {getattr(self, k)}")
+        for k in ("d_model", "n_layers", "n_heads", "d_ff", "epochs", "batch_size", "vqvae_epochs"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1; got {getattr(self, k)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number; got {self.lr}")
+        if not 2 <= self.n_bins <= 20:
+            raise ValueError(f"n_bins must be in 2..20; got {self.n_bins}")
+        if not 2 <= self.codebook_size <= 65536:
+            raise ValueError(f"codebook_size must be in 2..65536; got {self.codebook_size}")
+        if self.tokenizer == "binned_ambre" and not self.binned_path:
+            raise ValueError("tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)")
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return cell_name(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
+
+    @property
+    def tag(self) -> str:
+        return cell_tag(self.tokenizer, self.pooling, self.met, self.vect, self.seed)
+
+    def factors(self) -> dict:
+        """The cell's coordinates in the grid (what the grid pre-logs on a child run)."""
+        return {"tokenizer": self.tokenizer, "pooling": self.pooling, "met": self.met, "vect": self.vect, "seed": self.seed}
+
+    def settings(self) -> dict:
+        """The training settings a train run logs (with the factors, read back from the built
+        model, and where its inputs came from)."""
+        keys = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "task")
+        return {k: getattr(self, k) for k in keys}
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_options(cls, **opts) -> CellSpec:
+        """From the train command's options (lower-cased choices, ``vect`` as given by click)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(opts) - known
+        if unknown:
+            raise ValueError(f"unknown cell settings {sorted(unknown)}; allowed: {sorted(known)}")
+        kw = dict(opts)
+        for k in ("tokenizer", "pooling", "task", "phi", "fit_on", "device", "step_mode"):
+            if isinstance(kw.get(k), str):
+                kw[k] = kw[k].lower()
+        if "vect" in kw:
+            kw["vect"] = int(kw["vect"])
+        return cls(**kw)
+
+    def replace(self, **changes) -> CellSpec:
+        return dataclasses.replace(self, **changes)
+
+    def cli_args(self) -> list[str]:
+        """Arguments of ``python -m steps.train`` that rebuild this spec: the factors, task and
+        data always, every other setting where it differs from the default; the same locally
+        and on Condor."""
+        out = []
+        default = CellSpec(binned_path="x") if self.tokenizer == "binned_ambre" else CellSpec()
+        always = ("tokenizer", "pooling", "met", "vect", "seed", "task", "data")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "binned_path" or (f.name not in always and v == getattr(default, f.name)):
+                continue
+            out += [f"--{f.name.replace('_', '-')}", ("true" if v else "false") if isinstance(v, bool) else str(v)]
+        if self.binned_path:
+            out += ["--binned-path", self.binned_path]
+        return out
