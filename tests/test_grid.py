@@ -11,9 +11,9 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow.driver import run_grid, status_rows, train_command
-from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
 from thesis_mlflow import server
+from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
+from thesis_mlflow.driver import run_grid, status_rows, train_command
 from thesis_mlflow.grid import load_grid, write_dag
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,7 +179,17 @@ def log_file_input(path: str | Path, digest: str, name: str | None = None, conte
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path))
     ds = MetaDataset(source=source, name=name or path.name, digest=digest[:36])
-    mlflow.log_input(ds, context=context)
+    for attempt in range(5):
+        try:
+            mlflow.log_input(ds, context=context)
+            return
+        except mlflow.exceptions.MlflowException as e:
+            # Jobs started together (a pack of cells, a Condor wave) insert the same new dataset at
+            # once; the losers get a unique-constraint error. The row exists then: link to it.
+            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 4:
+                raise
+            log.info("dataset %s was logged by another job at the same moment; linking to it", ds.name)
+            time.sleep(0.2 * (attempt + 1))
 
 
 def quote(value: str) -> str:
