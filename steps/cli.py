@@ -45,6 +45,15 @@ def info() -> None:
     click.echo(tracking.ui_hint(exp_id))
 
 
+@main.command("views", help="Write (or refresh) the saved MLflow UI views of a grid and print their links.")
+@click.argument("grid")
+@user_errors
+def views_cmd(grid: str) -> None:
+    from thesis_mlflow import tracking, views
+
+    views.echo_views(grid, tracking.current_experiment_id(), click.echo)
+
+
 @main.command("validate", help="Check a raw 4-top HDF5 file against the format (DESIGN.md section 3).")
 @click.argument("path", type=click.Path(dir_okay=False))
 @user_errors

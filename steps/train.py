@@ -45,6 +45,7 @@ D = CellSpec()  # the defaults live in the spec, with the reason for each
 @click.option("--device", type=choice(*DEVICES), default=D.device, show_default=True)
 @click.option("--step-mode", type=choice(*STEP_MODES), default=D.step_mode, show_default=True,
               help="auto: torch.compile + CUDA graph on CUDA, eager on the CPU; same science, other kernels.")
+@click.option("--system-metrics", type=BOOL, default="true", show_default=True, help="Log MLflow system metrics (CPU, memory, GPU).")
 @user_errors
 def main(**kw) -> None:
     from thesis_mlflow.cell import train_cell

@@ -137,3 +137,18 @@ def test_mlflow_run_train_as_written(mlflow_env, tiny_raw):
     assert r.info.status == "FINISHED" and r.data.params["pooling"] == "max" and r.data.params["tokenizer"] == "binned"
     assert r.data.params["n_params"] and "test_auc" in r.data.metrics
     assert len(_runs("binning")) == 1
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_system_metrics_of_train_runs(mlflow_env, tiny_raw, monkeypatch, on):
+    """On by default (CPU and memory here; GPU utilisation and memory where CUDA is used), off with a flag."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the default samples every 10 s
+    args = ["train", "--epochs", "3", "--data", str(tiny_raw), *TINY] + ([] if on else ["--system-metrics", "false"])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    (r,) = _runs("train")
+    system = {k for k in r.data.metrics if k.startswith("system/")}
+    if on:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+    else:
+        assert system == set()

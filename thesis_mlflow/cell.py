@@ -55,7 +55,7 @@ def train_cell(spec: CellSpec) -> str:
                  if k in inp.info}}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
-    with tracking.step_run("train", run_name=name, tags=tags) as run:
+    with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics) as run:
         return _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import packing, tracking
+from . import packing, tracking, views
 from .grid import Grid, load_grid, write_dag
 from .paths import ROOT, resolve
 from .spec import CellSpec
@@ -260,6 +260,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     children = ensure_children(g, parent, exp_id)
     todo = [(cell, r.info.run_id) for cell, r in children.items() if not is_done(r)]
     echo(f"parent run {pid}: {len(cells) - len(todo)} cells finished, {len(todo)} to run")
+    views.echo_views(g.run_name, exp_id, echo)
     summary = {"parent": pid, "launched": [cell.name for cell, _ in todo]}
     if backend == "condor":
         summary["dag"] = str(run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo))
@@ -275,6 +276,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     c.set_terminated(pid, "FINISHED" if n_done == len(cells) else "FAILED")
     echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s")
     echo(tracking.ui_hint(exp_id))
+    views.echo_views(g.run_name, exp_id, echo)
     summary["n_finished"] = n_done
     summary["n_cells"] = len(cells)
     return summary

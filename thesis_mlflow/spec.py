@@ -60,6 +60,7 @@ class CellSpec:
     warmup_steps: int = 1000
     device: str = "auto"  # cuda when present (bf16 autocast), else cpu
     step_mode: str = "auto"  # how a step runs (eager / CUDA graph / compiled): kernels only, same science
+    system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU): did a cell starve its GPU?
     # -- upstream runs a tokenizer needs (found or made once per settings)
     n_bins: int = 5  # binned: Ambre-style bins per feature
     phi: str = "signed"  # binned: phi convention (DESIGN.md section 4)
@@ -74,8 +75,9 @@ class CellSpec:
                            ("device", DEVICES), ("phi", PHI_CONVENTIONS), ("fit_on", FIT_ON)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k} must be one of {', '.join(allowed)}; got {getattr(self, k)!r}")
-        if not isinstance(self.met, bool):
-            raise ValueError(f"met must be true or false; got {self.met!r}")
+        for k in ("met", "system_metrics"):
+            if not isinstance(getattr(self, k), bool):
+                raise ValueError(f"{k} must be true or false; got {getattr(self, k)!r}")
         if self.vect not in (4, 5):
             raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
         for k in ("seed", "max_train_events", "max_eval_events", "weight_decay", "warmup_steps", "vqvae_max_events"):

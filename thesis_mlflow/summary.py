@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import report as rep
-from . import tracking
+from . import tracking, views
 from .grid import load_grid
 from .paths import ROOT
 
@@ -25,48 +25,42 @@ log = logging.getLogger(__name__)
 
 
 def collect(grid: str) -> dict:
-    """Everything the report needs, through the tracking API only."""
+    """Everything the report needs, through the public query API (``thesis_mlflow.results``)."""
+    from . import results
+
     c = tracking.client()
     exp = tracking.current_experiment_id()
-    runs = c.search_runs([exp], f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'train'", max_results=10000)
+    runs = results.grid_runs(grid, exp)
     parents = c.search_runs([exp], f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'grid'", max_results=1)
-    if not runs and not parents:
+    if not len(runs) and not parents:
         raise ValueError(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
-    rows, hist, scores = [], {}, {}
-    for r in runs:
-        p, m = r.data.params, r.data.metrics
-        h = [(x.step, x.value) for x in sorted(c.get_metric_history(r.info.run_id, "val_auc"), key=lambda x: x.step)]
-        name = r.info.run_name or r.data.tags.get("mlflow.runName", r.info.run_id[:8])
-        hist[name] = h
-        rows.append({"run_id": r.info.run_id, "name": name, "status": r.info.status, "tokenizer": p.get("tokenizer"),
-                     "pooling": p.get("pooling"), "met": str(p.get("met")).lower() == "true", "vect": int(p.get("vect", 0)),
-                     "seed": int(p.get("seed", 0)), "n_params": float(p.get("n_params", "nan")),
-                     "n_params_embedding": float(p.get("n_params_embedding", "nan")), "test_auc": m.get("test_auc", np.nan),
-                     "test_rej_at_eff50": m.get("test_rej_at_eff50", np.nan), "test_rej_at_eff70": m.get("test_rej_at_eff70", np.nan),
-                     "train_seconds": m.get("train_seconds", np.nan), "epochs_done": max((s for s, _ in h), default=0),
-                     "binning_run_id": p.get("binning_run_id"), "vqvae_run_id": p.get("vqvae_run_id")})
-        if r.info.status == "FINISHED" and "test_auc" in m:
-            try:
-                with np.load(tracking.artifact_path(r.info.run_id, "eval/test_scores.npz")) as z:
-                    scores[r.info.run_id] = {"labels": z["labels"].astype(np.int8), "scores": z["scores"].astype(np.float64)}
-            except Exception as e:  # a finished run without scores is reported, not fatal
-                log.warning("run %s: no eval/test_scores.npz (%s)", r.info.run_id, e)
-    df = pd.DataFrame(rows, columns=["run_id", "name", "status", "tokenizer", "pooling", "met", "vect", "seed", "n_params", "n_params_embedding",
-                                     "test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds", "epochs_done",
-                                     "binning_run_id", "vqvae_run_id"])
+    for k in ("test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"):
+        if k not in runs:
+            runs[k] = np.nan
+    h = results.histories(grid, "val_auc", exp)
+    hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
+    hist.update({name: [] for name in runs["name"] if name not in hist})
+    runs["epochs_done"] = runs["name"].map(lambda n: max((s for s, _ in hist[n]), default=0))
+    scores = {}
+    for r in runs[(runs["status"] == "FINISHED") & runs["test_auc"].notna()].itertuples():
+        try:
+            z = results.test_scores(r.run_id)
+            scores[r.run_id] = {"labels": z["labels"].astype(np.int8), "scores": z["scores"].astype(np.float64)}
+        except Exception as e:  # a finished run without scores is reported, not fatal
+            log.warning("run %s: no eval/test_scores.npz (%s)", r.run_id, e)
     expected = _expected_cells(parents[0]) if parents else [
-        {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in df.itertuples()]
+        {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in runs.itertuples()]
     binning = []
-    for rid in sorted({x for x in df["binning_run_id"].dropna() if x}):
+    for rid in sorted({x for x in runs["binning_run_id"].dropna() if x}):
         b = c.get_run(rid)
         binning.append({"run_id": rid, "vect": b.data.params.get("vect"), "phi": b.data.params.get("phi"), "fit_on": b.data.params.get("fit_on"),
                         **{k: v for k, v in b.data.metrics.items() if k.startswith("pop_")}})
     vq = {}
-    for rid in sorted({x for x in df["vqvae_run_id"].dropna() if x}):
+    for rid in sorted({x for x in runs["vqvae_run_id"].dropna() if x}):
         v = c.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
             k: [(x.step, x.value) for x in sorted(c.get_metric_history(rid, k), key=lambda x: x.step)] for k in ("codebook_usage", "perplexity")}
-    return {"runs": df, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq,
+    return {"runs": runs, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq,
             "parent": parents[0] if parents else None}
 
 
@@ -136,4 +130,6 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = 200, echo: C
     close_parent(data, len(r.missing))
     echo(f"report of {grid}: {len(r.cells)} cells, {len(r.missing)} missing; queries {t_query:.1f} s, build {t_build:.1f} s")
     echo(f"  {out / 'summary.html'}")
+    if len(data["runs"]):
+        views.echo_views(grid, tracking.current_experiment_id(), echo)
     return out

@@ -68,7 +68,7 @@ def current_experiment_id() -> str:
 
 @contextmanager
 def step_run(step: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None,
-             use_env: bool = True) -> Iterator[mlflow.ActiveRun]:
+             use_env: bool = True, log_system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Start (or attach to) the run of one step.
 
     ``mlflow run`` and the grid driver hand us a run id through ``MLFLOW_RUN_ID``: we attach
@@ -81,7 +81,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     tags = {"step": step, **(tags or {})}
     saved = None  # an outer step's MLFLOW_RUN_ID, put back when this upstream run ends
     if run_id:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=log_system_metrics)
         if run_name:
             tags["mlflow.runName"] = run_name
         exp_name = client().get_experiment(run.info.experiment_id).name
@@ -97,7 +97,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         # (mlflow.end_run() unsets it as well: it is put back when this run ends.)
         saved = os.environ.pop("MLFLOW_RUN_ID", None)
         try:
-            run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name)
+            run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name, log_system_metrics=log_system_metrics)
         except BaseException:
             _restore_run_id(saved)
             raise

@@ -1,0 +1,145 @@
+"""Results where the user looks: saved views in a real browser, the query API, the README example."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from thesis_mlflow import results, server, views
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+GRID = "binning_vs_direct-demo"
+AUC = {("direct", 0): 0.80, ("direct", 1): 0.82, ("binned", 0): 0.76, ("binned", 1): 0.78}  # means 0.81 and 0.77
+
+
+@pytest.fixture()
+def grid_on_server(tmp_path, monkeypatch):
+    """A real mlflow server holding a grid of 8 finished cells (2 tokenizers x 2 poolings x 2 seeds)."""
+    srv = server.start(tmp_path / "srv")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "views-test")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(srv.uri)
+    c = mlflow.MlflowClient()
+    exp = c.create_experiment("views-test")
+    parent = c.create_run(exp, run_name=f"grid-{GRID}", tags={"step": "grid", "grid.name": GRID}).info.run_id
+    rng = np.random.default_rng(0)
+    names = []
+    for tok, pool, seed in itertools.product(["direct", "binned"], ["mean", "max"], [0, 1]):
+        name = f"{tok}-{pool}-met-4v-s{seed}"
+        rid = c.create_run(exp, run_name=name, tags={"step": "train", "grid.name": GRID, "mlflow.parentRunId": parent,
+                                                     "grid.cell": f"tokenizer={tok},pooling={pool},met=true,vect=4,seed={seed}"}).info.run_id
+        for k, v in {"tokenizer": tok, "pooling": pool, "met": "true", "vect": "4", "seed": seed, "n_params": 1000, "n_params_embedding": 64}.items():
+            c.log_param(rid, k, v)
+        for e in (1, 2, 3):
+            c.log_metric(rid, "val_auc", AUC[(tok, seed)] - 0.03 / e, step=e)
+        for k, v in {"test_auc": AUC[(tok, seed)], "test_rej_at_eff50": 10.0, "test_rej_at_eff70": 4.0, "train_seconds": 60.0}.items():
+            c.log_metric(rid, k, v)
+        labels = (rng.random(300) < 0.5).astype(np.int8)
+        npz = tmp_path / "test_scores.npz"
+        np.savez(npz, labels=labels, scores=rng.random(300).astype(np.float32), process=np.where(labels == 1, 1, 2).astype(np.int8))
+        c.log_artifact(rid, str(npz), "eval")
+        c.set_terminated(rid, "FINISHED")
+        names.append(name)
+    c.create_run(exp, run_name="binning-v4", tags={"step": "binning"})  # not a cell: never in the views
+    yield srv, exp, names
+    srv.stop()
+
+
+def _dom_text(url: str, tmp_path: Path) -> str:
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-background-networking",
+             "--disable-component-update", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1900,2400", "--virtual-time-budget=20000"]
+    res = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = re.sub(r"<style.*?</style>|<script.*?</script>", " ", res.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def test_views_open_in_a_real_browser(grid_on_server, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("headless Chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)")
+    srv, exp, names = grid_on_server
+    links = views.write_views(GRID, exp)
+    assert len(links) == 6 and all(u.startswith(f"{srv.uri}/#/experiments/{exp}/runs?viewStateShareKey=thesis-") for u in links.values())
+    by_name = {k.split(": ", 1)[1]: v for k, v in links.items()}
+    # all cells, the factor columns and test AUC, without a click
+    text = _dom_text(by_name["cells by test AUC"], tmp_path)
+    assert "cells by test AUC" in text and "Sort: test_auc" in text
+    assert sorted(set(re.findall(r"(?:direct|binned)-(?:mean|max)-met-4v-s[01]", text))) == sorted(names)
+    assert "binning-v4" not in text and f"grid-{GRID}" not in text  # the grid's cells only
+    for col in ("tokenizer", "pooling", "met", "vect", "seed", "test_auc", "test_rej_at_eff50"):
+        assert re.search(rf"\b{col}\b", text), col
+    assert "0.82" in text and "0.76" in text and "8 matching runs" in text
+    # grouped by tokenizer: one group per level, each with its average
+    text = _dom_text(by_name["mean by tokenizer"], tmp_path)
+    assert "Group by: tokenizer" in text
+    assert re.findall(r"Group: (\w+) (\d+)", text) == [("direct", "4"), ("binned", "4")]
+    assert "0.81 (average)" in text and "0.77 (average)" in text
+    text = _dom_text(by_name["mean by pooling"], tmp_path)
+    assert sorted(re.findall(r"Group: (\w+) 4", text)) == ["max", "mean"] and text.count("0.79 (average)") >= 2
+    # charts: test AUC per cell and val_auc against epoch
+    text = _dom_text(by_name["charts (test AUC, val AUC per epoch)"], tmp_path)
+    assert "test_auc" in text and "val_auc" in text and "Step" in text
+    assert all(n in text for n in names)
+
+
+def test_views_update_in_place_and_leave_user_views_alone(grid_on_server):
+    _, exp, _ = grid_on_server
+    c = mlflow.MlflowClient()
+    user_key = views.TAG_PREFIX + "my-own-view"
+    c.set_experiment_tag(exp, user_key, '{"name": "mine", "createdAt": 1, "state": "{}"}')
+    squatted = views.TAG_PREFIX + views.grid_views(GRID)[1].id  # a user's view under one of our ids
+    c.set_experiment_tag(exp, squatted, '{"name": "also mine", "createdAt": 2, "state": "{}"}')
+    views.write_views(GRID, exp)
+    first = {k: v for k, v in c.get_experiment(exp).tags.items() if k.startswith(views.TAG_PREFIX)}
+    views.write_views(GRID, exp)  # a re-run: same tags, no pile-up
+    tags = c.get_experiment(exp).tags
+    second = {k: v for k, v in tags.items() if k.startswith(views.TAG_PREFIX)}
+    assert second == first and len(second) == 7  # 5 of ours written, the squatted id kept, the user's view
+    assert tags[user_key].startswith('{"name": "mine"') and '"also mine"' in tags[squatted]
+    assert tags[views.KIND_TAG] == views.KIND
+    ours = views.decode(second[views.TAG_PREFIX + views.grid_views(GRID)[0].id])
+    assert ours["name"].startswith(views.NAME_PREFIX) and ours["state"]["orderByKey"] == "metrics.`test_auc`"
+    assert ours["state"]["searchFilter"] == f"tags.`grid.name` = '{GRID}' and tags.step = 'train'"
+
+
+def test_query_api(grid_on_server):
+    _, exp, names = grid_on_server
+    runs = results.grid_runs(GRID)
+    assert sorted(runs["name"]) == sorted(names) and set(runs["status"]) == {"FINISHED"}
+    assert runs.loc[runs.name == "direct-max-met-4v-s1", "test_auc"].item() == pytest.approx(0.82)
+    assert runs["met"].dtype == bool and runs["vect"].tolist() == [4] * 8
+    cells = results.cell_table(GRID)
+    assert len(cells) == 4 and set(cells["n_seeds"]) == {2}
+    assert cells.set_index(["tokenizer", "pooling"]).loc[("binned", "max"), "test_auc_mean"] == pytest.approx(0.77)
+    hist = results.histories(GRID, "val_auc")
+    assert len(hist) == 8 * 3 and sorted(set(hist["step"])) == [1, 2, 3]
+    s = results.test_scores(runs.run_id.iloc[0])
+    assert set(s) == {"labels", "scores", "process"} and s["scores"].shape == (300,)
+    with pytest.raises(ValueError, match="no experiment 'nope'"):
+        results.grid_runs(GRID, experiment="nope")
+    with pytest.raises(ValueError, match="not found"):
+        results.test_scores("0123456789abcdef0123456789abcdef")
+
+
+def test_query_api_pages(grid_on_server, monkeypatch):
+    monkeypatch.setattr(results, "PAGE", 3)  # 8 runs come back over three pages
+    assert len(results.grid_runs(GRID)) == 8
+
+
+def test_readme_example_runs(grid_on_server, capsys):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- results-example[^>]*-->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README has no results example"
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "direct-max-met-4v-s1" in out and "test events of" in out
