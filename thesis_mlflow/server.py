@@ -1,14 +1,23 @@
-"""A real ``mlflow server`` process: SQLite backend and served artifacts under one root.
+"""A real ``mlflow server`` process: SQLite (or PostgreSQL) backend and served artifacts under one root.
 
 Many concurrent jobs log through one server, never through one SQLite file on a network
 filesystem (SQLite locking over NFS loses writes). Move ``--backend-store-uri`` to
 PostgreSQL when dozens of jobs log at once.
+
+Authentication is MLflow's basic-auth app, on unless asked otherwise: on first start an
+admin password is generated into ``<root>/basic_auth.ini`` and ``<root>/credentials``, both
+readable by their owner only (0600); the server finds the ini through
+``MLFLOW_AUTH_CONFIG_PATH`` in its own environment, never on a command line. Clients
+authenticate through MLflow's credentials file, ``~/.mlflow/credentials`` (see
+``install_client_credentials``).
 """
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,8 +36,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+AUTH_INI = "basic_auth.ini"
+CREDENTIALS = "credentials"
+MARKER = "# written by thesis-mlflow serve"
+
+
 def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None,
-                   backend_store_uri: str | None = None) -> list[str]:
+                   backend_store_uri: str | None = None, auth: bool = True) -> list[str]:
     root = Path(root).resolve()
     cmd = [sys.executable, "-m", "mlflow", "server",
            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
@@ -36,7 +50,69 @@ def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_h
            "--host", host, "--port", str(port), "--workers", str(workers)]
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
     return cmd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def ensure_auth_config(root: Path) -> Path:
+    """The basic-auth config of this server root, created once with a generated admin password."""
+    ini = Path(root) / AUTH_INI
+    if not ini.is_file():
+        password = secrets.token_urlsafe(24)
+        write_private(ini, f"""{MARKER}: the admin password of this server; keep this file 0600
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///{Path(root).resolve() / 'basic_auth.db'}
+admin_username = admin
+admin_password = {password}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+# one password hash check per client and minute instead of one per request (one worker: no staleness)
+auth_cache_ttl_seconds = 60
+""")
+        write_private(Path(root) / CREDENTIALS, credentials_text("admin", password))
+    if ini.stat().st_mode & 0o077:
+        raise PermissionError(f"{ini} is readable by others (mode {oct(ini.stat().st_mode & 0o777)}); chmod 600 it")
+    return ini
+
+
+def credentials(root: Path) -> tuple[str, str]:
+    cp = configparser.ConfigParser()
+    cp.read(Path(root) / AUTH_INI)
+    return cp["mlflow"]["admin_username"], cp["mlflow"]["admin_password"]
+
+
+def credentials_text(user: str, password: str) -> str:
+    return f"{MARKER}\n[mlflow]\nmlflow_tracking_username = {user}\nmlflow_tracking_password = {password}\n"
+
+
+def install_client_credentials(root: Path, home: Path | None = None) -> tuple[Path, str]:
+    """Put this server's credentials where MLflow clients look (``~/.mlflow/credentials``, 0600):
+    jobs on a shared home read them there, so no secret travels on a command line or in a job's
+    environment. A file that this command did not write is left alone. Returns (path, what happened)."""
+    path = Path(home or Path.home()) / ".mlflow" / "credentials"
+    text = credentials_text(*credentials(root))
+    if path.is_file():
+        old = path.read_text()
+        if old == text:
+            return path, "already there"
+        if not old.startswith(MARKER):
+            return path, "left alone (it holds other credentials): copy " + str(Path(root) / CREDENTIALS) + " there yourself"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_private(path, text)
+    return path, "written"
 
 
 @dataclass
@@ -59,15 +135,23 @@ def healthy(uri: str) -> bool:
 
 
 def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int = 1, allowed_hosts: str | None = None,
-          wait: float = 90, backend_store_uri: str | None = None) -> Server:
+          wait: float = 90, backend_store_uri: str | None = None, auth: bool = True) -> Server:
     """Start the server in the background and wait until it answers /health."""
     root = Path(root).resolve()
+    if backend_store_uri and backend_store_uri.startswith("postgresql"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None:
+            raise ValueError("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri)
+    cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri, auth)
+    env = dict(os.environ)
+    if auth:
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
     logf = open(root / "server.log", "ab")
     # own session: the server outlives `make demo` and is stopped through its pid file
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     logf.close()
     uri = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     t0 = time.time()

@@ -60,8 +60,14 @@ def ensure_raw(path: str) -> Path:
     if p.is_file():
         return p
     if p in (resolve(DEFAULT_DATA), ROOT / DEFAULT_DATA):  # the built-in dataset, from here or the project
-        log.info("%s missing: generating the built-in dataset", p)
-        run_generate(FULL_SIZE, 0, str(p), use_env=False)
+        import fcntl
+
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p.with_name(p.name + ".lock"), "w") as lock:  # jobs starting together generate it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not p.is_file():
+                log.info("%s missing: generating the built-in dataset", p)
+                run_generate(FULL_SIZE, 0, str(p), use_env=False)
         return p
     raise FileNotFoundError(f"data file {p} not found (give --data a raw 4-top HDF5 file)")
 
@@ -78,8 +84,10 @@ def binning_reuse_params(digest: str, n_bins: int, vect: int, phi: str, fit_on: 
     return {"input_sha256": digest, "n_bins": n_bins, "vect": vect, "phi": phi, "fit_on": fit_on}
 
 
-def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str, fit_on: str, use_env: bool = True) -> tuple[str, Path]:
-    """Validate, fit on train, tokenise all splits, write atomically, log. Returns (run id, file)."""
+def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str, fit_on: str, use_env: bool = True,
+                run_id: str | None = None) -> tuple[str, Path]:
+    """Validate, fit on train, tokenise all splits, write atomically, log. Returns (run id, file).
+    ``run_id``: a claim run to log into (``find_or_run_binning``)."""
     from .binning import Binning, write_binned
 
     inp = resolve(input)
@@ -88,7 +96,7 @@ def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str
     out = resolve(output) if output else default_binned_output(inp, n_bins, vect, phi, fit_on)
     digest = data.sha256(inp)
     name = f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}"
-    with tracking.step_run("binning", run_name=name, use_env=use_env) as run:
+    with tracking.heartbeat(run_id), tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id) as run:
         tracking.log_params({**binning_reuse_params(digest, n_bins, vect, phi, fit_on), "input": input, "input_file": str(inp),
                              "output_file": str(out), "vocab_size": b.vocab_size})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
@@ -131,7 +139,8 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
     if not inp.is_file():
         raise FileNotFoundError(f"raw input {inp} not found")
     digest = data.sha256(inp)
-    run = tracking.find_finished_run("binning", binning_reuse_params(digest, n_bins, vect, phi, fit_on))
+    run, claim = tracking.find_or_claim("binning", binning_reuse_params(digest, n_bins, vect, phi, fit_on),
+                                        f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}")
     if run is not None:
         out = Path(run.data.params.get("output_file", ""))
         if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
@@ -140,7 +149,7 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
         local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
         log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
         return run.info.run_id, local
-    return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False)
+    return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim)
 
 
 # --------------------------------------------------------------------------- VQ-VAE
@@ -165,8 +174,8 @@ class VQSpec:
                 "epochs": self.epochs, "seed": self.seed, "batch_size": self.batch_size, "lr": self.lr, "max_events": self.max_events}
 
 
-def run_vqvae(o: VQSpec, use_env: bool = True) -> tuple[str, Path]:
-    """Validate, train, log. Returns (run id, local model file)."""
+def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None) -> tuple[str, Path]:
+    """Validate, train, log. Returns (run id, local model file). ``run_id``: a claim run to log into."""
     import torch
 
     from . import features
@@ -183,7 +192,8 @@ def run_vqvae(o: VQSpec, use_env: bool = True) -> tuple[str, Path]:
     x = features.direct_inputs(tr, o.vect, False, scaler)
     v = x["valid"]
     names = ["e", "pt", "eta", "phi"][5 - o.vect:]
-    with tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env) as run:
+    with tracking.heartbeat(run_id), tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env,
+                                                        run_id=run_id) as run:
         tracking.log_params({**o.reuse_params(digest), "input": o.input, "input_file": str(inp), "n_objects": int(v.sum()),
                              "commitment": cfg.commitment, "ema": cfg.ema, "decay": cfg.decay, "kmeans_init": cfg.kmeans_init,
                              "dead_threshold": cfg.dead_threshold})
@@ -206,11 +216,11 @@ def find_or_run_vqvae(o: VQSpec) -> tuple[str, Path]:
     inp = resolve(o.input)
     if not inp.is_file():
         raise FileNotFoundError(f"raw input {inp} not found")
-    run = tracking.find_finished_run("vqvae", o.reuse_params(data.sha256(inp)))
+    run, claim = tracking.find_or_claim("vqvae", o.reuse_params(data.sha256(inp)), f"vqvae-v{o.vect}-k{o.codebook_size}")
     if run is not None:
         log.info("reusing vqvae run %s", run.info.run_id)
         return run.info.run_id, tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
-    return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False)
+    return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim)
 
 
 def load_vqvae(run_id: str):
