@@ -88,6 +88,13 @@ auth_cache_ttl_seconds = 60
     return ini
 
 
+def flask_secret(root: Path) -> str:
+    path = Path(root) / "flask_secret"
+    if not path.is_file():
+        write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def credentials(root: Path) -> tuple[str, str]:
     cp = configparser.ConfigParser()
     cp.read(Path(root) / AUTH_INI)
@@ -141,7 +148,8 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     if backend_store_uri and backend_store_uri.startswith("postgresql"):
         import importlib.util
 
-        if importlib.util.find_spec("psycopg2") is None:
+        driver = "psycopg2" if backend_store_uri.startswith("postgresql+psycopg2") else "psycopg"
+        if importlib.util.find_spec(driver) is None:
             raise ValueError("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
@@ -149,6 +157,7 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     env = dict(os.environ)
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret(root)  # CSRF key of the login forms; kept across restarts
     logf = open(root / "server.log", "ab")
     # own session: the server outlives `make demo` and is stopped through its pid file
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)

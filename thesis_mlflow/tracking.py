@@ -25,6 +25,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "4t-tokenization"
+# A job keeps retrying a dead tracking server (a restart, a login-node reboot) for ~4 minutes
+# before it fails: MLflow's exponential backoff, 7 retries x factor 2 (0, 4, 8, ... 64 s, then
+# 120 s, urllib3's cap per wait). A retried write is stored once (the server drops an
+# identical metric row), so no epoch is lost or doubled. Users may set other values.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+
+
+def retry_budget_s() -> float:
+    """Seconds a client keeps retrying a request to an unreachable server (jitter not counted)."""
+    n = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    f = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    return sum(min(f * 2**i, 120.0) for i in range(1, n))
 
 
 def tracking_uri() -> str:

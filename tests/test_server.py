@@ -1,0 +1,288 @@
+"""The tracking server for a shared cluster: login, PostgreSQL for real, no races when jobs
+start together, and jobs that outlive a server restart. Real server processes throughout."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from thesis_mlflow import devdb, server, tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",
+        "--max-train-events", "400", "--max-eval-events", "200", "--epochs", "1"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request):
+    """The backend store of the server under test: its own SQLite file, or a throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    pg = devdb.start()
+    yield pg.uri
+    pg.stop()
+
+
+def _serve(tmp_path, monkeypatch, backend=None, auth=True, port=0, name="srv"):
+    """A real server with login; this test's HOME holds the client credentials, as a user's would."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    srv = server.start(tmp_path / name, port=port, backend_store_uri=backend, auth=auth)
+    if auth:
+        server.install_client_credentials(tmp_path / name, home)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "srv-test")
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(k, raising=False)
+    mlflow.set_tracking_uri(srv.uri)
+    return srv
+
+
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+
+def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
+    srv = _serve(tmp_path, monkeypatch)
+    root = tmp_path / "srv"
+    user, password = server.credentials(root)
+    for f in (root / server.AUTH_INI, root / server.CREDENTIALS, tmp_path / "home" / ".mlflow" / "credentials"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert "basic-auth" in cmdline and password not in cmdline  # never on a command line
+    api = f"{srv.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _get(api)[0] == 401
+    assert _get(api, (user, password + "x"))[0] == 401
+    assert _get(api, ("someone", password))[0] == 401
+    assert _get(api, (user, password))[0] == 200
+    status, headers = _get(f"{srv.uri}/")  # the UI: the browser is asked for the login
+    assert status == 401 and headers.get("www-authenticate", "").lower().startswith("basic")
+    # the client authenticates through ~/.mlflow/credentials, nothing in its environment
+    c = mlflow.MlflowClient()
+    exp = c.create_experiment("srv-test")
+    rid = c.create_run(exp, run_name="r").info.run_id
+    c.log_metric(rid, "val_auc", 0.7, step=1)
+    assert [m.value for m in c.get_metric_history(rid, "val_auc")] == [0.7]
+    assert password not in (root / "server.log").read_text()
+    assert all(password not in v for v in c.get_run(rid).data.params.values())
+    if CHROMIUM:  # the UI link works in a browser that has the login (what the prompt gives it)
+        with _logged_in_browser_proxy(srv.uri, user, password) as base:
+            u = f"{base}/#/experiments/{exp}/runs"
+            dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+                                  "--virtual-time-budget=15000", "--dump-dom", u], capture_output=True, text=True, timeout=120)
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom.stdout, flags=re.S)))
+        assert "srv-test" in text and " r " in text and "1 matching run " in text and "admin" in text, text[:2000]
+    # a second start reuses the password; a file readable by others is refused
+    srv.stop()
+    assert server.ensure_auth_config(root) and server.credentials(root) == (user, password)
+    (root / server.AUTH_INI).chmod(0o644)
+    with pytest.raises(PermissionError, match="readable by others"):
+        server.ensure_auth_config(root)
+
+
+@contextmanager
+def _logged_in_browser_proxy(upstream: str, user: str, password: str):
+    """A loopback proxy that adds the Basic login to every request, as a browser does once the
+    user answered its login prompt (headless Chromium cannot answer one)."""
+    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            req = urllib.request.Request(upstream + self.path, data=body, method=self.command)
+            for k, v in self.headers.items():
+                if k.lower() not in ("host", "authorization", "content-length", "connection", "origin", "referer"):
+                    req.add_header(k, v)
+            req.add_header("Authorization", token)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    status, headers, data = r.status, r.headers.items(), r.read()
+            except urllib.error.HTTPError as e:
+                status, headers, data = e.code, e.headers.items(), e.read()
+            self.send_response(status)
+            for k, v in headers:
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def test_client_credentials_file_of_the_user_is_left_alone(tmp_path):
+    root, home = tmp_path / "srv", tmp_path / "home"
+    root.mkdir()
+    server.ensure_auth_config(root)
+    mine = home / ".mlflow" / "credentials"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("[mlflow]\nmlflow_tracking_username = me\nmlflow_tracking_password = secret\n")
+    path, what = server.install_client_credentials(root, home)
+    assert "left alone" in what and "secret" in mine.read_text()
+    mine.unlink()
+    assert server.install_client_credentials(root, home)[1] == "written"
+    assert server.install_client_credentials(root, home)[1] == "already there"
+
+
+def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, tiny_raw, store):
+    """4 train jobs at the same moment on a fresh store, all needing the same binning or VQ-VAE run
+    and logging the same dataset: all finish, and one upstream run per settings exists."""
+    _serve(tmp_path, monkeypatch, backend=store)
+    env = {**os.environ}
+    cmds = [[sys.executable, "-m", "steps.train", "--tokenizer", tok, "--seed", str(seed), "--data", str(tiny_raw), *TINY,
+             "--codebook-size", "16", "--vqvae-epochs", "1", "--vqvae-max-events", "300", "--system-metrics", "false"]
+            for tok, seed in itertools.product(["binned", "vqvae"], [0, 1])]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in cmds]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    runs = mlflow.search_runs(experiment_names=["srv-test"], output_format="list")
+    by_step = {s: [r for r in runs if r.data.tags.get("step") == s] for s in ("binning", "vqvae", "train")}
+    assert len(by_step["binning"]) == 1 and len(by_step["vqvae"]) == 1, {k: len(v) for k, v in by_step.items()}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    trains = by_step["train"]
+    assert len(trains) == 4 and all(r.inputs.dataset_inputs for r in trains)
+    assert {r.data.params["binning_run_id"] for r in trains if r.data.params["tokenizer"] == "binned"} == {by_step["binning"][0].info.run_id}
+    assert {r.data.params["vqvae_run_id"] for r in trains if r.data.params["tokenizer"] == "vqvae"} == {by_step["vqvae"][0].info.run_id}
+
+
+def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
+    """A job killed while it held the claim of a binning (its heartbeat stopped) is taken over."""
+    from thesis_mlflow import data
+    from thesis_mlflow.upstream import binning_reuse_params, find_or_run_binning
+
+    c = mlflow.MlflowClient()
+    exp = c.create_experiment("test-exp")
+    key = tracking.claim_key("binning", binning_reuse_params(data.sha256(tiny_raw), 5, 4, "signed", "all"))
+    dead = c.create_run(exp, run_name="binning-dead", tags={"step": "binning", tracking.CLAIM_TAG: key,
+                                                              tracking.HEARTBEAT_TAG: f"{time.time() - 3600:.0f}"}).info.run_id
+    t0 = time.time()
+    rid, path = find_or_run_binning(str(tiny_raw))
+    assert rid != dead and path.is_file() and time.time() - t0 < 60
+    assert c.get_run(dead).info.status == "FAILED" and c.get_run(rid).info.status == "FINISHED"
+    assert find_or_run_binning(str(tiny_raw))[0] == rid  # and reused from then on
+
+
+def test_small_grid_through_a_server_on_postgresql(tmp_path, monkeypatch, tiny_raw):
+    from thesis_mlflow.driver import run_grid
+
+    pg = devdb.start()
+    try:
+        _serve(tmp_path, monkeypatch, backend=pg.uri)
+        doc = {"name": "pg", "data": str(tiny_raw), "factors": {"tokenizer": ["direct", "binned"], "pooling": ["max"], "met": [True], "vect": [4]},
+               "scales": {"demo": {"seeds": [0, 1], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                              "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 400,
+                                                              "max_eval_events": 200}}}}
+        gfile = tmp_path / "pg.yaml"
+        gfile.write_text(yaml.safe_dump(doc))
+        s = run_grid(str(gfile), "local", "demo", 2, False, echo=lambda *_: None)
+        assert s["n_finished"] == 4
+        c = mlflow.MlflowClient()
+        runs = mlflow.search_runs(experiment_names=["srv-test"], output_format="list")
+        children = [r for r in runs if r.data.tags.get("step") == "train"]
+        assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+        for r in children:
+            for k in ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s"):
+                assert [m.step for m in c.get_metric_history(r.info.run_id, k)] == [1, 2], k
+            assert {"test_auc", "test_acc", "test_rej_at_eff50", "test_rej_at_eff70"} <= set(r.data.metrics)
+        assert [r.info.status for r in runs if r.data.tags.get("step") == "grid"] == ["FINISHED"]
+        # the store really is PostgreSQL: the rows are there
+        out = subprocess.run(["psql", pg.uri, "-tAc", "select count(*) from runs"], capture_output=True, text=True)
+        assert int(out.stdout.strip()) == len(runs)
+    finally:
+        pg.stop()
+
+
+LOGGER = """
+import sys, time
+from thesis_mlflow import tracking
+with tracking.step_run("train", run_name="outage") as run:
+    print(run.info.run_id, flush=True)
+    for epoch in range(1, 31):
+        tracking.log_metrics({k: epoch / 100 for k in ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s")}, step=epoch)
+        time.sleep(0.2)
+print("done", flush=True)
+"""
+
+
+def test_jobs_survive_a_server_restart(tmp_path, monkeypatch):
+    """The server is SIGKILLed mid-run and back after 20 s: the job finishes, every epoch once."""
+    assert tracking.retry_budget_s() >= 60
+    port = server.free_port()
+    srv = _serve(tmp_path, monkeypatch, port=port)
+    job = subprocess.Popen([sys.executable, "-c", LOGGER], cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = job.stdout.readline().strip()
+    c = mlflow.MlflowClient()
+    while len(c.get_metric_history(run_id, "val_auc")) < 3:
+        time.sleep(0.1)
+    os.killpg(srv.pid, signal.SIGKILL)
+    time.sleep(20)
+    assert job.poll() is None  # still retrying
+    srv2 = server.start(tmp_path / "srv", port=port)
+    try:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0 and "done" in out, err[-2000:]
+        for k in ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s"):
+            assert [m.step for m in c.get_metric_history(run_id, k)] == list(range(1, 31)), k
+        assert c.get_run(run_id).info.status == "FINISHED"
+    finally:
+        srv2.stop()
+
+
+def test_bad_upstream_run_id_and_bad_grid_key(mlflow_env, tiny_raw, tmp_path):
+    from click.testing import CliRunner
+
+    from steps.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--tokenizer", "vqvae", "--vqvae-run-id", "0123456789abcdef", "--data", str(tiny_raw), *TINY])
+    assert res.exit_code == 1 and "run '0123456789abcdef' not found" in res.output and "Traceback" not in res.output
+    doc = yaml.safe_load((ROOT / "configs/grids/binning_vs_direct.yaml").read_text())
+    doc["factors"]["poolng"] = doc["factors"].pop("pooling")
+    g = tmp_path / "g.yaml"
+    g.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(main, ["grid", "run", str(g), "--scale", "demo", "--dry-run"])
+    assert res.exit_code == 1 and "unknown keys ['poolng']" in res.output and "allowed" in res.output
+    doc["scaless"] = doc.pop("scales")
+    g.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(main, ["grid", "run", str(g), "--scale", "demo", "--dry-run"])
+    assert res.exit_code == 1 and "unknown keys ['scaless']" in res.output, res.output
+    assert json.dumps  # (the module is used by the benchmark helpers)
