@@ -121,7 +121,10 @@ def test_condor_dry_run_prints_files(mlflow_env, tmp_path):
 
 @pytest.fixture()
 def live_server(tmp_path, monkeypatch):
+    """A real server with its login; the jobs authenticate through this test's ~/.mlflow/credentials."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     srv = server.start(tmp_path / "srv")
+    server.install_client_credentials(tmp_path / "srv", tmp_path / "home")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "grid-test")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

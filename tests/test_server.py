@@ -43,6 +43,23 @@ def store(request):
     pg.stop()
 
 
+@pytest.fixture(autouse=True)
+def _stop_servers(monkeypatch):
+    """Every server a test starts is stopped when it ends, whatever happened."""
+    started = []
+    real_start = server.start
+
+    def start(*a, **kw):
+        srv = real_start(*a, **kw)
+        started.append(srv)
+        return srv
+
+    monkeypatch.setattr(server, "start", start)
+    yield
+    for srv in started:
+        srv.stop()
+
+
 def _serve(tmp_path, monkeypatch, backend=None, auth=True, port=0, name="srv"):
     """A real server with login; this test's HOME holds the client credentials, as a user's would."""
     home = tmp_path / "home"
@@ -257,15 +274,12 @@ def test_jobs_survive_a_server_restart(tmp_path, monkeypatch):
     os.killpg(srv.pid, signal.SIGKILL)
     time.sleep(20)
     assert job.poll() is None  # still retrying
-    srv2 = server.start(tmp_path / "srv", port=port)
-    try:
-        out, err = job.communicate(timeout=300)
-        assert job.returncode == 0 and "done" in out, err[-2000:]
-        for k in ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s"):
-            assert [m.step for m in c.get_metric_history(run_id, k)] == list(range(1, 31)), k
-        assert c.get_run(run_id).info.status == "FINISHED"
-    finally:
-        srv2.stop()
+    server.start(tmp_path / "srv", port=port)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0 and "done" in out, err[-2000:]
+    for k in ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s"):
+        assert [m.step for m in c.get_metric_history(run_id, k)] == list(range(1, 31)), k
+    assert c.get_run(run_id).info.status == "FINISHED"
 
 
 def test_bad_upstream_run_id_and_bad_grid_key(mlflow_env, tiny_raw, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from mlflow.entities import Metric, Param
 
 from thesis_mlflow import results, server, views
 
@@ -20,42 +22,64 @@ GRID = "binning_vs_direct-demo"
 AUC = {("direct", 0): 0.80, ("direct", 1): 0.82, ("binned", 0): 0.76, ("binned", 1): 0.78}  # means 0.81 and 0.77
 
 
+@pytest.fixture(scope="module")
+def filled_server(tmp_path_factory):
+    """A real mlflow server (with its login) holding a grid of 8 finished cells (2 tokenizers x 2 poolings x 2 seeds)."""
+    tmp = tmp_path_factory.mktemp("views")
+    home = tmp / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        srv = server.start(tmp / "srv")
+        server.install_client_credentials(tmp / "srv", home)
+        mlflow.set_tracking_uri(srv.uri)
+        c = mlflow.MlflowClient(srv.uri)
+        exp = c.create_experiment("views-test")
+        parent = c.create_run(exp, run_name=f"grid-{GRID}", tags={"step": "grid", "grid.name": GRID}).info.run_id
+        rng = np.random.default_rng(0)
+        names = []
+        for tok, pool, seed in itertools.product(["direct", "binned"], ["mean", "max"], [0, 1]):
+            name = f"{tok}-{pool}-met-4v-s{seed}"
+            rid = c.create_run(exp, run_name=name, tags={"step": "train", "grid.name": GRID, "mlflow.parentRunId": parent,
+                                                         "grid.cell": f"tokenizer={tok},pooling={pool},met=true,vect=4,seed={seed}"}).info.run_id
+            c.log_batch(rid, params=[Param(k, str(v)) for k, v in {"tokenizer": tok, "pooling": pool, "met": "true", "vect": "4", "seed": seed,
+                                                                   "n_params": 1000, "n_params_embedding": 64}.items()],
+                        metrics=[Metric("val_auc", AUC[(tok, seed)] - 0.03 / e, 0, e) for e in (1, 2, 3)]
+                        + [Metric(k, v, 0, 0) for k, v in {"test_auc": AUC[(tok, seed)], "test_rej_at_eff50": 10.0, "test_rej_at_eff70": 4.0,
+                                                           "train_seconds": 60.0}.items()])
+            labels = (rng.random(300) < 0.5).astype(np.int8)
+            npz = tmp / "test_scores.npz"
+            np.savez(npz, labels=labels, scores=rng.random(300).astype(np.float32), process=np.where(labels == 1, 1, 2).astype(np.int8))
+            c.log_artifact(rid, str(npz), "eval")
+            c.set_terminated(rid, "FINISHED")
+            names.append(name)
+        c.create_run(exp, run_name="binning-v4", tags={"step": "binning"})  # not a cell: never in the views
+    yield srv, exp, names, home
+    srv.stop()
+
+
 @pytest.fixture()
-def grid_on_server(tmp_path, monkeypatch):
-    """A real mlflow server holding a grid of 8 finished cells (2 tokenizers x 2 poolings x 2 seeds)."""
-    srv = server.start(tmp_path / "srv")
+def grid_on_server(filled_server, monkeypatch):
+    srv, exp, names, home = filled_server
+    monkeypatch.setenv("HOME", str(home))  # the client's login: ~/.mlflow/credentials
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "views-test")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(srv.uri)
-    c = mlflow.MlflowClient()
-    exp = c.create_experiment("views-test")
-    parent = c.create_run(exp, run_name=f"grid-{GRID}", tags={"step": "grid", "grid.name": GRID}).info.run_id
-    rng = np.random.default_rng(0)
-    names = []
-    for tok, pool, seed in itertools.product(["direct", "binned"], ["mean", "max"], [0, 1]):
-        name = f"{tok}-{pool}-met-4v-s{seed}"
-        rid = c.create_run(exp, run_name=name, tags={"step": "train", "grid.name": GRID, "mlflow.parentRunId": parent,
-                                                     "grid.cell": f"tokenizer={tok},pooling={pool},met=true,vect=4,seed={seed}"}).info.run_id
-        for k, v in {"tokenizer": tok, "pooling": pool, "met": "true", "vect": "4", "seed": seed, "n_params": 1000, "n_params_embedding": 64}.items():
-            c.log_param(rid, k, v)
-        for e in (1, 2, 3):
-            c.log_metric(rid, "val_auc", AUC[(tok, seed)] - 0.03 / e, step=e)
-        for k, v in {"test_auc": AUC[(tok, seed)], "test_rej_at_eff50": 10.0, "test_rej_at_eff70": 4.0, "train_seconds": 60.0}.items():
-            c.log_metric(rid, k, v)
-        labels = (rng.random(300) < 0.5).astype(np.int8)
-        npz = tmp_path / "test_scores.npz"
-        np.savez(npz, labels=labels, scores=rng.random(300).astype(np.float32), process=np.where(labels == 1, 1, 2).astype(np.int8))
-        c.log_artifact(rid, str(npz), "eval")
-        c.set_terminated(rid, "FINISHED")
-        names.append(name)
-    c.create_run(exp, run_name="binning-v4", tags={"step": "binning"})  # not a cell: never in the views
-    yield srv, exp, names
-    srv.stop()
+    return srv, exp, names
 
 
 def _dom_text(url: str, tmp_path: Path) -> str:
+    """The rendered page's text, as a browser that has the login sees it."""
+    from .test_server import _logged_in_browser_proxy
+
+    srv_uri = url.split("/#/")[0]
+    user, password = server.credentials(Path(os.environ["HOME"]).parent / "srv")
+    with _logged_in_browser_proxy(srv_uri, user, password) as base:
+        return _dom_text_direct(url.replace(srv_uri, base), tmp_path)
+
+
+def _dom_text_direct(url: str, tmp_path: Path) -> str:
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-background-networking",
              "--disable-component-update", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1900,2400", "--virtual-time-budget=20000"]
     res = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
@@ -93,8 +117,8 @@ def test_views_open_in_a_real_browser(grid_on_server, tmp_path):
 
 
 def test_views_update_in_place_and_leave_user_views_alone(grid_on_server):
-    _, exp, _ = grid_on_server
     c = mlflow.MlflowClient()
+    exp = c.create_experiment("views-update")  # tags only: the views need no runs
     user_key = views.TAG_PREFIX + "my-own-view"
     c.set_experiment_tag(exp, user_key, '{"name": "mine", "createdAt": 1, "state": "{}"}')
     squatted = views.TAG_PREFIX + views.grid_views(GRID)[1].id  # a user's view under one of our ids

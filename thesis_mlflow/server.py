@@ -117,7 +117,7 @@ def install_client_credentials(root: Path, home: Path | None = None) -> tuple[Pa
             return path, "already there"
         if not old.startswith(MARKER):
             return path, "left alone (it holds other credentials): copy " + str(Path(root) / CREDENTIALS) + " there yourself"
-    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(path, text)
     return path, "written"
 
@@ -154,7 +154,8 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri, auth)
-    env = dict(os.environ)
+    # MLflow's job runner (8 huey consumers, ~1 GB) serves GenAI features this project does not use
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret(root)  # CSRF key of the login forms; kept across restarts
@@ -196,6 +197,10 @@ def stop_pid(pid: int, timeout: float = 20) -> None:
         return
     t0 = time.time()
     while time.time() - t0 < timeout:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, or it lingers as a zombie
+        except ChildProcessError:
+            pass
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
