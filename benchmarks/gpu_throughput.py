@@ -34,10 +34,12 @@ from pathlib import Path
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _reference import Reference  # noqa: E402
+
 from thesis_mlflow import features, synthetic  # noqa: E402
 from thesis_mlflow.binning import Binning  # noqa: E402
 from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
@@ -45,23 +47,6 @@ from thesis_mlflow.train import TrainConfig, build_step, epoch_order, evaluate, 
 
 DEV = torch.device("cuda")  # --device cpu only checks this script's plumbing on a machine without a GPU
 THESIS = {"n_train": 241_658, "n_val": 30_207, "epochs": 50, "cells": 108}
-
-
-class Reference(nn.Module):
-    """The plain PyTorch model of the same size: nn.TransformerEncoder, pre-norm, mean pooling."""
-
-    def __init__(self, vocab, d=72, layers=8, heads=8, d_ff=144):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d, padding_idx=0)
-        layer = nn.TransformerEncoderLayer(d, heads, d_ff, dropout=0.1, batch_first=True, norm_first=True, activation="gelu")
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, 2)
-
-    def forward(self, tokens):
-        pad = tokens == 0
-        x = self.enc(self.emb(tokens), src_key_padding_mask=pad)
-        m = (~pad)[..., None]
-        return self.head((x * m).sum(1) / m.sum(1).clamp(min=1))
 
 
 def make_data(events: int, path: Path) -> None:

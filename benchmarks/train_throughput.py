@@ -19,28 +19,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _reference import Reference  # noqa: E402
+
 from thesis_mlflow import features, synthetic  # noqa: E402
 from thesis_mlflow.binning import Binning  # noqa: E402
 from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
 from thesis_mlflow.train import TrainConfig, fit, resolve_device  # noqa: E402
-
-
-class Reference(nn.Module):
-    def __init__(self, vocab, d=72, layers=8, heads=8, d_ff=144):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d, padding_idx=0)
-        layer = nn.TransformerEncoderLayer(d, heads, d_ff, dropout=0.1, batch_first=True, norm_first=True, activation="gelu")
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, 2)
-
-    def forward(self, tokens):
-        pad = tokens == 0
-        x = self.enc(self.emb(tokens), src_key_padding_mask=pad)
-        m = (~pad)[..., None]
-        return self.head((x * m).sum(1) / m.sum(1).clamp(min=1))
 
 
 def reference_epoch(tokens, y, bs, device) -> float:

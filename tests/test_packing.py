@@ -126,3 +126,21 @@ def test_mps_unavailable(monkeypatch, tmp_path):
         pass
     with pytest.raises(ValueError, match="mps must be one of auto, on, off"), packing.shared_gpu("sometimes", 8):
         pass
+
+
+def test_job_ads_carry_no_secrets(tmp_path, monkeypatch):
+    """Condor copies getenv variables into job ads any user can read: only an allow-list goes."""
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    p = _grid_file(tmp_path, cells_per_job=8, getenv=True)
+    g = load_grid(p, "demo", base_dir=ROOT)
+    run_ids = {c: f"{i:032x}" for i, c in enumerate(g.cells())}
+    write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag")
+    subs = "\n".join(f.read_text() for f in (tmp_path / "dag").glob("*.sub"))
+    assert "hunter2" not in subs and "getenv = PATH, LD_LIBRARY_PATH" in subs and "PASSWORD" not in subs
+    with pytest.raises(ValueError, match="holds a login"):
+        write_dag(g, run_ids, "http://admin:pw@login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag2")
+    for bad in (["PATH", "MLFLOW_TRACKING_PASSWORD"], ["*"]):
+        with pytest.raises(ValueError, match="job ads that every user can read"):
+            write_dag(load_grid(_grid_file(tmp_path, getenv=bad), "demo", base_dir=ROOT), run_ids, "http://login01:5000", "7", ROOT, p,
+                      out_dir=tmp_path / "dag3")
+    assert not (tmp_path / "dag2").exists() and not (tmp_path / "dag3").exists()

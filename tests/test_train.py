@@ -142,7 +142,7 @@ def test_mlflow_run_train_as_written(mlflow_env, tiny_raw):
 @pytest.mark.parametrize("on", [True, False])
 def test_system_metrics_of_train_runs(mlflow_env, tiny_raw, monkeypatch, on):
     """On by default (CPU and memory here; GPU utilisation and memory where CUDA is used), off with a flag."""
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the default samples every 10 s
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")  # the default samples every 10 s; this run lasts ~1 s
     args = ["train", "--epochs", "3", "--data", str(tiny_raw), *TINY] + ([] if on else ["--system-metrics", "false"])
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

@@ -169,6 +169,38 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
 # --------------------------------------------------------------------------- HTCondor
 
 
+# `getenv = True` would copy the submitter's whole environment into the job ad, which every user
+# of the pool can read (condor_q -l): a password or token there is public. Jobs get what they
+# need to find Python and the project; MLflow credentials come from ~/.mlflow/credentials.
+GETENV_ALLOW = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_*", "HOME", "USER", "LOGNAME", "LANG", "LC_*",
+                "TZ", "TMPDIR", "CUDA_HOME", "CUDA_PATH")
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY")
+
+
+def getenv_value(setting) -> str:
+    """The submit file's ``getenv``: an allow-list for ``true``, never a variable that looks secret."""
+    if setting is False or setting is None:
+        return "False"
+    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
+    if names is None:
+        raise ValueError(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
+    secret = [n for n in names if n == "*" or any(w in n.upper() for w in SECRET_WORDS)]
+    if secret:
+        raise ValueError(f"condor.getenv would copy {secret} into job ads that every user can read; give MLflow credentials "
+                         "through ~/.mlflow/credentials instead")
+    return ", ".join(names)
+
+
+def check_no_credentials(tracking_uri: str) -> None:
+    """A tracking URI with user:password@ would put the password into every job ad."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.password or parts.username:
+        raise ValueError("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
+                         "export the URI without it and put the login in ~/.mlflow/credentials")
+
+
 def submit_description(grid: Grid, args: str, env: str, log_name: str, project_dir: Path, python: str):
     """One submit description (``htcondor2.Submit``) with the grid's condor settings."""
     import htcondor2
@@ -186,7 +218,7 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
         "arguments": args,
         "initialdir": str(initialdir),
         "environment": env,
-        "getenv": "True" if c["getenv"] else "False",
+        "getenv": getenv_value(c["getenv"]),
         "output": str(log_dir / f"{log_name}.out"),
         "error": str(log_dir / f"{log_name}.err"),
         "log": str(log_dir / f"{grid.run_name}.log"),
@@ -221,6 +253,8 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     """
     from htcondor2 import dags
 
+    check_no_credentials(tracking_uri)
+    getenv_value(grid.condor["getenv"])  # refused before anything is written
     python = grid.condor["python"] or sys.executable
     out_dir = Path(out_dir or (project_dir / grid.condor["dag_dir"] / grid.run_name))
     out_dir.mkdir(parents=True, exist_ok=True)
