@@ -16,7 +16,8 @@ from thesis_mlflow.paths import resolve
 @click.option("--root", default="mlflow-server", show_default=True, help="Folder for mlflow.db, artifacts/ and server.log (local disk!).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to be reachable from worker nodes.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=5000, show_default=True, help="0 picks a free port.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=server.DEFAULT_WORKERS, show_default=True,
+              help="Server processes; 4 took 36 jobs logging at once without a failure, 1 did not (README).")
 @click.option("--allowed-hosts", default=None, help="MLflow 3 Host-header allow-list, e.g. 'login01.nikhef.nl:5000,localhost:5000'.")
 @click.option("--backend-store-uri", default=None, help="Override the SQLite store, e.g. postgresql://user@host/mlflow.")
 @click.option("--no-auth", is_flag=True, help="No login (a single-user laptop). Default: MLflow basic auth, admin password in ROOT.")

@@ -76,10 +76,10 @@ class Grid:
         """Arguments of ``python -m steps.train`` for one cell: the same locally and on Condor."""
         return cell.cli_args()
 
-    def packs(self) -> list[list[CellSpec]]:
-        """The cells grouped ``condor.cells_per_job`` at a time (grid order), one GPU job each."""
+    def packs(self, cells: list[CellSpec] | None = None) -> list[list[CellSpec]]:
+        """``cells`` (default: all) grouped ``condor.cells_per_job`` at a time in grid order, one GPU job each."""
         k = int(self.condor.get("cells_per_job", 1))
-        cells = self.cells()
+        cells = self.cells() if cells is None else cells
         return [cells[i : i + k] for i in range(0, len(cells), k)]
 
 
@@ -278,7 +278,7 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
         )
     else:
         args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)"
-        packs = [cells[i : i + k] for i in range(0, len(cells), k)]
+        packs = grid.packs(cells)
         prepare.child_layer(
             name="pack",
             submit_description=submit_description(grid, args, _env(base_env), "pack-$(pack)", project_dir, python),

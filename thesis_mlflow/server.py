@@ -141,6 +141,9 @@ def healthy(uri: str) -> bool:
         return False
 
 
+DEFAULT_WORKERS = 4  # benchmarks/server_load.py: 1 worker failed 18-25 of 36 jobs at once; 4 failed none
+
+
 def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int = 1, allowed_hosts: str | None = None,
           wait: float = 90, backend_store_uri: str | None = None, auth: bool = True) -> Server:
     """Start the server in the background and wait until it answers /health."""
@@ -155,7 +158,10 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     port = port or free_port(host)
     cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri, auth)
     # MLflow's job runner (8 huey consumers, ~1 GB) serves GenAI features this project does not use
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           # each worker's connection pool: SQLAlchemy's 5 + 10 ran out with 36 jobs on one worker
+           # (benchmarks/server_load.py); 4 workers x 20 stay under PostgreSQL's default 100 connections
+           "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10", **os.environ}
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret(root)  # CSRF key of the login forms; kept across restarts

@@ -151,20 +151,44 @@ def log_params(params: dict) -> None:
         raise ValueError(f"run {run.info.run_id} already has other values for {clash} (logged, now)")
     new = {k: fmt(v) for k, v in params.items() if k not in existing}
     if new:
-        mlflow.log_params(new)
+        retrying(mlflow.log_params, new)
+
+
+# An overloaded server answers some writes with an error instead of a slow success: its
+# connection pool timed out ("QueuePool limit ... reached", MLflow reports it as BAD_REQUEST, so
+# the HTTP layer does not retry it) or SQLite was busy. Nothing was written then: a job waits
+# and sends the same write again (identical metric rows are stored once anyway).
+TRANSIENT = ("QueuePool limit", "database is locked", "could not obtain lock", "too many clients", "remaining connection slots")
+WRITE_RETRIES = 8
+
+
+def retrying(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, again after a transient server overload (backoff 1, 2, 4 ... 30 s)."""
+    for attempt in range(WRITE_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == WRITE_RETRIES - 1 or not any(t in str(e) for t in TRANSIENT):
+                raise
+            wait = min(2.0**attempt, 30.0)
+            log.warning("tracking server overloaded (%s); retrying in %.0f s", str(e).splitlines()[0][:120], wait)
+            time.sleep(wait)
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
-    """Metrics on the active run, as floats."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Metrics on the active run, as floats (one timestamp for all tries: a retried write is stored once)."""
+    ts = int(time.time() * 1000)
+    run_id = mlflow.active_run().info.run_id
+    batch = [mlflow.entities.Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    retrying(client().log_batch, run_id, metrics=batch)
 
 
 def log_artifact(local: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(local), artifact_path=artifact_path)
+    retrying(mlflow.log_artifact, str(local), artifact_path=artifact_path)
 
 
 def log_dict(d: dict, artifact_file: str) -> None:
-    mlflow.log_dict(d, artifact_file)
+    retrying(mlflow.log_dict, d, artifact_file)
 
 
 def fmt(v) -> str:
