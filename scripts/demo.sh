@@ -24,6 +24,7 @@ exp_id=$("$BIN/python" -c "from thesis_mlflow import tracking; print(tracking.en
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s (wall time)."
 echo "MLflow UI (runs table): $MLFLOW_TRACKING_URI/#/experiments/$exp_id/runs"
+[ -f mlflow-server/credentials ] && echo "  the browser asks for the login: user admin, password in mlflow-server/credentials"
 "$BIN/thesis-mlflow" views binning_vs_direct-demo
 echo "Summary: dashboards/binning_vs_direct-demo/summary.html"
 echo "The server keeps running for the UI; stop it with: $BIN/thesis-mlflow serve --root mlflow-server --stop"

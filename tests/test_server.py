@@ -93,6 +93,7 @@ def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
     user, password = server.credentials(root)
     for f in (root / server.AUTH_INI, root / server.CREDENTIALS, tmp_path / "home" / ".mlflow" / "credentials"):
         assert f.stat().st_mode & 0o777 == 0o600, f
+    assert root.stat().st_mode & 0o777 == 0o700  # the run store and the password hashes beside them
     cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().decode(errors="replace")
     assert "basic-auth" in cmdline and password not in cmdline  # never on a command line
     api = f"{srv.uri}/api/2.0/mlflow/experiments/search?max_results=1"

@@ -155,6 +155,8 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
         if importlib.util.find_spec(driver) is None:
             raise ValueError("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    if auth:  # the stores under ROOT (runs, password hashes) are readable through the server's login only
+        root.chmod(0o700)
     port = port or free_port(host)
     cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri, auth)
     # MLflow's job runner (8 huey consumers, ~1 GB) serves GenAI features this project does not use
