@@ -301,3 +301,16 @@ def test_bad_upstream_run_id_and_bad_grid_key(mlflow_env, tiny_raw, tmp_path):
     res = CliRunner().invoke(main, ["grid", "run", str(g), "--scale", "demo", "--dry-run"])
     assert res.exit_code == 1 and "unknown keys ['scaless']" in res.output, res.output
     assert json.dumps  # (the module is used by the benchmark helpers)
+
+
+def test_a_failing_claimant_releases_its_claim(mlflow_env, tmp_path):
+    """A job whose upstream step fails (here: a broken input) ends its claim FAILED at once, so the
+    jobs waiting for it take over without waiting for the heartbeat to go stale."""
+    from thesis_mlflow.upstream import find_or_run_binning
+
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    with pytest.raises(ValueError):
+        find_or_run_binning(str(bad))
+    runs = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'binning'", output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"] and tracking.CLAIM_TAG in runs[0].data.tags

@@ -96,7 +96,7 @@ def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str
     out = resolve(output) if output else default_binned_output(inp, n_bins, vect, phi, fit_on)
     digest = data.sha256(inp)
     name = f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}"
-    with tracking.heartbeat(run_id), tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id) as run:
+    with tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id) as run:
         tracking.log_params({**binning_reuse_params(digest, n_bins, vect, phi, fit_on), "input": input, "input_file": str(inp),
                              "output_file": str(out), "vocab_size": b.vocab_size})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
@@ -149,7 +149,8 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
         local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
         log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
         return run.info.run_id, local
-    return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim)
+    with tracking.heartbeat(claim):  # the claim lives while we work, and ends FAILED if we fail, even before logging
+        return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim)
 
 
 # --------------------------------------------------------------------------- VQ-VAE
@@ -192,8 +193,7 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None) -> tup
     x = features.direct_inputs(tr, o.vect, False, scaler)
     v = x["valid"]
     names = ["e", "pt", "eta", "phi"][5 - o.vect:]
-    with tracking.heartbeat(run_id), tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env,
-                                                        run_id=run_id) as run:
+    with tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env, run_id=run_id) as run:
         tracking.log_params({**o.reuse_params(digest), "input": o.input, "input_file": str(inp), "n_objects": int(v.sum()),
                              "commitment": cfg.commitment, "ema": cfg.ema, "decay": cfg.decay, "kmeans_init": cfg.kmeans_init,
                              "dead_threshold": cfg.dead_threshold})
@@ -220,7 +220,8 @@ def find_or_run_vqvae(o: VQSpec) -> tuple[str, Path]:
     if run is not None:
         log.info("reusing vqvae run %s", run.info.run_id)
         return run.info.run_id, tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
-    return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim)
+    with tracking.heartbeat(claim):
+        return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim)
 
 
 def load_vqvae(run_id: str):
