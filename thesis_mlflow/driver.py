@@ -34,7 +34,7 @@ def _log_echo(msg: str) -> None:
 
 
 def find_parent(g: Grid, exp_id: str):
-    runs = tracking.client().search_runs([exp_id], f"tags.step = 'grid' and tags.`grid.name` = '{tracking.quote(g.run_name)}'",
+    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(g.run_name, "grid"),
                                          order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 

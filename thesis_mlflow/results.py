@@ -20,6 +20,7 @@ from . import tracking
 
 FACTORS = ["tokenizer", "pooling", "met", "vect", "seed"]
 PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode"]
+FINAL = ["test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"]  # columns even before any run has them
 PAGE = 1000
 
 
@@ -46,15 +47,11 @@ def search_all(filter_string: str, experiment: str | None = None, order_by: list
             return out
 
 
-def grid_filter(grid: str) -> str:
-    return f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'train'"
-
-
 def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
     """One row per cell run of ``grid`` (its ``grid.name`` tag): the factors, status, run id,
     the bookkeeping params and every final metric (one column each)."""
     rows = []
-    for r in search_all(grid_filter(grid), experiment, order_by=["attributes.start_time ASC"]):
+    for r in search_all(tracking.grid_filter(grid), experiment, order_by=["attributes.start_time ASC"]):
         p = r.data.params
         rows.append({
             "run_id": r.info.run_id, "name": r.info.run_name or r.data.tags.get("mlflow.runName", r.info.run_id[:8]),
@@ -65,7 +62,7 @@ def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
         })
     base = ["run_id", "name", "status", *FACTORS, *PARAMS]
     df = pd.DataFrame(rows)
-    metrics = sorted({k for row in rows for k in row} - set(base))
+    metrics = sorted(({k for row in rows for k in row} | set(FINAL)) - set(base))
     return df.reindex(columns=base + metrics)
 
 
@@ -74,17 +71,14 @@ def cell_table(grid: str, experiment: str | None = None) -> pd.DataFrame:
     mean rejections, parameters and training time, in the report's order."""
     from .report import cell_table as table
 
-    runs = grid_runs(grid, experiment)
-    for k in ("test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"):
-        if k not in runs:
-            runs[k] = np.nan
-    return table(runs)
+    return table(grid_runs(grid, experiment))
 
 
-def histories(grid: str, metric: str = "val_auc", experiment: str | None = None) -> pd.DataFrame:
-    """``metric`` per step (epoch) for every cell run: columns run_id, name, the factors, step, value."""
+def histories(grid: str, metric: str = "val_auc", experiment: str | None = None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``metric`` per step (epoch) for every cell run: columns run_id, name, the factors, step, value.
+    ``runs``: the grid's ``grid_runs`` when already queried."""
     c = tracking.client()
-    runs = grid_runs(grid, experiment)
+    runs = grid_runs(grid, experiment) if runs is None else runs
     rows = []
     for r in runs.itertuples():
         for m in sorted(c.get_metric_history(r.run_id, metric), key=lambda m: m.step):

@@ -31,13 +31,10 @@ def collect(grid: str) -> dict:
     c = tracking.client()
     exp = tracking.current_experiment_id()
     runs = results.grid_runs(grid, exp)
-    parents = c.search_runs([exp], f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'grid'", max_results=1)
+    parents = c.search_runs([exp], tracking.grid_filter(grid, "grid"), max_results=1)
     if not len(runs) and not parents:
         raise ValueError(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
-    for k in ("test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"):
-        if k not in runs:
-            runs[k] = np.nan
-    h = results.histories(grid, "val_auc", exp)
+    h = results.histories(grid, "val_auc", exp, runs=runs)
     hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
     hist.update({name: [] for name in runs["name"] if name not in hist})
     runs["epochs_done"] = runs["name"].map(lambda n: max((s for s, _ in hist[n]), default=0))

@@ -93,8 +93,9 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     tags = {"step": step, **(tags or {})}
     # An upstream step inside another (`mlflow run`'s) must neither take nor consume the outer
-    # step's MLFLOW_RUN_ID (mlflow.end_run() unsets it): it is put back when this run ends.
-    saved = None if use_env else os.environ.pop("MLFLOW_RUN_ID", None)
+    # step's MLFLOW_RUN_ID (mlflow.end_run() unsets it; start_run() without an id would adopt it):
+    # it is set aside and put back when this run ends.
+    saved = os.environ.pop("MLFLOW_RUN_ID", None) if not (use_env and run_id) else None
     if run_id:
         try:
             run = mlflow.start_run(run_id=run_id, log_system_metrics=log_system_metrics)
@@ -111,7 +112,6 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
                 DEFAULT_EXPERIMENT, DEFAULT_EXPERIMENT,
             )
     else:
-        saved = os.environ.pop("MLFLOW_RUN_ID", None) if saved is None else saved  # start_run() would adopt it
         try:
             run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name, log_system_metrics=log_system_metrics)
         except BaseException:
@@ -162,13 +162,14 @@ TRANSIENT = ("QueuePool limit", "database is locked", "could not obtain lock", "
 WRITE_RETRIES = 8
 
 
-def retrying(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, again after a transient server overload (backoff 1, 2, 4 ... 30 s)."""
+def retrying(fn, *args, transient: tuple[str, ...] = TRANSIENT, **kwargs):
+    """``fn(*args, **kwargs)``, again after an error naming one of ``transient`` (default: a
+    server overload), with backoff 1, 2, 4 ... 30 s."""
     for attempt in range(WRITE_RETRIES):
         try:
             return fn(*args, **kwargs)
         except mlflow.exceptions.MlflowException as e:
-            if attempt == WRITE_RETRIES - 1 or not any(t in str(e) for t in TRANSIENT):
+            if attempt == WRITE_RETRIES - 1 or not any(t in str(e) for t in transient):
                 raise
             wait = min(2.0**attempt, 30.0)
             log.warning("tracking server overloaded (%s); retrying in %.0f s", str(e).splitlines()[0][:120], wait)
@@ -219,17 +220,9 @@ def log_file_input(path: str | Path, digest: str, name: str | None = None, conte
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path))
     ds = MetaDataset(source=source, name=name or path.name, digest=digest[:36])
-    for attempt in range(5):
-        try:
-            mlflow.log_input(ds, context=context)
-            return
-        except mlflow.exceptions.MlflowException as e:
-            # Jobs started together (a pack of cells, a Condor wave) insert the same new dataset at
-            # once; the losers get a unique-constraint error. The row exists then: link to it.
-            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 4:
-                raise
-            log.info("dataset %s was logged by another job at the same moment; linking to it", ds.name)
-            time.sleep(0.2 * (attempt + 1))
+    # Jobs started together (a pack of cells, a Condor wave) insert the same new dataset at once;
+    # the losers get a unique-constraint error. The row exists then: the next try links to it.
+    retrying(mlflow.log_input, ds, context=context, transient=(*TRANSIENT, "UNIQUE constraint", "duplicate key"))
 
 
 def quote(value: str) -> str:
@@ -248,6 +241,11 @@ def find_finished_run(step: str, params: dict, experiment_id: str | None = None)
     filt += [f"params.{k} = '{quote(fmt(v))}'" for k, v in params.items()]
     runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def grid_filter(grid: str, step: str = "train") -> str:
+    """The runs of one grid (its ``grid.name`` tag) of one step: its cells (train) or its parent (grid)."""
+    return f"tags.`grid.name` = '{quote(grid)}' and tags.step = '{step}'"
 
 
 def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
@@ -285,19 +283,20 @@ def claim_key(step: str, params: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _ended_if_stale(r) -> bool:
+    """A RUNNING claim whose heartbeat is older than CLAIM_STALE_S (its job died) is marked FAILED."""
+    silent = time.time() - float(r.data.tags.get(HEARTBEAT_TAG, r.info.start_time / 1000))
+    if silent <= CLAIM_STALE_S:
+        return False
+    log.warning("%s claim run %s has had no heartbeat for %.0f s: marking it FAILED", r.data.tags.get("step"), r.info.run_id, silent)
+    client().set_terminated(r.info.run_id, "FAILED")
+    return True
+
+
 def _live_claims(key: str, exp_id: str) -> list:
     """RUNNING claims of ``key`` with a fresh heartbeat, oldest first; stale ones are marked FAILED."""
-    c = client()
-    runs = c.search_runs([exp_id], f"tags.`{CLAIM_TAG}` = '{key}' and attributes.status = 'RUNNING'", max_results=100)
-    live = []
-    for r in runs:
-        beat = float(r.data.tags.get(HEARTBEAT_TAG, r.info.start_time / 1000))
-        if time.time() - beat > CLAIM_STALE_S:
-            log.warning("claim run %s of %s has had no heartbeat for %.0f s: marking it FAILED", r.info.run_id, key, time.time() - beat)
-            c.set_terminated(r.info.run_id, "FAILED")
-        else:
-            live.append(r)
-    return sorted(live, key=lambda r: (r.info.start_time, r.info.run_id))
+    runs = client().search_runs([exp_id], f"tags.`{CLAIM_TAG}` = '{key}' and attributes.status = 'RUNNING'", max_results=100)
+    return sorted((r for r in runs if not _ended_if_stale(r)), key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0) -> tuple[mlflow.entities.Run | None, str | None]:
@@ -340,10 +339,7 @@ def _wait_for(run_id: str, poll_s: float) -> str:
             return "DELETED"
         if r.info.status != "RUNNING":
             return r.info.status
-        beat = float(r.data.tags.get(HEARTBEAT_TAG, r.info.start_time / 1000))
-        if time.time() - beat > CLAIM_STALE_S:
-            log.warning("%s run %s stopped its heartbeat: taking over", r.data.tags.get("step"), run_id)
-            c.set_terminated(run_id, "FAILED")
+        if _ended_if_stale(r):
             return "FAILED"
         time.sleep(poll_s)
 

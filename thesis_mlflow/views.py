@@ -46,16 +46,11 @@ def _metric(k: str) -> str:
     return f"metrics.`{k}`"
 
 
-def grid_filter(grid: str) -> str:
-    """The runs of one grid's cells (its parent and the upstream runs excluded)."""
-    return f"tags.`grid.name` = '{tracking.quote(grid)}' and tags.step = 'train'"
-
-
 def grid_views(grid: str) -> list[View]:
     """The views of a grid: all cells by test AUC, one grouped by each factor, and charts."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", grid)
     columns = [_param(k) for k in (*FACTORS, "seed")] + [_metric(k) for k in METRICS] + [_param("n_params"), _param("n_params_embedding")]
-    base = {"searchFilter": grid_filter(grid), "orderByKey": _metric("test_auc"), "orderByAsc": False, "selectedColumns": columns,
+    base = {"searchFilter": tracking.grid_filter(grid), "orderByKey": _metric("test_auc"), "orderByAsc": False, "selectedColumns": columns,
             "columnOrder": columns}
     views = [View(f"{ID_PREFIX}{slug}-cells", f"{NAME_PREFIX} {grid}: cells by test AUC", base)]
     for f in FACTORS:
