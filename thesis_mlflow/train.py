@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from .features import Tensors
+from .metrics import binary_metrics
 from .spec import STEP_MODES
 
 log = logging.getLogger(__name__)
@@ -130,29 +130,14 @@ def signal_scores(logits: torch.Tensor) -> torch.Tensor:
     return p[:, 1] if p.shape[1] == 2 else p[:, 0]
 
 
-def rejection_at(is_signal: np.ndarray, scores: np.ndarray, eff: float) -> float:
-    """Background rejection 1/eps_B at signal efficiency ``eff`` (bounded by 1/N_bkg)."""
-    fpr, tpr, _ = roc_curve(is_signal, scores)
-    eps_b = float(np.interp(eff, tpr, fpr))
-    n_bkg = max(int((~is_signal.astype(bool)).sum()), 1)
-    return 1.0 / max(eps_b, 1.0 / n_bkg)
-
-
-def binary_metrics(is_signal: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    is_signal = is_signal.astype(bool)
-    if is_signal.all() or (~is_signal).all():
-        return {"auc": float("nan"), "rej50": float("nan"), "rej70": float("nan")}
-    return {"auc": float(roc_auc_score(is_signal, scores)), "rej50": rejection_at(is_signal, scores, 0.5),
-            "rej70": rejection_at(is_signal, scores, 0.7)}
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Tensors, device: torch.device, batch_size: int) -> dict:
     """Loss, accuracy, AUC and the per-event signal scores of one split (eager model: few, large batches)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    scores = []
+    scores, probs = [], []
+    multiclass = model.cfg.n_classes > 2
     for i in range(0, len(data), batch_size):
         sl = slice(i, i + batch_size)
         with _autocast(device):
@@ -161,11 +146,15 @@ def evaluate(model: torch.nn.Module, data: Tensors, device: torch.device, batch_
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(-1) == y).sum()
         scores.append(signal_scores(logits))
+        if multiclass:
+            probs.append(torch.softmax(logits.float(), dim=-1))
     s = torch.cat(scores).cpu().numpy()  # one host sync per split
-    n_cls = model.cfg.n_classes
-    is_sig = (data.y.numpy() == (1 if n_cls == 2 else 0))
-    return {"loss": loss_sum.item() / len(data), "acc": correct.item() / len(data), "scores": s, "is_signal": is_sig,
-            **binary_metrics(is_sig, s)}
+    is_sig = (data.y.numpy() == (0 if multiclass else 1))
+    out = {"loss": loss_sum.item() / len(data), "acc": correct.item() / len(data), "scores": s, "is_signal": is_sig,
+           **binary_metrics(is_sig, s)}
+    if multiclass:  # (N, 5) class probabilities: one-vs-rest AUC per process
+        out["probs"] = torch.cat(probs).cpu().numpy()
+    return out
 
 
 def _autocast(device: torch.device):

@@ -1,0 +1,219 @@
+"""The report's statistics, checked against known answers and by simulation.
+
+Simulated grids (no training): every run has a latent separation k = cell value + seed noise;
+its test scores are k (2y - 1) + event noise, where part of the event noise is shared by all
+runs (they score the same test events, so the comparisons are paired). The true AUC of a cell
+over seeds is then known in closed form, Phi(sqrt(2) k / sqrt(1 + 2 sigma^2)), and so is every
+true effect: the intervals must cover it, the tests must not fire without an effect and must
+find one of two seed standard deviations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from thesis_mlflow import stats
+
+POOL = ["cls", "mean", "max"]
+MET = [True, False]
+
+
+def _phi(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def simulate(rng, effect_k=0.0, seed_sd=0.05, n_seeds=3, n_events=400, rho=0.9, tokenizers=("direct", "binned"), interaction_k=0.0):
+    """One grid: tokenizer x pooling x met x 1 vect x seeds. Returns runs, scores and the true
+    binned - direct effect (mean over cells of the seed-averaged population AUC difference)."""
+    y = (rng.random(n_events) < 0.5).astype(np.int8)
+    shared = rng.normal(size=n_events)
+    proc = np.where(y == 1, 1, rng.integers(2, 6, n_events)).astype(np.int8)
+    cell_k = {c: 0.55 + 0.05 * rng.normal() for c in itertools.product(POOL, MET)}
+    rows, scores, truth = [], {}, []
+    for (pool, met), k0 in cell_k.items():
+        true = {}
+        for tok in tokenizers:
+            k_cell = k0 + (effect_k if tok == "binned" else 0.0) + (interaction_k if (tok == "binned" and met) else 0.0)
+            true[tok] = _phi(math.sqrt(2) * k_cell / math.sqrt(1 + 2 * seed_sd**2))
+            for s in range(n_seeds):
+                k = k_cell + rng.normal(0, seed_sd)
+                sc = k * (2 * y - 1) + math.sqrt(rho) * shared + math.sqrt(1 - rho) * rng.normal(size=n_events)
+                rid = f"{tok}-{pool}-{met}-s{s}"
+                scores[rid] = {"labels": y, "scores": sc, "process": proc}
+                rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s})
+        truth.append(true.get("binned", 0) - true.get("direct", 0))
+    return pd.DataFrame(rows), scores, float(np.mean(truth))
+
+
+def _main(df):
+    return df[(df["kind"] == "main") & (df["comparison"] == "binned - direct")].iloc[0]
+
+
+def _auc_sd_of_seed(seed_sd):
+    """Seed standard deviation in AUC units around k ~ 0.55 (dAUC/dk = sqrt(2) phi(sqrt(2) k))."""
+    k = 0.55
+    return math.sqrt(2) * math.exp(-(math.sqrt(2) * k) ** 2 / 2) / math.sqrt(2 * math.pi) * seed_sd
+
+
+# --------------------------------------------------------------------------- known values
+
+
+def test_weighted_auc_matches_sklearn_with_ties_and_resamples():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.random(500) + 0.3 * y, 2)  # rounding makes ties
+    assert stats.weighted_auc(s, y, np.ones(500))[0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    c = rng.random(500) + 0.3 * y  # no ties: the cumulative-sum path
+    assert stats.weighted_auc(c, y, np.ones(500))[0] == pytest.approx(roc_auc_score(y, c), abs=1e-12)
+    wc = stats.bootstrap_weights(500, 2, 4)
+    for b in range(2):
+        idx = np.repeat(np.arange(500), wc[b].astype(int))
+        assert stats.weighted_auc(c, y, wc)[b] == pytest.approx(roc_auc_score(y[idx], c[idx]), abs=1e-12)
+    w = stats.bootstrap_weights(500, 3, 1)
+    got = stats.weighted_auc(s, y, w)
+    for b in range(3):
+        idx = np.repeat(np.arange(500), w[b].astype(int))
+        assert got[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+
+
+def test_holm_known_values():
+    p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
+    # sorted 0.005, 0.01, 0.03, 0.04 with m = 4: 0.02, 0.03, 0.06, 0.06 (monotone)
+    assert stats.holm(p) == pytest.approx([0.03, 0.06, 0.06, np.nan, 0.02], nan_ok=True)
+    assert stats.holm(np.array([0.5, 0.9])) == pytest.approx([1.0, 1.0])
+
+
+def test_sign_flip_exact_small_case():
+    # 3 units, all positive: only the all-plus and all-minus patterns reach |mean|: p = 2/8
+    units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
+    assert stats.sign_flip_p(units, np.array([0.1, 0.2, 0.3])) == pytest.approx(0.25)
+    assert stats.sign_flip_p(units, np.array([0.1, -0.1, 0.0])) == pytest.approx(1.0)
+
+
+def test_contrast_units_match_on_other_factors_and_seed():
+    runs = pd.DataFrame([{"run_id": f"{t}{p}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": 4, "seed": s, "status": "FINISHED"}
+                         for t in ("direct", "binned") for p in ("cls", "max") for s in (0, 1)])
+    runs = runs[runs["run_id"] != "binnedmax1"].reset_index(drop=True)  # one unit loses its partner
+    units = stats.contrast_units(runs, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
+    assert len(units) == 3 and sorted(units.seeds.tolist()) == [0, 0, 1]
+    for row in units.coef:
+        (plus,), (minus,) = np.flatnonzero(row > 0), np.flatnonzero(row < 0)
+        a, b = runs.iloc[plus], runs.iloc[minus]
+        assert (a.tokenizer, b.tokenizer) == ("binned", "direct") and (a.pooling, a.seed) == (b.pooling, b.seed)
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_runs_share_events():
+    """Two runs scoring the same events: the paired bootstrap (one resample for both) is far
+    narrower than resampling each run's events on its own."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(3000) < 0.5).astype(np.int8)
+    shared = rng.normal(size=3000)
+    sa = 0.6 * (2 * y - 1) + shared + 0.2 * rng.normal(size=3000)
+    sb = 0.55 * (2 * y - 1) + shared + 0.2 * rng.normal(size=3000)
+    scores = {"a": {"labels": y, "scores": sa}, "b": {"labels": y, "scores": sb}}
+    runs = pd.DataFrame([{"run_id": r, "tokenizer": t, "pooling": "cls", "met": True, "vect": 4, "seed": 0, "status": "FINISHED"}
+                         for r, t in (("a", "binned"), ("b", "direct"))])
+    row = stats.effects(runs, scores, n_boot=400).iloc[0]
+    paired = row["ci_high"] - row["ci_low"]
+    ua = stats.weighted_auc(sa, y, stats.bootstrap_weights(3000, 400, 1))
+    ub = stats.weighted_auc(sb, y, stats.bootstrap_weights(3000, 400, 2))
+    unpaired = np.diff(np.percentile(ua - ub, [2.5, 97.5]))[0]
+    assert row["estimate"] == pytest.approx(roc_auc_score(y, sa) - roc_auc_score(y, sb), abs=1e-12)
+    assert paired < 0.5 * unpaired, (paired, unpaired)
+
+
+def test_single_seed_interval_is_test_noise_only_and_three_seeds_widen_it():
+    rng = np.random.default_rng(5)
+    runs, scores, _ = simulate(rng, n_seeds=3, seed_sd=0.08)
+    one = runs[runs["seed"] == 0]
+    e1 = _main(stats.effects(one, scores, n_boot=300))
+    e3 = _main(stats.effects(runs, scores, n_boot=300))
+    assert e1["n_seeds"] == 1 and e3["n_seeds"] == 3 and e3["n_pairs"] == 18
+    # seeds add variance the event bootstrap alone cannot see
+    assert (e3["ci_high"] - e3["ci_low"]) > (e1["ci_high"] - e1["ci_low"]) / math.sqrt(3)
+
+
+def test_effects_columns_and_family():
+    rng = np.random.default_rng(7)
+    runs, scores, _ = simulate(rng, n_seeds=2)
+    df = stats.effects(runs, scores, n_boot=200)
+    for c in ["comparison", "factor", "level_a", "level_b", "estimate", "ci_low", "ci_high", "p_value", "p_holm", "n_pairs", "n_seeds"]:
+        assert c in df.columns
+    kinds = df.groupby("kind").size().to_dict()
+    # main: tokenizer 1, pooling 3, met 1; interactions: tokenizer x pooling 3 + x met 1; per background: 4
+    assert kinds == {"main": 5, "interaction": 4, "background": 4}
+    assert (df["p_holm"] >= df["p_value"] - 1e-12).all()
+    direct = [roc_auc_score(scores[r]["labels"], scores[r]["scores"]) for r in runs[runs.tokenizer == "direct"].run_id]
+    binned = [roc_auc_score(scores[r]["labels"], scores[r]["scores"]) for r in runs[runs.tokenizer == "binned"].run_id]
+    main = _main(df)
+    assert main["estimate"] == pytest.approx(np.mean(binned) - np.mean(direct), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+N_GRIDS = 200
+
+
+def _simulate_many(effect_k, interaction_k=0.0, n=N_GRIDS):
+    rng = np.random.default_rng(12345 + int(effect_k * 1000))
+    out = []
+    for i in range(n):
+        runs, scores, truth = simulate(rng, effect_k=effect_k, interaction_k=interaction_k)
+        # the AUC family (main effects and interactions); the per-background rows are the same
+        # machinery on a subset of the events (test_effects_columns_and_family) and cost 4x more
+        df = stats.effects(runs, scores, n_boot=200, n_flips=1999, seed=i, metrics=["auc"])
+        out.append((df, truth))
+    return out
+
+
+@pytest.fixture(scope="module")
+def null_grids():
+    return _simulate_many(0.0)
+
+
+def test_intervals_cover_the_true_effect(null_grids):
+    hits = []
+    for df, truth in null_grids:
+        row = _main(df)
+        hits.append(row["ci_low"] <= truth <= row["ci_high"])
+    cover = np.mean(hits)
+    assert 0.90 <= cover <= 0.99, cover
+
+
+def test_no_effect_gives_few_holm_false_positives(null_grids):
+    # every comparison in the family is null here: the family-wise error rate is at most 5%
+    # (pooling and MET have effects in these grids; every tokenizer comparison is null)
+    any_sig = np.mean([df[df["factor"].str.startswith("tokenizer")]["significant"].any() for df, _ in null_grids])
+    assert any_sig <= 0.05, any_sig
+
+
+def test_two_seed_sd_effect_is_found():
+    sd = 0.05
+    k_effect = 2 * sd  # two seed standard deviations of the latent separation = two in AUC units (to first order)
+    assert _auc_sd_of_seed(k_effect) == pytest.approx(2 * _auc_sd_of_seed(sd))
+    grids = _simulate_many(k_effect, n=N_GRIDS)
+    found, hits = [], []
+    for df, truth in grids:
+        row = _main(df)
+        found.append(row["significant"] and row["estimate"] > 0)
+        hits.append(row["ci_low"] <= truth <= row["ci_high"])
+    assert np.mean(found) >= 0.80, np.mean(found)
+    assert 0.90 <= np.mean(hits) <= 0.99, np.mean(hits)
+
+
+def test_seed_resampling_variance_is_expanded_to_the_unbiased_one():
+    """No test-set noise: the bootstrap variance of a 3-seed mean equals s^2 / n with the
+    unbiased s^2 (plain resampling of 3 seeds gives 2/3 of it)."""
+    v = np.array([0.80, 0.81, 0.83])
+    units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
+    boot = np.repeat(v[:, None], 20000, axis=1)  # every event resample gives the same AUCs
+    dist = stats.two_level_bootstrap(units, boot, seed=1)
+    assert dist.mean() == pytest.approx(v.mean(), abs=5e-4)
+    assert dist.var() == pytest.approx(v.var(ddof=1) / 3, rel=0.05)
