@@ -8,6 +8,14 @@ import pytest
 from thesis_mlflow import data, synthetic
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Test scores cached by run id go to a folder of this test session, never the user's ~/.cache."""
+    import os
+
+    os.environ["THESIS_MLFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_splits():
     return synthetic.generate(synthetic.GeneratorConfig(n_events=3000, seed=1))

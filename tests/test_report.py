@@ -13,22 +13,10 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from thesis_mlflow.report import bootstrap_weights, weighted_auc
 from thesis_mlflow.summary import run_report
 
 GRID_DOC = {"name": "rep", "factors": {"tokenizer": ["direct", "binned"], "pooling": ["mean"], "met": [True], "vect": [4]},
             "scales": {"full": {"seeds": [0, 1]}}}
-
-
-def test_weighted_auc_matches_sklearn():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 500)
-    s = np.round(rng.random(500) + 0.3 * y, 2)  # rounding makes ties
-    assert weighted_auc(s, y, np.ones(500))[0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    w = bootstrap_weights(500, 3, seed=1)
-    for b in range(3):
-        idx = np.repeat(np.arange(500), w[b].astype(int))
-        assert weighted_auc(s, y, w[b])[0] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
 
 
 def _scores(rng, n, strength):
@@ -49,6 +37,7 @@ def filled_store(mlflow_env, tmp_path):
     c.log_artifact(parent, str(gfile), "grid")
     rng = np.random.default_rng(0)
     labels = (rng.random(2000) < 0.5).astype(np.int8)  # the same test events for every run
+    process = np.where(labels == 1, 1, rng.integers(2, 6, 2000)).astype(np.int8)
     known = {}
     for tok, seed, strength in (("direct", 0, 1.0), ("direct", 1, 1.2), ("binned", 0, 0.6)):
         scores = 1 / (1 + np.exp(-(strength * (labels - 0.5) * 2 + rng.normal(0, 1, 2000))))
@@ -63,10 +52,12 @@ def filled_store(mlflow_env, tmp_path):
         for k, v in {"test_auc": auc, "test_rej_at_eff50": rej50, "test_rej_at_eff70": rej70, "train_seconds": 60.0}.items():
             c.log_metric(rid, k, v)
         buf = tmp_path / "test_scores.npz"
-        np.savez(buf, labels=labels, scores=scores.astype(np.float32))
+        np.savez(buf, labels=labels, scores=scores.astype(np.float32), process=process)
         c.log_artifact(rid, str(buf), "eval")
         c.set_terminated(rid, "FINISHED")
-        known[(tok, seed)] = {"auc": float(roc_auc_score(labels, scores.astype(np.float32))), "rej50": rej50, "rej70": rej70}
+        keep = (labels == 1) | (process == 5)
+        known[(tok, seed)] = {"auc": float(roc_auc_score(labels, scores.astype(np.float32))), "rej50": rej50, "rej70": rej70,
+                              "auc_vs_ttZ": float(roc_auc_score(labels[keep], scores.astype(np.float32)[keep]))}
     return known
 
 
@@ -82,22 +73,35 @@ def test_report_tables_equal_logged_values(filled_store, tmp_path):
     assert d.loc["direct", "rej50_mean"] == pytest.approx(10.5) and d.loc["binned", "rej70_mean"] == pytest.approx(4.0)
     assert d.loc["direct", "met"] == True  # noqa: E712  (pandas reads "true" back as a bool)
     html_text = (out / "summary.html").read_text()
-    # the paired comparison binned - direct is matched on seed 0 only: the hand-computed difference
+    # the matched comparison binned - direct exists for seed 0 only: the hand-computed difference
     delta = k["binned", 0]["auc"] - k["direct", 0]["auc"]
-    pairs = pd.read_html(io.StringIO(html_text), match="comparison")[0]
-    row = pairs[pairs["comparison"] == "binned - direct"].iloc[0]
-    assert row["n_pairs"] == 1 and row["delta_auc_mean"] == pytest.approx(delta, abs=1e-4)
-    assert row["ci_low"] <= row["delta_auc_mean"] <= row["ci_high"]
+    eff = pd.read_csv(out / "effects.csv")
+    row = eff[(eff["kind"] == "main") & (eff["comparison"] == "binned - direct")].iloc[0]
+    assert row["n_pairs"] == 1 and row["n_seeds"] == 1 and row["estimate"] == pytest.approx(delta, abs=1e-6)
+    assert row["ci_low"] < row["estimate"] < row["ci_high"] and 0 < row["p_holm"] <= 1
+    ttz = eff[(eff["kind"] == "background") & (eff["at"] == "ttZ")].iloc[0]
+    assert ttz["estimate"] == pytest.approx(k["binned", 0]["auc_vs_ttZ"] - k["direct", 0]["auc_vs_ttZ"], abs=1e-6)
+    # the answer is written from these numbers, on the page and in the TeX
+    assert f"{-delta:+.4f}" in html_text and "one seed per cell" in html_text.lower()
+    bkg = pd.read_html(io.StringIO(html_text), match="rej30_mean")[0]
+    direct_ttz = bkg[(bkg["tokenizer"] == "direct") & (bkg["background"] == "ttZ")].iloc[0]
+    assert direct_ttz["auc_mean"] == pytest.approx((k["direct", 0]["auc_vs_ttZ"] + k["direct", 1]["auc_vs_ttZ"]) / 2, abs=1e-4)
+    # plotly.js once, as a file beside a small page; PDFs for the thesis
+    assert "<script src='plotly.min.js'>" in html_text and len(html_text) < 1_000_000 and (out / "plotly.min.js").stat().st_size > 1e6
+    for pdf in ("auc_by_cell", "effects", "backgrounds", "rejection"):
+        assert (out / "figures" / f"{pdf}.pdf").read_bytes()[:5] == b"%PDF-"
     # the missing cell is listed as missing
     missing = pd.read_html(io.StringIO(html_text), match="NOT STARTED")[0]
     assert len(missing) == 1 and missing.iloc[0]["tokenizer"] == "binned" and missing.iloc[0]["seed"] == 1
     tex = (out / "summary.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and f"{k['binned', 0]['auc']:.4f}" in tex
+    assert r"\toprule" in tex and r"\bottomrule" in tex and rf"\num{{{k['binned', 0]['auc']:.4f}" in tex
+    assert r"\paragraph{Result.}" in tex and f"{-delta:+.4f}" in tex and r"\pm" in tex
     # logged to a run tagged step=report
     (r,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'report'", output_format="list")
     assert r.data.tags["grid.name"] == "rep"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "report")}
-    assert arts == {"report/summary.html", "report/summary.csv", "report/summary.tex"}
+    assert arts == {"report/summary.html", "report/plotly.min.js", "report/summary.csv", "report/summary.tex", "report/effects.csv",
+                    "report/figures"}
     # nothing queued or running any more and one cell missing: the parent left RUNNING is closed as FAILED
     (parent,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'grid'", output_format="list")
     assert parent.info.status == "FAILED"

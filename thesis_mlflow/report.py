@@ -1,9 +1,18 @@
-"""The PhD summary from plain tables (built by ``steps/report.py`` from MLflow queries).
+"""The PhD summary from plain tables (built by ``thesis_mlflow.summary`` from MLflow queries).
 
 Inputs are a runs table (one row per train run: factors, status, metrics) and, per finished
-run, the stored test labels and scores. Outputs: the per-cell table, main effects, paired
-comparisons with bootstrap intervals on the test events, plotly figures, and the HTML / CSV
-/ LaTeX files.
+run, its stored test labels, scores and process labels. Outputs: the written answer, the
+per-cell table with seed-aware 95% intervals, the factorial effects (main effects, tokenizer
+interactions, per background) with Holm-corrected p-values, per-background figures of merit,
+plotly figures for the page, vector PDF figures for the thesis, and HTML / CSV / LaTeX files.
+The statistics are ``thesis_mlflow.stats``'s; this module arranges and words them.
+
+In a notebook::
+
+    from thesis_mlflow import report, results
+    runs = results.grid_runs("binning_vs_direct")
+    scores = results.scores_of(runs)                    # run id -> labels, scores, process
+    table = report.effects(runs, scores, n_boot=1000, seed=0)
 """
 
 from __future__ import annotations
@@ -17,49 +26,44 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-CELL = ["tokenizer", "pooling", "met", "vect"]
+from . import metrics, stats
+
+CELL = list(stats.FACTORS)
 FACTOR_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "pooling": ["cls", "mean", "max"], "met": [True, False], "vect": [4, 5]}
-# The comparisons the study is about: (a, b) on the tokenizer factor, matched on everything else.
-PAIRS = [("binned", "direct"), ("vqvae", "direct"), ("binned", "binned_ambre")]
+N_BOOT = 1000  # resamples of the two-level bootstrap: percentiles at 2.5% / 97.5% stable to ~1e-4 in AUC
 
 
-# --------------------------------------------------------------------------- AUC, bootstrap
+def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """The factorial effects of a grid, one row per comparison (``effects.csv``).
+
+    ``runs``: a table like ``thesis_mlflow.results.grid_runs`` (columns tokenizer, pooling, met,
+    vect, seed, run_id, status, test_auc); ``scores``: run id -> ``{"labels", "scores",
+    "process"}`` arrays (``results.test_scores`` / ``results.scores_of``). Rows: every pair of
+    levels of every factor (main effects), the tokenizer pairs crossed with the level pairs of
+    pooling, MET and vect (interactions, as differences of differences), and the tokenizer pairs
+    against each background process alone. ``estimate`` is the mean matched difference of test
+    AUC (level_a - level_b); ``ci_low``/``ci_high`` a 95% two-level bootstrap (seeds, then test
+    events); ``p_value`` a paired sign-flip test; ``p_holm`` Holm over every row (the family).
+    ``n_boot`` resamples, ``seed`` of the random generator (same inputs and seed, same table).
+    """
+    return stats.effects(runs, scores, n_boot=n_boot, seed=seed)
 
 
 def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC for each row of ``weights`` (B, n) at once; ties count one half.
-
-    A bootstrap resample is a vector of multiplicities, so B resamples of the same test
-    set cost one sort instead of B.
-    """
-    order = np.argsort(scores, kind="stable")
-    s, y, w = scores[order], labels[order].astype(bool), np.atleast_2d(weights)[:, order]
-    _, grp = np.unique(s, return_inverse=True)
-    wn = np.where(y, 0.0, w)  # (B, n) negative weights
-    wp = np.where(y, w, 0.0)
-    n_groups = grp.max() + 1 if len(grp) else 0
-    neg_g = np.zeros((w.shape[0], n_groups))
-    pos_g = np.zeros((w.shape[0], n_groups))
-    for b in range(w.shape[0]):  # group sums (ties); loops over B only
-        neg_g[b] = np.bincount(grp, wn[b], n_groups)
-        pos_g[b] = np.bincount(grp, wp[b], n_groups)
-    below = np.cumsum(neg_g, axis=1) - neg_g
-    num = (pos_g * (below + 0.5 * neg_g)).sum(1)
-    den = pos_g.sum(1) * neg_g.sum(1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    """ROC AUC for each row of ``weights`` (B, n) at once (``stats.weighted_auc``)."""
+    return stats.weighted_auc(scores, labels, weights)
 
 
 def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Multiplicities of ``n_boot`` resamples of n events (multinomial = resampling with replacement)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    return stats.bootstrap_weights(n, n_boot, seed)
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell over seeds (finished runs only count)."""
+def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """One row per cell over seeds (finished runs only count); with ``scores``, the 95%
+    two-level bootstrap interval of the cell's mean test AUC (``auc_ci_low``/``auc_ci_high``)."""
     fin = runs[runs["status"] == "FINISHED"].dropna(subset=["test_auc"])
     g = fin.groupby(CELL, dropna=False)
     t = pd.DataFrame({
@@ -74,60 +78,42 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
     for k in ("n_params", "n_params_embedding"):
         t[k] = t[k].astype("Int64")  # counts, not measurements
+    t["auc_ci_low"], t["auc_ci_high"] = np.nan, np.nan
+    if scores:
+        ci = stats.cell_intervals(runs, scores, n_boot=n_boot, seed=seed)
+        if len(ci):
+            t = t.drop(columns=["auc_ci_low", "auc_ci_high"]).merge(
+                ci[[*CELL, "ci_low", "ci_high"]].rename(columns={"ci_low": "auc_ci_low", "ci_high": "auc_ci_high"}), on=CELL, how="left")
     return sort_cells(t)
 
 
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     key = {f: (lambda s, f=f: s.map(lambda v: FACTOR_ORDER[f].index(v) if v in FACTOR_ORDER[f] else 99)) for f in CELL}
-    return df.sort_values(CELL, key=lambda s: key[s.name](s)).reset_index(drop=True)
+    cols = [c for c in CELL if c in df.columns]
+    return df.sort_values(cols, key=lambda s: key[s.name](s)).reset_index(drop=True) if len(df) else df
 
 
-def main_effects(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean test AUC per level of each factor, with its standard error over runs."""
-    fin = runs[runs["status"] == "FINISHED"].dropna(subset=["test_auc"])
+def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Mean test AUC of each tokenizer over all its cells and seeds, with its 95% interval."""
+    return sort_cells(stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=n_boot, seed=seed))
+
+
+def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Per tokenizer and background process: AUC of signal against that background alone (mean
+    over cells and seeds, 95% two-level interval) and mean background rejection 1/eps_B at
+    signal efficiency 30 / 50 / 70%, all computed from the stored test scores."""
+    fin = stats.finished(runs, scores)
     rows = []
-    for f in CELL:
-        for lv, grp in fin.groupby(f):
-            a = grp["test_auc"].to_numpy()
-            rows.append({"factor": f, "level": lv, "n_runs": len(a), "auc_mean": a.mean(),
-                         "auc_sem": a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.nan})
-    return pd.DataFrame(rows)
-
-
-def paired_comparisons(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """AUC(a) - AUC(b) over cells matched on pooling, met, vect and seed.
-
-    The interval is a paired bootstrap over test events: each resample is applied to both
-    runs of every pair (they score the same test events), and the mean difference over pairs
-    is recomputed, so the spread reflects the finite test set.
-    """
-    fin = runs[(runs["status"] == "FINISHED") & runs["run_id"].isin(scores)]
-    key = ["pooling", "met", "vect", "seed"]
-    rows = []
-    weights_cache: dict[int, np.ndarray] = {}
-    for a, b in PAIRS:
-        A = fin[fin["tokenizer"] == a].set_index(key)
-        B = fin[fin["tokenizer"] == b].set_index(key)
-        common = A.index.intersection(B.index)
-        if len(common) == 0:
-            continue
-        diffs, boot = [], []
-        for k in common:
-            ra, rb = A.loc[k, "run_id"], B.loc[k, "run_id"]
-            sa, sb = scores[ra], scores[rb]
-            diffs.append(float(A.loc[k, "test_auc"]) - float(B.loc[k, "test_auc"]))
-            if len(sa["labels"]) != len(sb["labels"]) or not np.array_equal(sa["labels"], sb["labels"]):
-                continue  # different test events: no paired resampling possible for this pair
-            n = len(sa["labels"])
-            w = weights_cache.setdefault(n, bootstrap_weights(n, n_boot, seed))
-            boot.append(weighted_auc(sa["scores"], sa["labels"], w) - weighted_auc(sb["scores"], sb["labels"], w))
-        row = {"comparison": f"{a} - {b}", "n_pairs": len(diffs), "delta_auc_mean": float(np.mean(diffs))}
-        if boot:
-            m = np.mean(boot, axis=0)  # (n_boot,) mean difference per resample
-            row.update(ci_low=float(np.percentile(m, 2.5)), ci_high=float(np.percentile(m, 97.5)), n_bootstrap=n_boot,
-                       n_pairs_bootstrapped=len(boot))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for m in stats.available_metrics(fin, scores)[1:]:
+        bkg = m.removeprefix("auc_vs_")
+        ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed)
+        for r in ci.itertuples():
+            ids = fin.loc[fin["tokenizer"] == r.tokenizer, "run_id"]
+            rej = pd.DataFrame([metrics.test_metrics(scores[i]["labels"], scores[i]["scores"], scores[i]["process"]) for i in ids])
+            rows.append({"tokenizer": r.tokenizer, "background": bkg, "auc_mean": r.mean, "auc_ci_low": r.ci_low, "auc_ci_high": r.ci_high,
+                         **{f"rej{e}_mean": rej[f"test_rej{e}_vs_{bkg}"].mean() for e in (30, 50, 70)}, "n_runs": r.n_runs})
+    return pd.DataFrame(rows, columns=["tokenizer", "background", "auc_mean", "auc_ci_low", "auc_ci_high", "rej30_mean", "rej50_mean",
+                                       "rej70_mean", "n_runs"])
 
 
 def missing_cells(expected: list[dict], runs: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +132,78 @@ def missing_cells(expected: list[dict], runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tokenizer", "pooling", "met", "vect", "seed", "state", "epochs_done"])
 
 
+# --------------------------------------------------------------------------- the answer, in words
+
+
+def _oriented(eff: pd.DataFrame, a: str, b: str, **match) -> dict | None:
+    """The row comparing tokenizers a and b, turned to read ``a - b``."""
+    sel = eff[((eff["level_a"] == a) & (eff["level_b"] == b)) | ((eff["level_a"] == b) & (eff["level_b"] == a))]
+    for k, v in match.items():
+        sel = sel[sel[k] == v]
+    if not len(sel):
+        return None
+    r = sel.iloc[0].to_dict()
+    if r["level_a"] != a:
+        r["estimate"], r["ci_low"], r["ci_high"] = -r["estimate"], -r["ci_high"], -r["ci_low"]
+    return r
+
+
+def _p(p: float) -> str:
+    return "n/a" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"= {p:.3f}")
+
+
+def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alpha: float = stats.ALPHA) -> list[str]:
+    """The conclusion in sentences, generated from the tables (never typed by hand)."""
+    if not len(tokenizers) or not len(eff):
+        return ["Not enough finished runs with test scores for a comparison of tokenizers yet."]
+    order = tokenizers.sort_values("mean", ascending=False)
+    best = order.iloc[0]
+    n_seeds = int(eff["n_seeds"].max())
+    out = [f"Best tokenizer: {best['tokenizer']}, with mean test AUC {best['mean']:.4f} "
+           f"(95% interval [{best['ci_low']:.4f}, {best['ci_high']:.4f}]) over {int(best['n_runs'])} runs."]
+    main = eff[(eff["kind"] == "main") & (eff["factor"] == "tokenizer")]
+    for other in order["tokenizer"].iloc[1:]:
+        r = _oriented(main, best["tokenizer"], other)
+        if r is None:
+            continue
+        verdict = "significant" if r["p_holm"] < alpha else "not significant"
+        cells = r["n_pairs"] // max(r["n_seeds"], 1)
+        out.append(f"{best['tokenizer']} - {other}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], "
+                   f"p {_p(r['p_value'])} unadjusted, p_Holm {_p(r['p_holm'])} ({verdict} at {alpha:.0%}); {r['n_pairs']} matched pairs "
+                   f"({cells} cells x {r['n_seeds']} seeds).")
+    if len(order) > 1:
+        runner = order["tokenizer"].iloc[1]
+        c = cond[(cond["comparison"] == f"{best['tokenizer']} - {runner}")] if len(cond) else cond
+        if len(c):
+            hi, lo = c.loc[c["estimate"].abs().idxmax()], c.loc[c["estimate"].abs().idxmin()]
+            out.append(f"The gap between {best['tokenizer']} and {runner} is largest with {hi['factor']} = {hi['level']} "
+                       f"(ΔAUC = {hi['estimate']:+.4f}, [{hi['ci_low']:+.4f}, {hi['ci_high']:+.4f}]) and smallest with "
+                       f"{lo['factor']} = {lo['level']} ({lo['estimate']:+.4f}, [{lo['ci_low']:+.4f}, {lo['ci_high']:+.4f}]).")
+        bk = eff[(eff["kind"] == "background")]
+        rows = [r for r in (_oriented(bk, best["tokenizer"], runner, at=b) for b in bk["at"].unique()) if r]
+        if rows:
+            w = max(rows, key=lambda r: abs(r["estimate"]))
+            out.append(f"Against one background at a time, the gap is largest for {w['at']}: ΔAUC = {w['estimate']:+.4f}, "
+                       f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Holm-adjusted p {_p(w['p_holm'])}.")
+    inter = eff[eff["kind"] == "interaction"]
+    sig = inter[inter["significant"]]
+    if len(inter):
+        if len(sig):
+            names = "; ".join(f"{r.comparison} changes with {r.at} by {r.estimate:+.4f} (p_Holm {_p(r.p_holm)})" for r in sig.itertuples())
+            out.append(f"{len(sig)} of {len(inter)} tokenizer interactions are significant after Holm: {names}.")
+        else:
+            out.append(f"None of the {len(inter)} tokenizer interactions (with pooling, MET, vect) is significant after Holm: "
+                       "no detectable dependence of the tokenizer differences on those factors.")
+    out.append(f"Method: matched contrasts (same other factors and seed); 95% intervals from a two-level bootstrap (seeds within "
+               f"cells, then test events, paired); p-values from a paired sign-flip test; Holm correction over all {len(eff)} comparisons "
+               f"of the effects table (main effects of every factor, tokenizer interactions, tokenizer per background); the intervals are "
+               f"not adjusted for multiplicity.")
+    if n_seeds == 1:
+        out.append("Only one seed per cell: the intervals cover test-set noise only, not training variance; "
+                   "run more seeds before quoting them as the uncertainty of a result.")
+    return out
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -161,12 +219,14 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
         sub = cells[(cells["met"] == met) & (cells["vect"] == vect)]
         for pool in FACTOR_ORDER["pooling"]:
             s = sub[sub["pooling"] == pool]
-            fig.add_trace(go.Bar(x=s["tokenizer"], y=s["test_auc_mean"], error_y={"type": "data", "array": s["test_auc_std"].fillna(0)},
+            err = {"type": "data", "symmetric": False, "array": (s["auc_ci_high"] - s["test_auc_mean"]).fillna(0),
+                   "arrayminus": (s["test_auc_mean"] - s["auc_ci_low"]).fillna(0)}
+            fig.add_trace(go.Bar(x=s["tokenizer"], y=s["test_auc_mean"], error_y=err,
                                  name=pool, marker_color=colors[pool], legendgroup=pool, showlegend=i == 0),
                           row=i // 2 + 1, col=i % 2 + 1)
     lo = max(0.5, float(cells["test_auc_mean"].min()) - 0.03) if len(cells) else 0.5
     fig.update_yaxes(range=[lo, 1.0 if not len(cells) else min(1.0, float(cells["test_auc_mean"].max()) + 0.02)], title_text="test AUC")
-    fig.update_layout(barmode="group", title="Test AUC by tokenizer and pooling (mean ± std over seeds)", height=650, legend_title="pooling")
+    fig.update_layout(barmode="group", title="Test AUC by tokenizer and pooling (mean over seeds, 95% two-level bootstrap interval)", height=650, legend_title="pooling")
     return fig
 
 
@@ -215,7 +275,57 @@ def fig_codebook(vq_hist: dict[str, dict[str, list[tuple[int, float]]]]) -> go.F
     return fig
 
 
+def fig_effects(eff: pd.DataFrame) -> go.Figure:
+    """Every comparison of the effects table with its interval; significant ones (Holm) filled."""
+    e = eff[eff["kind"] != "background"].iloc[::-1]
+    label = [f"{r.comparison}" + (f" ({r.at})" if r.at else f" [{r.factor}]") for r in e.itertuples()]
+    fig = go.Figure(go.Scatter(x=e["estimate"], y=label, mode="markers",
+                               marker={"symbol": ["circle" if s else "circle-open" for s in e["significant"]], "size": 9, "color": "#1f77b4"},
+                               error_x={"type": "data", "symmetric": False, "array": e["ci_high"] - e["estimate"],
+                                        "arrayminus": e["estimate"] - e["ci_low"]}))
+    fig.add_vline(x=0, line_dash="dot")
+    fig.update_layout(title="Effects on test AUC (95% two-level bootstrap; filled: significant after Holm)", xaxis_title="ΔAUC",
+                      height=max(350, 22 * len(e) + 120), margin={"l": 320})
+    return fig
+
+
+def fig_backgrounds(bkg: pd.DataFrame) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["AUC against one background", "rejection 1/ε_B at ε_S = 50%"])
+    for tok in [t for t in FACTOR_ORDER["tokenizer"] if t in set(bkg["tokenizer"])]:
+        s = bkg[bkg["tokenizer"] == tok]
+        fig.add_trace(go.Bar(x=s["background"], y=s["auc_mean"], name=tok, legendgroup=tok,
+                             error_y={"type": "data", "symmetric": False, "array": s["auc_ci_high"] - s["auc_mean"],
+                                      "arrayminus": s["auc_mean"] - s["auc_ci_low"]}), row=1, col=1)
+        fig.add_trace(go.Bar(x=s["background"], y=s["rej50_mean"], name=tok, legendgroup=tok, showlegend=False), row=1, col=2)
+    if len(bkg):
+        fig.update_yaxes(range=[max(0.5, float(bkg["auc_ci_low"].min()) - 0.02), min(1.0, float(bkg["auc_ci_high"].max()) + 0.02)], row=1, col=1)
+    fig.update_layout(barmode="group", title="Per background process (mean over cells and seeds)", height=450, legend_title="tokenizer")
+    return fig
+
+
 # --------------------------------------------------------------------------- documents
+
+
+def _tex_escape(text: str) -> str:
+    text = str(text)
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    for a, b in (("ΔAUC", r"$\Delta$AUC"), ("ε", r"$\varepsilon$"), ("±", r"$\pm$"), (" x ", r" $\times$ "), ("< ", r"$<$ ")):
+        text = text.replace(a, b)
+    return text
+
+
+def _stars(p: float) -> str:
+    if pd.isna(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def _pm(v: float, lo: float, hi: float, digits: int = 4) -> str:
+    """siunitx: value +- half-width of the interval (symmetric to the shown precision in practice)."""
+    if pd.isna(lo) or pd.isna(hi):
+        return rf"\num{{{v:.{digits}f}}}"
+    return rf"\num{{{v:.{digits}f} \pm {(hi - lo) / 2:.{digits}f}}}"
 
 
 @dataclass
@@ -223,8 +333,11 @@ class Report:
     grid: str
     cells: pd.DataFrame
     effects: pd.DataFrame
-    pairs: pd.DataFrame
     missing: pd.DataFrame
+    tokenizers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    backgrounds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    conditional: pd.DataFrame = field(default_factory=pd.DataFrame)
+    answer: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -233,32 +346,62 @@ class Report:
         out["met"] = out["met"].map(lambda v: "true" if v else "false")  # as the runs' params spell it
         return out.to_csv(index=False, float_format="%.6g")
 
+    def effects_csv(self) -> str:
+        return self.effects.to_csv(index=False, float_format="%.6g")
+
     def tex(self) -> str:
-        lines = [r"\begin{table}[htbp]", r"\centering", r"\small", r"\begin{tabular}{llllrccc}", r"\toprule",
+        """The answer and three booktabs tables (siunitx ``\\num``; needs booktabs and siunitx)."""
+        g = _tex_escape(self.grid)
+        lines = [f"% generated by thesis-mlflow report from the MLflow runs of grid {self.grid}; needs booktabs, siunitx",
+                 r"\paragraph{Result.}", " ".join(_tex_escape(s) for s in self.answer), "",
+                 r"\begin{table}[htbp]", r"\centering", r"\small", r"\begin{tabular}{llllrccc}", r"\toprule",
                  r"Tokenizer & Pooling & MET & Vect & $n$ & AUC & $R_{50}$ & $R_{70}$ \\", r"\midrule"]
         for r in self.cells.itertuples():
-            std = "" if pd.isna(r.test_auc_std) else rf" \pm {r.test_auc_std:.4f}"
-            lines.append(rf"{r.tokenizer.replace('_', chr(92) + '_')} & {r.pooling} & {'yes' if r.met else 'no'} & {r.vect} & {r.n_seeds} & "
-                         rf"${r.test_auc_mean:.4f}{std}$ & {r.rej50_mean:.1f} & {r.rej70_mean:.1f} \\")
+            lines.append(rf"{_tex_escape(r.tokenizer)} & {r.pooling} & {'yes' if r.met else 'no'} & {r.vect} & {r.n_seeds} & "
+                         rf"{_pm(r.test_auc_mean, r.auc_ci_low, r.auc_ci_high)} & \num{{{r.rej50_mean:.1f}}} & \num{{{r.rej70_mean:.1f}}} \\")
         lines += [r"\bottomrule", r"\end{tabular}",
-                  rf"\caption{{Test AUC (mean $\pm$ standard deviation over $n$ seeds) and background rejection $R_\epsilon = 1/\epsilon_B$ "
-                  rf"at signal efficiency $\epsilon$, grid \texttt{{{self.grid.replace('_', chr(92) + '_')}}}.}}",
-                  r"\label{tab:tokenization}", r"\end{table}"]
+                  rf"\caption{{Test AUC per cell: mean over $n$ seeds $\pm$ half-width of the 95\% two-level bootstrap interval "
+                  rf"(seeds, then test events), and mean background rejection $R_\varepsilon = 1/\varepsilon_B$ at signal efficiency "
+                  rf"$\varepsilon$; grid \texttt{{{g}}}.}}", r"\label{tab:tokenization}", r"\end{table}", ""]
+        lines += [r"\begin{table}[htbp]", r"\centering", r"\small", r"\begin{tabular}{lllcr}", r"\toprule",
+                  r"Comparison & Factor & At & $\Delta$AUC & $p_\mathrm{Holm}$ \\", r"\midrule"]
+        for r in self.effects.itertuples():
+            lines.append(rf"{_tex_escape(r.comparison)} & {_tex_escape(r.factor)} & {_tex_escape(r.at)} & "
+                         rf"{_pm(r.estimate, r.ci_low, r.ci_high)}\textsuperscript{{{_stars(r.p_holm)}}} & \num{{{r.p_holm:.3g}}} \\")
+        lines += [r"\bottomrule", r"\end{tabular}",
+                  rf"\caption{{Matched contrasts of test AUC (level a $-$ level b, same other factors and seed) $\pm$ half-width of the "
+                  rf"95\% two-level bootstrap interval; $p$ from a paired sign-flip test, Holm-adjusted over the {len(self.effects)} rows; "
+                  rf"* $p<0.05$, ** $p<0.01$, *** $p<0.001$; grid \texttt{{{g}}}.}}", r"\label{tab:tokenization-effects}", r"\end{table}", ""]
+        if len(self.backgrounds):
+            lines += [r"\begin{table}[htbp]", r"\centering", r"\small", r"\begin{tabular}{llcccc}", r"\toprule",
+                      r"Tokenizer & Background & AUC & $R_{30}$ & $R_{50}$ & $R_{70}$ \\", r"\midrule"]
+            for r in self.backgrounds.itertuples():
+                lines.append(rf"{_tex_escape(r.tokenizer)} & {r.background} & {_pm(r.auc_mean, r.auc_ci_low, r.auc_ci_high)} & "
+                             rf"\num{{{r.rej30_mean:.1f}}} & \num{{{r.rej50_mean:.1f}}} & \num{{{r.rej70_mean:.1f}}} \\")
+            lines += [r"\bottomrule", r"\end{tabular}",
+                      rf"\caption{{Signal against one background process at a time: AUC $\pm$ half-width of its 95\% interval and mean "
+                      rf"rejection $R_\varepsilon$, over all cells and seeds of each tokenizer; grid \texttt{{{g}}}.}}",
+                      r"\label{tab:tokenization-backgrounds}", r"\end{table}"]
         return "\n".join(lines) + "\n"
 
-    def html(self) -> str:
+    def html(self, plotly_src: str = "plotly.min.js") -> str:
         def table(df: pd.DataFrame) -> str:
             return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t") if len(df) else "<p>none</p>"
 
         parts = [f"<h1>Tokenization study — {html.escape(self.grid)}</h1>"]
+        parts.append("<div class=answer><h2>Answer</h2>" + "".join(f"<p>{html.escape(s)}</p>" for s in self.answer) + "</div>")
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
         parts.append(f"<h2>Missing cells ({len(self.missing)})</h2>" + (table(self.missing) if len(self.missing) else "<p>none: every expected cell has a finished run</p>"))
-        parts.append("<h2>Per cell (over seeds)</h2>" + table(self.cells))
-        parts.append("<h2>Main effects</h2>" + table(self.effects))
-        parts.append("<h2>Paired comparisons (matched pooling, MET, vect, seed; 95% paired bootstrap over test events)</h2>" + table(self.pairs))
-        for i, fig in enumerate(self.figures):
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
+        parts.append("<h2>Tokenizers (all cells and seeds; 95% two-level bootstrap)</h2>" + table(self.tokenizers))
+        parts.append("<h2>Effects (matched contrasts of test AUC; sign-flip p, Holm over all rows)</h2>" + table(self.effects))
+        parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
+        parts.append("<h2>Per background process</h2>" + table(self.backgrounds))
+        parts.append("<h2>Per cell (over seeds; auc_ci: 95% two-level bootstrap)</h2>" + table(self.cells))
+        for fig in self.figures:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
         style = ("body{font-family:sans-serif;margin:2em;max-width:1300px} table.t{border-collapse:collapse;font-size:13px;margin:1em 0}"
-                 "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} .note{color:#555}")
-        return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.grid)} summary</title><style>{style}</style></head><body>" \
-               + "\n".join(parts) + "</body></html>"
+                 "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} .note{color:#555}"
+                 ".answer{background:#f4f8fb;border-left:4px solid #1f77b4;padding:0.2em 1em;margin:1em 0}")
+        # plotly.js once, as a file beside the page (offline, and the page stays small)
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.grid)} summary</title><style>{style}</style>"
+                f"<script src='{plotly_src}'></script></head><body>" + "\n".join(parts) + "</body></html>")

@@ -1,9 +1,11 @@
 """The PhD summary of a grid, built from programmatic MLflow queries (the ``report`` step).
 
-Queries the grid's child runs, their metric histories and their ``eval/test_scores.npz``,
-then writes ``summary.html`` / ``.csv`` / ``.tex`` to ``dashboards/<grid>/`` and logs them
-under ``report/`` in a run tagged ``step=report``. A partial grid gives a report that lists
-what is missing. Tables and figures are ``thesis_mlflow.report``'s (MLflow-free).
+Queries the grid's child runs, their metric histories and their ``eval/test_scores.npz``
+(in parallel, finished runs' scores cached by run id), then writes ``summary.html`` (with
+``plotly.min.js`` beside it), ``summary.csv``, ``summary.tex``, ``effects.csv`` and the PDF
+figures under ``figures/`` to ``dashboards/<grid>/`` and logs them under ``report/`` in a run
+tagged ``step=report``. A partial grid gives a report that lists what is missing. Tables and
+figures are ``thesis_mlflow.report``'s (MLflow-free).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import report as rep
-from . import tracking, views
+from . import stats, tracking, views
 from .grid import load_grid
 from .paths import ROOT
 
@@ -38,13 +39,7 @@ def collect(grid: str) -> dict:
     hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
     hist.update({name: [] for name in runs["name"] if name not in hist})
     runs["epochs_done"] = runs["name"].map(lambda n: max((s for s, _ in hist[n]), default=0))
-    scores = {}
-    for r in runs[(runs["status"] == "FINISHED") & runs["test_auc"].notna()].itertuples():
-        try:
-            z = results.test_scores(r.run_id)
-            scores[r.run_id] = {"labels": z["labels"].astype(np.int8), "scores": z["scores"].astype(np.float64)}
-        except Exception as e:  # a finished run without scores is reported, not fatal
-            log.warning("run %s: no eval/test_scores.npz (%s)", r.run_id, e)
+    scores = results.scores_of(runs, on_error=lambda rid, e: log.warning("run %s: no eval/test_scores.npz (%s)", rid, e))
     expected = _expected_cells(parents[0]) if parents else [
         {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in runs.itertuples()]
     binning = []
@@ -85,18 +80,29 @@ def _expected_cells(parent) -> list[dict]:
         return []
 
 
-def build(grid: str, data: dict, n_boot: int = 200) -> rep.Report:
+def build(grid: str, data: dict, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep.Report:
     runs, scores = data["runs"], data["scores"]
-    cells = rep.cell_table(runs)
-    r = rep.Report(grid=grid, cells=cells, effects=rep.main_effects(runs), pairs=rep.paired_comparisons(runs, scores, n_boot=n_boot),
-                   missing=rep.missing_cells(data["expected"], runs))
+    cells = rep.cell_table(runs, scores, n_boot=n_boot, seed=seed)
+    eff = rep.effects(runs, scores, n_boot=n_boot, seed=seed)
+    toks = rep.tokenizer_table(runs, scores, n_boot=n_boot, seed=seed)
+    cond = pd.DataFrame()
+    if len(toks) > 1:
+        best, runner = toks.sort_values("mean", ascending=False)["tokenizer"].iloc[:2]
+        cond = stats.conditional_effects(runs, scores, best, runner, n_boot=n_boot, seed=seed)
+    r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data["expected"], runs), tokenizers=toks,
+                   backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
+    r.answer = rep.answer(toks, eff, cond)
     n_fin = int(((runs["status"] == "FINISHED") & runs["test_auc"].notna()).sum())
-    r.notes.append(f"{n_fin} finished runs of {max(len(data['expected']), len(runs))} expected; tracking store {tracking.tracking_uri()}.")
+    r.notes.append(f"{n_fin} finished runs of {max(len(data['expected']), len(runs))} expected, {len(scores)} with test scores; "
+                   f"{n_boot} bootstrap resamples (seed {seed}); tracking store {tracking.tracking_uri()}.")
     if len(cells):
         r.figures.append(rep.fig_auc_panels(cells))
-        fin = runs[runs["run_id"].isin(scores)]
-        best = fin.sort_values("test_auc", ascending=False).groupby("tokenizer").head(1)
-        r.figures.append(rep.fig_roc({row.name: scores[row.run_id] for row in best.itertuples()}))
+    if len(eff):
+        r.figures.append(rep.fig_effects(eff))
+    if len(r.backgrounds):
+        r.figures.append(rep.fig_backgrounds(r.backgrounds))
+    if scores:
+        r.figures.append(rep.fig_roc(best_curves(runs, scores)))
     r.figures.append(rep.fig_val_auc(data["histories"]))
     if len(data["binning"]):
         r.figures.append(rep.fig_binning(data["binning"]))
@@ -105,28 +111,64 @@ def build(grid: str, data: dict, n_boot: int = 200) -> rep.Report:
     return r
 
 
-def run_report(grid: str, out_dir: str | None = None, n_boot: int = 200, echo: Callable[[str], None] = log.info) -> Path:
+def best_curves(runs: pd.DataFrame, scores: dict) -> dict[str, dict]:
+    """The best run of each tokenizer (highest test AUC), for the ROC figures."""
+    fin = runs[runs["run_id"].isin(scores)]
+    best = fin.sort_values("test_auc", ascending=False).groupby("tokenizer").head(1)
+    return {row.name: scores[row.run_id] for row in best.itertuples()}
+
+
+def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
+    """The thesis figures (vector PDF, mplhep style) under ``out/figures``."""
+    from . import thesis_figures as tf
+
+    files = []
+    if len(r.cells):
+        files.append(tf.auc_by_cell(r.cells, r.grid, out / "figures" / "auc_by_cell.pdf"))
+    if len(r.effects):
+        files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf"))
+    if len(r.backgrounds):
+        files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
+    if data["scores"]:
+        files.append(tf.rejection(best_curves(data["runs"], data["scores"]), r.grid, out / "figures" / "rejection.pdf"))
+    return files
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, echo: Callable[[str], None] = log.info,
+               seed: int = 0) -> Path:
     t0 = time.perf_counter()
     data = collect(grid)
     t_query = time.perf_counter() - t0
     t1 = time.perf_counter()
-    r = build(grid, data, n_boot)
+    r = build(grid, data, n_boot, seed)
     out = Path(out_dir) if out_dir else ROOT / "dashboards" / grid
     out.mkdir(parents=True, exist_ok=True)
-    files = {"summary.html": r.html(), "summary.csv": r.csv(), "summary.tex": r.tex()}
+    import plotly.offline
+
+    files = {"summary.html": r.html(), "plotly.min.js": plotly.offline.get_plotlyjs(), "summary.csv": r.csv(), "summary.tex": r.tex(),
+             "effects.csv": r.effects_csv()}
     for name, text in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        _write(out / name, text)
+    pdfs = write_pdfs(r, data, out)
     t_build = time.perf_counter() - t1
     with tracking.step_run("report", run_name=f"report-{grid}", tags={"grid.name": grid}):
-        tracking.log_params({"grid": grid, "n_runs": len(data["runs"]), "n_missing": len(r.missing), "n_bootstrap": n_boot})
+        tracking.log_params({"grid": grid, "n_runs": len(data["runs"]), "n_missing": len(r.missing), "n_bootstrap": n_boot, "bootstrap_seed": seed})
         for name in files:
             tracking.log_artifact(out / name, "report")
+        for pdf in pdfs:
+            tracking.log_artifact(pdf, "report/figures")
         tracking.log_metrics({"query_seconds": t_query, "build_seconds": t_build})
     close_parent(data, len(r.missing))
     echo(f"report of {grid}: {len(r.cells)} cells, {len(r.missing)} missing; queries {t_query:.1f} s, build {t_build:.1f} s")
-    echo(f"  {out / 'summary.html'}")
+    for line in r.answer[:2]:
+        echo(f"  {line}")
+    echo(f"  {out / 'summary.html'}  (effects.csv, summary.tex, figures/*.pdf beside it)")
     if len(data["runs"]):
         views.echo_views(grid, tracking.current_experiment_id(), echo)
     return out
