@@ -3,3 +3,7 @@
 ``python -m steps.<name>`` is what MLproject, the grid driver and cluster jobs run;
 ``thesis-mlflow <name>`` (``steps.cli``) is the same command under one console script.
 """
+
+from thesis_mlflow.privacy import telemetry_off
+
+telemetry_off()  # before any step imports MLflow

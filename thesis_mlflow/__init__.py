@@ -1,3 +1,7 @@
 """thesis-mlflow: MLflow-tracked tokenization study for four-top-quark classification."""
 
+from .privacy import telemetry_off
+
+telemetry_off()
+
 __version__ = "0.1.0"

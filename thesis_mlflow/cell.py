@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, features, metrics, tracking
+from .done import has_results
 from .inputs import build_inputs
 from .spec import CellSpec, cell_name, cell_tag
 
@@ -71,13 +72,18 @@ def _factors(model, inp) -> dict:
     return {**desc, **fed}
 
 
+def _plain(d: dict) -> dict:
+    """numpy scalars as Python numbers (JSON, and checkpoints loadable with weights_only)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+
+
 def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str) -> str:
     from .train import evaluate, fit, resolve_device
 
     c = tracking.client()
     existing = c.get_run(run_id)
-    if "test_auc" in existing.data.metrics:
-        log.info("run %s already has test metrics: nothing to do", run_id)
+    if has_results(existing):
+        log.info("run %s already has its test metrics and scores: nothing to do", run_id)
         return run_id
     logged = existing.data.params  # ours from an earlier attempt, or what `mlflow run` logged
     clash = {k: (logged[k], tracking.fmt(params[k])) for k in CHECKED if k in logged and not tracking.same_value(logged[k], params[k])}
@@ -111,7 +117,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
 
         t0 = time.perf_counter()
         fit(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
-            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": factors})
+            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": _plain(factors)})
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
         process = tens["test"].labels  # original label 1-5 per test event
@@ -119,7 +125,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
         np.savez_compressed(npz, labels=ev["is_signal"].astype(np.int8), scores=ev["scores"].astype(np.float32),
                             process=process.astype(np.int8))
         tracking.log_artifact(npz, "eval")
-        tracking.log_dict({"factors": {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in factors.items()},
+        tracking.log_dict({"factors": _plain(factors),
                            "model_config": model.config_dict()}, "model/config.json")
         # the test metrics go last: a run that has them has its scores too (the grid's "done")
         final = metrics.test_metrics(ev["is_signal"], ev["scores"], process, ev.get("probs"))

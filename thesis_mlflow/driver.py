@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import packing, tracking, views
+from .done import is_done
 from .grid import Grid, load_grid, write_dag
 from .paths import ROOT, resolve
 from .spec import CellSpec
@@ -96,10 +97,6 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
             run = c.get_run(run.info.run_id)
         out[cell] = run
     return out
-
-
-def is_done(run) -> bool:
-    return run.info.status == "FINISHED" and "test_auc" in run.data.metrics
 
 
 def prepare(g: Grid) -> dict[str, str]:

@@ -7,6 +7,7 @@ A ``demo`` and a ``full`` scale are selections of one YAML file (``scales:``), n
 from __future__ import annotations
 
 import itertools
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -174,21 +175,46 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
 # need to find Python and the project; MLflow credentials come from ~/.mlflow/credentials.
 GETENV_ALLOW = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_*", "HOME", "USER", "LOGNAME", "LANG", "LC_*",
                 "TZ", "TMPDIR", "CUDA_HOME", "CUDA_PATH")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY")
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY", "AUTH", "PASSWD", "CONNECTION_STRING")
+# Names that hold secrets without saying so in every part, which a wildcard could match at submit
+# time even when they are not set now (the DAG may be submitted from another shell).
+KNOWN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN",
+                 "PGPASSWORD", "PGPASSFILE", "HF_TOKEN", "GITHUB_TOKEN", "X509_USER_PROXY", "KRB5CCNAME")
 
 
-def getenv_value(setting) -> str:
-    """The submit file's ``getenv``: an allow-list for ``true``, never a variable that looks secret."""
+def _looks_secret(name: str) -> bool:
+    return name in KNOWN_SECRETS or any(w in name.upper() for w in SECRET_WORDS)
+
+
+def getenv_value(setting, environ: dict | None = None) -> str:
+    """The submit file's ``getenv``: explicit variable names, never one that looks secret.
+
+    ``true`` is the allow-list ``GETENV_ALLOW``. A wildcard (``CONDA_*``) is refused when it could
+    match a known secret name (``MLFLOW_*`` matches MLFLOW_TRACKING_PASSWORD, ``AWS_*`` the AWS
+    keys), and otherwise expanded against the environment now and written as the names it
+    matched: what the job ad gets is decided here, where it is checked, not at submit time.
+    """
+    import fnmatch
+
     if setting is False or setting is None:
         return "False"
     names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
     if names is None:
         raise ValueError(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
-    secret = [n for n in names if n == "*" or any(w in n.upper() for w in SECRET_WORDS)]
-    if secret:
-        raise ValueError(f"condor.getenv would copy {secret} into job ads that every user can read; give MLflow credentials "
-                         "through ~/.mlflow/credentials instead")
-    return ", ".join(names)
+    env = os.environ if environ is None else environ
+    bad = [n for n in names if n.strip() in ("*", "") or _looks_secret(n)]
+    bad += [n for n in names if "*" in n or "?" in n
+            for s in (*KNOWN_SECRETS, *(k for k in env if _looks_secret(k))) if fnmatch.fnmatchcase(s, n) and n not in bad]
+    if bad:
+        raise ValueError(f"condor.getenv would copy {sorted(set(bad))} (or a secret they match) into job ads that every user can read; "
+                         "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
+    out = []
+    for n in names:
+        matched = sorted(k for k in env if fnmatch.fnmatchcase(k, n)) if ("*" in n or "?" in n) else [n]
+        out += [m for m in matched if m not in out]
+    return ", ".join(out) if out else "False"
 
 
 def check_no_credentials(tracking_uri: str) -> None:
@@ -260,7 +286,9 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = Path(grid.condor["log_dir"])
     (log_dir if log_dir.is_absolute() else project_dir / log_dir).mkdir(parents=True, exist_ok=True)
-    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1"}
+    from .privacy import telemetry_off
+
+    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
     dag = dags.DAG()
     prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import safeload
 from .features import Tensors
 from .metrics import binary_metrics
 from .spec import STEP_MODES
@@ -354,7 +355,7 @@ def fit(
     history: list[dict] = []
     start = 1
     if resume_from is not None:
-        ck = torch.load(resume_from, map_location=device, weights_only=False)
+        ck = safeload.load(resume_from, map_location=device)
         model.load_state_dict(ck["model"])
         _load_optimizer(opt, ck["optimizer"], device)
         sched.load_state_dict(ck["scheduler"])
@@ -362,7 +363,7 @@ def fit(
         torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-        np.random.set_state(ck["rng"]["numpy"])
+        np.random.set_state(_numpy_state_from(ck["rng"]["numpy"]))
         random.setstate(ck["rng"]["python"])
         history = ck["history"]
         start = ck["epoch"] + 1
@@ -400,7 +401,7 @@ def fit(
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                    "numpy": np.random.get_state(), "python": random.getstate()},
+                    "numpy": _numpy_state_tensors(), "python": random.getstate()},
             "history": history, "train_config": {**asdict(cfg), "step_mode": mode}, "model_config": model.config_dict(), **(extra_state or {}),
         }
         _atomic_save(state, checkpoint_path)
@@ -411,6 +412,19 @@ def fit(
         if on_epoch:
             on_epoch(epoch, metrics)
     return history
+
+
+def _numpy_state_tensors() -> dict:
+    """numpy's global RNG state as tensors and numbers (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from(saved) -> tuple:
+    if isinstance(saved, dict):
+        return (saved["kind"], saved["keys"].cpu().numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+    return saved  # a checkpoint of an older version: numpy's own tuple
 
 
 def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):

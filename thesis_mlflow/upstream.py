@@ -226,11 +226,10 @@ def find_or_run_vqvae(o: VQSpec) -> tuple[str, Path]:
 
 def load_vqvae(run_id: str):
     """(model, scaler) of a vqvae run; a clear error when the run does not exist or is no vqvae run."""
-    import torch
-
+    from . import safeload
     from .features import Scaler
     from .vqvae import load_payload
 
     tracking.require_run(run_id, "vqvae")
-    payload = torch.load(tracking.artifact_path(run_id, VQVAE_ARTIFACT), weights_only=False)
+    payload = safeload.load(tracking.artifact_path(run_id, VQVAE_ARTIFACT))
     return load_payload(payload), Scaler.from_dict(payload["scaler"])
