@@ -53,17 +53,30 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def user_errors(fn):
-    """Turn bad-input exceptions into a one-line error and exit code 1 (no traceback).
+class UserFailure(click.ClickException):
+    """A one-line error with the exit code its cause asks for (75: leased elsewhere)."""
 
-    ValueError covers the data-format errors (``DataFormatError`` is one) and every spec check.
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def user_errors(fn):
+    """Turn bad-input exceptions into a one-line error and a non-zero exit (no traceback).
+
+    ValueError covers the data-format errors (``DataFormatError`` is one) and every spec check;
+    ``thesis_mlflow.errors.UserError`` the states a user resolves (a run leased elsewhere: 75).
     """
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         configure_logging()
+        from thesis_mlflow.errors import UserError
+
         try:
             return fn(*a, **kw)
+        except UserError as e:
+            raise UserFailure(str(e), getattr(e, "exit_code", 1)) from e
         except (ValueError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, features, metrics, tracking
+from . import data, features, leases, metrics, tracking
 from .done import has_results
 from .inputs import build_inputs
 from .spec import CellSpec, cell_name, cell_tag
@@ -56,8 +56,19 @@ def train_cell(spec: CellSpec) -> str:
                  if k in inp.info}}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
-    with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics) as run:
-        return _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name)
+    given = os.environ.get("MLFLOW_RUN_ID")
+    # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
+    lease = leases.acquire_run(given, f"train run {given} ({name})") if given else None
+    try:
+        with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics) as run:
+            lease = lease or leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
+            with lease.kept():
+                _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name, lease)
+                lease.verify()  # still ours: only now may the run be marked FINISHED
+            return run.info.run_id
+    finally:
+        if lease is not None:
+            lease.stop()
 
 
 def _factors(model, inp) -> dict:
@@ -77,7 +88,7 @@ def _plain(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str) -> str:
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str, lease=None) -> str:
     from .train import evaluate, fit, resolve_device
 
     c = tracking.client()
@@ -108,6 +119,8 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             kill_after = 0
 
         def on_epoch(epoch: int, values: dict) -> None:
+            if lease is not None:
+                lease.check()  # taken over while we trained: stop before logging anything more
             if epoch in logged_epochs:
                 return
             tracking.log_metrics(values, step=epoch)

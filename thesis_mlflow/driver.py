@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import packing, tracking, views
+from . import leases, packing, tracking, views
 from .done import is_done
+from .errors import LeaseHeld
 from .grid import Grid, load_grid, write_dag
 from .paths import ROOT, resolve
 from .spec import CellSpec
@@ -41,7 +42,8 @@ def find_parent(g: Grid, exp_id: str):
 
 
 def find_or_create_parent(g: Grid, exp_id: str):
-    """The grid's parent run: found by its ``grid.name`` tag, else created once.
+    """The grid's parent run: found by its ``grid.name`` tag, else created once, also when several
+    drivers (or a driver and ``mlflow run . -e grid``) start together (a claim decides which).
 
     Under ``mlflow run . -e grid`` the run MLflow made for us becomes the parent the first
     time; on a resume it is only linked to the existing parent, so no grid has two.
@@ -59,7 +61,13 @@ def find_or_create_parent(g: Grid, exp_id: str):
         for k, v in {**tags, "mlflow.runName": f"grid-{g.run_name}"}.items():
             c.set_tag(rid, k, v)
     else:
-        rid = c.create_run(exp_id, run_name=f"grid-{g.run_name}", tags=tags).info.run_id
+        found, claim = leases.find_or_claim("grid", {"grid": g.run_name}, f"grid-{g.run_name}", find=lambda exp: find_parent(g, exp))
+        if found is not None:
+            return found
+        rid = claim.run_id
+        for k, v in tags.items():
+            c.set_tag(rid, k, v)
+        claim.release()  # the run is the parent now; the driver takes its own lease on it
     c.log_param(rid, "grid_file", str(g.source))
     c.log_param(rid, "scale_name", g.scale)
     c.log_param(rid, "n_cells", len(g.cells()))
@@ -137,8 +145,16 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         nonlocal n_done
         rid = job.env["MLFLOW_RUN_ID"]
         run = c.get_run(rid)
-        if code != 0 and run.info.status in ("RUNNING", "SCHEDULED"):
-            c.set_terminated(rid, "FAILED")  # killed before it could say so itself
+        if code == LeaseHeld.exit_code:  # another process trains this cell (a second grid run, a DAG job): not ours to mark
+            n_done += 1
+            result[job.key] = "ELSEWHERE"
+            holder = leases.holder_of(run)
+            echo(f"[{n_done}/{n_total}] {job.key:<28} {'ELSEWHERE':<8} trained by another process ({holder.describe() if holder else 'see ' + str(job.log)})")
+            return
+        if code != 0:
+            leases.release_dead(rid, job.pid)  # the next attempt need not wait for its beat to go stale
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                c.set_terminated(rid, "FAILED")  # killed before it could say so itself
             run = c.get_run(rid)
         n_done += 1
         status = run.info.status if code == 0 else "FAILED"
@@ -148,6 +164,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         echo(f"[{n_done}/{n_total}] {job.key:<28} {status:<8} {what}  ({seconds:.0f} s)")
 
     def on_interrupt(job: packing.Job) -> None:
+        leases.release_dead(job.env["MLFLOW_RUN_ID"], job.pid)
         c.set_terminated(job.env["MLFLOW_RUN_ID"], "KILLED")
 
     with packing.shared_gpu(mps, parallel) as gpu_env:
@@ -251,6 +268,13 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         return {"launched": []}
     parent = find_or_create_parent(g, exp_id)
     pid = parent.info.run_id
+    # one driver per grid at a time (a second `grid run` refuses at once, naming the first)
+    with leases.acquire_run(pid, f"grid {g.run_name} (parent run {pid})").kept():
+        return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0)
+
+
+def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str, t0: float) -> dict:
+    pid = parent.info.run_id
     c = tracking.client()
     if parent.info.status != "RUNNING":
         c.update_run(pid, status="RUNNING")
@@ -269,9 +293,12 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps)
     final = ensure_children(g, c.get_run(pid), exp_id)
     n_done = sum(is_done(r) for r in final.values())
+    elsewhere = [k for k, v in summary.get("status", {}).items() if v == "ELSEWHERE"]
     c.log_metric(pid, "n_finished", n_done)
-    c.set_terminated(pid, "FINISHED" if n_done == len(cells) else "FAILED")
-    echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s")
+    if not elsewhere:  # cells still trained by other processes: the parent stays RUNNING for them
+        c.set_terminated(pid, "FINISHED" if n_done == len(cells) else "FAILED")
+    echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s"
+         + (f"; {len(elsewhere)} being trained by other processes" if elsewhere else ""))
     echo(tracking.ui_hint(exp_id))
     views.echo_views(g.run_name, exp_id, echo)
     summary["n_finished"] = n_done

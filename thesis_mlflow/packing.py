@@ -32,6 +32,7 @@ class Job:
     env: dict
     log: Path
     cwd: Path
+    pid: int = 0  # set once started
 
 
 def cpu_budget() -> int:
@@ -131,6 +132,7 @@ def run_jobs(jobs: list[Job], parallel: int, on_done: Callable[[Job, int, float]
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 fh = open(job.log, "ab")  # noqa: SIM115 - closed when the process ends
                 p = subprocess.Popen(job.cmd, cwd=job.cwd, env=job.env, stdout=fh, stderr=subprocess.STDOUT)
+                job.pid = p.pid
                 running[p] = (job, time.perf_counter(), fh)
             time.sleep(poll_s)
             for p in [p for p in running if p.poll() is not None]:

@@ -81,13 +81,17 @@ def current_experiment_id() -> str:
 
 @contextmanager
 def step_run(step: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None,
-             use_env: bool = True, log_system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+             use_env: bool = True, log_system_metrics: bool = False, lease=None) -> Iterator[mlflow.ActiveRun]:
     """Start (or attach to) the run of one step.
 
     ``mlflow run`` and the grid driver hand us a run id through ``MLFLOW_RUN_ID``: we attach
     to it, so the command a cluster job runs and the command a user types log alike.
     The run ends FAILED on an exception and KILLED on Ctrl-C, never silently FINISHED.
+    ``lease`` (``leases.Lease``): verified before the run is marked FINISHED; when this process
+    lost it (``LeaseLost``) the run is left as it is, for the process that holds it now.
     """
+    from .errors import LeaseLost
+
     client()  # sets the tracking URI
     if use_env:  # an upstream step started from inside another step makes its own run
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
@@ -120,6 +124,11 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     try:
         mlflow.set_tags(tags)
         yield run
+        if lease is not None:
+            lease.verify()
+    except LeaseLost:
+        detach_run()
+        raise
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
@@ -130,6 +139,20 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
         _restore_run_id(saved)
+
+
+def detach_run() -> None:
+    """Leave the active run without touching its status (another process holds it now): MLflow's
+    own end_run (also registered at exit) would mark it FINISHED."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()  # MLflow's private stack of active runs: no public way to leave one untouched
+    if stack:
+        run = stack.pop()
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        monitor = fluent.run_id_to_system_metrics_monitor.pop(run.info.run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
 
 def _restore_run_id(saved: str | None) -> None:
@@ -257,121 +280,6 @@ def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
     if step and run.data.tags.get("step") != step:
         raise ValueError(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
     return run
-
-
-# --------------------------------------------------------------------------- claims
-#
-# Many jobs start at the same second and need the same upstream run (a binning, a VQ-VAE).
-# Find-or-run through the tracking server itself, so it holds across nodes: a job that finds no
-# FINISHED run creates a claim run (tag claim.key, RUNNING), then looks at all live claims of the
-# key after a settling second; the oldest (start time, then run id) does the work, the others
-# delete theirs and wait for it. The holder refreshes claim.heartbeat while it works; a claim whose heartbeat is older than
-# CLAIM_STALE_S (a killed job) is marked FAILED and the waiters claim again.
-
-CLAIM_TAG = "claim.key"
-HEARTBEAT_TAG = "claim.heartbeat"
-CLAIM_STALE_S = float(os.environ.get("THESIS_MLFLOW_CLAIM_STALE_S", "180"))
-HEARTBEAT_S = 15.0
-CLAIM_SETTLE_S = 1.0
-MAX_FAILED_HOLDERS = 3
-
-
-def claim_key(step: str, params: dict) -> str:
-    import hashlib
-
-    text = step + "|" + "|".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _ended_if_stale(r) -> bool:
-    """A RUNNING claim whose heartbeat is older than CLAIM_STALE_S (its job died) is marked FAILED."""
-    silent = time.time() - float(r.data.tags.get(HEARTBEAT_TAG, r.info.start_time / 1000))
-    if silent <= CLAIM_STALE_S:
-        return False
-    log.warning("%s claim run %s has had no heartbeat for %.0f s: marking it FAILED", r.data.tags.get("step"), r.info.run_id, silent)
-    client().set_terminated(r.info.run_id, "FAILED")
-    return True
-
-
-def _live_claims(key: str, exp_id: str) -> list:
-    """RUNNING claims of ``key`` with a fresh heartbeat, oldest first; stale ones are marked FAILED."""
-    runs = client().search_runs([exp_id], f"tags.`{CLAIM_TAG}` = '{key}' and attributes.status = 'RUNNING'", max_results=100)
-    return sorted((r for r in runs if not _ended_if_stale(r)), key=lambda r: (r.info.start_time, r.info.run_id))
-
-
-def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0) -> tuple[mlflow.entities.Run | None, str | None]:
-    """``(finished run, None)`` when a FINISHED ``step`` run with ``params`` exists (now or after
-    waiting for another job's), else ``(None, run id)`` of a claim this job won: run the step in
-    that run (``step_run(run_id=...)``) inside ``heartbeat(run_id)``."""
-    c = client()
-    exp_id = current_experiment_id()
-    key = claim_key(step, params)
-    failed_holders: set[str] = set()
-    while True:
-        done = find_finished_run(step, params, exp_id)
-        if done is not None:
-            return done, None
-        live = _live_claims(key, exp_id)
-        if not live:
-            mine = c.create_run(exp_id, run_name=run_name, tags={"step": step, CLAIM_TAG: key, HEARTBEAT_TAG: f"{time.time():.0f}"}).info.run_id
-            time.sleep(CLAIM_SETTLE_S)  # claims made meanwhile are visible, even stamped by a clock a little behind ours
-            live = _live_claims(key, exp_id)
-            if live and live[0].info.run_id == mine:
-                return None, mine
-            c.delete_run(mine)  # another job claimed first: one upstream run per settings
-            if not live:
-                continue
-        holder = live[0].info.run_id
-        log.info("waiting for %s run %s of another job (same settings)", step, holder)
-        status = _wait_for(holder, poll_s)
-        if status != "FINISHED":
-            failed_holders.add(holder)
-            if len(failed_holders) >= MAX_FAILED_HOLDERS:
-                raise RuntimeError(f"{step} with these settings failed in {len(failed_holders)} other jobs (last: run {holder}); see their logs")
-
-
-def _wait_for(run_id: str, poll_s: float) -> str:
-    """Poll a claim until it ends (its status) or goes stale (FAILED, marked here)."""
-    c = client()
-    while True:
-        r = c.get_run(run_id)
-        if r.info.lifecycle_stage == "deleted":
-            return "DELETED"
-        if r.info.status != "RUNNING":
-            return r.info.status
-        if _ended_if_stale(r):
-            return "FAILED"
-        time.sleep(poll_s)
-
-
-@contextmanager
-def heartbeat(run_id: str | None) -> Iterator[None]:
-    """Keep a claim alive while its holder works; on an exception the claim ends FAILED."""
-    if run_id is None:
-        yield
-        return
-    import threading
-
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                client().set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-            except Exception as e:  # a server restart: the next beat tries again
-                log.debug("heartbeat of %s failed: %s", run_id, e)
-
-    t = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
-    t.start()
-    try:
-        yield
-    except BaseException:
-        if client().get_run(run_id).info.status == "RUNNING":
-            client().set_terminated(run_id, "FAILED")
-        raise
-    finally:
-        stop.set()
-        t.join(timeout=5)
 
 
 def artifact_path(run_id: str, path: str, dst: str | Path | None = None) -> Path:

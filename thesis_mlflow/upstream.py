@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, tracking
+from . import data, leases, tracking
 from .paths import ROOT, resolve
 from .spec import DEFAULT_DATA
 
@@ -84,7 +84,7 @@ def binning_reuse_params(digest: str, n_bins: int, vect: int, phi: str, fit_on: 
     return {"input_sha256": digest, "n_bins": n_bins, "vect": vect, "phi": phi, "fit_on": fit_on}
 
 
-def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str, fit_on: str, use_env: bool = True,
+def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str, fit_on: str, use_env: bool = True, lease=None,
                 run_id: str | None = None) -> tuple[str, Path]:
     """Validate, fit on train, tokenise all splits, write atomically, log. Returns (run id, file).
     ``run_id``: a claim run to log into (``find_or_run_binning``)."""
@@ -96,7 +96,7 @@ def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str
     out = resolve(output) if output else default_binned_output(inp, n_bins, vect, phi, fit_on)
     digest = data.sha256(inp)
     name = f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}"
-    with tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id) as run:
+    with tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id, lease=lease) as run:
         tracking.log_params({**binning_reuse_params(digest, n_bins, vect, phi, fit_on), "input": input, "input_file": str(inp),
                              "output_file": str(out), "vocab_size": b.vocab_size})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
@@ -139,8 +139,8 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
     if not inp.is_file():
         raise FileNotFoundError(f"raw input {inp} not found")
     digest = data.sha256(inp)
-    run, claim = tracking.find_or_claim("binning", binning_reuse_params(digest, n_bins, vect, phi, fit_on),
-                                        f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}")
+    run, claim = leases.find_or_claim("binning", binning_reuse_params(digest, n_bins, vect, phi, fit_on),
+                                      f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}")
     if run is not None:
         out = Path(run.data.params.get("output_file", ""))
         if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
@@ -149,8 +149,8 @@ def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "
         local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
         log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
         return run.info.run_id, local
-    with tracking.heartbeat(claim):  # the claim lives while we work, and ends FAILED if we fail, even before logging
-        return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim)
+    with leases.claimed(claim):  # the claim lives while we work, and ends FAILED if we fail, even before logging
+        return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim.run_id, lease=claim)
 
 
 # --------------------------------------------------------------------------- VQ-VAE
@@ -175,7 +175,7 @@ class VQSpec:
                 "epochs": self.epochs, "seed": self.seed, "batch_size": self.batch_size, "lr": self.lr, "max_events": self.max_events}
 
 
-def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None) -> tuple[str, Path]:
+def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=None) -> tuple[str, Path]:
     """Validate, train, log. Returns (run id, local model file). ``run_id``: a claim run to log into."""
     import torch
 
@@ -193,7 +193,7 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None) -> tup
     x = features.direct_inputs(tr, o.vect, False, scaler)
     v = x["valid"]
     names = ["e", "pt", "eta", "phi"][5 - o.vect:]
-    with tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env, run_id=run_id) as run:
+    with tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env, run_id=run_id, lease=lease) as run:
         tracking.log_params({**o.reuse_params(digest), "input": o.input, "input_file": str(inp), "n_objects": int(v.sum()),
                              "commitment": cfg.commitment, "ema": cfg.ema, "decay": cfg.decay, "kmeans_init": cfg.kmeans_init,
                              "dead_threshold": cfg.dead_threshold})
@@ -216,12 +216,12 @@ def find_or_run_vqvae(o: VQSpec) -> tuple[str, Path]:
     inp = resolve(o.input)
     if not inp.is_file():
         raise FileNotFoundError(f"raw input {inp} not found")
-    run, claim = tracking.find_or_claim("vqvae", o.reuse_params(data.sha256(inp)), f"vqvae-v{o.vect}-k{o.codebook_size}")
+    run, claim = leases.find_or_claim("vqvae", o.reuse_params(data.sha256(inp)), f"vqvae-v{o.vect}-k{o.codebook_size}")
     if run is not None:
         log.info("reusing vqvae run %s", run.info.run_id)
         return run.info.run_id, tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
-    with tracking.heartbeat(claim):
-        return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim)
+    with leases.claimed(claim):
+        return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim.run_id, lease=claim)
 
 
 def load_vqvae(run_id: str):

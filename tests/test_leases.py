@@ -1,0 +1,212 @@
+"""Leases the tracking server decides: one holder per run or upstream claim, whatever the
+clocks and speeds of the jobs; silent holders taken over on the waiter's own clock; a holder
+that lost its lease stops without marking anything finished. One real server for the module."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from thesis_mlflow import leases, server, tracking
+from thesis_mlflow.errors import LeaseHeld, LeaseLost
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lease-srv")
+    s = server.start(root / "srv", auth=False, workers=2)
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def exp(srv, monkeypatch, request):
+    """A fresh experiment on the module's server for each test."""
+    name = f"lease-{request.node.name}"[:200]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    mlflow.set_tracking_uri(srv.uri)
+    return tracking.ensure_experiment(name)
+
+
+def _other_node(pid=4242):
+    return leases.Holder("worker-node-17", pid)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def test_one_holder_per_run_and_a_live_one_is_named(exp, monkeypatch):
+    c = tracking.client()
+    rid = c.create_run(exp).info.run_id
+    first = leases.acquire_run(rid, "train run X")
+    try:
+        # a second process on this host: the first's pid is alive -> refused at once, naming it
+        t0 = time.monotonic()
+        with pytest.raises(LeaseHeld, match=f"host {socket.gethostname()}, pid {os.getpid()}"):
+            leases.acquire_run(rid, "train run X", holder=leases.Holder(socket.gethostname(), os.getpid() + 1))
+        assert time.monotonic() - t0 < 5
+    finally:
+        first.release()
+    # released: the next process takes the next generation without waiting
+    second = leases.acquire_run(rid, holder=_other_node())
+    assert second.gen == 2 and leases.generations(c.get_run(rid).data.params) == {1: str(first.holder), 2: str(second.holder)}
+    second.stop()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(exp):
+    c = tracking.client()
+    rid = c.create_run(exp).info.run_id
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert leases.write_once(rid, "lease.g1", str(leases.Holder(socket.gethostname(), dead.pid)))
+    t0 = time.monotonic()
+    lease = leases.acquire_run(rid)
+    assert lease.gen == 2 and time.monotonic() - t0 < 5
+    assert c.get_run(rid).data.tags[leases.LOST] == "1"
+    lease.stop()
+
+
+def test_a_silent_holder_elsewhere_is_taken_over_on_the_waiters_clock(exp, monkeypatch):
+    """A holder on another node whose beat stops; the waiter's own monotonic clock decides, the
+    holder's stamps are never compared with it. The old holder then finds out and stops."""
+    monkeypatch.setenv("THESIS_MLFLOW_LEASE_STALE_S", "3")
+    monkeypatch.setenv("THESIS_MLFLOW_LEASE_BEAT_S", "0.5")
+    c = tracking.client()
+    rid = c.create_run(exp).info.run_id
+    old = leases.acquire_run(rid, holder=_other_node())
+    # while it beats, a newcomer is told it is held (within a beat period)
+    with pytest.raises(LeaseHeld, match="worker-node-17"):
+        leases.acquire_run(rid, poll_s=0.2)
+    old.stop()  # silence: the node hangs (its beat thread no longer runs)
+    t0 = time.monotonic()
+    new = leases.acquire_run(rid, poll_s=0.2)
+    assert new.gen == 2 and 3 <= time.monotonic() - t0 < 15
+    with pytest.raises(LeaseLost):
+        old.verify()
+    new.stop()
+
+
+def test_a_holder_that_lost_its_lease_does_not_finish_the_run(exp):
+    c = tracking.client()
+    rid = c.create_run(exp).info.run_id
+    lease = leases.acquire_run(rid, holder=_other_node(1))
+    assert leases.write_once(rid, "lease.g2", str(_other_node(2)))  # taken over meanwhile
+    with pytest.raises(LeaseLost):
+        with tracking.step_run("train", run_id=rid, lease=lease):
+            mlflow.log_metric("val_auc", 0.5, step=1)
+    run = c.get_run(rid)
+    assert run.info.status == "RUNNING"  # left to the process that holds it now
+    assert mlflow.active_run() is None
+
+
+# --------------------------------------------------------------------------- upstream claims
+
+
+def _claim_together(n, slow=None, delay=0.0, stale=None):
+    """n jobs (threads, each with its own identity) claim the same upstream settings at once;
+    job ``slow``'s create_run takes ``delay`` seconds longer. Returns each job's outcome."""
+    real = mlflow.MlflowClient.create_run
+    who = threading.local()
+
+    def create_run(self, *a, **kw):
+        if getattr(who, "slow", False):
+            time.sleep(delay)
+        return real(self, *a, **kw)
+
+    out = [None] * n
+    barrier = threading.Barrier(n)
+
+    def job(i):
+        who.slow = i == slow
+        barrier.wait()
+        try:
+            run, lease = leases.find_or_claim("binning", {"x": "1"}, "binning-x", poll_s=0.3, holder=leases.Holder("node", 100 + i))
+            if lease is not None:
+                with leases.claimed(lease), tracking.step_run("binning", run_id=lease.run_id, lease=lease, use_env=False):
+                    tracking.log_params({"x": "1"})
+                    time.sleep(1.0)
+                out[i] = ("won", lease.run_id)
+            else:
+                out[i] = ("found", run.info.run_id)
+        except BaseException as e:  # noqa: BLE001
+            out[i] = ("error", repr(e))
+
+    mlflow.MlflowClient.create_run = create_run
+    try:
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        mlflow.MlflowClient.create_run = real
+    return out
+
+
+@pytest.mark.parametrize("slow", [None, 0])
+def test_jobs_starting_together_make_one_upstream_run(exp, slow):
+    """One claimant's create_run is 3 s slow (an overloaded server; the old rule, "oldest start
+    time wins" after a 1 s settle, gave two owners): still exactly one run does the work."""
+    out = _claim_together(4, slow=slow, delay=3.0)
+    assert [o[0] for o in out].count("won") == 1, out
+    winner = next(o[1] for o in out if o[0] == "won")
+    assert all(o == ("found", winner) for o in out if o[0] != "won"), out
+    runs = mlflow.search_runs(experiment_ids=[exp], filter_string="tags.step = 'binning'", output_format="list")
+    assert [r.info.run_id for r in runs] == [winner] and runs[0].info.status == "FINISHED"  # losers' claims deleted
+
+
+def test_a_silent_claim_holder_is_taken_over_and_not_counted_as_failed(exp, monkeypatch):
+    monkeypatch.setenv("THESIS_MLFLOW_LEASE_STALE_S", "3")
+    c = tracking.client()
+    key = leases.claim_key("binning", {"x": "1"})
+    ghost = leases.Holder("vanished-node", 7)
+    rid = c.create_run(exp, tags={"step": "binning", leases.CLAIM_TAG: key, leases.OWNER: str(ghost)}).info.run_id
+    assert leases.write_once(rid, "lease.g1", str(ghost))
+    c.set_tag(rid, "lease.result.g1", "won")
+    t0 = time.monotonic()
+    run, lease = leases.find_or_claim("binning", {"x": "1"}, "binning-x", poll_s=0.3)
+    assert run is None and lease is not None and lease.gen == 2 and time.monotonic() - t0 >= 3
+    ghost_run = c.get_run(rid)
+    assert ghost_run.info.status == "FAILED" and ghost_run.data.tags[leases.LOST] == "1"
+
+
+# --------------------------------------------------------------------------- two drivers of one grid
+
+
+def test_two_grid_runs_at_once_train_every_cell_once(exp, srv, tmp_path, tiny_raw):
+    doc = {"name": "twice", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["max", "mean"], "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 400, "max_eval_events": 200,
+                                                       }}}}
+    gfile = tmp_path / "twice.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": srv.uri, "MLFLOW_EXPERIMENT_NAME": os.environ["MLFLOW_EXPERIMENT_NAME"]}
+    cmd = [sys.executable, "-m", "steps.cli", "grid", "run", str(gfile), "--scale", "demo", "--jobs", "2"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 75], "\n=====\n".join(outs)
+    refused = outs[[p.returncode for p in procs].index(75)]
+    assert "is being worked on by another process" in refused and f"pid {procs[0].pid}" in refused or f"pid {procs[1].pid}" in refused
+    c = tracking.client()
+    parents = c.search_runs([exp], "tags.step = 'grid'")
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    cells = c.search_runs([exp], "tags.step = 'train'")
+    assert len(cells) == 2 and all(r.info.status == "FINISHED" for r in cells)
+    for r in cells:
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
+        assert set(leases.generations(r.data.params)) == {1}  # one process ever trained it
