@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ import mlflow
 import pytest
 import yaml
 
-from thesis_mlflow import devdb, server, tracking
+from thesis_mlflow import devdb, leases, server, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",
@@ -204,15 +205,19 @@ def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, ti
 
 
 def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
-    """A job killed while it held the claim of a binning (its heartbeat stopped) is taken over."""
-    from thesis_mlflow import data
+    """A job killed while it held the claim of a binning (its process is gone) is taken over."""
+    from thesis_mlflow import data, leases
     from thesis_mlflow.upstream import binning_reuse_params, find_or_run_binning
 
     c = mlflow.MlflowClient()
     exp = c.create_experiment("test-exp")
-    key = tracking.claim_key("binning", binning_reuse_params(data.sha256(tiny_raw), 5, 4, "signed", "all"))
-    dead = c.create_run(exp, run_name="binning-dead", tags={"step": "binning", tracking.CLAIM_TAG: key,
-                                                              tracking.HEARTBEAT_TAG: f"{time.time() - 3600:.0f}"}).info.run_id
+    key = leases.claim_key("binning", binning_reuse_params(data.sha256(tiny_raw), 5, 4, "signed", "all"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = str(leases.Holder(socket.gethostname(), gone.pid))
+    dead = c.create_run(exp, run_name="binning-dead", tags={"step": "binning", leases.CLAIM_TAG: key, leases.OWNER: holder}).info.run_id
+    assert leases.write_once(dead, "lease.g1", holder)
+    c.set_tag(dead, "lease.result.g1", "won")
     t0 = time.time()
     rid, path = find_or_run_binning(str(tiny_raw))
     assert rid != dead and path.is_file() and time.time() - t0 < 60
@@ -313,4 +318,4 @@ def test_a_failing_claimant_releases_its_claim(mlflow_env, tmp_path):
     with pytest.raises(ValueError):
         find_or_run_binning(str(bad))
     runs = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'binning'", output_format="list")
-    assert [r.info.status for r in runs] == ["FAILED"] and tracking.CLAIM_TAG in runs[0].data.tags
+    assert [r.info.status for r in runs] == ["FAILED"] and leases.CLAIM_TAG in runs[0].data.tags

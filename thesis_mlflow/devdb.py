@@ -1,8 +1,10 @@
 """A throwaway PostgreSQL server for the tests and benchmarks (never for the thesis data).
 
-``initdb`` in a temporary directory, ``pg_ctl start`` on a free port on 127.0.0.1, one
-database, removed again by ``stop()``. PostgreSQL refuses to run as root: as root the
-server runs as the ``postgres`` user (in a directory that user owns).
+``initdb`` in a temporary directory, ``pg_ctl start`` listening on a Unix socket in that
+0700 directory only (no TCP port: other users of the machine cannot connect, and the
+``trust`` login needs no password anywhere), one database, removed again by ``stop()``.
+PostgreSQL refuses to run as root: as root the server runs as the ``postgres`` user (in a
+directory that user owns).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class PgServer:
 
     @property
     def uri(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        return f"postgresql://postgres@/mlflow?host={self.root}&port={self.port}"
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess:
         if self.as_user:
@@ -59,8 +61,8 @@ def start() -> PgServer:
     steps = [
         (pg_bin("initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"),
         (pg_bin("pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-t", "60",
-         "-o", f"-p {pg.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", "start"),
-        (pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "mlflow"),
+         "-o", f"-p {pg.port} -k {root} -c listen_addresses='' -c unix_socket_permissions=0700 -c fsync=off -c max_connections=300", "start"),
+        (pg_bin("createdb"), "-h", str(root), "-p", str(pg.port), "-U", "postgres", "mlflow"),
     ]
     for cmd in steps:
         r = pg._run(*cmd)

@@ -4,30 +4,56 @@ Many concurrent jobs log through one server, never through one SQLite file on a 
 filesystem (SQLite locking over NFS loses writes). Move ``--backend-store-uri`` to
 PostgreSQL when dozens of jobs log at once.
 
-Authentication is MLflow's basic-auth app, on unless asked otherwise: on first start an
-admin password is generated into ``<root>/basic_auth.ini`` and ``<root>/credentials``, both
-readable by their owner only (0600); the server finds the ini through
-``MLFLOW_AUTH_CONFIG_PATH`` in its own environment, never on a command line. Clients
-authenticate through MLflow's credentials file, ``~/.mlflow/credentials`` (see
-``install_client_credentials``).
+On a shared login node nothing is trusted that this code did not start or cannot verify:
+
+- The root must be the user's own and writable by nobody else (``private.secure_dir``).
+- The port must be free before anything is written; the server is "up" only when the
+  process started here is alive, the socket answering on the port belongs to its process
+  tree, and ``/health`` answers there (over TLS, verified, beyond loopback). A stranger
+  already listening on the port is an error before any login is written or sent.
+- ``running()`` and ``--stop`` believe ``server.json`` only when it is ours, and the pid in it
+  is a live process of this user, started at the recorded time, running ``mlflow server``
+  for this root and listening on the recorded port.
+- Secrets never go on a command line (``ps`` shows those to every user): the auth config,
+  the Flask key and a backend URI with a password reach the server through its environment;
+  printed URIs are masked.
+- Beyond loopback the server speaks HTTPS with a generated self-signed certificate (or the
+  user's); plain HTTP there only with an explicit opt-out.
+
+Logins (``thesis_mlflow.logins``): MLflow's basic-auth app, on unless asked otherwise; the
+admin login stays under the root; the jobs log in as a user with EDIT on the study only.
 """
 
 from __future__ import annotations
 
-import configparser
+import json
 import logging
 import os
-import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from . import logins
+from .errors import UserError
+from .logins import AUTH_INI, CREDENTIALS, credentials, ensure_auth_config, install_client_credentials  # noqa: F401 (re-exported)
+from .private import check_private, secure_dir, write_private
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 4  # benchmarks/server_load.py: 1 worker failed 18-25 of 36 jobs at once; 4 failed none
+STATE = "server.json"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class PortTaken(UserError):
+    """Something else already listens on the server's port."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -36,169 +62,225 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-AUTH_INI = "basic_auth.ini"
-CREDENTIALS = "credentials"
-MARKER = "# written by thesis-mlflow serve"
+def mask(uri: str | None) -> str | None:
+    """A URI with its password replaced by ``***`` (for anything printed or logged)."""
+    if not uri:
+        return uri
+    u = urlsplit(uri)
+    if u.password is None:
+        return uri
+    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
-def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None,
-                   backend_store_uri: str | None = None, auth: bool = True) -> list[str]:
+def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None, auth: bool = True,
+                   tls: tuple[Path, Path] | None = None) -> list[str]:
+    """The server's command line: paths and options only (the backend URI travels in the environment)."""
     root = Path(root).resolve()
     cmd = [sys.executable, "-m", "mlflow", "server",
-           "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
            "--host", host, "--port", str(port), "--workers", str(workers)]
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
     if auth:
         cmd += ["--app-name", "basic-auth"]
+    if tls:
+        cmd += ["--uvicorn-opts", f"--ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"]
     return cmd
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def ensure_auth_config(root: Path) -> Path:
-    """The basic-auth config of this server root, created once with a generated admin password."""
-    ini = Path(root) / AUTH_INI
-    if not ini.is_file():
-        password = secrets.token_urlsafe(24)
-        write_private(ini, f"""{MARKER}: the admin password of this server; keep this file 0600
-[mlflow]
-default_permission = READ
-database_uri = sqlite:///{Path(root).resolve() / 'basic_auth.db'}
-admin_username = admin
-admin_password = {password}
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-grant_default_workspace_access = false
-# one password hash check per client and minute instead of one per request (one worker: no staleness)
-auth_cache_ttl_seconds = 60
-""")
-        write_private(Path(root) / CREDENTIALS, credentials_text("admin", password))
-    if ini.stat().st_mode & 0o077:
-        raise PermissionError(f"{ini} is readable by others (mode {oct(ini.stat().st_mode & 0o777)}); chmod 600 it")
-    return ini
-
-
-def flask_secret(root: Path) -> str:
-    path = Path(root) / "flask_secret"
-    if not path.is_file():
-        write_private(path, secrets.token_hex(32))
-    return path.read_text().strip()
-
-
-def credentials(root: Path) -> tuple[str, str]:
-    cp = configparser.ConfigParser()
-    cp.read(Path(root) / AUTH_INI)
-    return cp["mlflow"]["admin_username"], cp["mlflow"]["admin_password"]
-
-
-def credentials_text(user: str, password: str) -> str:
-    return f"{MARKER}\n[mlflow]\nmlflow_tracking_username = {user}\nmlflow_tracking_password = {password}\n"
-
-
-def install_client_credentials(root: Path, home: Path | None = None) -> tuple[Path, str]:
-    """Put this server's credentials where MLflow clients look (``~/.mlflow/credentials``, 0600):
-    jobs on a shared home read them there, so no secret travels on a command line or in a job's
-    environment. A file that this command did not write is left alone. Returns (path, what happened)."""
-    path = Path(home or Path.home()) / ".mlflow" / "credentials"
-    text = credentials_text(*credentials(root))
-    if path.is_file():
-        old = path.read_text()
-        if old == text:
-            return path, "already there"
-        if not old.startswith(MARKER):
-            return path, "left alone (it holds other credentials): copy " + str(Path(root) / CREDENTIALS) + " there yourself"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(path, text)
-    return path, "written"
 
 
 @dataclass
 class Server:
     proc: subprocess.Popen | None
-    uri: str
+    uri: str  # how this host reaches it (127.0.0.1 when it listens on every interface)
     pid: int
     root: Path
+    public_uri: str | None = None  # how worker nodes reach it
+    cafile: Path | None = None  # the certificate clients verify (HTTPS)
+    experiment_id: str | None = None  # the study's experiment, when the jobs user was given it
 
     def stop(self, timeout: float = 20) -> None:
         stop_pid(self.pid, timeout)
+        try:
+            (self.root / STATE).unlink()
+        except OSError:
+            pass
 
 
-def healthy(uri: str) -> bool:
+def healthy(uri: str, cafile: Path | None = None) -> bool:
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+        ctx = ssl.create_default_context(cafile=str(cafile)) if uri.startswith("https") else None
+        with urllib.request.urlopen(f"{uri}/health", timeout=2, context=ctx) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, ssl.SSLError):
         return False
 
 
-DEFAULT_WORKERS = 4  # benchmarks/server_load.py: 1 worker failed 18-25 of 36 jobs at once; 4 failed none
+def answers(uri: str) -> bool:
+    """Whether anything answers ``/health`` at ``uri`` (no login sent; certificate not checked:
+    this only asks whether that server is still up)."""
+    ctx = ssl._create_unverified_context() if uri.startswith("https") else None  # noqa: S323 - a liveness probe, nothing sent
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=3, context=ctx) as r:
+            return r.status == 200
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _tree(pid: int) -> list:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether the process ``pid`` (or one of its children: uvicorn's) listens on ``port``."""
+    import psutil
+
+    for p in _tree(pid):
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in p.net_connections(kind="inet")):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse before anything is written when another process listens on the port."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam) as s:
+        # as the server binds (uvicorn sets it): connections of a previous server in TIME_WAIT do not
+        # count, a listening socket of anyone does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PortTaken(f"port {port} on {host} is already in use by another process ({e.strerror}); nothing was started "
+                            "and no login was written: choose another --port (0 picks a free one)") from e
+
+
+def _wait_until_up(proc: subprocess.Popen, port: int, local_uri: str, cafile: Path | None, wait: float, root: Path) -> None:
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}; see {root / 'server.log'}"
+                               + (" (another process may have taken the port)" if proc.returncode else ""))
+        if listens(proc.pid, port) and healthy(local_uri, cafile):
+            return
+        if time.time() - t0 > wait:
+            stop_pid(proc.pid)
+            raise RuntimeError(f"mlflow server did not answer on {local_uri} within {wait:.0f} s; see {root / 'server.log'}")
+        time.sleep(0.5)
 
 
 def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int = 1, allowed_hosts: str | None = None,
-          wait: float = 90, backend_store_uri: str | None = None, auth: bool = True) -> Server:
-    """Start the server in the background and wait until it answers /health."""
-    root = Path(root).resolve()
+          wait: float = 90, backend_store_uri: str | None = None, auth: bool = True, experiment: str | None = None,
+          tls: tuple[Path, Path] | None = None, insecure_http: bool = False) -> Server:
+    """Start the server in the background and return once the process started here answers.
+
+    ``tls``: (certificate, key) to serve HTTPS; beyond loopback a self-signed pair is made under
+    the root unless ``insecure_http``. ``experiment``: the study experiment the jobs user may
+    write (default: ``MLFLOW_EXPERIMENT_NAME`` or ``4t-tokenization``)."""
+    root = secure_dir(root)
     if backend_store_uri and backend_store_uri.startswith("postgresql"):
         import importlib.util
 
         driver = "psycopg2" if backend_store_uri.startswith("postgresql+psycopg2") else "psycopg"
         if importlib.util.find_spec(driver) is None:
             raise ValueError("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
-    (root / "artifacts").mkdir(parents=True, exist_ok=True)
-    if auth:  # the stores under ROOT (runs, password hashes) are readable through the server's login only
-        root.chmod(0o700)
-    port = port or free_port(host)
-    cmd = server_command(root, host, port, workers, allowed_hosts, backend_store_uri, auth)
-    # MLflow's job runner (8 huey consumers, ~1 GB) serves GenAI features this project does not use
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    port = port or free_port("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    check_port_free(host, port)
+    (root / "artifacts").mkdir(exist_ok=True)
+    beyond_loopback = host not in LOOPBACK
+    if beyond_loopback and tls is None and not insecure_http:
+        from .tls import ensure_cert
+
+        tls = ensure_cert(root, host)
+    scheme = "https" if tls else "http"
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    uri = f"{scheme}://{local}:{port}"
+    public = f"{scheme}://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{port}"
+    cafile = Path(tls[0]) if tls else None
+    from .privacy import telemetry_off
+
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # MLflow's job runner (8 huey consumers, ~1 GB): GenAI features we do not use
            # each worker's connection pool: SQLAlchemy's 5 + 10 ran out with 36 jobs on one worker
            # (benchmarks/server_load.py); 4 workers x 20 stay under PostgreSQL's default 100 connections
-           "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10", **os.environ}
+           "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10", **os.environ, **telemetry_off(),
+           # the store, possibly with a password, in the environment: never on the command line
+           "MLFLOW_BACKEND_STORE_URI": backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"}
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret(root)  # CSRF key of the login forms; kept across restarts
-    logf = open(root / "server.log", "ab")
-    # own session: the server outlives `make demo` and is stopped through its pid file
+    cmd = server_command(root, host, port, workers, allowed_hosts, auth, tls)
+    logf = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    # own session: the server outlives `make demo` and is stopped through its recorded pid
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     logf.close()
-    uri = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    t0 = time.time()
-    while not healthy(uri):
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}; see {root / 'server.log'}")
-        if time.time() - t0 > wait:
-            stop_pid(proc.pid)
-            raise RuntimeError(f"mlflow server did not answer on {uri} within {wait:.0f} s; see {root / 'server.log'}")
-        time.sleep(0.5)
-    (root / "server.pid").write_text(str(proc.pid))
-    (root / "server.url").write_text(uri)
-    log.info("mlflow server %s (pid %d, store %s)", uri, proc.pid, root)
-    return Server(proc, uri, proc.pid, root)
+    _wait_until_up(proc, port, uri, cafile, wait, root)
+    import psutil
+
+    write_private(root / STATE, json.dumps({"pid": proc.pid, "uri": uri, "public_uri": public, "port": port, "cafile": str(cafile or ""),
+                                            "create_time": psutil.Process(proc.pid).create_time(), "uid": os.getuid()}))
+    (root / "server.url").write_text(public if beyond_loopback else uri)  # what jobs export (not trusted by running())
+    srv = Server(proc, uri, proc.pid, root, public, cafile)
+    if auth:
+        from .tracking import DEFAULT_EXPERIMENT
+
+        name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        try:
+            srv.experiment_id = logins.provision_jobs_user(uri, root, name, cafile)
+        except Exception:
+            srv.stop()
+            raise
+    log.info("mlflow server %s (pid %d, store %s)", uri, proc.pid, mask(backend_store_uri) or root)
+    return srv
+
+
+def flask_secret(root: Path) -> str:
+    path = Path(root) / "flask_secret"
+    if not path.is_file():
+        import secrets
+
+        write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def running(root: str | Path) -> Server | None:
-    """The server a previous ``start`` left running under ``root``, if it still answers."""
-    root = Path(root).resolve()
+    """The server a previous ``start`` left running under ``root``, if everything recorded about
+    it checks out (see the module docstring); None otherwise, and nothing is signalled."""
+    import psutil
+
+    root = Path(os.path.abspath(root))
     try:
-        pid = int((root / "server.pid").read_text())
-        uri = (root / "server.url").read_text().strip()
-    except (OSError, ValueError):
+        check_private(root, "root")
+        check_private(root / STATE, "state file")
+        st = json.loads((root / STATE).read_text())
+        pid, uri, port = int(st["pid"]), str(st["uri"]), int(st["port"])
+    except (OSError, ValueError, KeyError, UserError):
         return None
-    return Server(None, uri, pid, root) if healthy(uri) else None
+    try:
+        p = psutil.Process(pid)
+        if p.uids().real != os.getuid() or abs(p.create_time() - float(st["create_time"])) > 1:
+            return None  # another user's process, or a new process under a reused pid
+        cmd = " ".join(p.cmdline())
+        if "mlflow" not in cmd or " server" not in cmd or str(root / "artifacts") not in cmd:
+            return None
+    except (psutil.Error, ValueError):
+        return None
+    cafile = Path(st["cafile"]) if st.get("cafile") else None
+    if not listens(pid, port) or not healthy(uri, cafile):
+        return None
+    return Server(None, uri, pid, root, st.get("public_uri") or uri, cafile)
 
 
 def stop_pid(pid: int, timeout: float = 20) -> None:
-    """Stop the server's whole process group (gunicorn/uvicorn workers included)."""
+    """Stop the server's whole process group (uvicorn workers included)."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

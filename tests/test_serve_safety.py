@@ -1,0 +1,201 @@
+"""`serve` on a shared login node: it trusts only what it started, keeps its root private,
+sends no login to a stranger, gives the jobs the least privilege, and speaks HTTPS beyond
+loopback. Real server processes; hostile neighbours played by this test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from thesis_mlflow import devdb, logins, server
+from thesis_mlflow.private import UnsafePath
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Impostor(BaseHTTPRequestHandler):
+    """Answers everything with 200 and records any Authorization header it is sent."""
+
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802
+        if self.headers.get("Authorization"):
+            _Impostor.seen.append(self.headers["Authorization"])
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    do_POST = do_GET
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture()
+def impostor():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_foreign_listener_on_the_port_is_an_error_before_any_login_is_written(tmp_path, impostor, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(server.PortTaken, match=f"port {impostor}"):
+        server.start(tmp_path / "srv", port=impostor)
+    assert not (tmp_path / "srv" / logins.AUTH_INI).exists() and not (home / ".mlflow").exists()
+    # the stranger binds between our check and our server's bind: our process dies, the stranger
+    # answers /health, and start() still refuses (the answering socket is not our process's)
+    monkeypatch.setattr(server, "check_port_free", lambda host, port: None)
+    with pytest.raises(RuntimeError, match="exited"):
+        server.start(tmp_path / "srv2", port=impostor, wait=30)
+    assert server.running(tmp_path / "srv2") is None and not (tmp_path / "srv2" / server.STATE).exists()
+    assert _Impostor.seen == []
+
+
+@pytest.mark.parametrize("case", ["777", "not-mine", "group-writable-parent", "symlink"])
+def test_a_root_others_could_prepare_is_refused(tmp_path, case):
+    if case == "777":
+        root = tmp_path / "srv"
+        root.mkdir()
+        root.chmod(0o777)
+    elif case == "not-mine":
+        root = tmp_path / "srv"
+        root.mkdir(mode=0o700)
+        os.chown(root, 65534, 65534)  # nobody
+    elif case == "group-writable-parent":
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o775)
+        root = shared / "srv"
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        root = tmp_path / "srv"
+        root.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePath):
+        server.start(root)
+    assert not (root / logins.AUTH_INI).exists() or case == "symlink"
+
+
+def test_planted_state_is_not_believed_nor_signalled(tmp_path):
+    root = tmp_path / "srv"
+    root.mkdir(mode=0o700)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for state in ({"pid": victim.pid, "uri": "http://127.0.0.1:1", "port": 1, "create_time": 0, "uid": os.getuid()},
+                      {"pid": os.getpid(), "uri": "http://127.0.0.1:1", "port": 1, "create_time": 0}):
+            (root / server.STATE).write_text(json.dumps(state))
+            (root / server.STATE).chmod(0o600)
+            assert server.running(root) is None
+            res = subprocess.run([sys.executable, "-m", "steps.cli", "serve", "--root", str(root), "--stop"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=60)
+            assert res.returncode == 0 and "nothing signalled" in res.stdout
+        assert victim.poll() is None  # still alive: never signalled
+    finally:
+        victim.kill()
+
+
+def _get(url, login=None, cafile=None):
+    req = urllib.request.Request(url)
+    if login:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode())
+    ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(k, raising=False)
+    a = server.start(tmp_path / "a", host="0.0.0.0", workers=2)
+    b = None
+    try:
+        port = int(a.uri.rsplit(":", 1)[1])
+        assert a.uri.startswith("https://127.0.0.1:") and a.public_uri.startswith("https://") and a.cafile.is_file()
+        # HTTPS only, and verifiable with the generated certificate
+        assert server.healthy(a.uri, a.cafile)
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+        with pytest.raises(urllib.error.URLError):  # an unverified certificate is refused by a careful client
+            urllib.request.urlopen(f"{a.uri}/health", timeout=5)
+        # the jobs' login, through the user's credentials file and MLflow's own certificate variable
+        path, what = logins.install_client_credentials(a.root, home, uri=a.uri, alive=server.answers)
+        assert what == "written" and path.stat().st_mode & 0o777 == 0o600 and logins.JOBS_USER in path.read_text()
+        admin, jobs = logins.credentials(a.root), logins.jobs_credentials(a.root)
+        assert admin[1] not in path.read_text()  # the admin login stays under the root
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(logins.install_client_cert(a.cafile, a.uri, home)))
+        c = mlflow.MlflowClient(a.uri)
+        exp = c.get_experiment_by_name("study").experiment_id
+        rid = c.create_run(exp, run_name="job").info.run_id
+        c.log_metric(rid, "val_auc", 0.7, step=1)
+        c.set_terminated(rid)
+        assert c.get_run(rid).info.status == "FINISHED"
+        # least privilege: no user management, nothing it was not given
+        api = a.uri + "/api/2.0/mlflow"
+        assert _get(f"{api}/users/get?username=admin", jobs, a.cafile) == 403
+        req = urllib.request.Request(f"{api}/users/create", data=json.dumps({"username": "eve", "password": "x" * 12}).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": "Basic " + base64.b64encode(f"{jobs[0]}:{jobs[1]}".encode()).decode()})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10, context=ssl.create_default_context(cafile=str(a.cafile)))
+        assert e.value.code == 403
+        private = logins._api(a.uri, "/api/2.0/mlflow/experiments/create", admin, {"name": "admins-only"}, a.cafile)["experiment_id"]
+        assert _get(f"{api}/experiments/get?experiment_id={private}", jobs, a.cafile) == 403
+        # secrets never on a command line of the server's processes
+        for p in server._tree(a.pid):
+            cmd = " ".join(p.cmdline())
+            assert admin[1] not in cmd and jobs[1] not in cmd
+        # a second server under another root may not replace the login of the first while it answers
+        b = server.start(tmp_path / "b")
+        with pytest.raises(logins.OtherServersLogin, match="another running server"):
+            logins.install_client_credentials(b.root, home, uri=b.uri, alive=server.answers)
+        assert path.read_text().count(a.uri) == 1
+        a.stop()
+        assert logins.install_client_credentials(b.root, home, uri=b.uri, alive=server.answers)[1] == "written"
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+def test_a_backend_password_stays_off_command_lines_and_logs(tmp_path, monkeypatch):
+    pg = devdb.start()
+    try:
+        assert "127.0.0.1" not in pg.uri and "host=" in pg.uri  # the throwaway database has no TCP port
+        uri = pg.uri.replace("postgres@", "postgres:Sup3rSecret@")  # trust on its private socket: the password is not checked
+        srv = server.start(tmp_path / "srv", backend_store_uri=uri, auth=False, workers=1)
+        try:
+            for p in server._tree(srv.pid):
+                assert "Sup3rSecret" not in " ".join(p.cmdline())
+            assert "Sup3rSecret" not in (tmp_path / "srv" / "server.log").read_text()
+            assert server.mask(uri).count("***") == 1 and "Sup3rSecret" not in server.mask(uri)
+            res = subprocess.run([sys.executable, "-m", "steps.cli", "serve", "--root", str(tmp_path / "srv"), "--stop"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0 and "stopped" in res.stdout
+        finally:
+            srv.stop()
+    finally:
+        pg.stop()
+    with socket.socket() as s:  # nothing of ours left on a port
+        s.bind(("127.0.0.1", 0))
