@@ -289,6 +289,8 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     from .privacy import telemetry_off
 
     base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
+    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the server's certificate (public), so HTTPS is verified on the nodes
+        base_env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
     dag = dags.DAG()
     prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
