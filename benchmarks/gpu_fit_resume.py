@@ -65,6 +65,10 @@ def main() -> int:
         fit(one, tens["train"], tens["val"], cfg, work / "one.pt", progress=False, on_epoch=stop_after_first)
     except KeyboardInterrupt:
         pass
+    again = model()  # the same uninterrupted run once more: how far apart do identical runs end (atomics in bf16 kernels)?
+    fit(again, tens["train"], tens["val"], cfg, work / "again.pt", progress=False)
+    noise = max((p - q).abs().max().item() for p, q in zip(ref.parameters(), again.parameters(), strict=True))
+    print(f"two uninterrupted runs: max |dw| {noise:.2e} (the floor of any comparison)")
     ck = safeload.load(work / "one.pt", map_location=dev)
     print(f"checkpoint after epoch {ck['epoch']} loads with weights_only=True: numpy RNG as {type(ck['rng']['numpy']).__name__}")
     resumed = model()
@@ -72,7 +76,7 @@ def main() -> int:
     diff = max((p - q).abs().max().item() for p, q in zip(ref.parameters(), resumed.parameters(), strict=True))
     lr_ok = abs(h_res[-1]["metrics"]["lr"] - h_ref[-1]["metrics"]["lr"]) < 1e-12
     auc_d = abs(h_res[-1]["metrics"]["val_auc"] - h_ref[-1]["metrics"]["val_auc"])
-    good = diff < 2e-2 and lr_ok and auc_d < 5e-3
+    good = diff <= 3 * noise + 1e-4 and lr_ok and auc_d < 5e-3  # as exact as the kernels are deterministic
     ok &= good
     print(f"resumed vs uninterrupted: max |dw| {diff:.2e}, lr equal {lr_ok}, |d val_auc| {auc_d:.2e} -> {'OK' if good else 'FAIL'}")
     ev = evaluate(ref, tens["test"], dev, 4096)
