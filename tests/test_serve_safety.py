@@ -122,14 +122,13 @@ def _get(url, login=None, cafile=None):
         return e.code
 
 
-def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path, monkeypatch):
+def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path, monkeypatch, impostor):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
     for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(k, raising=False)
-    a = server.start(tmp_path / "a", host="0.0.0.0", workers=2)
-    b = None
+    a = server.start(tmp_path / "a", host="0.0.0.0", workers=1)
     try:
         port = int(a.uri.rsplit(":", 1)[1])
         assert a.uri.startswith("https://127.0.0.1:") and a.public_uri.startswith("https://") and a.cafile.is_file()
@@ -166,17 +165,17 @@ def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path
         for p in server._tree(a.pid):
             cmd = " ".join(p.cmdline())
             assert admin[1] not in cmd and jobs[1] not in cmd
-        # a second server under another root may not replace the login of the first while it answers
-        b = server.start(tmp_path / "b")
+        # a second server (under another root) may not replace the login of the first while it answers
+        b_root, b_uri = tmp_path / "b", f"http://127.0.0.1:{impostor}"
+        b_root.mkdir(mode=0o700)
         with pytest.raises(logins.OtherServersLogin, match="another running server"):
-            logins.install_client_credentials(b.root, home, uri=b.uri, alive=server.answers)
+            logins.install_client_credentials(b_root, home, uri=b_uri, alive=server.answers)
         assert path.read_text().count(a.uri) == 1
         a.stop()
-        assert logins.install_client_credentials(b.root, home, uri=b.uri, alive=server.answers)[1] == "written"
+        assert logins.install_client_credentials(b_root, home, uri=b_uri, alive=server.answers)[1] == "written"
+        assert b_uri in path.read_text() and jobs[1] not in path.read_text()
     finally:
         a.stop()
-        if b is not None:
-            b.stop()
 
 
 def test_a_backend_password_stays_off_command_lines_and_logs(tmp_path, monkeypatch):

@@ -168,7 +168,7 @@ def _simulate_many(effect_k, interaction_k=0.0, n=N_GRIDS):
         runs, scores, truth = simulate(rng, effect_k=effect_k, interaction_k=interaction_k)
         # the AUC family (main effects and interactions); the per-background rows are the same
         # machinery on a subset of the events (test_effects_columns_and_family) and cost 4x more
-        df = stats.effects(runs, scores, n_boot=200, n_flips=1999, seed=i, metrics=["auc"])
+        df = stats.effects(runs, scores, n_boot=100, n_flips=999, seed=i, metrics=["auc"])
         out.append((df, truth))
     return out
 
