@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -107,6 +111,7 @@ def test_mps_daemon_started_and_stopped(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(packing, "MPS_PROBE", ["true"])  # a CUDA client that got through
     assert packing.gpu_count() == 1
     with packing.shared_gpu("auto", 4) as env:
         pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
@@ -144,3 +149,60 @@ def test_job_ads_carry_no_secrets(tmp_path, monkeypatch):
             write_dag(load_grid(_grid_file(tmp_path, getenv=bad), "demo", base_dir=ROOT), run_ids, "http://login01:5000", "7", ROOT, p,
                       out_dir=tmp_path / "dag3")
     assert not (tmp_path / "dag2").exists() and not (tmp_path / "dag3").exists()
+
+
+def test_a_daemon_no_cuda_client_can_use_is_not_used(tmp_path, monkeypatch):
+    """The control daemon starts, but a real client fails (a broken MPS setup): no MPS, and the daemon is stopped."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    _fake_bin(bin_dir, "nvidia-smi", 'echo "GPU 0: NVIDIA H100 (UUID: GPU-x)"\n')
+    _fake_bin(bin_dir, "nvidia-cuda-mps-control", f'echo "$@ stdin=$(cat 2>/dev/null | head -1)" >> {calls}\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(packing, "MPS_PROBE", [sys.executable, "-c", "raise SystemExit('all CUDA-capable devices are busy')"])
+    with packing.shared_gpu("auto", 8) as env:
+        assert env == {}
+    assert calls.read_text().splitlines() == ["-d stdin=", " stdin=quit"]
+    with pytest.raises(RuntimeError, match="could not use the MPS daemon"), packing.shared_gpu("on", 8):
+        pass
+
+
+def test_pack_resources_scale_with_cells_per_job(tmp_path):
+    doc = yaml.safe_load(GRID.read_text())
+    for k in ("request_cpus", "request_memory"):
+        doc["condor"].pop(k)
+    doc["condor"]["cells_per_job"] = 6
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    c = load_grid(p, "full", base_dir=ROOT).condor
+    assert c["request_cpus"] == 6 and c["request_memory"] == "24GB"
+    doc["condor"]["request_cpus"] = 3  # what the user sets stays
+    p.write_text(yaml.safe_dump(doc))
+    assert load_grid(p, "full", base_dir=ROOT).condor["request_cpus"] == 3
+    assert packing.thread_env(4)["TORCHINDUCTOR_COMPILE_THREADS"] == packing.thread_env(4)["OMP_NUM_THREADS"]
+
+
+def test_a_signalled_pack_stops_its_children(tmp_path):
+    """SIGTERM to the process running cells (Condor removing the job) stops the children too."""
+    code = f"""
+import sys, time
+from pathlib import Path
+from thesis_mlflow import packing
+jobs = [packing.Job(f"c{{i}}", [sys.executable, "-c", "import time; time.sleep(120)"], {{}}, Path({str(tmp_path)!r}) / f"c{{i}}.log", Path("."))
+        for i in range(2)]
+killed = []
+try:
+    with packing.signals_as_interrupt():
+        packing.run_jobs(jobs, 2, lambda *a: None, on_interrupt=lambda j: killed.append(j.pid))
+except KeyboardInterrupt:
+    Path({str(tmp_path / "killed")!r}).write_text(" ".join(map(str, killed)))
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    time.sleep(4)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 0
+    pids = [int(x) for x in (tmp_path / "killed").read_text().split()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

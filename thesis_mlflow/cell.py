@@ -39,7 +39,7 @@ def train_cell(spec: CellSpec) -> str:
 
     tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
                        warmup_steps=spec.warmup_steps, seed=spec.seed, device=spec.device, step_mode=spec.step_mode)
-    step_mode = resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
+    resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
     inp = build_inputs(spec)
     seed_everything(spec.seed)
     model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
@@ -50,7 +50,7 @@ def train_cell(spec: CellSpec) -> str:
     factors = _factors(model, inp)
     params = {**spec.settings(), **{k: factors[k] for k in ("tokenizer", "pooling", "met", "vect", "d_model", "n_layers", "n_heads", "d_ff",
                                                             "n_params", "n_params_embedding")},
-              "data": inp.info["data"], "step_mode": step_mode,
+              "data": inp.info["data"],
               "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
               **{k: inp.info[k] for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split")
                  if k in inp.info}}
@@ -128,9 +128,19 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             if kill_after and epoch == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+        def on_step_mode(mode: str, fallback: str | None) -> None:
+            """The step mode that actually runs: the param (DESIGN.md) when not logged yet, and a tag
+            always (``mlflow run`` logs its own ``step_mode=auto``; a resume may run elsewhere)."""
+            tracking.log_params({} if "step_mode" in logged else {"step_mode": mode})
+            tags = {"step_mode.used": mode}
+            if fallback:
+                tags["step_mode.fallback"] = fallback
+            tracking.set_tags(tags)
+
         t0 = time.perf_counter()
         fit(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
-            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": _plain(factors)})
+            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": _plain(factors)},
+            on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
         process = tens["test"].labels  # original label 1-5 per test event

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from . import leases, packing, tracking, views
@@ -167,7 +168,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         leases.release_dead(job.env["MLFLOW_RUN_ID"], job.pid)
         c.set_terminated(job.env["MLFLOW_RUN_ID"], "KILLED")
 
-    with packing.shared_gpu(mps, parallel) as gpu_env:
+    with packing.signals_as_interrupt(), packing.shared_gpu(mps, parallel) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
                 **packing.thread_env(parallel), **gpu_env}
         jobs = []
@@ -193,6 +194,8 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     c = tracking.client()
     exp_id = tracking.current_experiment_id()
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
+    if packing.gpu_count() > 0:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
+        todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
     echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train")
     status = run_cells(g, todo, len(todo), exp_id, echo, mps) if todo else {}
     failed = [name for name, rid in pairs if not is_done(c.get_run(rid))]

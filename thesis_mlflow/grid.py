@@ -32,6 +32,20 @@ CONDOR_DEFAULTS = {
 }
 
 
+PER_CELL = {"request_cpus": 1, "request_memory_gb": 4}  # one core and ~3-4 GB (a CUDA context, the data) per packed cell
+
+
+def pack_resources(condor: dict, given: dict) -> dict:
+    """CPUs and memory of a pack job scale with ``cells_per_job`` unless the YAML sets them."""
+    k = int(condor.get("cells_per_job") or 1)
+    out = {}
+    if k > 1 and "request_cpus" not in given:
+        out["request_cpus"] = max(int(CONDOR_DEFAULTS["request_cpus"]), PER_CELL["request_cpus"] * k)
+    if k > 1 and "request_memory" not in given:
+        out["request_memory"] = f"{max(16, PER_CELL['request_memory_gb'] * k)}GB"
+    return out
+
+
 @dataclass
 class Grid:
     name: str
@@ -146,8 +160,10 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     _check(vq, VQVAE_KEYS, f"{path}: scales.{scale}.vqvae")
     binning = dict(doc.get("binning") or {})
     _check(binning, BINNING_KEYS, f"{path}: binning")
-    condor = {**CONDOR_DEFAULTS, **(doc.get("condor") or {})}
+    given = doc.get("condor") or {}
+    condor = {**CONDOR_DEFAULTS, **given}
     _check(condor, CONDOR_DEFAULTS, f"{path}: condor")
+    condor.update(pack_resources(condor, given))
     base = Path(base_dir) if base_dir is not None else Path.cwd()
 
     def absolute(p: str) -> str:

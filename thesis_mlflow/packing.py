@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +49,11 @@ def cpu_budget() -> int:
 def thread_env(parallel: int) -> dict:
     """Thread limits for one of ``parallel`` processes, so together they do not oversubscribe the cores."""
     t = str(max(1, cpu_budget() // max(1, parallel)))
-    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t}
+    # Inductor would start up to 32 compile workers in each of the packed processes
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "TORCHINDUCTOR_COMPILE_THREADS": t}
+
+
+MPS_PROBE = [sys.executable, "-c", "import torch; x = torch.ones(1, device='cuda'); torch.cuda.synchronize(); assert x.item() == 1"]
 
 
 def gpu_count() -> int:
@@ -108,12 +113,45 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
         log.warning("%s; sharing the GPU without it", msg)
         yield {}
         return
+    # the control daemon starts its server lazily, at the first client: only a real CUDA client
+    # tells whether clients can use it (a broken MPS setup otherwise shows up in every cell)
+    try:
+        probe = subprocess.run(MPS_PROBE, env=full, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        probe = subprocess.CompletedProcess([], 1, "", str(e))
+    if probe.returncode != 0:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=full, capture_output=True, text=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+        msg = f"a CUDA client could not use the MPS daemon: {(probe.stderr or probe.stdout).strip()[-200:]}"
+        if mode == "on":
+            raise RuntimeError(msg)
+        log.warning("%s; sharing the GPU without it", msg)
+        yield {}
+        return
     log.info("MPS control daemon started for %d processes (%s)", parallel, root)
     try:
         yield env
     finally:
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=full, capture_output=True, text=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (Condor removing or evicting a job, a closed terminal) act as Ctrl-C:
+    ``run_jobs`` then stops its children, marks their runs, and the MPS daemon and temporary
+    folders are cleaned up on the way out, instead of being left behind."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run_jobs(jobs: list[Job], parallel: int, on_done: Callable[[Job, int, float], None],

@@ -195,7 +195,7 @@ def retrying(fn, *args, transient: tuple[str, ...] = TRANSIENT, **kwargs):
             if attempt == WRITE_RETRIES - 1 or not any(t in str(e) for t in transient):
                 raise
             wait = min(2.0**attempt, 30.0)
-            log.warning("tracking server overloaded (%s); retrying in %.0f s", str(e).splitlines()[0][:120], wait)
+            log.warning("tracking server overloaded (%s); retrying in %.0f s", (str(e).splitlines() or [type(e).__name__])[0][:120], wait)
             time.sleep(wait)
 
 
@@ -205,6 +205,11 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     run_id = mlflow.active_run().info.run_id
     batch = [mlflow.entities.Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
     retrying(client().log_batch, run_id, metrics=batch)
+
+
+def set_tags(tags: dict) -> None:
+    """Tags on the active run (retried under overload like every write)."""
+    retrying(mlflow.set_tags, {k: fmt(v) for k, v in tags.items()})
 
 
 def log_artifact(local: str | Path, artifact_path: str | None = None) -> None:
@@ -276,7 +281,7 @@ def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
-        raise ValueError(f"run {run_id!r} not found at {tracking_uri()} ({str(e).splitlines()[0][:120]})") from e
+        raise ValueError(f"run {run_id!r} not found at {tracking_uri()} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
     if step and run.data.tags.get("step") != step:
         raise ValueError(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
     return run

@@ -169,6 +169,8 @@ def _autocast(device: torch.device):
 class EagerStep:
     """Today's loop, one Python pass per batch; the loss is summed on the device (no sync)."""
 
+    mode, fallback = "eager", None
+
     def __init__(self, model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device):
         self.model, self.opt, self.sched, self.train, self.cfg, self.device = model, opt, sched, train, cfg, device
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -203,6 +205,8 @@ class StaticStep:
     eagerly, which is how the CPU tests check it against the eager loop.
     """
 
+    fallback: str | None = None  # why ``compiled`` was asked for and this runs uncompiled
+
     def __init__(self, model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, compile_model: bool = False,
                  capture: bool = True):
         self.model, self.opt, self.sched, self.train, self.cfg, self.device = model, opt, sched, train, cfg, device
@@ -219,6 +223,7 @@ class StaticStep:
         self.base_lr = cfg.lr
         self.params = list(model.parameters())
         self.forward = torch.compile(model, dynamic=False) if compile_model else model
+        self.mode = "compiled" if compile_model else "graph"
         self.graph = None
         self.lr_step.fill_(float(sched.last_epoch))
         if capture:
@@ -337,8 +342,12 @@ def fit(
     on_checkpoint: Callable[[Path], None] | None = None,
     progress: bool = True,
     extra_state: dict | None = None,
+    on_step_mode: Callable[[str, str | None], None] | None = None,
 ) -> list[dict]:
     """Train for ``cfg.epochs`` epochs (numbered 1..epochs); returns the metric history.
+
+    ``on_step_mode(mode, fallback)``: the step mode actually used, once it is built (``compiled``
+    may fall back to ``graph``: ``fallback`` then says why).
 
     ``resume_from``: a checkpoint written by this function; training continues at the next
     epoch with the saved model, optimizer, scheduler and RNG states, so the result equals
@@ -360,6 +369,7 @@ def fit(
         _load_optimizer(opt, ck["optimizer"], device)
         sched.load_state_dict(ck["scheduler"])
         sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
+        _set_scheduled_lr(opt, sched)  # a captured step leaves the previous step's LR in the group: the next one is the schedule's
         torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
@@ -377,8 +387,11 @@ def fit(
     model.train()
     t_build = time.perf_counter()
     stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
+    mode = stepper.mode  # what runs, after any fallback
     if mode != "eager":
         log.info("training step: %s (captured in %.1f s)", mode, time.perf_counter() - t_build)
+    if on_step_mode:
+        on_step_mode(mode, stepper.fallback)
     for epoch in range(start, cfg.epochs + 1):
         model.train()
         if device.type == "cuda":  # dropout masks a function of (seed, epoch): a resumed graph replays them
@@ -428,8 +441,9 @@ def _numpy_state_from(saved) -> tuple:
 
 
 def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):
-    """The step object of ``mode``; ``compiled`` falls back to ``graph`` (with a warning) when
-    torch.compile fails here, e.g. a cluster node without a working Triton."""
+    """The step object of ``mode`` (its ``mode`` attribute says what runs); ``compiled`` falls
+    back to ``graph`` (with a warning, and the reason in ``fallback``) when torch.compile fails
+    here, e.g. a cluster node without a working Triton."""
     if mode == "eager":
         return EagerStep(model, opt, sched, train, cfg, device)
     if mode == "compiled":
@@ -438,9 +452,29 @@ def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torc
         except Exception as e:  # noqa: BLE001 - any compiler failure: the uncompiled graph is the same science
             if cfg.step_mode == "compiled":
                 raise
-            log.warning("torch.compile failed (%s: %s); using the uncompiled CUDA graph", type(e).__name__, str(e).splitlines()[0][:200])
+            why = f"torch.compile failed ({first_line(e)})"
+            log.warning("%s; using the uncompiled CUDA graph", why)
             opt.zero_grad(set_to_none=True)
+            step = StaticStep(model, opt, sched, train, cfg, device, compile_model=False)
+            step.fallback = why
+            return step
     return StaticStep(model, opt, sched, train, cfg, device, compile_model=False)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (just the type when the message is empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
+def _set_scheduled_lr(opt: torch.optim.Optimizer, sched) -> None:
+    """Each group's LR as the schedule has it now (float or tensor, as the group holds it)."""
+    for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+        lr = base * f(sched.last_epoch)
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
 
 
 def _sync(device: torch.device) -> None:
