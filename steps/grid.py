@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -37,21 +38,26 @@ def run_cmd(grid_file, backend, scale, jobs, mps, dry_run) -> None:
         sys.exit(1)
 
 
-@main.command("status")
-@click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--scale", default="full", show_default=True)
+@main.command("status", help="The state of a grid at a glance; exits 1 when a cell failed (for scripts).")
+@click.argument("grid")
+@click.option("--scale", default=None, help="With a grid file: the scale (default full). A grid name (e.g. binning_vs_direct-demo) needs none.")
+@click.option("--watch", type=click.FloatRange(min=1), default=None, help="Refresh every N seconds until every cell is finished or failed.")
 @user_errors
-def status_cmd(grid_file, scale) -> None:
-    from thesis_mlflow.driver import status_rows
+def status_cmd(grid, scale, watch) -> None:
+    from thesis_mlflow.status import FAILED, FINISHED, grid_status
 
-    rows = status_rows(grid_file, scale)
-    click.echo(f"{'cell':<28} {'state':<12} {'epoch':>5} {'test_auc':>8}")
-    for r in rows:
-        click.echo(f"{r['cell']:<28} {r['state']:<12} {r['epoch']!s:>5} {r['test_auc']:>8}")
-    counts = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    while True:
+        st = grid_status(grid, scale)
+        text = st.render(with_logs=watch is None)
+        if watch is None:
+            click.echo(text)
+            break
+        click.echo("\033[2J\033[H" + text)  # redraw in place
+        n = st.counts()
+        if n[FINISHED] + n[FAILED] == len(st.cells):
+            break
+        time.sleep(watch)
+    sys.exit(st.exit_code)
 
 
 @main.command("prepare", help="Run the upstream steps (binning, VQ-VAE) of a grid once; the DAG's first node.")

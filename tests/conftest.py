@@ -53,3 +53,32 @@ def make_event_rows(objs, met=50.0, met_phi=0.1):
         row[20 + 4 * i : 24 + 4 * i] = (E, pt, eta, phi)
     row[18], row[19] = met, met_phi
     return row
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory):
+    """One real tracking server (no login) for the modules whose tests can share it; each test
+    uses its own experiment (``server_exp``)."""
+    from thesis_mlflow import server
+
+    s = server.start(tmp_path_factory.mktemp("shared-srv") / "srv", auth=False, workers=2)
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def server_exp(shared_server, monkeypatch, request):
+    """A fresh experiment of this test on the shared server; the MLflow environment points at it."""
+    import mlflow
+
+    from thesis_mlflow import tracking
+
+    name = f"t-{request.node.name}"[:200]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    mlflow.set_tracking_uri(shared_server.uri)
+    yield tracking.ensure_experiment(name)
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from steps.cli import main
 from thesis_mlflow import server
 from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
-from thesis_mlflow.driver import run_grid, status_rows, train_command
+from thesis_mlflow.driver import run_grid, train_command
 from thesis_mlflow.grid import load_grid, write_dag
+from thesis_mlflow.status import grid_status
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
@@ -168,8 +169,13 @@ def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path,
     for r in children:
         assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
     assert len([r for r in runs if r.data.tags.get("step") == "binning"]) == 2  # prepared once per vect
-    rows = status_rows(str(gfile), "demo")
-    assert all(r["state"] == "FINISHED" and r["epoch"] == 2 for r in rows)
+    st = grid_status(str(gfile), "demo")
+    assert all(c.state == "finished" and (c.epoch, c.epochs) == (2, 2) for c in st.cells) and st.exit_code == 0
+    assert grid_status("tiny-demo").cells == st.cells  # by name, as the UI and the report know it
+    # the parent shows the progress: counts per cell done, and the status as its description
+    parent = parents[0]
+    assert [m.value for m in c.get_metric_history(parent.info.run_id, "cells_finished")][-1] == 4
+    assert "4 finished" in parent.data.tags["mlflow.note.content"]
     assert any("[1/1] binned-mean-met-5v-s0" in ln for ln in lines)
 
 
@@ -190,5 +196,4 @@ def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw,
     # submitting again creates no second set of runs
     run_grid(str(gfile), "condor", "full", 1, False, echo=lines.append)
     assert len(mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")) == 4
-    rows = status_rows(str(gfile), "full")
-    assert [r["state"] for r in rows] == ["SCHEDULED"] * 4
+    assert [x.state for x in grid_status(str(gfile), "full").cells] == ["not started"] * 4

@@ -16,30 +16,20 @@ import mlflow
 import pytest
 import yaml
 
-from thesis_mlflow import leases, server, tracking
+from thesis_mlflow import leases, tracking
 from thesis_mlflow.errors import LeaseHeld, LeaseLost
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lease-srv")
-    s = server.start(root / "srv", auth=False, workers=2)
-    yield s
-    s.stop()
+@pytest.fixture()
+def srv(shared_server):
+    return shared_server
 
 
 @pytest.fixture()
-def exp(srv, monkeypatch, request):
-    """A fresh experiment on the module's server for each test."""
-    name = f"lease-{request.node.name}"[:200]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
-    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(k, raising=False)
-    mlflow.set_tracking_uri(srv.uri)
-    return tracking.ensure_experiment(name)
+def exp(server_exp):
+    return server_exp
 
 
 def _other_node(pid=4242):

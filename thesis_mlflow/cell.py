@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, features, leases, metrics, tracking
+from . import data, features, leases, metrics, runlog, tracking
 from .done import has_results
 from .inputs import build_inputs
 from .spec import CellSpec, cell_name, cell_tag
@@ -123,8 +123,9 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                 lease.check()  # taken over while we trained: stop before logging anything more
             if epoch in logged_epochs:
                 return
-            tracking.log_metrics(values, step=epoch)
+            tracking.log_metrics({**values, "epoch": epoch}, step=epoch)  # "epoch": the latest value is the progress (grid status)
             logged_epochs.add(epoch)
+            runlog.upload_current()  # the log so far, one click away while the cell runs
             if kill_after and epoch == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -131,7 +131,7 @@ def train_command(cell: CellSpec) -> list[str]:
 
 
 def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: str, echo: Echo = _log_echo,
-              mps: str = "auto") -> dict[str, str]:
+              mps: str = "auto", on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
     """Train ``todo`` (cell, child run id) with ``parallel`` processes at once on this node;
     returns {cell name: final status}. Several processes share the node's GPU (under a private
     MPS daemon where one can be started, ``packing.shared_gpu``); each limits its CPU threads."""
@@ -163,6 +163,8 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         auc = run.data.metrics.get("test_auc")
         what = f"AUC {auc:.4f}" if auc is not None else f"see {job.log}"
         echo(f"[{n_done}/{n_total}] {job.key:<28} {status:<8} {what}  ({seconds:.0f} s)")
+        if on_progress:
+            on_progress(n_done)
 
     def on_interrupt(job: packing.Job) -> None:
         leases.release_dead(job.env["MLFLOW_RUN_ID"], job.pid)
@@ -276,6 +278,16 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0)
 
 
+def _publish(g: Grid, step: int) -> None:
+    """The grid's progress on its parent run (metrics and description), for the runs table."""
+    from . import status
+
+    try:
+        status.publish(status.grid_status(str(g.source) if g.source else g.run_name, g.scale), step)
+    except Exception as e:  # noqa: BLE001 - progress display must not stop the grid
+        log.warning("could not update the parent's progress: %s", e)
+
+
 def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str, t0: float) -> dict:
     pid = parent.info.run_id
     c = tracking.client()
@@ -293,7 +305,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
         echo("preparing upstream runs (binning, VQ-VAE) ...")
         for k, v in prepare(g).items():
             echo(f"  {k}: run {v}")
-        summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps)
+        summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda n: _publish(g, n))
     final = ensure_children(g, c.get_run(pid), exp_id)
     n_done = sum(is_done(r) for r in final.values())
     elsewhere = [k for k, v in summary.get("status", {}).items() if v == "ELSEWHERE"]
@@ -307,22 +319,3 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     summary["n_finished"] = n_done
     summary["n_cells"] = len(cells)
     return summary
-
-
-def status_rows(grid_file: str, scale: str) -> list[dict]:
-    g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
-    exp_id = tracking.ensure_experiment()
-    parent = find_parent(g, exp_id)
-    existing = find_children(parent.info.run_id, exp_id) if parent else {}
-    c = tracking.client()
-    rows = []
-    for cell in g.cells():
-        r = existing.get(cell.tag)
-        if r is None:
-            rows.append({"cell": cell.name, "state": "NOT CREATED", "epoch": "-", "test_auc": "-"})
-            continue
-        hist = c.get_metric_history(r.info.run_id, "val_auc")
-        auc = r.data.metrics.get("test_auc")
-        rows.append({"cell": cell.name, "state": r.info.status, "epoch": max((m.step for m in hist), default=0),
-                     "test_auc": f"{auc:.4f}" if auc is not None else "-", "run_id": r.info.run_id})
-    return rows

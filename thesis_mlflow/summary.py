@@ -19,7 +19,6 @@ import pandas as pd
 
 from . import report as rep
 from . import stats, tracking, views
-from .grid import load_grid
 from .paths import ROOT
 
 log = logging.getLogger(__name__)
@@ -68,16 +67,11 @@ def close_parent(data: dict, n_missing: int) -> None:
 
 
 def _expected_cells(parent) -> list[dict]:
-    """The cells the grid asked for, from the grid file the parent run logged."""
-    c = tracking.client()
-    try:
-        files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
-        path = tracking.artifact_path(parent.info.run_id, files[0])
-        g = load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT)
-        return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in g.cells()]
-    except Exception as e:  # an unreadable grid file: fall back to the runs that exist
-        log.warning("could not read the grid file of parent %s (%s): missing cells are those never created", parent.info.run_id, e)
-        return []
+    """The cells the grid asked for (``status.expected_cells_of``), as the report's dicts."""
+    from .status import expected_cells_of
+
+    cells = expected_cells_of(parent) or []  # unreadable grid file: missing cells are those never created
+    return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
 
 
 def build(grid: str, data: dict, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep.Report:

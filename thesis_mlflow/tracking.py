@@ -121,23 +121,35 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         except BaseException:
             _restore_run_id(saved)
             raise
+    from .runlog import RunLog, _current
+
+    runlog = RunLog(step)  # logs/<step>.log of this run: uploaded at the end whatever happens
+    _current.append(runlog)
     try:
         mlflow.set_tags(tags)
         yield run
         if lease is not None:
             lease.verify()
     except LeaseLost:
+        runlog.upload()
         detach_run()
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        runlog.failed(e)
+        runlog.upload()
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
-    except BaseException:
+    except BaseException as e:
+        runlog.failed(e)
+        runlog.upload()
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
+        runlog.upload()
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
+        _current.remove(runlog)
+        runlog.close()
         _restore_run_id(saved)
 
 

@@ -1,0 +1,82 @@
+"""A grid's state at a glance, against a real server: finished, running, failed (on purpose, in
+a real train process) and not-started cells; the failure's log and error tags; the parent's
+progress; `grid status` by name, exiting 1 because a cell failed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import yaml
+from click.testing import CliRunner
+
+from steps.cli import main
+from thesis_mlflow import status
+from thesis_mlflow.driver import ensure_children, find_or_create_parent
+from thesis_mlflow.grid import load_grid
+from thesis_mlflow.paths import ROOT
+
+TINY = {"epochs": 1, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+        "max_train_events": 400, "max_eval_events": 200}
+
+
+def _train(spec, run_id, env):
+    cmd = [sys.executable, "-m", "steps.train", *spec.cli_args(), "--system-metrics", "false"]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env, "MLFLOW_RUN_ID": run_id}, capture_output=True, text=True, timeout=300)
+
+
+def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp_path, tiny_raw):
+    doc = {"name": "st", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["max", "mean"], "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": [0, 1], "train": TINY}}}
+    gfile = tmp_path / "st.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    g = load_grid(gfile, "demo", base_dir=ROOT)
+    parent = find_or_create_parent(g, server_exp)
+    children = {cell.name: (cell, r.info.run_id) for cell, r in ensure_children(g, parent, server_exp).items()}
+    env = {"MLFLOW_TRACKING_URI": shared_server.uri, "MLFLOW_EXPERIMENT_ID": server_exp}
+    c = mlflow.MlflowClient()
+    # finished: trained for real
+    done_cell, done_id = children["direct-max-met-4v-s0"]
+    assert _train(done_cell, done_id, env).returncode == 0
+    # failed on purpose inside its run: it was started with other settings (resuming is refused)
+    bad_cell, bad_id = children["direct-max-met-4v-s1"]
+    c.log_param(bad_id, "epochs", "99")
+    res = _train(bad_cell, bad_id, env)
+    assert res.returncode == 1 and "refusing to resume" in res.stderr
+    # running: an epoch done, its rate known
+    run_cell, run_id = children["direct-mean-met-4v-s0"]
+    c.update_run(run_id, status="RUNNING")
+    c.log_param(run_id, "epochs", "4")
+    c.log_param(run_id, "n_train_events", "400")
+    c.log_metric(run_id, "epoch", 1, step=1)
+    c.log_metric(run_id, "events_per_s", 200.0, step=1)
+
+    st = status.grid_status("st-demo")  # by the grid's name, as the UI and the report know it
+    by = {x.cell: x for x in st.cells}
+    assert st.counts() == {"finished": 1, "running": 1, "not started": 1, "not created": 0, "failed": 1}
+    assert st.exit_code == 1
+    assert by["direct-max-met-4v-s0"].test_auc is not None and (by["direct-max-met-4v-s0"].epoch, by["direct-max-met-4v-s0"].epochs) == (1, 1)
+    assert (by["direct-mean-met-4v-s0"].epoch, by["direct-mean-met-4v-s0"].epochs, by["direct-mean-met-4v-s0"].events_per_s) == (1, 4, 200.0)
+    # ETA: the running cell's 3 epochs x its 2 s, the unstarted one's epoch at the grid's mean rate, one cell at a time
+    fin = by["direct-max-met-4v-s0"]
+    grid_epoch_s = (2.0 + fin.n_train_events / fin.events_per_s) / 2
+    assert abs(st.eta_s() - (3 * 2.0 + 1 * grid_epoch_s)) < 1e-6
+    (group, cells), = st.failed_groups().items()
+    assert group[0] == "ValueError" and "refusing to resume" in group[1] and [x.cell for x in cells] == ["direct-max-met-4v-s1"]
+    # the failed run's own log, one click away: the traceback is in it
+    log = Path(mlflow.artifacts.download_artifacts(run_id=bad_id, artifact_path="logs/train.log", dst_path=str(tmp_path / "dl"))).read_text()
+    assert "Traceback" in log and "refusing to resume" in log
+    text = st.render()
+    assert "1 finished, 1 running, 1 not started, 1 failed; ETA 0m0" in text and "FAILED ValueError" in text
+    assert "refusing to resume" in text.split("last lines of")[1]
+    # the command: by name, and non-zero because a cell failed
+    res = CliRunner().invoke(main, ["grid", "status", "st-demo"])
+    assert res.exit_code == 1 and "st-demo: 4 cells" in res.output
+    # the parent run shows the same, for the runs table
+    status.publish(st, 1)
+    p = c.get_run(parent.info.run_id)
+    assert p.data.metrics["cells_failed"] == 1 and p.data.metrics["cells_finished"] == 1 and "FAILED" not in p.data.tags["mlflow.note.content"]
+    assert "**ValueError** (1)" in p.data.tags["mlflow.note.content"]
