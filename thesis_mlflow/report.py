@@ -170,7 +170,7 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
         cells = r["n_pairs"] // max(r["n_seeds"], 1)
         out.append(f"{best['tokenizer']} - {other}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], "
                    f"p {_p(r['p_value'])} unadjusted, p_Holm {_p(r['p_holm'])} ({verdict} at {alpha:.0%}); {r['n_pairs']} matched pairs "
-                   f"({cells} cells x {r['n_seeds']} seeds).")
+                   f"({cells} cells x {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}).")
     if len(order) > 1:
         runner = order["tokenizer"].iloc[1]
         c = cond[(cond["comparison"] == f"{best['tokenizer']} - {runner}")] if len(cond) else cond

@@ -87,11 +87,28 @@ def metric_mask(metric: str, labels: np.ndarray, process: np.ndarray | None) -> 
     return (np.asarray(labels) == 1) | (np.asarray(process) == code)
 
 
+_cache: dict[tuple, tuple[dict, tuple[np.ndarray, np.ndarray]]] = {}
+
+
 def run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str = "auc", n_boot: int = 1000, seed: int = 0,
              chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """``(auc (R,), boot (R, n_boot))``: each run's AUC on its test set and under ``n_boot``
     resamples of the test events. Runs that scored the same test events (same labels) share
-    the resamples: that is what makes the bootstrap of a difference paired."""
+    the resamples: that is what makes the bootstrap of a difference paired. The report asks
+    for the same resamples for several tables: the last few answers are kept (same inputs,
+    same draws, so the tables agree)."""
+    key = (id(scores), tuple(run_ids), metric, n_boot, seed, chunk)
+    hit = _cache.get(key)
+    if hit is not None and hit[0] is scores:
+        return hit[1]
+    out = _run_aucs(scores, run_ids, metric, n_boot, seed, chunk)
+    if len(_cache) > 16:
+        _cache.clear()
+    _cache[key] = (scores, out)
+    return out
+
+
+def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: int, seed: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     auc = np.full(len(run_ids), np.nan)
     boot = np.full((len(run_ids), n_boot), np.nan)
     groups: dict[bytes, list[int]] = {}
