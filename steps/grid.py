@@ -76,17 +76,21 @@ def prepare_cmd(grid_file, scale) -> None:
         click.echo(f"{k}: run {v}")
 
 
-@main.command("pack", help="Train several cells at once on this node's GPU (a Condor pack node); finished cells are skipped.")
+@main.command("pack", help="Train several cells on this node (a Condor pack node, a local worker); finished cells are skipped.")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @click.option("--scale", default="full", show_default=True)
 @click.option("--runs", required=True, help="The pack's cells and their child runs: name=run_id,name=run_id,...")
+@click.option("--mode", type=choice("threads", "sequential", "processes"), default="threads", show_default=True,
+              help="threads: in this process, side by side on the GPU (one CUDA stream each) or one after another on a CPU; "
+                   "sequential: one after another; processes: one process per cell sharing the GPU (under MPS when it works).")
+@click.option("--at-once", type=click.IntRange(min=1), default=None, help="threads: at most this many cells side by side [default: all].")
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
 @user_errors
-def pack_cmd(grid_file, scale, runs, mps) -> None:
+def pack_cmd(grid_file, scale, runs, mode, at_once, mps) -> None:
     from thesis_mlflow.driver import run_pack
 
     try:
-        run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower())
+        run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once)
     except RuntimeError as e:  # some cells failed: non-zero, so DAGMan retries the node
         raise click.ClickException(str(e)) from e
 

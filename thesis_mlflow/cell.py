@@ -32,8 +32,11 @@ FAULT_CELL_ENV = "THESIS_MLFLOW_KILL_CELL"
 CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
 
 
-def train_cell(spec: CellSpec) -> str:
-    """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id."""
+def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
+    """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id.
+
+    ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
+    cells may be trained one after another, or side by side in threads, in one process."""
     from .model import Classifier, ModelConfig
     from .train import TrainConfig, resolve_device, resolve_step, seed_everything
 
@@ -56,11 +59,11 @@ def train_cell(spec: CellSpec) -> str:
                  if k in inp.info}}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
-    given = os.environ.get("MLFLOW_RUN_ID")
+    given = run_id or os.environ.get("MLFLOW_RUN_ID")
     # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
     lease = leases.acquire_run(given, f"train run {given} ({name})") if given else None
     try:
-        with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics) as run:
+        with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics, run_id=given) as run:
             lease = lease or leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
             with lease.kept():
                 _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name, lease)

@@ -130,63 +130,155 @@ def train_command(cell: CellSpec) -> list[str]:
     return [sys.executable, "-m", "steps.train", *cell.cli_args()]
 
 
+def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by_side: bool | None = None,
+               at_once: int | None = None) -> dict[str, str]:
+    """Train ``todo`` (cell, child run id) in this process: the imports and set-up are paid once.
+
+    On a GPU the cells train side by side, each in a thread with its own CUDA stream, its own
+    captured step (compiled one cell at a time), child run, checkpoint and resume: one process
+    keeps the GPU busy without CUDA MPS. On the CPU (or ``side_by_side=False``) they train one
+    after another. ``at_once``: at most this many side by side (the next starts as one ends). A
+    cell that fails is marked FAILED (with its error and log) and the others go on. Returns
+    {cell name: FINISHED / FAILED / ELSEWHERE}.
+
+    Side by side, the cells share the process's CUDA random generator: dropout masks then
+    depend on how the streams interleave, so a packed cell is not bit-reproducible (its science
+    is: same model, data order, optimizer, schedule and steps)."""
+
+    from .cell import train_cell
+
+    result: dict[str, str] = {}
+
+    def one(cell: CellSpec, rid: str) -> None:
+        try:
+            train_cell(cell, rid)
+            result[cell.name] = "FINISHED"
+        except LeaseHeld as e:  # trained by another process: not ours
+            result[cell.name] = "ELSEWHERE"
+            echo(f"{cell.name}: {e}")
+        except Exception as e:  # noqa: BLE001 - one cell's failure stays its own (its run says why)
+            result[cell.name] = "FAILED"
+            log.error("%s failed: %s: %s", cell.name, type(e).__name__, e, exc_info=True)
+        echo(f"{cell.name:<28} {result[cell.name]}")
+
+    if side_by_side is None:
+        side_by_side = packing.gpu_count() > 0 and len(todo) > 1
+    if not side_by_side:
+        for cell, rid in todo:
+            one(cell, rid)
+        return result
+    import torch
+
+    def in_stream(cell: CellSpec, rid: str) -> None:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            one(cell, rid)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, at_once or len(todo)), thread_name_prefix="cell") as pool:
+        list(pool.map(lambda cr: in_stream(*cr), todo))
+    return result
+
+
+def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1) -> list[str]:
+    """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
+    runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
+    return [sys.executable, "-m", "steps.grid", "pack", str(g.source), "--scale", g.scale, "--runs", runs, "--mode", mode,
+            "--at-once", str(at_once)]
+
+
 def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: str, echo: Echo = _log_echo,
               mps: str = "auto", on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Train ``todo`` (cell, child run id) with ``parallel`` processes at once on this node;
-    returns {cell name: final status}. Several processes share the node's GPU (under a private
-    MPS daemon where one can be started, ``packing.shared_gpu``); each limits its CPU threads."""
+    """Train ``todo`` (cell, child run id) with ``parallel`` worker processes at once on this node;
+    returns {cell name: final status}. Each worker imports and sets up once and trains its share
+    of the cells one after another (each still its own child run, checkpoint and resume); the
+    workers share the node's GPU (under a private MPS daemon where one can be started,
+    ``packing.shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
     logs = ROOT / "outputs" / "grids" / g.run_name / "logs"
     c = tracking.client()
     parallel = max(1, min(parallel, len(todo) or 1))
     n_gpus = packing.gpu_count()
     result: dict[str, str] = {}
-    n_total, n_done = len(todo), 0
+    n_total = len(todo)
+    if n_gpus:  # one worker per GPU, its cells side by side on CUDA streams (no MPS needed)
+        workers, mode, at_once = min(n_gpus, parallel), "threads", -(-parallel // min(n_gpus, parallel))
+    else:  # CPU: `parallel` workers, each training its cells one after another
+        workers, mode, at_once = parallel, "sequential", 1
+    groups = [todo[i::workers] for i in range(workers)]  # round robin: similar cells spread over the workers
+    started = time.perf_counter()
+
+    def report(cell: CellSpec, run, status: str, where: str) -> None:
+        result[cell.name] = status
+        auc = run.data.metrics.get("test_auc") if run is not None else None
+        what = f"AUC {auc:.4f}" if auc is not None else f"see {where}"
+        echo(f"[{len(result)}/{n_total}] {cell.name:<28} {status:<8} {what}  ({time.perf_counter() - started:.0f} s)")
+        if on_progress:
+            on_progress(len(result))
+
+    def ends() -> dict:
+        return {r.info.run_id: r for r in c.search_runs([exp_id], tracking.grid_filter(g.run_name), max_results=5000)
+                if r.info.status in ("FINISHED", "FAILED", "KILLED")}
+
+    before = {rid: r.info.end_time for rid, r in ends().items()}  # failed in an earlier pass: not ended in this one
+
+    def poll() -> None:  # cells that ended meanwhile, reported as they end (one query)
+        ended = {rid: r for rid, r in ends().items() if before.get(rid) != r.info.end_time}
+        for cell, rid in todo:
+            if cell.name not in result and rid in ended:
+                r = ended[rid]
+                report(cell, r, "FINISHED" if is_done(r) else r.info.status, str(logs))
 
     def on_done(job: packing.Job, code: int, seconds: float) -> None:
-        nonlocal n_done
-        rid = job.env["MLFLOW_RUN_ID"]
-        run = c.get_run(rid)
-        if code == LeaseHeld.exit_code:  # another process trains this cell (a second grid run, a DAG job): not ours to mark
-            n_done += 1
-            result[job.key] = "ELSEWHERE"
-            holder = leases.holder_of(run)
-            echo(f"[{n_done}/{n_total}] {job.key:<28} {'ELSEWHERE':<8} trained by another process ({holder.describe() if holder else 'see ' + str(job.log)})")
-            return
-        if code != 0:
-            leases.release_dead(rid, job.pid)  # the next attempt need not wait for its beat to go stale
-            if run.info.status in ("RUNNING", "SCHEDULED"):
-                c.set_terminated(rid, "FAILED")  # killed before it could say so itself
+        poll()
+        for cell, rid in job.cells:
+            if cell.name in result:
+                continue
             run = c.get_run(rid)
-        n_done += 1
-        status = run.info.status if code == 0 else "FAILED"
-        result[job.key] = status
-        auc = run.data.metrics.get("test_auc")
-        what = f"AUC {auc:.4f}" if auc is not None else f"see {job.log}"
-        echo(f"[{n_done}/{n_total}] {job.key:<28} {status:<8} {what}  ({seconds:.0f} s)")
-        if on_progress:
-            on_progress(n_done)
+            holder = leases.holder_of(run)
+            if holder is not None and holder.pid != job.pid and leases.pid_alive(holder) is not False:
+                result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
+                echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
+                continue
+            leases.release_dead(rid, job.pid)  # the worker died with it: the next attempt need not wait
+            if run.info.status == "RUNNING":
+                c.set_terminated(rid, "FAILED")  # killed before it could say so itself
+            report(cell, c.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
 
     def on_interrupt(job: packing.Job) -> None:
-        leases.release_dead(job.env["MLFLOW_RUN_ID"], job.pid)
-        c.set_terminated(job.env["MLFLOW_RUN_ID"], "KILLED")
+        for _, rid in job.cells:
+            leases.release_dead(rid, job.pid)
+            if c.get_run(rid).info.status == "RUNNING":
+                c.set_terminated(rid, "KILLED")
 
-    with packing.signals_as_interrupt(), packing.shared_gpu(mps, parallel) as gpu_env:
+    with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
-                **packing.thread_env(parallel), **gpu_env}
+                **packing.thread_env(workers), **gpu_env}
+        base.pop("MLFLOW_RUN_ID", None)
         jobs = []
-        for i, (cell, rid) in enumerate(todo):
-            env = {**base, "MLFLOW_RUN_ID": rid}
+        for i, group in enumerate(groups):
+            env = dict(base)
             if n_gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
-                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # spread over the node's GPUs
-            jobs.append(packing.Job(cell.name, train_command(cell), env, logs / f"{cell.name}.log", ROOT))
-        packing.run_jobs(jobs, parallel, on_done, on_interrupt)
+                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # one worker per GPU
+            job = packing.Job(f"worker-{i}", worker_command(g, group, mode, at_once), env, logs / f"worker-{i}.log", ROOT)
+            job.cells = group
+            jobs.append(job)
+        packing.run_jobs(jobs, workers, on_done, on_interrupt, on_poll=poll)
     return result
 
 
-def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto") -> dict[str, str]:
-    """A Condor pack node: train its cells (``name=run_id,...``) at once; the finished ones are
-    skipped, so a retried node trains only what is left, each cell resuming from its checkpoint.
-    Raises when a cell failed (DAGMan then retries the node)."""
+PACK_MODES = ("threads", "sequential", "processes")
+
+
+def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
+             at_once: int | None = None) -> dict[str, str]:
+    """A Condor pack node (and the local worker): train its cells (``name=run_id,...``); the
+    finished ones are skipped, so a retried node trains only what is left, each cell resuming
+    from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
+    stream each, ``at_once`` at a time; one after another on a CPU); ``sequential``: one after
+    another; ``processes``: one process per cell sharing the GPU, under MPS where it works.
+    Raises when a cell is not finished (DAGMan then retries)."""
+    if mode not in PACK_MODES:
+        raise ValueError(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
     g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
     by_name = {c.name: c for c in g.cells()}
     pairs = [p.split("=", 1) for p in runs.split(",") if p]
@@ -194,16 +286,51 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     if bad or not pairs:
         raise ValueError(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     c = tracking.client()
-    exp_id = tracking.current_experiment_id()
+    tracking.current_experiment_id()
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
-    if packing.gpu_count() > 0:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
+    on_gpu = packing.gpu_count() > 0
+    if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
         todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
-    echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train")
-    status = run_cells(g, todo, len(todo), exp_id, echo, mps) if todo else {}
+    side = on_gpu and mode == "threads" and len(todo) > 1
+    how = "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another"
+    echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
+    status = {}
+    if todo:
+        with packing.signals_as_interrupt():
+            if mode == "processes":
+                status = run_cells_processes(g, todo, echo, mps)
+            else:
+                status = train_here(todo, echo, side_by_side=side, at_once=at_once)
     failed = [name for name, rid in pairs if not is_done(c.get_run(rid))]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
     return status
+
+
+def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, mps: str) -> dict[str, str]:
+    """The pack as one process per cell sharing the GPU (under a private MPS daemon when one can
+    be started and a CUDA client can use it): the fallback to threads, where MPS measures faster."""
+    exp_id = tracking.current_experiment_id()
+    c = tracking.client()
+    result: dict[str, str] = {}
+    logs = ROOT / "outputs" / "grids" / g.run_name / "logs"
+
+    def on_done(job: packing.Job, code: int, seconds: float) -> None:
+        rid = job.env["MLFLOW_RUN_ID"]
+        if code != 0:
+            leases.release_dead(rid, job.pid)
+            if c.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
+                c.set_terminated(rid, "FAILED")
+        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else c.get_run(rid).info.status
+        echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
+
+    with packing.shared_gpu(mps, len(todo)) as gpu_env:
+        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
+                **packing.thread_env(len(todo)), **gpu_env}
+        jobs = [packing.Job(cell.name, train_command(cell), {**base, "MLFLOW_RUN_ID": rid}, logs / f"{cell.name}.log", ROOT)
+                for cell, rid in todo]
+        packing.run_jobs(jobs, len(todo), on_done)
+    return result
 
 
 # --------------------------------------------------------------------------- condor backend
@@ -283,7 +410,7 @@ def _publish(g: Grid, step: int) -> None:
     from . import status
 
     try:
-        status.publish(status.grid_status(str(g.source) if g.source else g.run_name, g.scale), step)
+        status.publish(status.grid_status(str(g.source) if g.source else g.run_name, g.scale))
     except Exception as e:  # noqa: BLE001 - progress display must not stop the grid
         log.warning("could not update the parent's progress: %s", e)
 

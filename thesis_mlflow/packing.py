@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Job:
     log: Path
     cwd: Path
     pid: int = 0  # set once started
+    cells: list = field(default_factory=list)  # a worker's (cell, run id) pairs
 
 
 def cpu_budget() -> int:
@@ -155,14 +156,17 @@ def signals_as_interrupt() -> Iterator[None]:
 
 
 def run_jobs(jobs: list[Job], parallel: int, on_done: Callable[[Job, int, float], None],
-             on_interrupt: Callable[[Job], None] | None = None, poll_s: float = 0.2) -> dict[str, int]:
-    """Run ``jobs`` with at most ``parallel`` at once; ``on_done(job, returncode, seconds)`` as each ends.
+             on_interrupt: Callable[[Job], None] | None = None, poll_s: float = 0.2, on_poll: Callable[[], None] | None = None,
+             every_s: float = 5.0) -> dict[str, int]:
+    """Run ``jobs`` with at most ``parallel`` at once; ``on_done(job, returncode, seconds)`` as each ends,
+    ``on_poll()`` every ``every_s`` seconds meanwhile (progress of long jobs).
 
     Ctrl-C terminates the running ones (``on_interrupt`` for each) and re-raises.
     """
     pending = list(jobs)
     running: dict[subprocess.Popen, tuple[Job, float, object]] = {}
     codes: dict[str, int] = {}
+    last_poll = time.monotonic()
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -173,6 +177,12 @@ def run_jobs(jobs: list[Job], parallel: int, on_done: Callable[[Job, int, float]
                 job.pid = p.pid
                 running[p] = (job, time.perf_counter(), fh)
             time.sleep(poll_s)
+            if on_poll is not None and time.monotonic() - last_poll > every_s:
+                last_poll = time.monotonic()
+                try:
+                    on_poll()
+                except Exception as e:  # noqa: BLE001 - a progress query must not stop the jobs
+                    log.debug("progress poll failed: %s", e)
             for p in [p for p in running if p.poll() is not None]:
                 job, t0, fh = running.pop(p)
                 fh.close()

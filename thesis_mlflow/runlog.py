@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class RunLog:
         self.handler = logging.FileHandler(self.path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
         self.handler.setLevel(logging.INFO)
+        thread = threading.get_ident()  # cells trained side by side in threads: each run logs its own thread's records
+        self.handler.addFilter(lambda record: record.thread == thread)
         root = logging.getLogger()
         self._old_level = root.level
         if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -72,14 +75,17 @@ def one_line(e: BaseException, limit: int = 250) -> str:
     return (text[:limit] + "...") if len(text) > limit else (text or type(e).__name__)
 
 
-_current: list[RunLog] = []
+_local = threading.local()
 
 
-def current() -> RunLog | None:
-    return _current[-1] if _current else None
+def stack() -> list[RunLog]:
+    """This thread's active step logs, innermost last."""
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
 
 
 def upload_current() -> None:
-    """Upload the innermost active step's log (a train run calls it every epoch)."""
-    if _current:
-        _current[-1].upload()
+    """Upload the innermost active step's log of this thread (a train run calls it every epoch)."""
+    if stack():
+        stack()[-1].upload()

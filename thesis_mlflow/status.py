@@ -204,14 +204,17 @@ def _cell_state(cell, r) -> CellState:
                      t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE))
 
 
-def publish(st: GridStatus, step: int) -> None:
+def publish(st: GridStatus, step: int | None = None) -> None:
     """The counts as metrics of the parent run (``cells_finished``, ``cells_running``,
-    ``cells_failed``, ``cells_not_started``) and the status as its description."""
+    ``cells_failed``, ``cells_not_started``; step = seconds since the parent started, so the
+    charts show progress over time, across resumed passes) and the status as its description."""
     if st.parent_id is None:
         return
     n = st.counts()
     c = tracking.client()
     ts = int(time.time() * 1000)
+    if step is None:
+        step = max(0, (ts - c.get_run(st.parent_id).info.start_time) // 1000)
     from mlflow.entities import Metric
 
     vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED],

@@ -121,10 +121,10 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         except BaseException:
             _restore_run_id(saved)
             raise
-    from .runlog import RunLog, _current
+    from .runlog import RunLog, stack
 
     runlog = RunLog(step)  # logs/<step>.log of this run: uploaded at the end whatever happens
-    _current.append(runlog)
+    stack().append(runlog)
     try:
         mlflow.set_tags(tags)
         yield run
@@ -148,7 +148,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         runlog.upload()
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
-        _current.remove(runlog)
+        stack().remove(runlog)
         runlog.close()
         _restore_run_id(saved)
 

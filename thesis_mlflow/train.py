@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -282,7 +283,9 @@ class StaticStep:
             torch.cuda.set_rng_state(rng, self.device)
         self.opt.zero_grad(set_to_none=True)  # grads are then allocated from the graph's pool
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: cells trained side by side in threads keep launching work on their own
+        # streams while this one captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._step()
 
     def epoch(self, perm: torch.Tensor, tick: Callable[[], None]) -> torch.Tensor:
@@ -386,7 +389,8 @@ def fit(
     train_dev = train.to(device)
     model.train()
     t_build = time.perf_counter()
-    stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
+    with _BUILD_LOCK:  # torch.compile and graph capture one cell at a time (Dynamo is not thread-safe)
+        stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
     mode = stepper.mode  # what runs, after any fallback
     if mode != "eager":
         log.info("training step: %s (captured in %.1f s)", mode, time.perf_counter() - t_build)
@@ -440,6 +444,9 @@ def _numpy_state_from(saved) -> tuple:
     return saved  # a checkpoint of an older version: numpy's own tuple
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):
     """The step object of ``mode`` (its ``mode`` attribute says what runs); ``compiled`` falls
     back to ``graph`` (with a warning, and the reason in ``fallback``) when torch.compile fails
@@ -478,8 +485,9 @@ def _set_scheduled_lr(opt: torch.optim.Optimizer, sched) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for this thread's stream only: cells trained side by side on other streams go on."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _nothing() -> None:
