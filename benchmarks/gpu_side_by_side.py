@@ -2,7 +2,7 @@
 
 Each cell is the thesis model (binned tokens, d_model 72, 8 layers) trained by the production
 ``fit()`` with the compiled, captured step, in its own thread on its own CUDA stream, compile
-and capture one cell at a time (``train._BUILD_LOCK``) - what ``driver.train_here`` does,
+and capture one cell at a time while no other step runs (``train._Gate``) - what ``driver.train_here`` does,
 without MLflow (so it runs where only torch is installed). Reports, over one common window
 from the first start to the last end (compile, capture and per-epoch evaluation included):
 the aggregate events/s of K cells against one cell alone, and the full-grid estimate.

@@ -66,3 +66,41 @@ def test_resume_continues_at_the_scheduled_lr_even_from_a_stale_group_lr(tiny_sp
     assert h_res[-1]["metrics"]["lr"] == h_ref[-1]["metrics"]["lr"]
     for p, q in zip(ref.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_gate_keeps_captures_apart_from_running_epochs():
+    """A build (capture) waits for the epochs under way, and holds new epochs back until it is done."""
+    import threading
+    import time
+
+    gate, events = train._Gate(), []
+    in_epoch, release = threading.Event(), threading.Event()
+
+    def epoch(name, hold=None):
+        with gate.shared():
+            events.append(f"{name} start")
+            if hold:
+                in_epoch.set()
+                hold.wait(5)
+            events.append(f"{name} end")
+
+    def build():
+        with gate.exclusive():
+            events.append("build start")
+            time.sleep(0.2)
+            events.append("build end")
+
+    a = threading.Thread(target=epoch, args=("a", release))
+    a.start()
+    in_epoch.wait(5)
+    b = threading.Thread(target=build)
+    b.start()
+    time.sleep(0.2)  # the build waits for epoch a
+    c = threading.Thread(target=epoch, args=("c",))
+    c.start()
+    time.sleep(0.2)  # epoch c waits behind the waiting build
+    assert events == ["a start"]
+    release.set()
+    for t in (a, b, c):
+        t.join(5)
+    assert events == ["a start", "a end", "build start", "build end", "c start", "c end"]

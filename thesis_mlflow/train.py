@@ -20,6 +20,7 @@ number of steps), different kernels:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -389,7 +390,7 @@ def fit(
     train_dev = train.to(device)
     model.train()
     t_build = time.perf_counter()
-    with _BUILD_LOCK:  # torch.compile and graph capture one cell at a time (Dynamo is not thread-safe)
+    with _GATE.exclusive():  # compile and capture one cell at a time, while no other cell's step runs (see _Gate)
         stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
     mode = stepper.mode  # what runs, after any fallback
     if mode != "eager":
@@ -398,14 +399,15 @@ def fit(
         on_step_mode(mode, stepper.fallback)
     for epoch in range(start, cfg.epochs + 1):
         model.train()
-        if device.type == "cuda":  # dropout masks a function of (seed, epoch): a resumed graph replays them
-            torch.cuda.manual_seed(cfg.seed * 1_000_003 + epoch)
-        _sync(device)
-        t0 = time.perf_counter()
-        bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
-        loss_sum = stepper.epoch(epoch_order(len(train), cfg.seed, epoch), bar.update if bar is not None else _nothing)
-        train_loss = loss_sum.item() / len(train)  # the epoch's one host sync
-        train_time = time.perf_counter() - t0
+        with _GATE.shared():
+            if device.type == "cuda":  # dropout masks a function of (seed, epoch): a resumed graph replays them
+                torch.cuda.manual_seed(cfg.seed * 1_000_003 + epoch)
+            _sync(device)
+            t0 = time.perf_counter()
+            bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
+            loss_sum = stepper.epoch(epoch_order(len(train), cfg.seed, epoch), bar.update if bar is not None else _nothing)
+            train_loss = loss_sum.item() / len(train)  # the epoch's one host sync
+            train_time = time.perf_counter() - t0
         if bar is not None:
             bar.close()
         if mode != "eager":  # keep the scheduler's bookkeeping (and so the checkpoint) as the eager loop has it
@@ -444,7 +446,49 @@ def _numpy_state_from(saved) -> tuple:
     return saved  # a checkpoint of an older version: numpy's own tuple
 
 
-_BUILD_LOCK = threading.Lock()
+class _Gate:
+    """Cells trained side by side in threads of one process share the CUDA random generator.
+    While one graph is captured that generator is in capture mode, and another cell's step
+    (a graph replay with dropout, or a reseed) raises "Offset increment outside graph capture"
+    (seen on an H100). So building a step (compile, warm-up, capture) is exclusive and the
+    epochs are shared: a build waits for the epochs under way to end, and holds new ones back
+    until it is done (writer-preferring, so builds are not starved). Torch.compile is not
+    thread-safe either: one build at a time covers that too."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._waiting_writers)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting_writers += 1
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+_GATE = _Gate()
 
 
 def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):
