@@ -94,7 +94,10 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
     if why is not None:
         if mode == "on" and why not in ("one process", "an MPS daemon is already set up for this job"):
             raise RuntimeError(f"mps=on, but MPS cannot be used here: {why}")
-        log.info("GPU shared without a private MPS daemon (%s)", why)
+        if why in ("not asked for", "one process") or (why == "nvidia-cuda-mps-control is not on the PATH" and not shutil.which("nvidia-smi")):
+            log.debug("no private MPS daemon (%s)", why)  # nothing to say about hardware this machine does not have
+        else:
+            log.info("GPU shared without a private MPS daemon (%s)", why)
         yield {}
         return
     root = Path(tempfile.mkdtemp(prefix="thesis-mps-"))
