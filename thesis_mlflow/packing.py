@@ -105,28 +105,25 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
     for d in env.values():
         Path(d).mkdir()
     full = {**os.environ, **env}
+    msg = None
     try:
         started = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=full, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         started = subprocess.CompletedProcess([], 1, "", str(e))
     if started.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
         msg = f"could not start an MPS daemon: {(started.stderr or started.stdout).strip()[:200]}"
-        if mode == "on":
-            raise RuntimeError(msg)
-        log.warning("%s; sharing the GPU without it", msg)
-        yield {}
-        return
-    # the control daemon starts its server lazily, at the first client: only a real CUDA client
-    # tells whether clients can use it (a broken MPS setup otherwise shows up in every cell)
-    try:
-        probe = subprocess.run(MPS_PROBE, env=full, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        probe = subprocess.CompletedProcess([], 1, "", str(e))
-    if probe.returncode != 0:
-        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=full, capture_output=True, text=True, timeout=60)
+    else:
+        # the control daemon starts its server lazily, at the first client: only a real CUDA client
+        # tells whether clients can use it (a broken MPS setup otherwise shows up in every cell)
+        try:
+            probe = subprocess.run(MPS_PROBE, env=full, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            probe = subprocess.CompletedProcess([], 1, "", str(e))
+        if probe.returncode != 0:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=full, capture_output=True, text=True, timeout=60)
+            msg = f"a CUDA client could not use the MPS daemon: {(probe.stderr or probe.stdout).strip()[-200:]}"
+    if msg is not None:
         shutil.rmtree(root, ignore_errors=True)
-        msg = f"a CUDA client could not use the MPS daemon: {(probe.stderr or probe.stdout).strip()[-200:]}"
         if mode == "on":
             raise RuntimeError(msg)
         log.warning("%s; sharing the GPU without it", msg)
