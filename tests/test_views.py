@@ -167,3 +167,14 @@ def test_readme_example_runs(grid_on_server, capsys):
     exec(compile(block.group(1), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "direct-max-met-4v-s1" in out and "test events of" in out
+
+
+def test_views_show_every_cell_and_test_auc_first():
+    """MLflow's charts plot only the first 10 runs unless told otherwise (a grid has 36 or 108 cells);
+    the table puts test AUC before the factors (it was past the right edge at 1600 px)."""
+    from thesis_mlflow import views
+
+    for v in views.grid_views("g"):
+        assert v.state["runsHiddenMode"] == "SHOW_ALL"
+        assert v.state["selectedColumns"][0] == "metrics.`test_auc`" and v.state["columnOrder"] == v.state["selectedColumns"]
+        assert views.decode(views.encode(v, 0))["state"]["runsHiddenMode"] == "SHOW_ALL"

@@ -49,9 +49,12 @@ def _metric(k: str) -> str:
 def grid_views(grid: str) -> list[View]:
     """The views of a grid: all cells by test AUC, one grouped by each factor, and charts."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", grid)
-    columns = [_param(k) for k in (*FACTORS, "seed")] + [_metric(k) for k in METRICS] + [_param("n_params"), _param("n_params_embedding")]
+    # test AUC first, then the factors: the figure the user came for within the first screen
+    columns = [_metric("test_auc"), *(_param(k) for k in (*FACTORS, "seed")), *(_metric(k) for k in METRICS if k != "test_auc"),
+               _param("n_params"), _param("n_params_embedding")]
     base = {"searchFilter": tracking.grid_filter(grid), "orderByKey": _metric("test_auc"), "orderByAsc": False, "selectedColumns": columns,
-            "columnOrder": columns}
+            "columnOrder": columns,
+            "runsHiddenMode": "SHOW_ALL"}  # charts plot every cell of the grid, not MLflow's default first 10 runs
     views = [View(f"{ID_PREFIX}{slug}-cells", f"{NAME_PREFIX} {grid}: cells by test AUC", base)]
     for f in FACTORS:
         group = {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": f}]}
