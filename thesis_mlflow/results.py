@@ -15,6 +15,7 @@ The tracking server and experiment are the project's (``MLFLOW_TRACKING_URI``,
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,8 +123,10 @@ def _fetch_scores(run_id: str, finished: bool) -> dict[str, np.ndarray]:
         local = tracking.artifact_path(run_id, SCORES, dst=tmp)
         out = _load(local)
         if finished:
-            part = cached.with_name(f".{run_id}.{os.getpid()}.part")
-            Path(local).replace(part)
+            import shutil
+
+            part = cached.with_name(f".{run_id}.{os.getpid()}.{threading.get_ident()}.part")
+            shutil.copyfile(local, part)  # a copy: the temporary folder may be on another filesystem than the cache
             part.replace(cached)  # atomic: a reader never sees half a file
     return out
 
