@@ -101,15 +101,22 @@ def _fake_bin(d: Path, name: str, body: str) -> None:
     p.chmod(p.stat().st_mode | stat.S_IEXEC)
 
 
-def test_mps_daemon_started_and_stopped(tmp_path, monkeypatch):
-    """The plumbing of a private MPS daemon, with stand-ins for nvidia-smi and the control binary."""
+def _fake_gpu_node(tmp_path, monkeypatch, mps_record: str) -> Path:
+    """Stand-ins for nvidia-smi (one GPU) and the MPS control binary, which appends ``mps_record``
+    (shell words) to the returned calls file at each call."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     _fake_bin(bin_dir, "nvidia-smi", 'echo "GPU 0: NVIDIA H200 (UUID: GPU-x)"\n')
-    _fake_bin(bin_dir, "nvidia-cuda-mps-control", f'echo "$@ pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat 2>/dev/null | head -1)" >> {calls}\n')
+    _fake_bin(bin_dir, "nvidia-cuda-mps-control", f'echo "{mps_record}" >> {calls}\n')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return calls
+
+
+def test_mps_daemon_started_and_stopped(tmp_path, monkeypatch):
+    """The plumbing of a private MPS daemon, with stand-ins for nvidia-smi and the control binary."""
+    calls = _fake_gpu_node(tmp_path, monkeypatch, "$@ pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat 2>/dev/null | head -1)")
     monkeypatch.setattr(packing, "MPS_PROBE", ["true"])  # a CUDA client that got through
     assert packing.gpu_count() == 1
     with packing.shared_gpu("auto", 4) as env:
@@ -152,12 +159,7 @@ def test_job_ads_carry_no_secrets(tmp_path, monkeypatch):
 
 def test_a_daemon_no_cuda_client_can_use_is_not_used(tmp_path, monkeypatch):
     """The control daemon starts, but a real client fails (a broken MPS setup): no MPS, and the daemon is stopped."""
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
-    bin_dir.mkdir()
-    _fake_bin(bin_dir, "nvidia-smi", 'echo "GPU 0: NVIDIA H100 (UUID: GPU-x)"\n')
-    _fake_bin(bin_dir, "nvidia-cuda-mps-control", f'echo "$@ stdin=$(cat 2>/dev/null | head -1)" >> {calls}\n')
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    calls = _fake_gpu_node(tmp_path, monkeypatch, "$@ stdin=$(cat 2>/dev/null | head -1)")
     monkeypatch.setattr(packing, "MPS_PROBE", [sys.executable, "-c", "raise SystemExit('all CUDA-capable devices are busy')"])
     with packing.shared_gpu("auto", 8) as env:
         assert env == {}

@@ -130,14 +130,13 @@ def train_command(cell: CellSpec) -> list[str]:
     return [sys.executable, "-m", "steps.train", *cell.cli_args()]
 
 
-def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by_side: bool | None = None,
+def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by_side: bool = False,
                at_once: int | None = None) -> dict[str, str]:
     """Train ``todo`` (cell, child run id) in this process: the imports and set-up are paid once.
 
-    On a GPU the cells train side by side, each in a thread with its own CUDA stream, its own
-    captured step (compiled one cell at a time), child run, checkpoint and resume: one process
-    keeps the GPU busy without CUDA MPS. On the CPU (or ``side_by_side=False``) they train one
-    after another. ``at_once``: at most this many side by side (the next starts as one ends). A
+    ``side_by_side`` (on a GPU): each cell in a thread with its own CUDA stream, its own captured
+    step (compiled one cell at a time), child run, checkpoint and resume: one process keeps the
+    GPU busy without CUDA MPS. Otherwise they train one after another. ``at_once``: at most this many side by side (the next starts as one ends). A
     cell that fails is marked FAILED (with its error and log) and the others go on. Returns
     {cell name: FINISHED / FAILED / ELSEWHERE}.
 
@@ -161,8 +160,6 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
             log.error("%s failed: %s: %s", cell.name, type(e).__name__, e, exc_info=True)
         echo(f"{cell.name:<28} {result[cell.name]}")
 
-    if side_by_side is None:
-        side_by_side = packing.gpu_count() > 0 and len(todo) > 1
     if not side_by_side:
         for cell, rid in todo:
             one(cell, rid)
@@ -178,6 +175,15 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     with ThreadPoolExecutor(max_workers=max(1, at_once or len(todo)), thread_name_prefix="cell") as pool:
         list(pool.map(lambda cr: in_stream(*cr), todo))
     return result
+
+
+def _ended_unsaid(rid: str, pid: int, status: str = "FAILED") -> None:
+    """A child process ``pid`` ended without closing run ``rid`` (killed, crashed): release its
+    lease for the next attempt and close the run as ``status`` if it was left RUNNING."""
+    leases.release_dead(rid, pid)
+    c = tracking.client()
+    if c.get_run(rid).info.status == "RUNNING":
+        c.set_terminated(rid, status)
 
 
 def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1) -> list[str]:
@@ -239,16 +245,12 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
                 result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
                 echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
                 continue
-            leases.release_dead(rid, job.pid)  # the worker died with it: the next attempt need not wait
-            if run.info.status == "RUNNING":
-                c.set_terminated(rid, "FAILED")  # killed before it could say so itself
+            _ended_unsaid(rid, job.pid)  # the worker died with it
             report(cell, c.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
 
     def on_interrupt(job: packing.Job) -> None:
         for _, rid in job.cells:
-            leases.release_dead(rid, job.pid)
-            if c.get_run(rid).info.status == "RUNNING":
-                c.set_terminated(rid, "KILLED")
+            _ended_unsaid(rid, job.pid, "KILLED")
 
     with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
@@ -286,7 +288,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     if bad or not pairs:
         raise ValueError(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     c = tracking.client()
-    tracking.current_experiment_id()
+    tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
     on_gpu = packing.gpu_count() > 0
     if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
@@ -317,10 +319,8 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
 
     def on_done(job: packing.Job, code: int, seconds: float) -> None:
         rid = job.env["MLFLOW_RUN_ID"]
-        if code != 0:
-            leases.release_dead(rid, job.pid)
-            if c.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
-                c.set_terminated(rid, "FAILED")
+        if code != 0 and code != LeaseHeld.exit_code:
+            _ended_unsaid(rid, job.pid)
         result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else c.get_run(rid).info.status
         echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
 
@@ -405,7 +405,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0)
 
 
-def _publish(g: Grid, step: int) -> None:
+def _publish(g: Grid) -> None:
     """The grid's progress on its parent run (metrics and description), for the runs table."""
     from . import status
 
@@ -432,7 +432,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
         echo("preparing upstream runs (binning, VQ-VAE) ...")
         for k, v in prepare(g).items():
             echo(f"  {k}: run {v}")
-        summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda n: _publish(g, n))
+        summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
     final = ensure_children(g, c.get_run(pid), exp_id)
     n_done = sum(is_done(r) for r in final.values())
     elsewhere = [k for k, v in summary.get("status", {}).items() if v == "ELSEWHERE"]

@@ -158,8 +158,8 @@ def _holder_alive(run, gen: int, poll_s: float) -> bool:
 class Lease:
     """Generation ``gen`` of the lease on ``run_id``, held by this process: beats, verifies, releases."""
 
-    def __init__(self, run_id: str, gen: int, holder: Holder, key: str | None = None, check: bool = True):
-        self.run_id, self.gen, self.holder, self.key, self.checking = run_id, gen, holder, key, check
+    def __init__(self, run_id: str, gen: int, holder: Holder, check: bool = True):
+        self.run_id, self.gen, self.holder, self.checking = run_id, gen, holder, check
         self._stop = threading.Event()
         self._lost = False
         self._thread: threading.Thread | None = None
@@ -349,7 +349,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
                 return done, None
             if mine is None:
                 mine = c.create_run(exp_id, run_name=run_name, tags={"step": step, CLAIM_TAG: key, OWNER: str(me)}).info.run_id
-                waiting = Lease(mine, 0, me, key, check=False).start()  # beats only: "this claimant is alive"
+                waiting = Lease(mine, 0, me, check=False).start()  # beats only: "this claimant is alive"
             claims = _claims(key, exp_id)
             n = max((g for r in claims for g in generations(r.data.params)), default=0)
             holder = _winner(claims, n) if n else None
@@ -370,7 +370,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
                     c.set_terminated(r.info.run_id, "FAILED")
             if holder is not None and holder.info.run_id == mine:
                 waiting.stop()
-                return None, Lease(mine, n, me, key)
+                return None, Lease(mine, n, me)
             if holder is not None and _is_live(holder) and holder.data.tags.get(LOST) is None:
                 time.sleep(poll_s)  # the holder works; we wait (and keep beating on our claim)
                 continue
@@ -398,7 +398,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
                     give_up_ours()
                     return done, None
                 waiting.stop()
-                return None, Lease(mine, target, me, key)
+                return None, Lease(mine, target, me)
             time.sleep(poll_s / 4)
     except BaseException:
         give_up_ours()  # we never won (a win returns): our claim run goes, the others carry on

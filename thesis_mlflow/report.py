@@ -49,15 +49,6 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, s
     return stats.effects(runs, scores, n_boot=n_boot, seed=seed)
 
 
-def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC for each row of ``weights`` (B, n) at once (``stats.weighted_auc``)."""
-    return stats.weighted_auc(scores, labels, weights)
-
-
-def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    return stats.bootstrap_weights(n, n_boot, seed)
-
-
 # --------------------------------------------------------------------------- tables
 
 
