@@ -5,15 +5,15 @@ from __future__ import annotations
 import click
 
 from steps._common import choice, user_errors
-from thesis_mlflow.spec import DEFAULT_DATA
+from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, VQVAE_EPOCHS
 
 
 @click.command("vqvae", help="Pre-train the per-object VQ-VAE tokenizer on the training split.")
 @click.option("--input", "input_", default=DEFAULT_DATA, show_default=True, help="Raw 4-top HDF5 file.")
 @click.option("--vect", type=choice(4, 5), default="4", show_default=True)
-@click.option("--codebook-size", type=click.IntRange(min=2, max=65536), default=512, show_default=True)
+@click.option("--codebook-size", type=click.IntRange(min=2, max=65536), default=CODEBOOK_SIZE, show_default=True)
 @click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=VQVAE_EPOCHS, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=4096, show_default=True, help="Objects per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
@@ -21,7 +21,8 @@ from thesis_mlflow.spec import DEFAULT_DATA
 @user_errors
 def main(input_, vect, codebook_size, latent_dim, epochs, seed, batch_size, lr, max_events) -> None:
     from thesis_mlflow import tracking
-    from thesis_mlflow.upstream import VQSpec, run_vqvae
+    from thesis_mlflow.spec import VQSpec
+    from thesis_mlflow.upstream import run_vqvae
 
     o = VQSpec(input=input_, vect=int(vect), codebook_size=codebook_size, latent_dim=latent_dim, epochs=epochs, seed=seed,
                batch_size=batch_size, lr=lr, max_events=max_events)

@@ -172,16 +172,17 @@ def test_binning_step_logs_everything(mlflow_env, tiny_raw, tmp_path):
 
 
 def test_binning_reused_not_recomputed(mlflow_env, tiny_raw):
-    from thesis_mlflow.upstream import find_or_run_binning
+    from thesis_mlflow.spec import BinningSpec
+    from thesis_mlflow.upstream import find_or_run
 
-    rid1, p1 = find_or_run_binning(str(tiny_raw))
-    rid2, p2 = find_or_run_binning(str(tiny_raw))
+    rid1, p1 = find_or_run(BinningSpec(str(tiny_raw)))
+    rid2, p2 = find_or_run(BinningSpec(str(tiny_raw)))
     assert rid1 == rid2 and p1 == p2
-    rid3, _ = find_or_run_binning(str(tiny_raw), phi="abs")
+    rid3, _ = find_or_run(BinningSpec(str(tiny_raw), phi="abs"))
     assert rid3 != rid1
     # file deleted: the artifact is used instead, still no new run
     p1.unlink()
-    rid4, p4 = find_or_run_binning(str(tiny_raw))
+    rid4, p4 = find_or_run(BinningSpec(str(tiny_raw)))
     assert rid4 == rid1 and p4.is_file()
     assert len(mlflow.search_runs(experiment_names=["test-exp"], output_format="list")) == 2
 

@@ -89,10 +89,19 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
         run_pack(str(gfile), "demo", "nope=123", echo=lines.append)
 
 
-def test_thread_budget_is_split():
-    n = packing.cpu_budget()
-    assert packing.thread_env(1)["OMP_NUM_THREADS"] == str(n)
-    assert packing.thread_env(64)["OMP_NUM_THREADS"] == "1"
+def test_thread_budget_is_split(monkeypatch):
+    """Known budgets: a Condor slot's OMP_NUM_THREADS bounds the cores, split over the packed
+    processes, Inductor's compile workers included, never below one thread."""
+    monkeypatch.setattr(packing.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")  # the slot's 8 of the node's 16 cores
+    assert packing.cpu_budget() == 8
+    env = packing.thread_env(4)
+    assert {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")} == {
+        "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "TORCHINDUCTOR_COMPILE_THREADS": "2"}
+    assert packing.thread_env(1)["OMP_NUM_THREADS"] == "8"
+    assert packing.thread_env(64)["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert packing.cpu_budget() == 16 and packing.thread_env(3)["OMP_NUM_THREADS"] == "5"
 
 
 def _fake_bin(d: Path, name: str, body: str) -> None:
@@ -180,7 +189,6 @@ def test_pack_resources_scale_with_cells_per_job(tmp_path):
     doc["condor"]["request_cpus"] = 3  # what the user sets stays
     p.write_text(yaml.safe_dump(doc))
     assert load_grid(p, "full", base_dir=ROOT).condor["request_cpus"] == 3
-    assert packing.thread_env(4)["TORCHINDUCTOR_COMPILE_THREADS"] == packing.thread_env(4)["OMP_NUM_THREADS"]
 
 
 def test_a_signalled_pack_stops_its_children(tmp_path):

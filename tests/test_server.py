@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import os
 import re
 import shutil
@@ -207,11 +206,12 @@ def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, ti
 def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
     """A job killed while it held the claim of a binning (its process is gone) is taken over."""
     from thesis_mlflow import data, leases
-    from thesis_mlflow.upstream import binning_reuse_params, find_or_run_binning
+    from thesis_mlflow.spec import BinningSpec
+    from thesis_mlflow.upstream import find_or_run
 
     c = mlflow.MlflowClient()
     exp = c.create_experiment("test-exp")
-    key = leases.claim_key("binning", binning_reuse_params(data.sha256(tiny_raw), 5, 4, "signed", "all"))
+    key = leases.claim_key("binning", BinningSpec().reuse_params(data.sha256(tiny_raw)))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     holder = str(leases.Holder(socket.gethostname(), gone.pid))
@@ -219,10 +219,10 @@ def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
     assert leases.write_once(dead, "lease.g1", holder)
     c.set_tag(dead, "lease.result.g1", "won")
     t0 = time.time()
-    rid, path = find_or_run_binning(str(tiny_raw))
+    rid, path = find_or_run(BinningSpec(str(tiny_raw)))
     assert rid != dead and path.is_file() and time.time() - t0 < 60
     assert c.get_run(dead).info.status == "FAILED" and c.get_run(rid).info.status == "FINISHED"
-    assert find_or_run_binning(str(tiny_raw))[0] == rid  # and reused from then on
+    assert find_or_run(BinningSpec(str(tiny_raw)))[0] == rid  # and reused from then on
 
 
 def test_small_grid_through_a_server_on_postgresql(tmp_path, monkeypatch, tiny_raw):
@@ -305,17 +305,17 @@ def test_bad_upstream_run_id_and_bad_grid_key(mlflow_env, tiny_raw, tmp_path):
     g.write_text(yaml.safe_dump(doc))
     res = CliRunner().invoke(main, ["grid", "run", str(g), "--scale", "demo", "--dry-run"])
     assert res.exit_code == 1 and "unknown keys ['scaless']" in res.output, res.output
-    assert json.dumps  # (the module is used by the benchmark helpers)
 
 
 def test_a_failing_claimant_releases_its_claim(mlflow_env, tmp_path):
     """A job whose upstream step fails (here: a broken input) ends its claim FAILED at once, so the
     jobs waiting for it take over without waiting for the heartbeat to go stale."""
-    from thesis_mlflow.upstream import find_or_run_binning
+    from thesis_mlflow.spec import BinningSpec
+    from thesis_mlflow.upstream import find_or_run
 
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"not an HDF5 file")
     with pytest.raises(ValueError):
-        find_or_run_binning(str(bad))
+        find_or_run(BinningSpec(str(bad)))
     runs = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'binning'", output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"] and leases.CLAIM_TAG in runs[0].data.tags

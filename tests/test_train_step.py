@@ -21,6 +21,8 @@ from thesis_mlflow.train import (
     lr_lambda,
     make_optimizer,
     resolve_step,
+    restore_state,
+    saved_state,
 )
 
 SMALL = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
@@ -39,6 +41,47 @@ def test_device_schedule_equals_lambda(warmup, total):
     for step in range(0, total + 3):
         got = lr_factor(torch.tensor(float(step), dtype=torch.float64), warmup, total).item()
         assert got == pytest.approx(f(step), rel=1e-12, abs=1e-15), step
+
+
+# warm-up over 10 steps, then cosine to zero at step 110: values a reader can check by hand
+SCHEDULE = {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 35: 0.5 * (1 + math.cos(math.pi / 4)), 60: 0.5, 85: 0.5 * (1 - math.cos(math.pi / 4)),
+            110: 0.0, 200: 0.0}
+
+
+@pytest.mark.parametrize("step, want", SCHEDULE.items())
+def test_schedule_at_named_steps(step, want):
+    assert lr_lambda(10, 110)(step) == pytest.approx(want, abs=1e-12)
+    assert lr_factor(torch.tensor(float(step), dtype=torch.float64), 10, 110).item() == pytest.approx(want, abs=1e-12)
+
+
+def test_restored_optimizer_has_the_saved_moments_step_and_lr(tokens):
+    """``restore_state`` puts back Adam's moments and step count as saved (a resume that zeroed
+    them would retrain with a cold optimizer), the scheduler's position and the scheduled LR."""
+    cfg = TrainConfig(lr=2e-3, warmup_steps=3)
+    torch.manual_seed(0)
+    model = Classifier(ModelConfig(**SMALL))
+    opt = make_optimizer(model, cfg, torch.device("cpu"), "eager")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, 40))
+    step = EagerStep(model, opt, sched, tokens, cfg, torch.device("cpu"))
+    model.train()
+    step.epoch(epoch_order(len(tokens), 0, 1), lambda: None)
+    ck = saved_state(model, opt, sched, 1, [{"epoch": 1, "metrics": {}}], torch.device("cpu"))
+    n_steps = math.ceil(len(tokens) / cfg.batch_size)
+
+    fresh = Classifier(ModelConfig(**SMALL))
+    opt2 = make_optimizer(fresh, cfg, torch.device("cpu"), "eager")
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lr_lambda(cfg.warmup_steps, 40))
+    history = restore_state(ck, fresh, opt2, sched2, torch.device("cpu"))
+    assert history == [{"epoch": 1, "metrics": {}}]
+    saved = {n: opt.state[p] for n, p in model.named_parameters()}
+    for n, p in fresh.named_parameters():
+        st = opt2.state[p]
+        assert float(st["step"]) == n_steps, n
+        torch.testing.assert_close(st["exp_avg"], saved[n]["exp_avg"], rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(st["exp_avg_sq"], saved[n]["exp_avg_sq"], rtol=0, atol=0, msg=n)
+        assert st["exp_avg_sq"].abs().sum() > 0, n  # real moments, not zeros compared with zeros
+    assert sched2.last_epoch == n_steps
+    assert opt2.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_lambda(cfg.warmup_steps, 40)(n_steps))
 
 
 def _pair(tokens, cfg):

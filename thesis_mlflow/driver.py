@@ -111,14 +111,15 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
 def prepare(g: Grid) -> dict[str, str]:
     """The upstream runs, once: binning per vect and VQ-VAE per vect where included."""
     from . import upstream
+    from .spec import BinningSpec, VQSpec
 
     raw = upstream.ensure_raw(g.data)
     done = {}
     for vect in g.factors["vect"]:
         if "binned" in g.tokenizers:
-            done[f"binning_v{vect}"] = upstream.find_or_run_binning(str(raw), vect=vect, **g.binning)[0]
+            done[f"binning_v{vect}"] = upstream.find_or_run(BinningSpec(input=str(raw), vect=vect, **g.binning))[0]
         if "vqvae" in g.tokenizers:
-            done[f"vqvae_v{vect}"] = upstream.find_or_run_vqvae(upstream.VQSpec(input=str(raw), vect=vect, **g.vqvae))[0]
+            done[f"vqvae_v{vect}"] = upstream.find_or_run(VQSpec(input=str(raw), vect=vect, **g.vqvae))[0]
     return done
 
 

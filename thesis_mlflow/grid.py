@@ -15,9 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from .spec import POOLINGS, TASKS, TOKENIZERS, CellSpec
+from .spec import CODEBOOK_SIZE, FACTORS, POOLINGS, TASKS, TOKENIZERS, VQVAE_EPOCHS, CellSpec
 
-FACTORS = ("tokenizer", "pooling", "met", "vect")
 TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
               "max_train_events", "max_eval_events", "device", "step_mode"}
@@ -76,7 +75,7 @@ class Grid:
     def cells(self) -> list[CellSpec]:
         """Every cell of the grid at this scale, each a complete, validated train spec."""
         base = {"task": self.task, "data": self.data, **self.train, **self.binning}
-        vq = {"vqvae_epochs": self.vqvae.get("epochs", 10), "codebook_size": self.vqvae.get("codebook_size", 512),
+        vq = {"vqvae_epochs": self.vqvae.get("epochs", VQVAE_EPOCHS), "codebook_size": self.vqvae.get("codebook_size", CODEBOOK_SIZE),
               "vqvae_max_events": self.vqvae.get("max_events", 0)}
         out = []
         for seed, tok, pool, met, vect in itertools.product(self.seeds, self.tokenizers, self.factors["pooling"], self.factors["met"],

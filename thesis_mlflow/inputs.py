@@ -75,7 +75,7 @@ def _token_inputs(spec: CellSpec) -> Inputs:
 
     if spec.tokenizer == "binned":
         raw = upstream.ensure_raw(spec.data)
-        run_id, path = upstream.find_or_run_binning(str(raw), n_bins=spec.n_bins, vect=spec.vect, phi=spec.phi, fit_on=spec.fit_on)
+        run_id, path = upstream.find_or_run(spec.binning(str(raw)))
         info = {"binning_run_id": run_id, "data": str(raw), "binned_file": str(path)}
         bd = read_binned(path)
         X, y, attrs = bd.X, bd.y, bd.attrs
@@ -98,8 +98,7 @@ def _code_inputs(spec: CellSpec, raw: Path, splits: dict, labels: dict) -> Input
     if spec.vqvae_run_id:
         vq_run = spec.vqvae_run_id
     else:
-        vq_run, _ = upstream.find_or_run_vqvae(upstream.VQSpec(input=str(raw), vect=spec.vect, codebook_size=spec.codebook_size,
-                                                               epochs=spec.vqvae_epochs, max_events=spec.vqvae_max_events))
+        vq_run, _ = upstream.find_or_run(spec.vqvae(str(raw)))
     model, vq_scaler = upstream.load_vqvae(vq_run)
     if model.cfg.vect != spec.vect:
         raise ValueError(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={spec.vect} was requested")

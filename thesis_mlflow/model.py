@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import POOLINGS, TOKENIZERS
+from .spec import CODEBOOK_SIZE, POOLINGS, TOKENIZERS
 
 N_OBJ = 18
 MAX_LEN = 64  # positional table size; sequences are 18-20 tokens, extra room for appended padding
@@ -37,7 +37,7 @@ class ModelConfig:
     d_ff: int = 144  # 2x d_model, as in the user's config (not the usual 4x)
     dropout: float = 0.1
     vocab_size: int = 886  # binned / binned_ambre: token vocabulary incl. padding 0
-    codebook_size: int = 512  # vqvae: number of codes (index 0 is reserved for padding)
+    codebook_size: int = CODEBOOK_SIZE  # vqvae: number of codes (index 0 is reserved for padding)
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:

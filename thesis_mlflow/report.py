@@ -120,7 +120,7 @@ def missing_cells(expected: list[dict], runs: pd.DataFrame) -> pd.DataFrame:
             rows.append({**e, "state": "NOT STARTED", "epochs_done": 0})
         elif r.status != "FINISHED" or pd.isna(r.test_auc):
             rows.append({**e, "state": r.status, "epochs_done": int(r.epochs_done) if not pd.isna(r.epochs_done) else 0})
-    return pd.DataFrame(rows, columns=["tokenizer", "pooling", "met", "vect", "seed", "state", "epochs_done"])
+    return pd.DataFrame(rows, columns=[*CELL, "seed", "state", "epochs_done"])
 
 
 # --------------------------------------------------------------------------- the answer, in words

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import tracking
+from . import spec, tracking
 
-FACTORS = ["tokenizer", "pooling", "met", "vect", "seed"]
+FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
 PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode"]
 FINAL = ["test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"]  # columns even before any run has them
 PAGE = 1000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 TOKENIZERS = ("direct", "binned", "binned_ambre", "vqvae")
 POOLINGS = ("cls", "mean", "max")
@@ -20,6 +21,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PHI_CONVENTIONS = ("signed", "abs")
 FIT_ON = ("all", "background")
 DEFAULT_DATA = "data/4tops_synthetic.h5"
+FACTORS = ("tokenizer", "pooling", "met", "vect")  # the study's factors; a cell is one level of each, per seed
+CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's choice, >= 2x the ~200 distinct binned tokens
+VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
 
 
 def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
@@ -30,6 +34,63 @@ def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> 
 def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
     """The ``grid.cell`` tag: ``tokenizer=binned,pooling=max,met=true,vect=4,seed=0``."""
     return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
+
+
+@dataclass(frozen=True)
+class BinningSpec:
+    """A binning run (upstream of ``binned`` cells): the settings that identify it, with the
+    input's digest. Same values -> same tokens, so one run serves every cell that needs it."""
+
+    input: str = DEFAULT_DATA
+    n_bins: int = 5  # Ambre-style bins per feature
+    vect: int = 4
+    phi: str = "signed"  # DESIGN.md section 4
+    fit_on: str = "all"  # quantile edges from all training events, or background only
+    step: ClassVar[str] = "binning"
+
+    def __post_init__(self):
+        if not 2 <= self.n_bins <= 20:
+            raise ValueError(f"n_bins must be in 2..20; got {self.n_bins}")
+        if self.vect not in (4, 5):
+            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+        if self.phi not in PHI_CONVENTIONS:
+            raise ValueError(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi!r}")
+        if self.fit_on not in FIT_ON:
+            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
+
+    @property
+    def run_name(self) -> str:
+        return f"binning-v{self.vect}-b{self.n_bins}-{self.phi}-{self.fit_on}"
+
+    def reuse_params(self, digest: str) -> dict:
+        """The params a finished run must have to be reused."""
+        return {"input_sha256": digest, "n_bins": self.n_bins, "vect": self.vect, "phi": self.phi, "fit_on": self.fit_on}
+
+
+@dataclass(frozen=True)
+class VQSpec:
+    """A VQ-VAE pre-training (upstream of ``vqvae`` cells): the settings that identify it, with
+    the input's digest."""
+
+    input: str = DEFAULT_DATA
+    vect: int = 4
+    codebook_size: int = CODEBOOK_SIZE
+    latent_dim: int = 8
+    epochs: int = VQVAE_EPOCHS
+    seed: int = 0
+    batch_size: int = 4096  # objects per step
+    lr: float = 1e-3
+    max_events: int = 0  # train on the first N training events (0 = all)
+    step: ClassVar[str] = "vqvae"
+
+    @property
+    def run_name(self) -> str:
+        return f"vqvae-v{self.vect}-k{self.codebook_size}"
+
+    def reuse_params(self, digest: str) -> dict:
+        """The params a finished run must have to be reused."""
+        return {"input_sha256": digest, "vect": self.vect, "codebook_size": self.codebook_size, "latent_dim": self.latent_dim,
+                "epochs": self.epochs, "seed": self.seed, "batch_size": self.batch_size, "lr": self.lr, "max_events": self.max_events}
 
 
 @dataclass(frozen=True)
@@ -66,8 +127,8 @@ class CellSpec:
     phi: str = "signed"  # binned: phi convention (DESIGN.md section 4)
     fit_on: str = "all"  # binned: quantile edges fitted on all training events or background only
     vqvae_run_id: str = ""  # vqvae: use this run (else one is found or trained)
-    codebook_size: int = 512
-    vqvae_epochs: int = 10
+    codebook_size: int = CODEBOOK_SIZE
+    vqvae_epochs: int = VQVAE_EPOCHS
     vqvae_max_events: int = 0
 
     def __post_init__(self):
@@ -92,8 +153,7 @@ class CellSpec:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number; got {self.lr}")
-        if not 2 <= self.n_bins <= 20:
-            raise ValueError(f"n_bins must be in 2..20; got {self.n_bins}")
+        self.binning(self.data)  # n_bins (and the rest of the binning's settings) validated where they are declared
         if not 2 <= self.codebook_size <= 65536:
             raise ValueError(f"codebook_size must be in 2..65536; got {self.codebook_size}")
         if self.tokenizer == "binned_ambre" and not self.binned_path:
@@ -110,7 +170,7 @@ class CellSpec:
 
     def factors(self) -> dict:
         """The cell's coordinates in the grid (what the grid pre-logs on a child run)."""
-        return {"tokenizer": self.tokenizer, "pooling": self.pooling, "met": self.met, "vect": self.vect, "seed": self.seed}
+        return {**{k: getattr(self, k) for k in FACTORS}, "seed": self.seed}
 
     def settings(self) -> dict:
         """The training settings a train run logs (with the factors, read back from the built
@@ -133,6 +193,15 @@ class CellSpec:
         if "vect" in kw:
             kw["vect"] = int(kw["vect"])
         return cls(**kw)
+
+    def binning(self, raw: str) -> BinningSpec:
+        """The binning run this cell's tokens come from (``binned``), made from ``raw``."""
+        return BinningSpec(input=raw, n_bins=self.n_bins, vect=self.vect, phi=self.phi, fit_on=self.fit_on)
+
+    def vqvae(self, raw: str) -> VQSpec:
+        """The VQ-VAE run this cell's codes come from (``vqvae``, unless ``vqvae_run_id`` names one)."""
+        return VQSpec(input=raw, vect=self.vect, codebook_size=self.codebook_size, epochs=self.vqvae_epochs,
+                      max_events=self.vqvae_max_events)
 
     def replace(self, **changes) -> CellSpec:
         return dataclasses.replace(self, **changes)

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .metrics import BACKGROUNDS
+from .spec import FACTORS
 
-FACTORS = ("tokenizer", "pooling", "met", "vect")
 # contrasts read "later level minus earlier level": binned - direct, max - cls, met in - out, 5 - 4
 CONTRAST_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "pooling": ["cls", "mean", "max"],
                   "met": [False, True], "vect": [4, 5]}

@@ -369,17 +369,7 @@ def fit(
     start = 1
     if resume_from is not None:
         ck = safeload.load(resume_from, map_location=device)
-        model.load_state_dict(ck["model"])
-        _load_optimizer(opt, ck["optimizer"], device)
-        sched.load_state_dict(ck["scheduler"])
-        sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
-        _set_scheduled_lr(opt, sched)  # a captured step leaves the previous step's LR in the group: the next one is the schedule's
-        torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
-        if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-        np.random.set_state(_numpy_state_from(ck["rng"]["numpy"]))
-        random.setstate(ck["rng"]["python"])
-        history = ck["history"]
+        history = restore_state(ck, model, opt, sched, device)
         start = ck["epoch"] + 1
         log.info("resumed from epoch %d", ck["epoch"])
         for h in history:  # let the caller log what it lost (each epoch once)
@@ -417,12 +407,8 @@ def fit(
         metrics = {"train_loss": train_loss, "val_loss": ev["loss"], "val_auc": ev["auc"], "val_acc": ev["acc"],
                    "lr": float(sched.get_last_lr()[0]), "events_per_s": len(train) / train_time}
         history.append({"epoch": epoch, "metrics": metrics})
-        state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                    "numpy": _numpy_state_tensors(), "python": random.getstate()},
-            "history": history, "train_config": {**asdict(cfg), "step_mode": mode}, "model_config": model.config_dict(), **(extra_state or {}),
-        }
+        state = {**saved_state(model, opt, sched, epoch, history, device), "train_config": {**asdict(cfg), "step_mode": mode},
+                 "model_config": model.config_dict(), **(extra_state or {})}
         _atomic_save(state, checkpoint_path)
         if on_checkpoint:
             on_checkpoint(checkpoint_path)
@@ -431,6 +417,36 @@ def fit(
         if on_epoch:
             on_epoch(epoch, metrics)
     return history
+
+
+# --------------------------------------------------------------------------- checkpoint: save and restore, a matched pair
+
+
+def saved_state(model, opt, sched, epoch: int, history: list[dict], device: torch.device) -> dict:
+    """What a checkpoint holds to continue exactly after ``epoch``: model, optimizer (Adam's
+    moments and step), scheduler, every RNG, the metric history. ``restore_state`` reads it."""
+    return {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "numpy": _numpy_state_tensors(), "python": random.getstate()},
+        "history": history,
+    }
+
+
+def restore_state(ck: dict, model, opt, sched, device: torch.device) -> list[dict]:
+    """Put ``saved_state``'s checkpoint back into a fresh model / optimizer / scheduler (and the
+    RNGs) on ``device``, whichever step mode wrote it; returns the metric history."""
+    model.load_state_dict(ck["model"])
+    _load_optimizer(opt, ck["optimizer"], device)
+    sched.load_state_dict(ck["scheduler"])
+    sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
+    _set_scheduled_lr(opt, sched)  # a captured step leaves the previous step's LR in the group: the next one is the schedule's
+    torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
+    if device.type == "cuda" and ck["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
+    np.random.set_state(_numpy_state_from(ck["rng"]["numpy"]))
+    random.setstate(ck["rng"]["python"])
+    return ck["history"]
 
 
 def _numpy_state_tensors() -> dict:

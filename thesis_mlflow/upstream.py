@@ -7,18 +7,18 @@ MLflow only through ``tracking``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import data, leases, tracking
 from .paths import ROOT, resolve
-from .spec import DEFAULT_DATA
+from .spec import DEFAULT_DATA, BinningSpec, VQSpec
 
 log = logging.getLogger(__name__)
 VQVAE_ARTIFACT = "vqvae/model.pt"
@@ -75,29 +75,23 @@ def ensure_raw(path: str) -> Path:
 # --------------------------------------------------------------------------- binning
 
 
-def default_binned_output(input_path: Path, n_bins: int, vect: int, phi: str, fit_on: str) -> Path:
-    return input_path.parent / "binned" / f"{input_path.stem}_v{vect}_b{n_bins}_{phi}_{fit_on}.h5"
+def default_binned_output(input_path: Path, o: BinningSpec) -> Path:
+    return input_path.parent / "binned" / f"{input_path.stem}_v{o.vect}_b{o.n_bins}_{o.phi}_{o.fit_on}.h5"
 
 
-def binning_reuse_params(digest: str, n_bins: int, vect: int, phi: str, fit_on: str) -> dict:
-    """The params that identify a binning: same values -> same tokens."""
-    return {"input_sha256": digest, "n_bins": n_bins, "vect": vect, "phi": phi, "fit_on": fit_on}
-
-
-def run_binning(input: str, output: str | None, n_bins: int, vect: int, phi: str, fit_on: str, use_env: bool = True, lease=None,
-                run_id: str | None = None) -> tuple[str, Path]:
+def run_binning(o: BinningSpec, output: str | None = None, use_env: bool = True, run_id: str | None = None,
+                lease=None) -> tuple[str, Path]:
     """Validate, fit on train, tokenise all splits, write atomically, log. Returns (run id, file).
-    ``run_id``: a claim run to log into (``find_or_run_binning``)."""
+    ``run_id``: a claim run to log into (``find_or_run``)."""
     from .binning import Binning, write_binned
 
-    inp = resolve(input)
-    b = Binning(n_bins=n_bins, vect=vect, phi_convention=phi, fit_on=fit_on)  # checks the options
+    inp = resolve(o.input)
+    b = Binning(n_bins=o.n_bins, vect=o.vect, phi_convention=o.phi, fit_on=o.fit_on)
     splits = data.read_raw(inp)  # validates before anything is written
-    out = resolve(output) if output else default_binned_output(inp, n_bins, vect, phi, fit_on)
+    out = resolve(output) if output else default_binned_output(inp, o)
     digest = data.sha256(inp)
-    name = f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}"
-    with tracking.step_run("binning", run_name=name, use_env=use_env, run_id=run_id, lease=lease) as run:
-        tracking.log_params({**binning_reuse_params(digest, n_bins, vect, phi, fit_on), "input": input, "input_file": str(inp),
+    with tracking.step_run("binning", run_name=o.run_name, use_env=use_env, run_id=run_id, lease=lease) as run:
+        tracking.log_params({**o.reuse_params(digest), "input": o.input, "input_file": str(inp),
                              "output_file": str(out), "vocab_size": b.vocab_size})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
         t0 = time.perf_counter()
@@ -132,47 +126,18 @@ def binning_metrics(b, train: data.Split, tokens: np.ndarray) -> dict[str, float
     return m
 
 
-def find_or_run_binning(input: str, n_bins: int = 5, vect: int = 4, phi: str = "signed", fit_on: str = "all") -> tuple[str, Path]:
-    """The binned file for these settings: from a FINISHED run with the same input digest and
-    params if one exists (its file, or its artifact when the file is gone), else a new run."""
-    inp = resolve(input)
-    if not inp.is_file():
-        raise FileNotFoundError(f"raw input {inp} not found")
-    digest = data.sha256(inp)
-    run, claim = leases.find_or_claim("binning", binning_reuse_params(digest, n_bins, vect, phi, fit_on),
-                                      f"binning-v{vect}-b{n_bins}-{phi}-{fit_on}")
-    if run is not None:
-        out = Path(run.data.params.get("output_file", ""))
-        if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
-            log.info("reusing binning run %s (%s)", run.info.run_id, out)
-            return run.info.run_id, out
-        local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
-        log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
-        return run.info.run_id, local
-    with leases.claimed(claim):  # the claim lives while we work, and ends FAILED if we fail, even before logging
-        return run_binning(str(inp), None, n_bins, vect, phi, fit_on, use_env=False, run_id=claim.run_id, lease=claim)
+def _binned_file_of(run) -> Path:
+    """A finished binning run's file: where it was written if still intact, else its artifact."""
+    out = Path(run.data.params.get("output_file", ""))
+    if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
+        log.info("reusing binning run %s (%s)", run.info.run_id, out)
+        return out
+    local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
+    log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
+    return local
 
 
 # --------------------------------------------------------------------------- VQ-VAE
-
-
-@dataclass(frozen=True)
-class VQSpec:
-    """A VQ-VAE pre-training: the settings that identify it (with the input's digest)."""
-
-    input: str = DEFAULT_DATA
-    vect: int = 4
-    codebook_size: int = 512
-    latent_dim: int = 8
-    epochs: int = 10
-    seed: int = 0
-    batch_size: int = 4096  # objects per step
-    lr: float = 1e-3
-    max_events: int = 0  # train on the first N training events (0 = all)
-
-    def reuse_params(self, digest: str) -> dict:
-        return {"input_sha256": digest, "vect": self.vect, "codebook_size": self.codebook_size, "latent_dim": self.latent_dim,
-                "epochs": self.epochs, "seed": self.seed, "batch_size": self.batch_size, "lr": self.lr, "max_events": self.max_events}
 
 
 def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=None) -> tuple[str, Path]:
@@ -211,17 +176,30 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
         return run.info.run_id, path
 
 
-def find_or_run_vqvae(o: VQSpec) -> tuple[str, Path]:
-    """A FINISHED vqvae run with the same input digest and params, else a new one."""
+def _vqvae_file_of(run) -> Path:
+    log.info("reusing vqvae run %s", run.info.run_id)
+    return tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
+
+
+# --------------------------------------------------------------------------- found or made once
+
+
+def find_or_run(o: BinningSpec | VQSpec) -> tuple[str, Path]:
+    """The upstream run ``o`` describes: a FINISHED run of that step with the same input digest
+    and params if one exists, else one made now (by exactly one of the jobs asking together:
+    ``leases.find_or_claim``). Returns (run id, local output file)."""
     inp = resolve(o.input)
     if not inp.is_file():
         raise FileNotFoundError(f"raw input {inp} not found")
-    run, claim = leases.find_or_claim("vqvae", o.reuse_params(data.sha256(inp)), f"vqvae-v{o.vect}-k{o.codebook_size}")
+    run, claim = leases.find_or_claim(o.step, o.reuse_params(data.sha256(inp)), o.run_name)
     if run is not None:
-        log.info("reusing vqvae run %s", run.info.run_id)
-        return run.info.run_id, tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
-    with leases.claimed(claim):
-        return run_vqvae(VQSpec(**{**o.__dict__, "input": str(inp)}), use_env=False, run_id=claim.run_id, lease=claim)
+        return run.info.run_id, _REUSE[o.step](run)
+    with leases.claimed(claim):  # the claim lives while we work, and ends FAILED if we fail, even before logging
+        return _RUN[o.step](dataclasses.replace(o, input=str(inp)), use_env=False, run_id=claim.run_id, lease=claim)
+
+
+_REUSE = {"binning": _binned_file_of, "vqvae": _vqvae_file_of}
+_RUN = {"binning": run_binning, "vqvae": run_vqvae}
 
 
 def load_vqvae(run_id: str):

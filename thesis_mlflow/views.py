@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import tracking
+from .spec import FACTORS
 
 TAG_PREFIX = "mlflow.sharedViewState."
 ID_PREFIX = "thesis-"
@@ -26,7 +27,6 @@ NAME_PREFIX = "[thesis-mlflow]"
 KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"  # opens the experiment on its runs table, not the GenAI overview
 MAX_TAG = 5000  # MLflow's limit on an experiment tag value
-FACTORS = ("tokenizer", "pooling", "met", "vect")
 METRICS = ("test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "test_acc")
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .spec import CODEBOOK_SIZE, VQVAE_EPOCHS
+
 log = logging.getLogger(__name__)
 
 N_IDS = 7
@@ -25,7 +27,7 @@ N_IDS = 7
 @dataclass
 class VQConfig:
     vect: int = 4
-    codebook_size: int = 512
+    codebook_size: int = CODEBOOK_SIZE
     latent_dim: int = 8  # low-dimensional: the object has only 3-4 features and an ID
     hidden: int = 128
     commitment: float = 0.25  # beta of the VQ-VAE paper
@@ -203,7 +205,7 @@ def usage_stats(codes: np.ndarray, K: int) -> dict[str, float]:
 
 @dataclass
 class VQTrainConfig:
-    epochs: int = 10
+    epochs: int = VQVAE_EPOCHS
     batch_size: int = 4096  # objects per step
     lr: float = 1e-3
     seed: int = 0
