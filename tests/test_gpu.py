@@ -75,12 +75,12 @@ def test_cell_trains_on_cuda_end_to_end(mlflow_env, tiny_raw):
 def test_killed_run_resumes_on_cuda(mlflow_env, tiny_raw):
     import mlflow
 
-    from thesis_mlflow.cell import FAULT_ENV
+    from tests.fault import kill_env
 
     base = {"MLFLOW_TRACKING_URI": mlflow_env, "MLFLOW_EXPERIMENT_NAME": "test-exp"}
     ref = _train(tiny_raw, base)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    killed = _train(tiny_raw, {**base, FAULT_ENV: "1"})
+    killed = _train(tiny_raw, kill_env(1, base=base))
     assert killed.returncode == -9
     (run,) = [r for r in _runs("train") if r.info.status == "RUNNING"]
     c = mlflow.MlflowClient()

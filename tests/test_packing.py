@@ -15,8 +15,8 @@ import mlflow
 import pytest
 import yaml
 
+from tests.fault import kill_env
 from thesis_mlflow import packing
-from thesis_mlflow.cell import FAULT_CELL_ENV, FAULT_ENV
 from thesis_mlflow.driver import ensure_children, find_or_create_parent, run_pack
 from thesis_mlflow.grid import load_grid, write_dag
 
@@ -68,7 +68,7 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
     # the pack job is evicted (SIGKILL) in its second cell, right after that cell's first epoch
-    env = {**os.environ, FAULT_ENV: "1", FAULT_CELL_ENV: "direct-max-met-4v-s0", "MLFLOW_EXPERIMENT_ID": exp}
+    env = {**kill_env(1, "direct-max-met-4v-s0"), "MLFLOW_EXPERIMENT_ID": exp}
     cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "demo", "--runs", runs]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == -9, first.stderr[-2000:]

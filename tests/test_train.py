@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow.cell import FAULT_ENV
+from tests.fault import kill_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",
@@ -97,7 +97,7 @@ def test_kill_and_resume_is_exact(mlflow_env, tiny_raw):
     # killed (SIGKILL, no cleanup) right after epoch 2 is logged
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name("test-exp").experiment_id
-    killed = _train_cmd(tiny_raw, {**base, FAULT_ENV: "2"})
+    killed = _train_cmd(tiny_raw, kill_env(2, base=base))
     assert killed.returncode == -9
     run = [r for r in _runs("train") if r.info.status == "RUNNING"]
     assert len(run) == 1

@@ -134,6 +134,14 @@ def test_views_update_in_place_and_leave_user_views_alone(grid_on_server):
     ours = views.decode(second[views.TAG_PREFIX + views.grid_views(GRID)[0].id])
     assert ours["name"].startswith(views.NAME_PREFIX) and ours["state"]["orderByKey"] == "metrics.`test_auc`"
     assert ours["state"]["searchFilter"] == f"tags.`grid.name` = '{GRID}' and tags.step = 'train'"
+    # a view written by an older version (other columns): refreshed in place, its creation time kept
+    cells = views.grid_views(GRID)[0]
+    stale = views.View(cells.id, cells.name, {**cells.state, "selectedColumns": ["params.`old`"]})
+    c.set_experiment_tag(exp, views.TAG_PREFIX + cells.id, views.encode(stale, 123))
+    views.write_views(GRID, exp)
+    tags = c.get_experiment(exp).tags
+    assert tags[views.TAG_PREFIX + cells.id] == views.encode(cells, 123)
+    assert tags[user_key].startswith('{"name": "mine"') and '"also mine"' in tags[squatted]
 
 
 def test_query_api(grid_on_server):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +23,6 @@ from .spec import CellSpec, cell_name, cell_tag
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
-# Fault injection for tests of eviction: SIGKILL this process right after epoch N is logged
-# (only in the cell whose run name is FAULT_CELL_ENV, when that is set).
-FAULT_ENV = "THESIS_MLFLOW_KILL_AFTER_EPOCH"
-FAULT_CELL_ENV = "THESIS_MLFLOW_KILL_CELL"
 # Settings that must agree between a run's earlier attempts (or `mlflow run`'s own params) and now.
 CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
 
@@ -117,10 +112,6 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             log.info("resuming run %s from its checkpoint", run_id)
         if "scaler" in info:
             tracking.log_dict(info["scaler"], "model/scaler.json")
-        kill_after = int(os.environ.get(FAULT_ENV, "0") or 0)
-        if os.environ.get(FAULT_CELL_ENV) not in (None, "", name):
-            kill_after = 0
-
         def on_epoch(epoch: int, values: dict) -> None:
             if lease is not None:
                 lease.check()  # taken over while we trained: stop before logging anything more
@@ -129,8 +120,6 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             tracking.log_metrics({**values, "epoch": epoch}, step=epoch)  # "epoch": the latest value is the progress (grid status)
             logged_epochs.add(epoch)
             runlog.upload_current()  # the log so far, one click away while the cell runs
-            if kill_after and epoch == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
 
         def on_step_mode(mode: str, fallback: str | None) -> None:
             """The step mode that actually runs: the param (DESIGN.md) when not logged yet, and a tag
