@@ -62,11 +62,9 @@ class UserFailure(click.ClickException):
 
 
 def user_errors(fn):
-    """Turn bad-input exceptions into a one-line error and a non-zero exit (no traceback).
-
-    ValueError covers the data-format errors (``DataFormatError`` is one) and every spec check;
-    ``thesis_mlflow.errors.UserError`` the states a user resolves (a run leased elsewhere: 75).
-    """
+    """Turn the project's ``UserError``s (bad settings and inputs, runs leased elsewhere: 75, ...;
+    see thesis_mlflow/errors.py) into a one-line error and a non-zero exit. Anything else is a
+    bug and keeps its traceback, a ``ValueError`` included."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
@@ -77,7 +75,5 @@ def user_errors(fn):
             return fn(*a, **kw)
         except UserError as e:
             raise UserFailure(str(e), getattr(e, "exit_code", 1)) from e
-        except (ValueError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from e
 
     return wrapper

@@ -89,10 +89,7 @@ def prepare_cmd(grid_file, scale) -> None:
 def pack_cmd(grid_file, scale, runs, mode, at_once, mps) -> None:
     from thesis_mlflow.driver import run_pack
 
-    try:
-        run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once)
-    except RuntimeError as e:  # some cells failed: non-zero, so DAGMan retries the node
-        raise click.ClickException(str(e)) from e
+    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once)  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
 
 
 if __name__ == "__main__":

@@ -28,9 +28,36 @@ def tiny_raw(tmp_path_factory, tiny_splits):
     return path
 
 
+# Tests that need a tracking store, a server or a trained model are integration tests: marked
+# ``slow`` here by the fixtures they use (and by hand where a test starts processes), so that
+# ``pytest -m "not slow"`` is the quick loop while editing.
+SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "filled_server", "grid_on_server", "store", "filled_store",
+                 "binned_files"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory):
+    """An empty SQLite tracking store with MLflow's schema, made once: creating one runs ~40
+    migrations (2-4 s), copying the file takes milliseconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
+
+
 @pytest.fixture()
-def mlflow_env(tmp_path, monkeypatch):
+def mlflow_env(tmp_path, monkeypatch, template_store):
     """A fresh SQLite tracking store and experiment for one test; no leaking run ids."""
+    import shutil
+
+    shutil.copyfile(template_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-exp")

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from .data import N_OBJ, SPLITS, DataFormatError, Split, atomic_path, open_h5, split_keys
+from .errors import BadInput, BadSetting
 from .spec import FIT_ON, PHI_CONVENTIONS
 
 _PHI_TOL = 1e-6  # a few float32 ulps at pi
@@ -41,7 +42,7 @@ def phi_bins(phi: np.ndarray, n_bins: int, convention: str) -> np.ndarray:
     elif convention == "abs":
         b = np.floor(np.abs(wrapped) / (np.pi / n_bins)).astype(np.int64) + 1
     else:
-        raise ValueError(f"phi convention must be one of {', '.join(PHI_CONVENTIONS)}; got {convention!r}")
+        raise BadSetting(f"phi convention must be one of {', '.join(PHI_CONVENTIONS)}; got {convention!r}")
     return np.clip(b, 1, n_bins)
 
 
@@ -61,15 +62,15 @@ class Binning:
 
     def __post_init__(self):
         if not isinstance(self.n_bins, (int, np.integer)) or self.n_bins < 2:
-            raise ValueError(f"n_bins must be an integer >= 2, got {self.n_bins!r}")
+            raise BadSetting(f"n_bins must be an integer >= 2, got {self.n_bins!r}")
         if self.vect not in (4, 5):
-            raise ValueError(f"vect must be 4 or 5, got {self.vect!r}")
+            raise BadSetting(f"vect must be 4 or 5, got {self.vect!r}")
         if self.phi_convention not in PHI_CONVENTIONS:
-            raise ValueError(f"phi convention must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi_convention!r}")
+            raise BadSetting(f"phi convention must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi_convention!r}")
         if self.fit_on not in FIT_ON:
-            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
+            raise BadSetting(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
         if self.n_ids < 1:
-            raise ValueError(f"n_ids must be >= 1, got {self.n_ids!r}")
+            raise BadSetting(f"n_ids must be >= 1, got {self.n_ids!r}")
         self.edges = {k: np.asarray(v, np.float64) for k, v in self.edges.items()}
 
     # ------------------------------------------------------------------ sizes
@@ -94,10 +95,10 @@ class Binning:
         """Quantile edges on the valid objects (and events with MET > 0) of ``split``."""
         keep = np.ones(len(split), bool) if self.fit_on == "all" else split.y != 1
         if not keep.any():
-            raise ValueError(f"no events to fit the binning on (fit_on={self.fit_on})")
+            raise BadInput(f"no events to fit the binning on (fit_on={self.fit_on})")
         valid = split.valid[keep]
         if not valid.any():
-            raise ValueError("no valid (non-padding) objects to fit the binning on")
+            raise BadInput("no valid (non-padding) objects to fit the binning on")
         q = np.arange(1, self.n_bins) / self.n_bins
         edges = {}
         for f in self.features:
@@ -107,7 +108,7 @@ class Binning:
             else:
                 vals = split.feature(_OBJ_FEATURE[f])[keep][valid]
             if len(vals) == 0:
-                raise ValueError(f"no values to fit the {f} edges on")
+                raise BadInput(f"no values to fit the {f} edges on")
             edges[f] = np.quantile(vals.astype(np.float64), q)
         self.edges = edges
         return self
@@ -115,10 +116,10 @@ class Binning:
     def _check_fitted(self):
         missing = [f for f in self.features if f not in self.edges]
         if missing:
-            raise ValueError(f"binning not fitted: no edges for {missing}")
+            raise BadInput(f"binning not fitted: no edges for {missing}")
         for f in self.features:
             if len(self.edges[f]) != self.n_bins - 1:
-                raise ValueError(f"edges for {f} have {len(self.edges[f])} values, expected n_bins-1 = {self.n_bins - 1}")
+                raise BadInput(f"edges for {f} have {len(self.edges[f])} values, expected n_bins-1 = {self.n_bins - 1}")
 
     def transform(self, split: Split) -> np.ndarray:
         """Integer tokens (N, 20): 18 objects, MET, MET-phi. Padding stays 0."""
@@ -127,7 +128,7 @@ class Binning:
         ids = split.ids
         valid = split.valid
         if np.any(ids[valid] > self.n_ids):
-            raise ValueError(f"object IDs above n_ids={self.n_ids} cannot be encoded (found {int(ids.max())})")
+            raise BadInput(f"object IDs above n_ids={self.n_ids} cannot be encoded (found {int(ids.max())})")
         comps = []
         if self.vect == 5:
             comps.append(quantile_bins(split.feature("E"), self.edges["e"]))

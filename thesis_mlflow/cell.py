@@ -18,6 +18,7 @@ import numpy as np
 
 from . import data, features, leases, metrics, runlog, tracking
 from .done import has_results
+from .errors import RunConflict
 from .inputs import build_inputs
 from .spec import CellSpec, cell_name, cell_tag
 
@@ -97,7 +98,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
     logged = existing.data.params  # ours from an earlier attempt, or what `mlflow run` logged
     clash = {k: (logged[k], tracking.fmt(params[k])) for k in CHECKED if k in logged and not tracking.same_value(logged[k], params[k])}
     if clash:
-        raise ValueError(f"run {run_id} was started with other settings; refusing to resume: {clash}")
+        raise RunConflict(f"run {run_id} was started with other settings; refusing to resume: {clash}")
     # the rest: ours where new; what `mlflow run` or an earlier attempt logged stays
     tracking.log_params({k: v for k, v in params.items() if k not in logged})
     if not existing.inputs.dataset_inputs:

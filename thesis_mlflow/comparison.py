@@ -17,6 +17,7 @@ import numpy as np
 from . import compare as cmp
 from . import data, tracking
 from .binning import Binning
+from .errors import BadInput, MissingInput
 from .paths import resolve
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ def resolve_ours(ours: str) -> Path:
     if len(ours) == 32 and all(ch in "0123456789abcdef" for ch in ours):
         arts = [a.path for a in tracking.client().list_artifacts(ours, "binned")]
         if not arts:
-            raise ValueError(f"run {ours} has no binned/ artifact (is it a binning run?)")
+            raise BadInput(f"run {ours} has no binned/ artifact (is it a binning run?)")
         return tracking.artifact_path(ours, arts[0])
-    raise FileNotFoundError(f"--ours {ours}: neither a file nor a binning run id")
+    raise MissingInput(f"--ours {ours}: neither a file nor a binning run id")
 
 
 def _aligned_view(ours: cmp.TokenFile, theirs: cmp.TokenFile):

@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import BadInput, BadSetting
 from .spec import TASKS  # noqa: F401  (re-exported: data.TASKS)
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ FEATURE_INDEX = {"E": 0, "pT": 1, "eta": 2, "phi": 3}
 VECT_FEATURES = {4: ("pT", "eta", "phi"), 5: ("E", "pT", "eta", "phi")}
 
 
-class DataFormatError(ValueError):
+class DataFormatError(BadInput):
     """An input file does not follow the format of DESIGN.md section 3 (or section 4)."""
 
 
@@ -80,7 +81,7 @@ class Split:
     def continuous(self, vect: int) -> np.ndarray:
         """Continuous features given to the model: (pT, eta, phi) for vect=4, (E, pT, eta, phi) for 5."""
         if vect not in VECT_FEATURES:
-            raise ValueError(f"vect must be 4 or 5, got {vect!r}")
+            raise BadSetting(f"vect must be 4 or 5, got {vect!r}")
         cols = [FEATURE_INDEX[f] for f in VECT_FEATURES[vect]]
         return self.objects[:, :, cols]  # (N, 18, vect-1)
 
@@ -105,13 +106,13 @@ def task_labels(y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
         keep = np.ones(len(y), dtype=bool)
         target = y.astype(np.int64) - 1
     else:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise BadSetting(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     return keep, target
 
 
 def n_classes(task: str) -> int:
     if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise BadSetting(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     return 5 if task == "multiclass" else 2
 
 

@@ -17,13 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import Unavailable
 from .server import free_port
 
 
 def pg_bin(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
-        raise FileNotFoundError(f"{name} not found: install PostgreSQL (Debian: apt-get install postgresql)")
+        raise Unavailable(f"{name} not found: install PostgreSQL (Debian: apt-get install postgresql)")
     return found
 
 
@@ -69,5 +70,5 @@ def start() -> PgServer:
         if r.returncode != 0:
             log = (root / "log").read_text()[-1000:] if (root / "log").exists() else ""
             pg.stop()
-            raise RuntimeError(f"{Path(cmd[0]).name} failed: {(r.stderr or r.stdout).strip()[-500:]} {log}")
+            raise Unavailable(f"{Path(cmd[0]).name} failed: {(r.stderr or r.stdout).strip()[-500:]} {log}")
     return pg

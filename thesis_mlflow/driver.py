@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import leases, packing, tracking, views
 from .done import is_done
-from .errors import LeaseHeld
+from .errors import BadSetting, LeaseHeld, StepFailed
 from .grid import Grid, load_grid, write_dag
 from .paths import ROOT, resolve
 from .spec import CellSpec
@@ -281,13 +281,13 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     another; ``processes``: one process per cell sharing the GPU, under MPS where it works.
     Raises when a cell is not finished (DAGMan then retries)."""
     if mode not in PACK_MODES:
-        raise ValueError(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
+        raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
     g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
     by_name = {c.name: c for c in g.cells()}
     pairs = [p.split("=", 1) for p in runs.split(",") if p]
     bad = [p[0] for p in pairs if len(p) != 2 or p[0] not in by_name]
     if bad or not pairs:
-        raise ValueError(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
+        raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     c = tracking.client()
     tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
@@ -306,7 +306,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
                 status = train_here(todo, echo, side_by_side=side, at_once=at_once)
     failed = [name for name, rid in pairs if not is_done(c.get_run(rid))]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
+        raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
     return status
 
 

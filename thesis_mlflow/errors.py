@@ -1,14 +1,40 @@
 """The project's own exceptions: what went wrong in terms a user can act on.
 
-The CLI shows a ``UserError`` (and ``ValueError`` / ``FileNotFoundError`` of bad input) as one
-line and a non-zero exit; anything else keeps its traceback, because it is a bug.
+The CLI (``steps/_common.user_errors``) shows a ``UserError`` as one line and a non-zero exit;
+anything else (a ``ValueError`` from a bug included) keeps its traceback, because it is a bug.
+The classes that stand for bad values also derive from ``ValueError`` / ``FileNotFoundError``,
+so library callers may catch them the standard way.
 """
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input or a state the user must resolve; shown as one line."""
+    """Something the user can act on; shown as one line, exit 1 unless ``exit_code`` says otherwise."""
+
+
+class BadSetting(UserError, ValueError):
+    """A setting (option, spec field, grid YAML key) outside what is allowed; the message lists what is."""
+
+
+class BadInput(UserError, ValueError):
+    """An input that is not what the step needs: a file of the wrong format or vect, a run of another step, an experiment or grid with no such runs."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """An input file that does not exist where it was looked for."""
+
+
+class RunConflict(UserError, ValueError):
+    """A run that already holds other settings than the ones asked for: resuming would mix them."""
+
+
+class StepFailed(UserError):
+    """Work this command depends on failed (a cell of a pack, an upstream step in another job); the runs say why."""
+
+
+class Unavailable(UserError, RuntimeError):
+    """Something this machine lacks or could not start: CUDA, an MPS daemon, PostgreSQL, the tracking server."""
 
 
 class LeaseHeld(UserError):

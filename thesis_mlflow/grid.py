@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from .spec import CODEBOOK_SIZE, FACTORS, POOLINGS, TASKS, TOKENIZERS, VQVAE_EPOCHS, CellSpec
+from .errors import BadSetting, MissingInput
+from .spec import CODEBOOK_SIZE, DEFAULT_DATA, FACTORS, POOLINGS, TASKS, TOKENIZERS, VQVAE_EPOCHS, CellSpec
 
 TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
@@ -100,7 +101,7 @@ class Grid:
 def _check(keys, allowed, where):
     bad = set(keys) - set(allowed)
     if bad:
-        raise ValueError(f"{where}: unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
+        raise BadSetting(f"{where}: unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
 
 
 def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None = None) -> Grid:
@@ -111,17 +112,17 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} not found")
+        raise MissingInput(f"grid file {path} not found")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
+        raise BadSetting(f"{path}: not valid YAML ({e})") from e
     _check(doc, TOP_KEYS, str(path))
     if not doc.get("name"):
-        raise ValueError(f"{path}: 'name' is required")
+        raise BadSetting(f"{path}: 'name' is required")
     scales = doc.get("scales") or {}
     if scale not in scales:
-        raise ValueError(f"{path}: scale {scale!r} not defined; defined scales: {', '.join(scales) or 'none'}")
+        raise BadSetting(f"{path}: scale {scale!r} not defined; defined scales: {', '.join(scales) or 'none'}")
     sc = scales[scale] or {}
     _check(sc, {"seeds", "train", "vqvae"}, f"{path}: scales.{scale}")
     f = doc.get("factors") or {}
@@ -131,14 +132,14 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     for k in FACTORS:
         levels = f.get(k, allowed[k])
         if not isinstance(levels, list) or not levels:
-            raise ValueError(f"{path}: factors.{k} must be a non-empty list")
+            raise BadSetting(f"{path}: factors.{k} must be a non-empty list")
         for lv in levels:
             if lv not in allowed[k]:
-                raise ValueError(f"{path}: factors.{k} has level {lv!r}; allowed: {allowed[k]} (binned_ambre comes from binned_ambre_path)")
+                raise BadSetting(f"{path}: factors.{k} has level {lv!r}; allowed: {allowed[k]} (binned_ambre comes from binned_ambre_path)")
         factors[k] = levels
     seeds = sc.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"{path}: scales.{scale}.seeds must be a list of integers >= 0")
+        raise BadSetting(f"{path}: scales.{scale}.seeds must be a list of integers >= 0")
     ambre = doc.get("binned_ambre_path")
     if ambre is None:
         ambre = {}
@@ -147,12 +148,12 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     elif isinstance(ambre, dict):
         ambre = {int(k): str(v) for k, v in ambre.items() if v}
         if set(ambre) - {4, 5}:
-            raise ValueError(f"{path}: binned_ambre_path keys must be 4 and/or 5")
+            raise BadSetting(f"{path}: binned_ambre_path keys must be 4 and/or 5")
     else:
-        raise ValueError(f"{path}: binned_ambre_path must be a path or a mapping {{4: path, 5: path}}")
+        raise BadSetting(f"{path}: binned_ambre_path must be a path or a mapping {{4: path, 5: path}}")
     task = doc.get("task", "4t_vs_bg")
     if task not in TASKS:
-        raise ValueError(f"{path}: task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise BadSetting(f"{path}: task must be one of {', '.join(TASKS)}; got {task!r}")
     train = dict(sc.get("train") or {})
     _check(train, TRAIN_KEYS, f"{path}: scales.{scale}.train")
     vq = dict(sc.get("vqvae") or {})
@@ -172,13 +173,13 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     ambre = {k: absolute(v) for k, v in ambre.items()}
     k = condor["cells_per_job"]
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
-    g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", "data/4tops_synthetic.h5")),
+        raise BadSetting(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
+    g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA)),
              task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor, source=path)
     try:
         g.cells()  # every cell is a valid train spec, or nothing runs
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: scales.{scale}: {e}") from e
+        raise BadSetting(f"{path}: scales.{scale}: {e}") from e
     return g
 
 
@@ -217,13 +218,13 @@ def getenv_value(setting, environ: dict | None = None) -> str:
         return "False"
     names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
     if names is None:
-        raise ValueError(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
+        raise BadSetting(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
     env = os.environ if environ is None else environ
     bad = [n for n in names if n.strip() in ("*", "") or _looks_secret(n)]
     bad += [n for n in names if "*" in n or "?" in n
             for s in (*KNOWN_SECRETS, *(k for k in env if _looks_secret(k))) if fnmatch.fnmatchcase(s, n) and n not in bad]
     if bad:
-        raise ValueError(f"condor.getenv would copy {sorted(set(bad))} (or a secret they match) into job ads that every user can read; "
+        raise BadSetting(f"condor.getenv would copy {sorted(set(bad))} (or a secret they match) into job ads that every user can read; "
                          "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
     out = []
     for n in names:
@@ -238,7 +239,7 @@ def check_no_credentials(tracking_uri: str) -> None:
 
     parts = urlsplit(tracking_uri)
     if parts.password or parts.username:
-        raise ValueError("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
+        raise BadSetting("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
                          "export the URI without it and put the login in ~/.mlflow/credentials")
 
 

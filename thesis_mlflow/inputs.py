@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, features, upstream
+from .errors import BadInput
 from .paths import resolve
 from .spec import CellSpec
 
@@ -88,7 +89,7 @@ def _token_inputs(spec: CellSpec) -> Inputs:
         X[sp], y[sp] = X[sp][:n], y[sp][:n]
     file_vect = int(attrs.get("vect") or infer_vect(X, attrs, spec.vect))
     if file_vect != spec.vect:
-        raise ValueError(f"binned file {info['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")
+        raise BadInput(f"binned file {info['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")
     info["vect"] = file_vect
     info["vocab_size"] = int(attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1)
     return Inputs({s: features.token_inputs(X[s], spec.met) for s in data.SPLITS}, y, info)
@@ -101,7 +102,7 @@ def _code_inputs(spec: CellSpec, raw: Path, splits: dict, labels: dict) -> Input
         vq_run, _ = upstream.find_or_run(spec.vqvae(str(raw)))
     model, vq_scaler = upstream.load_vqvae(vq_run)
     if model.cfg.vect != spec.vect:
-        raise ValueError(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={spec.vect} was requested")
+        raise BadInput(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={spec.vect} was requested")
     info = {"data": str(raw), "vqvae_run_id": vq_run, "codebook_size": model.cfg.codebook_size, "scaler": vq_scaler.to_dict(),
             "vect": model.cfg.vect}
     arrays = {}

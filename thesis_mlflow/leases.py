@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import mlflow
 
 from . import tracking
-from .errors import LeaseHeld, LeaseLost
+from .errors import LeaseHeld, LeaseLost, StepFailed
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
                 if holder.info.status == "FAILED" and holder.data.tags.get(LOST) is None and holder.info.run_id not in failed:
                     failed.add(holder.info.run_id)
                     if len(failed) >= MAX_FAILED_HOLDERS:
-                        raise RuntimeError(f"{step} with these settings failed in {len(failed)} other jobs (last: run "
+                        raise StepFailed(f"{step} with these settings failed in {len(failed)} other jobs (last: run "
                                            f"{holder.info.run_id}); see their logs")
                 target = n + 1
             elif holder is not None:  # lost

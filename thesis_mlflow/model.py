@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BadSetting
 from .spec import CODEBOOK_SIZE, POOLINGS, TOKENIZERS
 
 N_OBJ = 18
@@ -41,18 +42,18 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
+            raise BadSetting(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+            raise BadSetting(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.vect not in (4, 5):
-            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise BadSetting(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         for k in ("d_model", "n_layers", "n_heads", "d_ff", "n_classes"):
             if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1; got {getattr(self, k)}")
+                raise BadSetting(f"{k} must be >= 1; got {getattr(self, k)}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+            raise BadSetting(f"dropout must be in [0, 1); got {self.dropout}")
 
     @property
     def n_cont(self) -> int:

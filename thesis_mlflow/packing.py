@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import BadSetting, Unavailable
+
 log = logging.getLogger(__name__)
 MPS_MODES = ("auto", "on", "off")
 
@@ -81,7 +83,7 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
     when MPS cannot be started; ``auto`` logs why and shares the GPU the plain way.
     """
     if mode not in MPS_MODES:
-        raise ValueError(f"mps must be one of {', '.join(MPS_MODES)}; got {mode!r}")
+        raise BadSetting(f"mps must be one of {', '.join(MPS_MODES)}; got {mode!r}")
     why = None
     if mode == "off" or parallel < 2:
         why = "not asked for" if mode == "off" else "one process"
@@ -93,7 +95,7 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
         why = "no GPU visible"
     if why is not None:
         if mode == "on" and why not in ("one process", "an MPS daemon is already set up for this job"):
-            raise RuntimeError(f"mps=on, but MPS cannot be used here: {why}")
+            raise Unavailable(f"mps=on, but MPS cannot be used here: {why}")
         if why in ("not asked for", "one process") or (why == "nvidia-cuda-mps-control is not on the PATH" and not shutil.which("nvidia-smi")):
             log.debug("no private MPS daemon (%s)", why)  # nothing to say about hardware this machine does not have
         else:
@@ -125,7 +127,7 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
     if msg is not None:
         shutil.rmtree(root, ignore_errors=True)
         if mode == "on":
-            raise RuntimeError(msg)
+            raise Unavailable(msg)
         log.warning("%s; sharing the GPU without it", msg)
         yield {}
         return

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import spec, tracking
+from .errors import BadInput
 
 FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
 PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode"]
@@ -37,7 +38,7 @@ def _experiment_ids(experiment: str | None) -> list[str]:
     if exp is None and name.isdigit():
         exp = c.get_experiment(name)
     if exp is None:
-        raise ValueError(f"no experiment {name!r} at {tracking.tracking_uri()}")
+        raise BadInput(f"no experiment {name!r} at {tracking.tracking_uri()}")
     return [exp.experiment_id]
 
 

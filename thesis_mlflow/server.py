@@ -41,7 +41,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from . import logins
-from .errors import UserError
+from .errors import Unavailable, UserError
 from .logins import AUTH_INI, CREDENTIALS, credentials, ensure_auth_config, install_client_credentials  # noqa: F401 (re-exported)
 from .private import check_private, secure_dir, write_private
 
@@ -168,13 +168,13 @@ def _wait_until_up(proc: subprocess.Popen, port: int, local_uri: str, cafile: Pa
     t0 = time.time()
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}; see {root / 'server.log'}"
+            raise Unavailable(f"mlflow server exited with code {proc.returncode}; see {root / 'server.log'}"
                                + (" (another process may have taken the port)" if proc.returncode else ""))
         if listens(proc.pid, port) and healthy(local_uri, cafile):
             return
         if time.time() - t0 > wait:
             stop_pid(proc.pid)
-            raise RuntimeError(f"mlflow server did not answer on {local_uri} within {wait:.0f} s; see {root / 'server.log'}")
+            raise Unavailable(f"mlflow server did not answer on {local_uri} within {wait:.0f} s; see {root / 'server.log'}")
         time.sleep(0.5)
 
 
@@ -192,7 +192,7 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
 
         driver = "psycopg2" if backend_store_uri.startswith("postgresql+psycopg2") else "psycopg"
         if importlib.util.find_spec(driver) is None:
-            raise ValueError("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
+            raise Unavailable("--backend-store-uri postgresql://... needs the PostgreSQL driver: pip install 'thesis-mlflow[postgres]'")
     port = port or free_port("127.0.0.1" if host in ("0.0.0.0", "::") else host)
     check_port_free(host, port)
     (root / "artifacts").mkdir(exist_ok=True)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from .errors import BadSetting
+
 TOKENIZERS = ("direct", "binned", "binned_ambre", "vqvae")
 POOLINGS = ("cls", "mean", "max")
 TASKS = ("4t_vs_bg", "4t_vs_ttH", "multiclass")
@@ -50,13 +52,13 @@ class BinningSpec:
 
     def __post_init__(self):
         if not 2 <= self.n_bins <= 20:
-            raise ValueError(f"n_bins must be in 2..20; got {self.n_bins}")
+            raise BadSetting(f"n_bins must be in 2..20; got {self.n_bins}")
         if self.vect not in (4, 5):
-            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         if self.phi not in PHI_CONVENTIONS:
-            raise ValueError(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi!r}")
+            raise BadSetting(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi!r}")
         if self.fit_on not in FIT_ON:
-            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
+            raise BadSetting(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
 
     @property
     def run_name(self) -> str:
@@ -135,29 +137,29 @@ class CellSpec:
         for k, allowed in (("tokenizer", TOKENIZERS), ("pooling", POOLINGS), ("task", TASKS), ("step_mode", STEP_MODES),
                            ("device", DEVICES), ("phi", PHI_CONVENTIONS), ("fit_on", FIT_ON)):
             if getattr(self, k) not in allowed:
-                raise ValueError(f"{k} must be one of {', '.join(allowed)}; got {getattr(self, k)!r}")
+                raise BadSetting(f"{k} must be one of {', '.join(allowed)}; got {getattr(self, k)!r}")
         for k in ("met", "system_metrics"):
             if not isinstance(getattr(self, k), bool):
-                raise ValueError(f"{k} must be true or false; got {getattr(self, k)!r}")
+                raise BadSetting(f"{k} must be true or false; got {getattr(self, k)!r}")
         if self.vect not in (4, 5):
-            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         for k in ("seed", "max_train_events", "max_eval_events", "weight_decay", "warmup_steps", "vqvae_max_events"):
             if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0; got {getattr(self, k)}")
+                raise BadSetting(f"{k} must be >= 0; got {getattr(self, k)}")
         for k in ("d_model", "n_layers", "n_heads", "d_ff", "epochs", "batch_size", "vqvae_epochs"):
             if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1; got {getattr(self, k)}")
+                raise BadSetting(f"{k} must be >= 1; got {getattr(self, k)}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise BadSetting(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+            raise BadSetting(f"dropout must be in [0, 1); got {self.dropout}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number; got {self.lr}")
+            raise BadSetting(f"lr must be a positive number; got {self.lr}")
         self.binning(self.data)  # n_bins (and the rest of the binning's settings) validated where they are declared
         if not 2 <= self.codebook_size <= 65536:
-            raise ValueError(f"codebook_size must be in 2..65536; got {self.codebook_size}")
+            raise BadSetting(f"codebook_size must be in 2..65536; got {self.codebook_size}")
         if self.tokenizer == "binned_ambre" and not self.binned_path:
-            raise ValueError("tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)")
+            raise BadSetting("tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)")
 
     # ------------------------------------------------------------------ identity
     @property
@@ -185,7 +187,7 @@ class CellSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(opts) - known
         if unknown:
-            raise ValueError(f"unknown cell settings {sorted(unknown)}; allowed: {sorted(known)}")
+            raise BadSetting(f"unknown cell settings {sorted(unknown)}; allowed: {sorted(known)}")
         kw = dict(opts)
         for k in ("tokenizer", "pooling", "task", "phi", "fit_on", "device", "step_mode"):
             if isinstance(kw.get(k), str):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .errors import BadSetting
 from .metrics import BACKGROUNDS
 from .spec import FACTORS
 
@@ -83,7 +84,7 @@ def metric_mask(metric: str, labels: np.ndarray, process: np.ndarray | None) -> 
     name = metric.removeprefix("auc_vs_")
     code = {v: k for k, v in BACKGROUNDS.items()}.get(name)
     if code is None or process is None:
-        raise ValueError(f"unknown metric {metric!r} (or no process labels stored): expected auc or auc_vs_<{'|'.join(BACKGROUNDS.values())}>")
+        raise BadSetting(f"unknown metric {metric!r} (or no process labels stored): expected auc or auc_vs_<{'|'.join(BACKGROUNDS.values())}>")
     return (np.asarray(labels) == 1) | (np.asarray(process) == code)
 
 

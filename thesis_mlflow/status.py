@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tracking
+from .errors import BadInput
 from .runlog import ERROR_CLASS, ERROR_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
     parents = c.search_runs([exp_id], tracking.grid_filter(name, "grid"), order_by=["attributes.start_time ASC"], max_results=1)
     parent = parents[0] if parents else None
     if parent is None and cells is None:
-        raise ValueError(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()} "
+        raise BadInput(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()} "
                          "(give its YAML file, or the name its runs carry in the grid.name tag)")
     runs = {}
     if parent is not None:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import report as rep
 from . import stats, tracking, views
+from .errors import BadInput
 from .paths import ROOT
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def collect(grid: str) -> dict:
     runs = results.grid_runs(grid, exp)
     parents = c.search_runs([exp], tracking.grid_filter(grid, "grid"), max_results=1)
     if not len(runs) and not parents:
-        raise ValueError(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
+        raise BadInput(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
     h = results.histories(grid, "val_auc", exp, runs=runs)
     hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
     hist.update({name: [] for name in runs["name"] if name not in hist})

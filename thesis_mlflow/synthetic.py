@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .data import LABEL_NAMES, N_FEAT, N_OBJ, Split
+from .errors import BadSetting
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +316,9 @@ def _generate_class(rng, cfg, label, n_needed):
 def generate(cfg: GeneratorConfig) -> dict[str, Split]:
     """Generate the three splits. Same config (seed included) -> identical arrays."""
     if cfg.n_events < 10:
-        raise ValueError(f"n_events must be at least 10, got {cfg.n_events}")
+        raise BadSetting(f"n_events must be at least 10, got {cfg.n_events}")
     if abs(sum(cfg.fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"class fractions must sum to 1, got {cfg.fractions}")
+        raise BadSetting(f"class fractions must sum to 1, got {cfg.fractions}")
     rng = np.random.default_rng(cfg.seed)
     labels = sorted(cfg.fractions)
     counts = [int(round(cfg.fractions[k] * cfg.n_events)) for k in labels]

@@ -21,6 +21,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from .errors import BadInput, RunConflict
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -183,7 +185,7 @@ def log_params(params: dict) -> None:
     existing = client().get_run(run.info.run_id).data.params if run else {}
     clash = {k: (existing[k], fmt(v)) for k, v in params.items() if k in existing and not same_value(existing[k], v)}
     if clash:
-        raise ValueError(f"run {run.info.run_id} already has other values for {clash} (logged, now)")
+        raise RunConflict(f"run {run.info.run_id} already has other values for {clash} (logged, now)")
     new = {k: fmt(v) for k, v in params.items() if k not in existing}
     if new:
         retrying(mlflow.log_params, new)
@@ -293,9 +295,9 @@ def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
-        raise ValueError(f"run {run_id!r} not found at {tracking_uri()} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
+        raise BadInput(f"run {run_id!r} not found at {tracking_uri()} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
     if step and run.data.tags.get("step") != step:
-        raise ValueError(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
+        raise BadInput(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
     return run
 
 

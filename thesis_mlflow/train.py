@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from . import safeload
+from .errors import BadSetting, Unavailable
 from .features import Tensors
 from .metrics import binary_metrics
+from .schedule import epoch_order, lr_factor, lr_lambda
 from .spec import STEP_MODES
 
 log = logging.getLogger(__name__)
@@ -61,24 +63,24 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1; got {self.epochs}")
+            raise BadSetting(f"epochs must be >= 1; got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+            raise BadSetting(f"batch_size must be >= 1; got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number; got {self.lr}")
+            raise BadSetting(f"lr must be a positive number; got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip <= 0:
-            raise ValueError("weight_decay and warmup_steps must be >= 0 and grad_clip > 0")
+            raise BadSetting("weight_decay and warmup_steps must be >= 0 and grad_clip > 0")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+            raise BadSetting(f"device must be one of auto, cpu, cuda; got {self.device!r}")
         if self.step_mode not in STEP_MODES:
-            raise ValueError(f"step_mode must be one of {', '.join(STEP_MODES)}; got {self.step_mode!r}")
+            raise BadSetting(f"step_mode must be one of {', '.join(STEP_MODES)}; got {self.step_mode!r}")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda requested but no CUDA device is available")
+        raise Unavailable("device=cuda requested but no CUDA device is available")
     return torch.device(name)
 
 
@@ -89,7 +91,7 @@ def resolve_step(step: str, device: torch.device) -> str:
             return "eager"
         return "compiled" if importlib.util.find_spec("triton") is not None else "graph"
     if step in ("graph", "compiled") and device.type != "cuda":
-        raise ValueError(f"step_mode={step} needs a CUDA device (CUDA graphs); use eager or auto on {device.type}")
+        raise BadSetting(f"step_mode={step} needs a CUDA device (CUDA graphs); use eager or auto on {device.type}")
     return step
 
 
@@ -97,34 +99,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total`` steps."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return f
-
-
-def lr_factor(step: torch.Tensor, warmup: int, total: int) -> torch.Tensor:
-    """``lr_lambda`` on a device tensor (float64), so a captured graph computes its own LR."""
-    warm = (step + 1) / max(warmup, 1)
-    progress = ((step - warmup) / max(1, total - warmup)).clamp(max=1.0)
-    return torch.where(step < warmup, warm, 0.5 * (1 + torch.cos(math.pi * progress)))
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The training order of one epoch: a function of (seed, epoch) only, so resume-proof."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-# --------------------------------------------------------------------------- metrics
 
 
 def signal_scores(logits: torch.Tensor) -> torch.Tensor:

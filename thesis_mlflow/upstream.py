@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, leases, tracking
+from .errors import MissingInput
 from .paths import ROOT, resolve
 from .spec import DEFAULT_DATA, BinningSpec, VQSpec
 
@@ -69,7 +70,7 @@ def ensure_raw(path: str) -> Path:
                 log.info("%s missing: generating the built-in dataset", p)
                 run_generate(FULL_SIZE, 0, str(p), use_env=False)
         return p
-    raise FileNotFoundError(f"data file {p} not found (give --data a raw 4-top HDF5 file)")
+    raise MissingInput(f"data file {p} not found (give --data a raw 4-top HDF5 file)")
 
 
 # --------------------------------------------------------------------------- binning
@@ -190,7 +191,7 @@ def find_or_run(o: BinningSpec | VQSpec) -> tuple[str, Path]:
     ``leases.find_or_claim``). Returns (run id, local output file)."""
     inp = resolve(o.input)
     if not inp.is_file():
-        raise FileNotFoundError(f"raw input {inp} not found")
+        raise MissingInput(f"raw input {inp} not found")
     run, claim = leases.find_or_claim(o.step, o.reuse_params(data.sha256(inp)), o.run_name)
     if run is not None:
         return run.info.run_id, _REUSE[o.step](run)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BadSetting
 from .spec import CODEBOOK_SIZE, VQVAE_EPOCHS
 
 log = logging.getLogger(__name__)
@@ -40,19 +41,19 @@ class VQConfig:
 
     def __post_init__(self):
         if self.vect not in (4, 5):
-            raise ValueError(f"vect must be 4 or 5; got {self.vect!r}")
+            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         if not 2 <= self.codebook_size <= 65536:
-            raise ValueError(f"codebook_size must be in [2, 65536]; got {self.codebook_size}")
+            raise BadSetting(f"codebook_size must be in [2, 65536]; got {self.codebook_size}")
         if self.latent_dim < 1 or self.hidden < 1:
-            raise ValueError("latent_dim and hidden must be >= 1")
+            raise BadSetting("latent_dim and hidden must be >= 1")
         if self.commitment < 0:
-            raise ValueError(f"commitment must be >= 0; got {self.commitment}")
+            raise BadSetting(f"commitment must be >= 0; got {self.commitment}")
         if not 0 < self.decay < 1:
-            raise ValueError(f"decay must be in (0, 1); got {self.decay}")
+            raise BadSetting(f"decay must be in (0, 1); got {self.decay}")
         if self.kmeans_iters < 1:
-            raise ValueError(f"kmeans_iters must be >= 1; got {self.kmeans_iters}")
+            raise BadSetting(f"kmeans_iters must be >= 1; got {self.kmeans_iters}")
         if self.dead_threshold < 0:
-            raise ValueError(f"dead_threshold must be >= 0; got {self.dead_threshold}")
+            raise BadSetting(f"dead_threshold must be >= 0; got {self.dead_threshold}")
 
     @property
     def n_cont(self) -> int:
@@ -212,7 +213,7 @@ class VQTrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
-            raise ValueError("vqvae training needs epochs >= 1, batch_size >= 2 and lr > 0")
+            raise BadSetting("vqvae training needs epochs >= 1, batch_size >= 2 and lr > 0")
 
 
 def train_vqvae(model: ObjectVQVAE, cont: np.ndarray, ids: np.ndarray, tcfg: VQTrainConfig, feature_names: list[str],
