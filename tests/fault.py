@@ -1,6 +1,10 @@
-"""Environment that makes a train process (or one cell of a pack) die like an evicted job:
-SIGKILL right after an epoch is logged. The hook lives in tests/fault_hook, never in the
-product; child processes inherit it through PYTHONPATH."""
+"""Faults planted from the tests, never from the product: a train process (or one cell of a
+pack) dies like an evicted job (SIGKILL, no cleanup) or fails with an exception, right after
+one of its epochs is logged or checkpointed.
+
+In this process: ``install(...)`` (monkeypatches ``tracking``). In a child process:
+``kill_env(...)`` puts tests/fault_hook on PYTHONPATH, whose sitecustomize calls ``install``.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,60 @@ import os
 from pathlib import Path
 
 HOOK = Path(__file__).parent / "fault_hook"
+ENV = {"epoch": "THESIS_MLFLOW_FAULT_EPOCH", "cell": "THESIS_MLFLOW_FAULT_CELL", "at": "THESIS_MLFLOW_FAULT_AT",
+       "how": "THESIS_MLFLOW_FAULT_HOW"}
 
 
-def kill_env(after_epoch: int, cell: str = "", base: dict | None = None) -> dict:
-    """``base`` (default: this process's environment) plus the hook, killing after ``after_epoch``
-    in the cell named ``cell`` (every cell when empty)."""
+class PlantedFailure(RuntimeError):
+    """The exception a cell made to fail on purpose raises."""
+
+
+def install(epoch: int, cell: str = "", at: str = "metrics", how: str = "kill", patch=None) -> None:
+    """After epoch ``epoch``'s metrics (``at="metrics"``) or its checkpoint upload (``"checkpoint"``,
+    before the metrics) in the cell named ``cell`` (any when empty): SIGKILL (``how="kill"``) or
+    raise ``PlantedFailure`` (``"raise"``). ``patch``: a ``pytest.MonkeyPatch`` to undo it with."""
+    import signal
+
+    import mlflow
+
+    from thesis_mlflow import tracking
+
+    set_attr = patch.setattr if patch is not None else setattr
+
+    def fire() -> None:
+        if cell not in ("", mlflow.active_run().info.run_name):
+            return
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise PlantedFailure(f"planted failure after epoch {epoch}")
+
+    if at == "metrics":
+        log_metrics = tracking.log_metrics
+
+        def logged(metrics, step=None):
+            log_metrics(metrics, step)
+            if "epoch" in metrics and int(metrics["epoch"]) == epoch:
+                fire()
+
+        set_attr(tracking, "log_metrics", logged)
+    else:
+        log_artifact = tracking.log_artifact
+        uploads = {"n": 0}
+
+        def uploaded(path, artifact_path=None, *a, **kw):
+            log_artifact(path, artifact_path, *a, **kw)
+            if artifact_path == "checkpoints":
+                uploads["n"] += 1  # one checkpoint per epoch trained in this process
+                if uploads["n"] == epoch:
+                    fire()
+
+        set_attr(tracking, "log_artifact", uploaded)
+
+
+def kill_env(epoch: int, cell: str = "", base: dict | None = None, at: str = "metrics", how: str = "kill") -> dict:
+    """``base`` (default: this process's environment) plus the hook, for a child process."""
     env = dict(os.environ if base is None else base)
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = f"{HOOK}{os.pathsep}{path}" if path else str(HOOK)
-    env["THESIS_MLFLOW_KILL_AFTER_EPOCH"] = str(after_epoch)
-    env["THESIS_MLFLOW_KILL_CELL"] = cell
+    env.update({ENV["epoch"]: str(epoch), ENV["cell"]: cell, ENV["at"]: at, ENV["how"]: how})
     return env

@@ -107,6 +107,16 @@ def test_compare_entry_point_logs_summary(mlflow_env, binned_files, tiny_raw):
     assert arts == {"compare/summary.json", "compare/compare.html"}
 
 
+def test_a_colleague_file_of_the_other_vect_is_refused(mlflow_env, binned_files, tiny_raw):
+    from .test_train import TINY
+
+    path = binned_files["signed"]  # made with vect=4 (its attributes say so)
+    res = CliRunner().invoke(main, ["train", "--tokenizer", "binned_ambre", "--binned-path", str(path), "--data", str(tiny_raw),
+                                    "--vect", "5", "--epochs", "1", *TINY])
+    assert res.exit_code == 1 and f"binned file {path} was made with vect=4, but vect=5 was requested" in res.output
+    assert mlflow.search_runs(experiment_names=["test-exp"], output_format="list") == []
+
+
 @pytest.mark.parametrize("which, how", [("combined", "aligned_with_raw"), ("shuffled", "seeded_80_10_10_seed0")])
 def test_train_on_combined_colleague_file(mlflow_env, binned_files, tiny_raw, which, how):
     from .test_train import TINY

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from tests.fault import kill_env
+from tests.fault import ENV, kill_env
 from thesis_mlflow import server
 from thesis_mlflow.driver import run_grid, train_command
 from thesis_mlflow.grid import load_grid, write_dag
@@ -151,7 +151,7 @@ def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path,
     s1 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
     assert sorted(s1["launched"]) == sorted(["direct-mean-met-4v-s0", "direct-mean-met-5v-s0", "binned-mean-met-4v-s0", "binned-mean-met-5v-s0"])
     assert s1["status"]["binned-mean-met-5v-s0"] == "FAILED" and s1["n_finished"] == 3
-    monkeypatch.delenv("THESIS_MLFLOW_KILL_AFTER_EPOCH")
+    monkeypatch.delenv(ENV["epoch"])
     # second pass: only the failed cell runs again, on its own run id, resuming from epoch 1
     s2 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
     assert s2["launched"] == ["binned-mean-met-5v-s0"] and s2["n_finished"] == 4

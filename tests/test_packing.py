@@ -89,6 +89,40 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
         run_pack(str(gfile), "demo", "nope=123", echo=lines.append)
 
 
+def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, tmp_path, monkeypatch):
+    """One cell of a pack raises (a bug, here planted after its first epoch): the other cell of the
+    same process still trains to the end, the failed one is FAILED with its error tags and log,
+    and ``grid pack`` exits 1 with one line naming it, so DAGMan's RETRY runs the node again."""
+    from click.testing import CliRunner
+
+    from steps.cli import main
+    from tests.fault import install
+
+    doc = {"name": "pf", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max"], "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 300, "max_eval_events": 200}}},
+           "condor": {"cells_per_job": 2}}
+    gfile = tmp_path / "pf.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    g = load_grid(gfile, "demo", base_dir=ROOT)
+    exp = mlflow.MlflowClient().create_experiment("test-exp")
+    children = ensure_children(g, find_or_create_parent(g, exp), exp)
+    runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
+    install(1, "direct-mean-met-4v-s0", how="raise", patch=monkeypatch)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+    res = CliRunner().invoke(main, ["grid", "pack", str(gfile), "--scale", "demo", "--runs", runs])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines()[-1] == "Error: 1 of 2 cells not finished: direct-mean-met-4v-s0 (a retry resumes them)"
+    c = mlflow.MlflowClient()
+    by = {cell.name: c.get_run(r.info.run_id) for cell, r in children.items()}
+    ok, bad = by["direct-max-met-4v-s0"], by["direct-mean-met-4v-s0"]
+    assert ok.info.status == "FINISHED" and "test_auc" in ok.data.metrics
+    assert bad.info.status == "FAILED" and "test_auc" not in bad.data.metrics
+    assert bad.data.tags["error.class"] == "PlantedFailure" and bad.data.tags["error.message"] == "planted failure after epoch 1"
+    log_text = Path(mlflow.artifacts.download_artifacts(run_id=bad.info.run_id, artifact_path="logs/train.log")).read_text()
+    assert "Traceback" in log_text and "PlantedFailure: planted failure after epoch 1" in log_text
+
+
 def test_thread_budget_is_split(monkeypatch):
     """Known budgets: a Condor slot's OMP_NUM_THREADS bounds the cores, split over the packed
     processes, Inductor's compile workers included, never below one thread."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from steps.train import main as train_cmd
+from thesis_mlflow.errors import BadSetting, LeaseHeld, MissingInput
 from thesis_mlflow.grid import load_grid
 from thesis_mlflow.spec import CellSpec
 
@@ -73,3 +74,28 @@ def test_cli_answers_without_loading_torch_or_mlflow():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "'foo' is not one of 'cls', 'mean', 'max'" in res.stderr
+
+
+@pytest.mark.parametrize("exc, one_line", [
+    (BadSetting("vect must be 4 or 5; got 6"), True),
+    (MissingInput("data file x.h5 not found"), True),
+    (LeaseHeld("run abc", "node7:1234"), True),
+    (ValueError("zip() argument 2 is shorter than argument 1"), False),  # a bug: its traceback is what the next person needs
+    (KeyError("scores"), False),
+])
+def test_cli_shows_user_errors_as_one_line_and_bugs_with_their_traceback(monkeypatch, exc, one_line):
+    from click.testing import CliRunner
+
+    from steps.cli import main
+    from thesis_mlflow import upstream
+
+    def boom(*a, **kw):
+        raise exc
+
+    monkeypatch.setattr(upstream, "run_generate", boom)
+    res = CliRunner().invoke(main, ["generate", "--n-events", "10", "--output", "x.h5"])
+    assert res.exit_code == getattr(exc, "exit_code", 1)
+    if one_line:
+        assert isinstance(res.exception, SystemExit) and res.output.strip().splitlines() == [f"Error: {exc}"]
+    else:
+        assert res.exception is exc  # not turned into a one-line message: the traceback is printed

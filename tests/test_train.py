@@ -55,6 +55,23 @@ def test_train_direct_logs_everything(mlflow_env, tiny_raw):
     assert r.inputs.dataset_inputs[0].dataset.name == Path(tiny_raw).name
 
 
+@pytest.mark.parametrize("task, present, absent", [
+    ("multiclass", {"test_auc_ovr_4t", "test_auc_ovr_ttH", "test_auc_ovr_ttZ", "test_auc_vs_ttZ"}, set()),
+    ("4t_vs_ttH", {"test_auc_vs_ttH", "test_rej50_vs_ttH"}, {"test_auc_vs_ttZ", "test_auc_ovr_4t"}),
+])
+def test_other_tasks_train_end_to_end(mlflow_env, tiny_raw, task, present, absent):
+    res = CliRunner().invoke(main, ["train", "--tokenizer", "direct", "--pooling", "mean", "--task", task, "--epochs", "1",
+                                    "--data", str(tiny_raw), *TINY])
+    assert res.exit_code == 0, res.output
+    (r,) = _runs("train")
+    assert r.info.status == "FINISHED" and r.data.params["task"] == task
+    assert present <= set(r.data.metrics) and not absent & set(r.data.metrics)
+    assert 0 <= r.data.metrics["test_auc"] <= 1  # one tiny epoch: defined, not yet good
+    npz = np.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="eval/test_scores.npz"))
+    wanted = {1, 2} if task == "4t_vs_ttH" else {1, 2, 3, 4, 5}
+    assert set(np.unique(npz["process"])) == wanted  # only the task's processes are evaluated
+
+
 def test_train_binned_reuses_binning_run(mlflow_env, tiny_raw):
     args = ["train", "--tokenizer", "binned", "--pooling", "mean", "--epochs", "1", "--data", str(tiny_raw), *TINY]
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -94,24 +111,27 @@ def test_kill_and_resume_is_exact(mlflow_env, tiny_raw):
     # uninterrupted reference
     ref = _train_cmd(tiny_raw, base)
     assert ref.returncode == 0, ref.stderr
-    # killed (SIGKILL, no cleanup) right after epoch 2 is logged
+    # killed (SIGKILL, no cleanup) between epoch 2's checkpoint upload and its metrics: the
+    # checkpoint knows an epoch the run never logged
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name("test-exp").experiment_id
-    killed = _train_cmd(tiny_raw, kill_env(2, base=base))
+    killed = _train_cmd(tiny_raw, kill_env(2, at="checkpoint", base=base))
     assert killed.returncode == -9
     run = [r for r in _runs("train") if r.info.status == "RUNNING"]
     assert len(run) == 1
     run_id = run[0].info.run_id
-    assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1]
     # the retried job: same command, same run id
     again = _train_cmd(tiny_raw, {**base, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": exp})
     assert again.returncode == 0, again.stderr
     assert "resum" in again.stderr
     r = c.get_run(run_id)
     assert r.info.status == "FINISHED"
-    for k in EPOCH_METRICS:
-        assert [m.step for m in c.get_metric_history(run_id, k)] == [1, 2, 3], k
     ref_run = [x for x in _runs("train") if x.info.run_id != run_id][0]
+    for k in EPOCH_METRICS:  # epoch 2 replayed from the checkpoint's history, each epoch once
+        assert [m.step for m in c.get_metric_history(run_id, k)] == [1, 2, 3], k
+    ref_val = {m.step: m.value for m in c.get_metric_history(ref_run.info.run_id, "val_auc")}
+    assert {m.step: m.value for m in c.get_metric_history(run_id, "val_auc")} == ref_val
     w_ref = torch.load(mlflow.artifacts.download_artifacts(run_id=ref_run.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
     w_res = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
     for k, v in w_ref["model"].items():

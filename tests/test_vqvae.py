@@ -143,3 +143,7 @@ def test_train_with_vqvae_tokenizer(mlflow_env, tiny_raw):
     # a second cell reuses the same vqvae run
     assert CliRunner().invoke(main, [*args, "--pooling", "max"]).exit_code == 0
     assert len([r for r in mlflow.search_runs(experiment_names=["test-exp"], output_format="list") if r.data.tags["step"] == "vqvae"]) == 1
+    # a 5-vector cell pointed at this 4-vector codebook: refused by name, before a run is made
+    res = CliRunner().invoke(main, [*args, "--vect", "5", "--vqvae-run-id", vq[0].info.run_id])
+    assert res.exit_code == 1 and f"vqvae run {vq[0].info.run_id} was trained with vect=4, but vect=5 was requested" in res.output
+    assert len(mlflow.search_runs(experiment_names=["test-exp"], output_format="list")) == 3

@@ -23,6 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PHI_CONVENTIONS = ("signed", "abs")
 FIT_ON = ("all", "background")
 DEFAULT_DATA = "data/4tops_synthetic.h5"
+CHOICES = {"tokenizer": TOKENIZERS, "pooling": POOLINGS, "task": TASKS, "step_mode": STEP_MODES, "device": DEVICES,
+           "phi": PHI_CONVENTIONS, "fit_on": FIT_ON}  # the settings with a fixed set of values
 FACTORS = ("tokenizer", "pooling", "met", "vect")  # the study's factors; a cell is one level of each, per seed
 CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's choice, >= 2x the ~200 distinct binned tokens
 VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
@@ -134,8 +136,7 @@ class CellSpec:
     vqvae_max_events: int = 0
 
     def __post_init__(self):
-        for k, allowed in (("tokenizer", TOKENIZERS), ("pooling", POOLINGS), ("task", TASKS), ("step_mode", STEP_MODES),
-                           ("device", DEVICES), ("phi", PHI_CONVENTIONS), ("fit_on", FIT_ON)):
+        for k, allowed in CHOICES.items():
             if getattr(self, k) not in allowed:
                 raise BadSetting(f"{k} must be one of {', '.join(allowed)}; got {getattr(self, k)!r}")
         for k in ("met", "system_metrics"):
@@ -189,9 +190,9 @@ class CellSpec:
         if unknown:
             raise BadSetting(f"unknown cell settings {sorted(unknown)}; allowed: {sorted(known)}")
         kw = dict(opts)
-        for k in ("tokenizer", "pooling", "task", "phi", "fit_on", "device", "step_mode"):
+        for k, allowed in CHOICES.items():  # case-insensitive on the command line, stored as spelled here (4t_vs_ttH)
             if isinstance(kw.get(k), str):
-                kw[k] = kw[k].lower()
+                kw[k] = next((a for a in allowed if a.lower() == kw[k].lower()), kw[k])
         if "vect" in kw:
             kw["vect"] = int(kw["vect"])
         return cls(**kw)

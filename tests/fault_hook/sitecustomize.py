@@ -1,25 +1,14 @@
-"""Fault injection for tests, outside the product: a process started with this folder on its
-PYTHONPATH and ``THESIS_MLFLOW_KILL_AFTER_EPOCH=N`` SIGKILLs itself (an evicted job: no
-cleanup, no atexit) right after epoch N's metrics are logged, in the cell whose run name is
-``THESIS_MLFLOW_KILL_CELL`` when that is set. See tests/fault.py."""
+"""Loaded at start-up by a test's child process that has this folder on its PYTHONPATH (see
+tests/fault.py): plants the fault its environment describes. Never part of the product."""
 
 import os
 
-if os.environ.get("THESIS_MLFLOW_KILL_AFTER_EPOCH"):
-    import signal
+if os.environ.get("THESIS_MLFLOW_FAULT_EPOCH"):
+    import sys
+    from pathlib import Path
 
-    from thesis_mlflow import tracking
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: tests.fault
+    from tests.fault import install
 
-    _log_metrics = tracking.log_metrics
-
-    def log_metrics(metrics, step=None):
-        _log_metrics(metrics, step)
-        after = int(os.environ["THESIS_MLFLOW_KILL_AFTER_EPOCH"])
-        if "epoch" in metrics and int(metrics["epoch"]) == after:
-            import mlflow
-
-            cell = os.environ.get("THESIS_MLFLOW_KILL_CELL", "")
-            if cell in ("", mlflow.active_run().info.run_name):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    tracking.log_metrics = log_metrics
+    install(int(os.environ["THESIS_MLFLOW_FAULT_EPOCH"]), os.environ.get("THESIS_MLFLOW_FAULT_CELL", ""),
+            os.environ.get("THESIS_MLFLOW_FAULT_AT", "metrics"), os.environ.get("THESIS_MLFLOW_FAULT_HOW", "kill"))
