@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from steps.cli import main
 from tests.fault import ENV, kill_env
-from thesis_mlflow import server
+from thesis_mlflow import devdb, server
 from thesis_mlflow.driver import run_grid, train_command
 from thesis_mlflow.grid import load_grid, write_dag
 from thesis_mlflow.status import grid_status
@@ -120,18 +121,21 @@ def test_condor_dry_run_prints_files(mlflow_env, tmp_path):
     assert mlflow.search_runs(experiment_names=["test-exp"], output_format="list") == []  # a dry run creates no runs
 
 
-@pytest.fixture()
-def live_server(tmp_path, monkeypatch):
-    """A real server with its login; the jobs authenticate through this test's ~/.mlflow/credentials."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def live_server(request, tmp_path, monkeypatch):
+    """A real server with its login, on its own SQLite file or a throwaway PostgreSQL (the
+    cluster's store); the jobs authenticate through this test's ~/.mlflow/credentials."""
+    pg = devdb.start() if request.param == "postgresql" else None
+    request.addfinalizer(lambda: pg and pg.stop())
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    srv = server.start(tmp_path / "srv")
+    srv = server.start(tmp_path / "srv", backend_store_uri=pg.uri if pg else None)
     server.install_client_credentials(tmp_path / "srv", tmp_path / "home")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "grid-test")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(srv.uri)
-    yield srv
+    yield srv, pg
     srv.stop()
 
 
@@ -178,6 +182,10 @@ def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path,
     assert hist[-1].value == 4, [(m.step, m.value) for m in hist]
     assert "4 finished" in parent.data.tags["mlflow.note.content"]
     assert any("[1/1] binned-mean-met-5v-s0" in ln for ln in lines)
+    _, pg = live_server
+    if pg is not None:  # the store really is PostgreSQL: the rows are there
+        out = subprocess.run(["psql", pg.uri, "-tAc", "select count(*) from runs"], capture_output=True, text=True)
+        assert int(out.stdout.strip()) == len(runs)
 
 
 def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -100,23 +101,30 @@ def test_bad_parameters_fail_fast_without_a_run(mlflow_env, tiny_raw, args, code
     assert _runs("train") == []
 
 
+def _train_args(raw, epochs=3):
+    return ["--tokenizer", "binned", "--pooling", "cls", "--epochs", str(epochs), "--data", str(raw), *TINY]
+
+
+def _train_proc(raw, run_env, epochs=3):
+    cmd = [sys.executable, "-m", "steps.train", *_train_args(raw, epochs)]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **run_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _train_cmd(raw, run_env, epochs=3):
-    env = {**os.environ, **run_env}
-    cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "binned", "--pooling", "cls", "--epochs", str(epochs), "--data", str(raw), *TINY]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = _train_proc(raw, run_env, epochs)
+    p.stdout_text, p.stderr = p.communicate(timeout=300)
+    return p
 
 
-def test_kill_and_resume_is_exact(mlflow_env, tiny_raw):
+def test_kill_and_resume_is_exact(mlflow_env, tiny_raw, caplog, monkeypatch):
     base = {"MLFLOW_TRACKING_URI": mlflow_env, "MLFLOW_EXPERIMENT_NAME": "test-exp"}
-    # uninterrupted reference
-    ref = _train_cmd(tiny_raw, base)
-    assert ref.returncode == 0, ref.stderr
-    # killed (SIGKILL, no cleanup) between epoch 2's checkpoint upload and its metrics: the
-    # checkpoint knows an epoch the run never logged
     c = mlflow.MlflowClient()
-    exp = c.get_experiment_by_name("test-exp").experiment_id
-    killed = _train_cmd(tiny_raw, kill_env(2, at="checkpoint", base=base))
-    assert killed.returncode == -9
+    exp = c.create_experiment("test-exp")
+    # an uninterrupted reference and, at the same time, a job killed (SIGKILL, no cleanup) between
+    # epoch 2's checkpoint upload and its metrics: the checkpoint knows an epoch the run never logged
+    ref, killed = _train_proc(tiny_raw, base), _train_proc(tiny_raw, kill_env(2, at="checkpoint", base=base))
+    assert ref.wait(timeout=300) == 0, ref.communicate()[1][-3000:]
+    assert killed.wait(timeout=300) == -9, killed.communicate()[1][-3000:]
     run = [r for r in _runs("train") if r.info.status == "RUNNING"]
     assert len(run) == 1
     run_id = run[0].info.run_id
@@ -137,9 +145,13 @@ def test_kill_and_resume_is_exact(mlflow_env, tiny_raw):
     for k, v in w_ref["model"].items():
         torch.testing.assert_close(w_res["model"][k], v, rtol=0, atol=0, msg=k)
     assert r.data.metrics["test_auc"] == ref_run.data.metrics["test_auc"]
-    # a third start on the finished run trains nothing and logs nothing twice
-    third = _train_cmd(tiny_raw, {**base, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": exp})
-    assert third.returncode == 0 and "nothing to do" in third.stderr
+    # a third start on the finished run trains nothing and logs nothing twice (in this process: no
+    # training to compare, so no subprocess needed)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+    with caplog.at_level(logging.INFO, logger="thesis_mlflow"):
+        third = CliRunner().invoke(main, ["train", *_train_args(tiny_raw)])
+    assert third.exit_code == 0 and "nothing to do" in caplog.text, third.output
     assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1, 2, 3]
 
 
