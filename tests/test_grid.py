@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -98,6 +99,10 @@ def test_dag_and_submit_files_read_back(tmp_path):
     from_dag = {(v["tokenizer"], v["pooling"], v["met"], v["vect"], v["seed"], v["run_id"]) for n, v in vars_.items() if n.startswith("train")}
     expected = {(c.tokenizer, c.pooling, str(c.met).lower(), str(c.vect), str(c.seed), run_ids[c]) for c in cells}
     assert from_dag == expected
+    # DAGMan keeps a node status file, and each node's cells are recorded for `grid status`
+    assert re.search(rf"^NODE_STATUS_FILE {re.escape(str(tmp_path / 'dag' / 'nodes.status'))} 60$", text, re.M)
+    by_node = json.loads((tmp_path / "dag" / "nodes.json").read_text())
+    assert sorted(by_node) == sorted(train_nodes) and all(by_node[n] == [vars_[n]["cell"]] for n in train_nodes)
     # the train submit description carries the configured keys and the job's environment
     subs = {f.name: _parse_sub(f.read_text()) for f in (tmp_path / "dag").glob("*.sub")}
     train_sub = next(v for k, v in subs.items() if k.startswith("train"))

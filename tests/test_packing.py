@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -46,6 +47,8 @@ def test_dag_with_packs_covers_every_cell_once(tmp_path):
     pairs = [x.split("=") for r in runs for x in r.split(",")]
     assert sorted(rid for _, rid in pairs) == sorted(run_ids.values())  # each cell in exactly one pack
     assert {name for name, _ in pairs} == {c.name for c in cells}
+    by_node = json.loads((tmp_path / "dag" / "nodes.json").read_text())  # read back by `grid status` (dagnodes)
+    assert sorted(by_node) == sorted(nodes) and all(by_node[n] == [x.split("=")[0] for x in r.split(",")] for n, r in zip(nodes, runs, strict=True))
     sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
     assert "-m steps.grid pack" in sub and "--runs $(runs)" in sub and "--scale full" in sub
     assert "MLFLOW_RUN_ID" not in sub  # each cell's run id travels in --runs, not the job's environment
@@ -119,6 +122,10 @@ def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, 
     assert ok.info.status == "FINISHED" and "test_auc" in ok.data.metrics
     assert bad.info.status == "FAILED" and "test_auc" not in bad.data.metrics
     assert bad.data.tags["error.class"] == "PlantedFailure" and bad.data.tags["error.message"] == "planted failure after epoch 1"
+    # no driver watches a Condor pack: the cells themselves keep the parent's progress current
+    parent = c.get_run(ok.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["cells_finished"] == 1 and parent.data.metrics["cells_failed"] == 1
+    assert "1 finished" in parent.data.tags["mlflow.note.content"] and "PlantedFailure" in parent.data.tags["mlflow.note.content"]
     log_text = Path(mlflow.artifacts.download_artifacts(run_id=bad.info.run_id, artifact_path="logs/train.log")).read_text()
     assert "Traceback" in log_text and "PlantedFailure: planted failure after epoch 1" in log_text
 

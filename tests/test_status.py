@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import status
+from thesis_mlflow import dagnodes, status
 from thesis_mlflow.driver import ensure_children, find_or_create_parent
 from thesis_mlflow.grid import load_grid
 from thesis_mlflow.paths import ROOT
@@ -24,8 +24,46 @@ TINY = {"epochs": 1, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model"
 
 
 def _train(spec, run_id, env):
+    """A real train process on the child run (started, not waited for)."""
     cmd = [sys.executable, "-m", "steps.train", *spec.cli_args(), "--system-metrics", "false"]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env, "MLFLOW_RUN_ID": run_id}, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "MLFLOW_RUN_ID": run_id}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# What DAGMan writes into a node status file (HTCondor's format; two pack nodes): pack:0's job
+# is on hold after a retry, pack:1's is idle in the queue.
+NODE_STATUS = """[
+  Type = "DagStatus";
+  NodesTotal = 3; NodesDone = 0; NodesQueued = 2; JobProcsHeld = 1; JobProcsIdle = 2;
+]
+[
+  Type = "NodeStatus";
+  Node = "pack:0";
+  NodeStatus = 3; /* "STATUS_SUBMITTED" */
+  StatusDetails = "Job has gone over memory limit of 16384 megabytes";
+  RetryCount = 1;
+  JobProcsQueued = 1;
+  JobProcsHeld = 1;
+]
+[
+  Type = "NodeStatus";
+  Node = "pack:1";
+  NodeStatus = 3; /* "STATUS_SUBMITTED" */
+  StatusDetails = "idle";
+  RetryCount = 0;
+  JobProcsQueued = 1;
+  JobProcsHeld = 0;
+]
+[
+  Type = "NodeStatus";
+  Node = "report";
+  NodeStatus = 0; /* "STATUS_NOT_READY" */
+  StatusDetails = "";
+  RetryCount = 0;
+  JobProcsQueued = 0;
+  JobProcsHeld = 0;
+]
+"""
 
 
 def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp_path, tiny_raw):
@@ -40,12 +78,14 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     c = mlflow.MlflowClient()
     # finished: trained for real
     done_cell, done_id = children["direct-max-met-4v-s0"]
-    assert _train(done_cell, done_id, env).returncode == 0
+    good = _train(done_cell, done_id, env)
     # failed on purpose inside its run: it was started with other settings (resuming is refused)
     bad_cell, bad_id = children["direct-max-met-4v-s1"]
     c.log_param(bad_id, "epochs", "99")
-    res = _train(bad_cell, bad_id, env)
-    assert res.returncode == 1 and "refusing to resume" in res.stderr
+    bad = _train(bad_cell, bad_id, env)
+    assert good.wait(timeout=300) == 0, good.communicate()[1][-3000:]
+    err = bad.communicate(timeout=300)[1]
+    assert bad.returncode == 1 and "refusing to resume" in err
     # running: an epoch done, its rate known
     run_cell, run_id = children["direct-mean-met-4v-s0"]
     c.update_run(run_id, status="RUNNING")
@@ -56,7 +96,7 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
 
     st = status.grid_status("st-demo")  # by the grid's name, as the UI and the report know it
     by = {x.cell: x for x in st.cells}
-    assert st.counts() == {"finished": 1, "running": 1, "not started": 1, "not created": 0, "failed": 1}
+    assert st.counts() == {"finished": 1, "running": 1, "queued": 0, "not started": 1, "not created": 0, "held": 0, "failed": 1}
     assert st.exit_code == 1
     assert by["direct-max-met-4v-s0"].test_auc is not None and (by["direct-max-met-4v-s0"].epoch, by["direct-max-met-4v-s0"].epochs) == (1, 1)
     assert (by["direct-mean-met-4v-s0"].epoch, by["direct-mean-met-4v-s0"].epochs, by["direct-mean-met-4v-s0"].events_per_s) == (1, 4, 200.0)
@@ -65,12 +105,12 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     grid_epoch_s = (2.0 + fin.n_train_events / fin.events_per_s) / 2
     assert abs(st.eta_s() - (3 * 2.0 + 1 * grid_epoch_s)) < 1e-6
     (group, cells), = st.failed_groups().items()
-    assert group[0] == "ValueError" and "refusing to resume" in group[1] and [x.cell for x in cells] == ["direct-max-met-4v-s1"]
+    assert group[0] == "RunConflict" and "refusing to resume" in group[1] and [x.cell for x in cells] == ["direct-max-met-4v-s1"]
     # the failed run's own log, one click away: the traceback is in it
     log = Path(mlflow.artifacts.download_artifacts(run_id=bad_id, artifact_path="logs/train.log", dst_path=str(tmp_path / "dl"))).read_text()
     assert "Traceback" in log and "refusing to resume" in log
     text = st.render()
-    assert "1 finished, 1 running, 1 not started, 1 failed; ETA 0m0" in text and "FAILED ValueError" in text
+    assert "1 finished, 1 running, 1 not started, 1 failed; ETA 0m0" in text and "FAILED RunConflict" in text
     assert "refusing to resume" in text.split("last lines of")[1]
     # the command: by name, and non-zero because a cell failed
     res = CliRunner().invoke(main, ["grid", "status", "st-demo"])
@@ -79,4 +119,20 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     status.publish(st, 1)
     p = c.get_run(parent.info.run_id)
     assert p.data.metrics["cells_failed"] == 1 and p.data.metrics["cells_finished"] == 1 and "FAILED" not in p.data.tags["mlflow.note.content"]
-    assert "**ValueError** (1)" in p.data.tags["mlflow.note.content"]
+    assert "**RunConflict** (1)" in p.data.tags["mlflow.note.content"]
+    # on Condor, DAGMan's node status file tells what MLflow cannot: the running cell's job is now
+    # on hold (its run would stay RUNNING forever), the unstarted one waits in the queue
+    dag = tmp_path / "dag"
+    dag.mkdir()
+    dagnodes.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
+                                       "pack:1": ["direct-max-met-4v-s1", "direct-mean-met-4v-s1"]})
+    (dag / dagnodes.STATUS_FILE).write_text(NODE_STATUS)
+    c.set_tag(parent.info.run_id, status.DAG_DIR_TAG, str(dag))
+    st = status.grid_status("st-demo")
+    by = {x.cell: (x.state, x.retries, x.error_class) for x in st.cells}
+    assert by == {"direct-max-met-4v-s0": ("finished", 1, None), "direct-mean-met-4v-s0": ("held", 1, "held by HTCondor"),
+                  "direct-max-met-4v-s1": ("failed", 0, "RunConflict"), "direct-mean-met-4v-s1": ("queued", 0, None)}
+    text = st.render(with_logs=False)
+    assert "st-demo: 4 cells: 1 finished, 1 queued, 1 held, 1 failed" in text
+    assert "HELD held by HTCondor: Job has gone over memory limit of 16384 megabytes" in text
+    assert st.exit_code == 1

@@ -20,7 +20,7 @@ from . import data, features, leases, metrics, runlog, tracking
 from .done import has_results
 from .errors import RunConflict
 from .inputs import build_inputs
-from .spec import CellSpec, cell_name, cell_tag
+from .spec import CODEBOOK_SIZE, CellSpec, cell_name, cell_tag
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
@@ -44,7 +44,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
                                    n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
                                    d_ff=spec.d_ff, dropout=spec.dropout, vocab_size=inp.info.get("vocab_size", 886),
-                                   codebook_size=inp.info.get("codebook_size", 512)))
+                                   codebook_size=inp.info.get("codebook_size", CODEBOOK_SIZE)))
     tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
     factors = _factors(model, inp)
     params = {**spec.settings(), **{k: factors[k] for k in ("tokenizer", "pooling", "met", "vect", "d_model", "n_layers", "n_heads", "d_ff",
@@ -58,8 +58,10 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     given = run_id or os.environ.get("MLFLOW_RUN_ID")
     # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
     lease = leases.acquire_run(given, f"train run {given} ({name})") if given else None
+    ours = None
     try:
         with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics, run_id=given) as run:
+            ours = run.info.run_id
             lease = lease or leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
             with lease.kept():
                 _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name, lease)
@@ -68,6 +70,17 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     finally:
         if lease is not None:
             lease.stop()
+        if ours is not None:
+            _publish_progress(ours)
+
+
+def _publish_progress(run_id: str) -> None:
+    from . import status
+
+    try:
+        status.publish_after_cell(run_id)
+    except Exception as e:  # noqa: BLE001 - the progress display must never fail a cell
+        log.warning("could not update the grid's progress after run %s: %s", run_id, e)
 
 
 def _factors(model, inp) -> dict:

@@ -24,6 +24,7 @@ from .errors import BadSetting, LeaseHeld, StepFailed
 from .grid import Grid, load_grid, write_dag
 from .paths import ROOT, resolve
 from .spec import CellSpec
+from .status import DAG_DIR_TAG
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -427,7 +428,9 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     views.echo_views(g.run_name, exp_id, echo)
     summary = {"parent": pid, "launched": [cell.name for cell, _ in todo]}
     if backend == "condor":
-        summary["dag"] = str(run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo))
+        dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
+        c.set_tag(pid, DAG_DIR_TAG, str(dag.parent))  # where `grid status` finds DAGMan's node status file
+        summary["dag"] = str(dag)
         return summary
     if todo:
         echo("preparing upstream runs (binning, VQ-VAE) ...")

@@ -307,13 +307,17 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
     if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the server's certificate (public), so HTTPS is verified on the nodes
         base_env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-    dag = dags.DAG()
+    from . import dagnodes
+
+    # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
+    dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / dagnodes.STATUS_FILE, update_time=dagnodes.UPDATE_S))
     prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
     k = int(grid.condor["cells_per_job"])
     if k == 1:
+        dagnodes.write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
         env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
         prepare.child_layer(
             name="train",
@@ -325,6 +329,7 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     else:
         args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)"
         packs = grid.packs(cells)
+        dagnodes.write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
         prepare.child_layer(
             name="pack",
             submit_description=submit_description(grid, args, _env(base_env), "pack-$(pack)", project_dir, python),

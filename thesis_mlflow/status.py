@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import tracking
+from . import dagnodes, tracking
 from .errors import BadInput
 from .runlog import ERROR_CLASS, ERROR_MESSAGE
 
 log = logging.getLogger(__name__)
 
 NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
-ORDER = (FINISHED, RUNNING, NOT_STARTED, NOT_CREATED, FAILED)
+QUEUED, HELD = "queued", "held"  # from HTCondor (dagnodes): a job waiting for a slot, a job on hold
+ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
+DAG_DIR_TAG = "condor.dag_dir"  # on a Condor grid's parent: the folder of its DAG and node status file
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,12 @@ class CellState:
     test_auc: float | None = None
     error_class: str | None = None
     error_message: str | None = None
+    retries: int = 0  # DAGMan retries of the node that trains this cell (Condor)
 
     def seconds_left(self, fallback_epoch_s: float | None) -> float | None:
         """Training seconds this cell still needs, from its own rate (or the grid's)."""
         left = max(self.epochs - self.epoch, 0)
-        if self.state in (FINISHED, FAILED) or left == 0:
+        if self.state in (FINISHED, FAILED, HELD) or left == 0:
             return 0.0
         if self.events_per_s and self.n_train_events:
             return left * self.n_train_events / self.events_per_s
@@ -63,23 +66,26 @@ class GridStatus:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts()[FAILED] else 0
+        """Non-zero when a cell failed or is held: either needs the user."""
+        n = self.counts()
+        return 1 if n[FAILED] or n[HELD] else 0
 
     def eta_s(self) -> float | None:
         """Seconds until every cell not failed is finished, at the measured rates and with as
         many cells at once as run now (one when none does)."""
         rates = [c.n_train_events / c.events_per_s for c in self.cells if c.events_per_s and c.n_train_events]
         epoch_s = sum(rates) / len(rates) if rates else None
-        left = [c.seconds_left(epoch_s) for c in self.cells]
+        left = [c.seconds_left(epoch_s) for c in self.cells if c.state != HELD]  # a held job waits for the user, not the clock
         if any(x is None for x in left):
             return None
         parallel = max(1, self.counts()[RUNNING])
-        return sum(left) / parallel
+        return sum(x for x in left if x is not None) / parallel
 
     def failed_groups(self) -> dict[tuple[str, str], list[CellState]]:
+        """Failed and held cells grouped by (error class, message): what needs the user, once per cause."""
         groups: dict[tuple[str, str], list[CellState]] = {}
         for c in self.cells:
-            if c.state == FAILED:
+            if c.state in (FAILED, HELD):
                 groups.setdefault((c.error_class or "unknown", c.error_message or "no error recorded (killed?)"), []).append(c)
         return groups
 
@@ -99,16 +105,16 @@ class GridStatus:
         return f"{self.line()}\n\n" + "\n".join(rows) + f"\n\n_updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.taken))}_"
 
     def render(self, log_lines: int = 5, with_logs: bool = True) -> str:
-        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8}  error"]
+        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  error"]
         for c in self.cells:
             ep = f"{c.epoch}/{c.epochs}" if c.epochs else str(c.epoch or "-")
             rate = f"{c.events_per_s:,.0f}" if c.events_per_s and c.state == RUNNING else "-"
             auc = f"{c.test_auc:.4f}" if c.test_auc is not None else "-"
-            out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8}  {c.error_class or ''}")
+            out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {c.error_class or ''}")
         out.append("")
         out.append(self.line())
         for (cls, msg), cells in self.failed_groups().items():
-            out.append(f"\nFAILED {cls}: {msg}\n  {len(cells)} cell(s): {', '.join(c.cell for c in cells)}")
+            out.append(f"\n{cells[0].state.upper()} {cls}: {msg}\n  {len(cells)} cell(s): {', '.join(c.cell for c in cells)}")
             if with_logs and cells[0].run_id:
                 tail = last_log_lines(cells[0].run_id, log_lines)
                 if tail:
@@ -184,7 +190,31 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
             cells.append(CellSpec(tokenizer=kv["tokenizer"], pooling=kv["pooling"], met=kv["met"] == "true", vect=int(kv["vect"]),
                                   seed=int(kv["seed"])))
     out = [_cell_state(cell, runs.get(cell.tag)) for cell in cells]
+    if parent is not None and parent.data.tags.get(DAG_DIR_TAG):
+        out = with_condor(out, dagnodes.cell_states(Path(parent.data.tags[DAG_DIR_TAG])))
     return GridStatus(name, out, parent.info.run_id if parent else None)
+
+
+def with_condor(cells: list[CellState], nodes: dict) -> list[CellState]:
+    """MLflow's states refined by DAGMan's (``dagnodes.NodeState`` per cell name). The run knows
+    what training did; Condor knows what MLflow cannot: a job still waiting for a slot (queued),
+    a job on hold (held: it stays RUNNING or SCHEDULED in MLflow forever), a node DAGMan gave
+    up on after its retries (failed, with DAGMan's reason when the run recorded none)."""
+    out = []
+    for c in cells:
+        n = nodes.get(c.cell)
+        if n is None or c.state == FINISHED:
+            out.append(replace(c, retries=n.retries) if n else c)
+            continue
+        state, cls, msg = c.state, c.error_class, c.error_message
+        if n.state == "held":
+            state, cls, msg = HELD, cls or "held by HTCondor", msg or (n.details or "see condor_q -hold")
+        elif n.state == "queued" and c.state in (NOT_STARTED, NOT_CREATED):
+            state = QUEUED
+        elif n.state == "error" and c.state != FAILED:
+            state, cls, msg = FAILED, cls or "DAGMan", msg or (n.details or "node failed after its retries")
+        out.append(replace(c, state=state, error_class=cls, error_message=msg, retries=n.retries))
+    return out
 
 
 def _cell_state(cell, r) -> CellState:
@@ -205,6 +235,15 @@ def _cell_state(cell, r) -> CellState:
                      t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE))
 
 
+def publish_after_cell(run_id: str) -> None:
+    """A grid cell ended (finished or not, on any backend): its parent's progress, recomputed
+    from MLflow. On Condor no driver is watching, so the cells keep the runs table current."""
+    r = tracking.client().get_run(run_id)
+    name = r.data.tags.get("grid.name")
+    if name and r.data.tags.get("mlflow.parentRunId"):
+        publish(grid_status(name))
+
+
 def publish(st: GridStatus, step: int | None = None) -> None:
     """The counts as metrics of the parent run (``cells_finished``, ``cells_running``,
     ``cells_failed``, ``cells_not_started``; step = seconds since the parent started, so the
@@ -218,7 +257,7 @@ def publish(st: GridStatus, step: int | None = None) -> None:
         step = max(0, (ts - c.get_run(st.parent_id).info.start_time) // 1000)
     from mlflow.entities import Metric
 
-    vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED],
-            "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED]}
+    vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED] + n[HELD],
+            "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED] + n[QUEUED]}
     tracking.retrying(c.log_batch, st.parent_id, metrics=[Metric(k, float(v), ts, step) for k, v in vals.items()])
     tracking.retrying(c.set_tag, st.parent_id, "mlflow.note.content", st.markdown())
