@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA := data/4tops_synthetic.h5
-.PHONY: setup data demo test lint bench stop clean chromium postgres
+.PHONY: setup data demo test test-fast mutation lint bench stop clean chromium postgres
 
 setup: $(STAMP)
 
@@ -40,6 +40,15 @@ postgres:
 test: setup chromium postgres
 	$(PY) -m pytest -q tests
 
+# the quick loop while editing: no tracking store, server, browser or subprocess (pytest -m "not slow")
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+# mutants of the pure modules against their fast tests (not part of `make test`): score per module
+mutation: setup
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,postgres,mutation]'
+	scripts/mutation.sh
+
 stop:
 	-$(VENV)/bin/thesis-mlflow serve --root mlflow-server --stop
 
@@ -53,4 +62,4 @@ bench: setup
 	$(PY) benchmarks/vqvae_codebook.py
 
 clean:
-	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs mlflow-server condor dashboards/*/
+	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs mlflow-server condor dashboards/*/ mutants mutants.log

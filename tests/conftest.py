@@ -14,6 +14,7 @@ def private_cache(tmp_path_factory):
     import os
 
     os.environ["THESIS_MLFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["THESIS_MLFLOW_OUTPUTS"] = str(tmp_path_factory.mktemp("outputs"))  # worker logs and report pages: never into the checkout
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,9 @@ import yaml
 
 from tests.fault import kill_env
 from thesis_mlflow import packing
-from thesis_mlflow.driver import ensure_children, find_or_create_parent, run_pack
+from thesis_mlflow.driver import run_pack
 from thesis_mlflow.grid import load_grid, write_dag
+from thesis_mlflow.gridruns import ensure_children, find_or_create_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"

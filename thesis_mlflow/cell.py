@@ -103,8 +103,7 @@ def _plain(d: dict) -> dict:
 def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str, lease=None) -> str:
     from .train import evaluate, fit, resolve_device
 
-    c = tracking.client()
-    existing = c.get_run(run_id)
+    existing = tracking.get_run(run_id)
     if has_results(existing):
         log.info("run %s already has its test metrics and scores: nothing to do", run_id)
         return run_id
@@ -117,11 +116,11 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
     if not existing.inputs.dataset_inputs:
         src = Path(info.get("binned_file") or info["data"])
         tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
-    logged_epochs = {m.step for m in c.get_metric_history(run_id, "val_auc")}
+    logged_epochs = {step for step, _ in tracking.metric_history(run_id, "val_auc")}
     with tempfile.TemporaryDirectory(prefix="thesis-train-") as tmp:  # local checkpoint copies, gone afterwards
         work = Path(tmp)
         resume = None
-        if any(a.path == "checkpoints" for a in c.list_artifacts(run_id)):
+        if tracking.has_artifact(run_id, "checkpoints"):
             resume = tracking.artifact_path(run_id, CHECKPOINT, dst=work / "resume")
             log.info("resuming run %s from its checkpoint", run_id)
         if "scaler" in info:

@@ -28,7 +28,7 @@ def resolve_ours(ours: str) -> Path:
     if p.is_file():
         return p
     if len(ours) == 32 and all(ch in "0123456789abcdef" for ch in ours):
-        arts = [a.path for a in tracking.client().list_artifacts(ours, "binned")]
+        arts = tracking.artifact_paths(ours, "binned")
         if not arts:
             raise BadInput(f"run {ours} has no binned/ artifact (is it a binning run?)")
         return tracking.artifact_path(ours, arts[0])

@@ -15,7 +15,7 @@ FINAL_METRIC = "test_auc"
 def has_scores(run_id: str) -> bool:
     from . import tracking
 
-    return any(a.path == SCORES for a in tracking.client().list_artifacts(run_id, "eval"))
+    return tracking.has_artifact(run_id, SCORES)
 
 
 def has_results(run) -> bool:

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from . import leases, packing, tracking, views
+from . import gridruns, leases, packing, tracking, views
 from .done import is_done
 from .errors import BadSetting, LeaseHeld, StepFailed
 from .grid import Grid, load_grid, write_dag
-from .paths import ROOT, resolve
+from .gridruns import close_left_running, ensure_children, find_or_create_parent
+from .paths import ROOT, outputs, resolve
 from .spec import CellSpec
-from .status import DAG_DIR_TAG
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -35,78 +35,6 @@ def _log_echo(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def find_parent(g: Grid, exp_id: str):
-    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(g.run_name, "grid"),
-                                         order_by=["attributes.start_time ASC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def find_or_create_parent(g: Grid, exp_id: str):
-    """The grid's parent run: found by its ``grid.name`` tag, else created once, also when several
-    drivers (or a driver and ``mlflow run . -e grid``) start together (a claim decides which).
-
-    Under ``mlflow run . -e grid`` the run MLflow made for us becomes the parent the first
-    time; on a resume it is only linked to the existing parent, so no grid has two.
-    """
-    run = find_parent(g, exp_id)
-    c = tracking.client()
-    env_run = os.environ.get("MLFLOW_RUN_ID")
-    if run is not None:
-        if env_run and env_run != run.info.run_id:
-            c.set_tag(env_run, "grid.resumed_parent", run.info.run_id)
-        return run
-    tags = {"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale}
-    if env_run:
-        rid = env_run
-        for k, v in {**tags, "mlflow.runName": f"grid-{g.run_name}"}.items():
-            c.set_tag(rid, k, v)
-    else:
-        found, claim = leases.find_or_claim("grid", {"grid": g.run_name}, f"grid-{g.run_name}", find=lambda exp: find_parent(g, exp))
-        if found is not None:
-            return found
-        rid = claim.run_id
-        for k, v in tags.items():
-            c.set_tag(rid, k, v)
-        claim.release()  # the run is the parent now; the driver takes its own lease on it
-    c.log_param(rid, "grid_file", str(g.source))
-    c.log_param(rid, "scale_name", g.scale)
-    c.log_param(rid, "n_cells", len(g.cells()))
-    c.log_param(rid, "seeds", ",".join(map(str, g.seeds)))
-    c.log_param(rid, "tokenizers", ",".join(g.tokenizers))
-    if g.source:
-        c.log_artifact(rid, str(g.source), "grid")
-    return c.get_run(rid)
-
-
-def find_children(parent_id: str, exp_id: str) -> dict[str, object]:
-    """Existing child runs by ``grid.cell`` tag (oldest first wins: never two runs for a cell)."""
-    runs = tracking.client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
-                                         max_results=5000)
-    out = {}
-    for r in runs:
-        out.setdefault(r.data.tags.get("grid.cell"), r)
-    return out
-
-
-def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
-    """One child run per cell, created once, with readable name, cell tags and factor params."""
-    c = tracking.client()
-    pid = parent.info.run_id
-    existing = find_children(pid, exp_id)
-    out = {}
-    for cell in g.cells():
-        run = existing.get(cell.tag)
-        if run is None:
-            run = c.create_run(exp_id, run_name=cell.name, tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag,
-                                                                 "step": "train"})
-            for k, v in cell.factors().items():
-                c.log_param(run.info.run_id, k, tracking.fmt(v))
-            c.update_run(run.info.run_id, status="SCHEDULED")  # waiting, not running
-            run = c.get_run(run.info.run_id)
-        out[cell] = run
-    return out
 
 
 def prepare(g: Grid) -> dict[str, str]:
@@ -179,15 +107,6 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     return result
 
 
-def _ended_unsaid(rid: str, pid: int, status: str = "FAILED") -> None:
-    """A child process ``pid`` ended without closing run ``rid`` (killed, crashed): release its
-    lease for the next attempt and close the run as ``status`` if it was left RUNNING."""
-    leases.release_dead(rid, pid)
-    c = tracking.client()
-    if c.get_run(rid).info.status == "RUNNING":
-        c.set_terminated(rid, status)
-
-
 def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1) -> list[str]:
     """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
     runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
@@ -202,8 +121,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
     of the cells one after another (each still its own child run, checkpoint and resume); the
     workers share the node's GPU (under a private MPS daemon where one can be started,
     ``packing.shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
-    logs = ROOT / "outputs" / "grids" / g.run_name / "logs"
-    c = tracking.client()
+    logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
     parallel = max(1, min(parallel, len(todo) or 1))
     n_gpus = packing.gpu_count()
     result: dict[str, str] = {}
@@ -224,8 +142,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
             on_progress(len(result))
 
     def ends() -> dict:
-        return {r.info.run_id: r for r in c.search_runs([exp_id], tracking.grid_filter(g.run_name), max_results=5000)
-                if r.info.status in ("FINISHED", "FAILED", "KILLED")}
+        return gridruns.ended_children(exp_id, g.run_name)
 
     before = {rid: r.info.end_time for rid, r in ends().items()}  # failed in an earlier pass: not ended in this one
 
@@ -241,18 +158,18 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         for cell, rid in job.cells:
             if cell.name in result:
                 continue
-            run = c.get_run(rid)
+            run = tracking.get_run(rid)
             holder = leases.holder_of(run)
             if holder is not None and holder.pid != job.pid and leases.pid_alive(holder) is not False:
                 result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
                 echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
                 continue
-            _ended_unsaid(rid, job.pid)  # the worker died with it
-            report(cell, c.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
+            close_left_running(rid, job.pid)  # the worker died with it
+            report(cell, tracking.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
 
     def on_interrupt(job: packing.Job) -> None:
         for _, rid in job.cells:
-            _ended_unsaid(rid, job.pid, "KILLED")
+            close_left_running(rid, job.pid, "KILLED")
 
     with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
@@ -289,7 +206,6 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     bad = [p[0] for p in pairs if len(p) != 2 or p[0] not in by_name]
     if bad or not pairs:
         raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
-    c = tracking.client()
     tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
     on_gpu = packing.gpu_count() > 0
@@ -305,7 +221,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
                 status = run_cells_processes(g, todo, echo, mps)
             else:
                 status = train_here(todo, echo, side_by_side=side, at_once=at_once)
-    failed = [name for name, rid in pairs if not is_done(c.get_run(rid))]
+    failed = [name for name, rid in pairs if not is_done(tracking.get_run(rid))]
     if failed:
         raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
     return status
@@ -315,15 +231,14 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
     """The pack as one process per cell sharing the GPU (under a private MPS daemon when one can
     be started and a CUDA client can use it): the fallback to threads, where MPS measures faster."""
     exp_id = tracking.current_experiment_id()
-    c = tracking.client()
     result: dict[str, str] = {}
-    logs = ROOT / "outputs" / "grids" / g.run_name / "logs"
+    logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
 
     def on_done(job: packing.Job, code: int, seconds: float) -> None:
         rid = job.env["MLFLOW_RUN_ID"]
         if code != 0 and code != LeaseHeld.exit_code:
-            _ended_unsaid(rid, job.pid)
-        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else c.get_run(rid).info.status
+            close_left_running(rid, job.pid)
+        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else tracking.get_run(rid).info.status
         echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
 
     with packing.shared_gpu(mps, len(todo)) as gpu_env:
@@ -391,8 +306,8 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store
     echo(f"grid {g.run_name}: {len(cells)} cells ({', '.join(g.tokenizers)}; seeds {g.seeds}), backend {backend}")
     if dry_run and backend == "condor":
-        parent = find_parent(g, exp_id)
-        existing = find_children(parent.info.run_id, exp_id) if parent else {}
+        parent = gridruns.find_parent(g.run_name, exp_id)
+        existing = gridruns.children_by_cell(parent.info.run_id, exp_id) if parent else {}
         runs = {c: (existing[c.tag].info.run_id if c.tag in existing else "RUN_ID_CREATED_AT_SUBMIT") for c in cells}
         run_condor(g, runs, exp_id, path, True, echo)
         return {"launched": [], "dag": True}
@@ -419,9 +334,7 @@ def _publish(g: Grid) -> None:
 
 def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str, t0: float) -> dict:
     pid = parent.info.run_id
-    c = tracking.client()
-    if parent.info.status != "RUNNING":
-        c.update_run(pid, status="RUNNING")
+    gridruns.mark_running(parent)
     children = ensure_children(g, parent, exp_id)
     todo = [(cell, r.info.run_id) for cell, r in children.items() if not is_done(r)]
     echo(f"parent run {pid}: {len(cells) - len(todo)} cells finished, {len(todo)} to run")
@@ -429,7 +342,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     summary = {"parent": pid, "launched": [cell.name for cell, _ in todo]}
     if backend == "condor":
         dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
-        c.set_tag(pid, DAG_DIR_TAG, str(dag.parent))  # where `grid status` finds DAGMan's node status file
+        gridruns.set_dag_dir(pid, dag.parent)  # where `grid status` finds DAGMan's node status file
         summary["dag"] = str(dag)
         return summary
     if todo:
@@ -437,12 +350,10 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
         for k, v in prepare(g).items():
             echo(f"  {k}: run {v}")
         summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
-    final = ensure_children(g, c.get_run(pid), exp_id)
+    final = ensure_children(g, parent, exp_id)
     n_done = sum(is_done(r) for r in final.values())
     elsewhere = [k for k, v in summary.get("status", {}).items() if v == "ELSEWHERE"]
-    c.log_metric(pid, "n_finished", n_done)
-    if not elsewhere:  # cells still trained by other processes: the parent stays RUNNING for them
-        c.set_terminated(pid, "FINISHED" if n_done == len(cells) else "FAILED")
+    gridruns.end_parent(pid, n_done, len(cells), close=not elsewhere)  # cells trained by other processes: it stays RUNNING for them
     echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s"
          + (f"; {len(elsewhere)} being trained by other processes" if elsewhere else ""))
     echo(tracking.ui_hint(exp_id))

@@ -32,11 +32,8 @@ PAGE = 1000
 
 
 def _experiment_ids(experiment: str | None) -> list[str]:
-    c = tracking.client()
     name = experiment or tracking.experiment_name()
-    exp = c.get_experiment_by_name(name)
-    if exp is None and name.isdigit():
-        exp = c.get_experiment(name)
+    exp = tracking.experiment_by_name_or_id(name)
     if exp is None:
         raise BadInput(f"no experiment {name!r} at {tracking.tracking_uri()}")
     return [exp.experiment_id]
@@ -44,14 +41,7 @@ def _experiment_ids(experiment: str | None) -> list[str]:
 
 def search_all(filter_string: str, experiment: str | None = None, order_by: list[str] | None = None) -> list:
     """Every run matching ``filter_string``, page by page."""
-    c = tracking.client()
-    out, token = [], None
-    while True:
-        page = c.search_runs(_experiment_ids(experiment), filter_string, max_results=PAGE, order_by=order_by, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    return tracking.search_all(_experiment_ids(experiment), filter_string, order_by, page=PAGE)
 
 
 def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
@@ -84,14 +74,13 @@ def cell_table(grid: str, experiment: str | None = None) -> pd.DataFrame:
 def histories(grid: str, metric: str = "val_auc", experiment: str | None = None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """``metric`` per step (epoch) for every cell run: columns run_id, name, the factors, step, value.
     ``runs``: the grid's ``grid_runs`` when already queried."""
-    c = tracking.client()
     runs = grid_runs(grid, experiment) if runs is None else runs
     with ThreadPoolExecutor(FETCH_THREADS) as pool:  # one request per run: in parallel
-        hists = list(pool.map(lambda rid: c.get_metric_history(rid, metric), runs["run_id"]))
+        hists = list(pool.map(lambda rid: tracking.metric_history(rid, metric), runs["run_id"]))
     rows = []
     for r, hist in zip(runs.itertuples(), hists, strict=True):
-        for m in sorted(hist, key=lambda m: m.step):
-            rows.append({"run_id": r.run_id, "name": r.name, **{f: getattr(r, f) for f in FACTORS}, "step": m.step, "value": m.value})
+        for step, value in hist:
+            rows.append({"run_id": r.run_id, "name": r.name, **{f: getattr(r, f) for f in FACTORS}, "step": step, "value": value})
     return pd.DataFrame(rows, columns=["run_id", "name", *FACTORS, "step", "value"])
 
 

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import dagnodes, tracking
+from . import dagnodes, gridruns, tracking
 from .errors import BadInput
+from .gridruns import DAG_DIR_TAG
 from .runlog import ERROR_CLASS, ERROR_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
 QUEUED, HELD = "queued", "held"  # from HTCondor (dagnodes): a job waiting for a slot, a job on hold
 ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
-DAG_DIR_TAG = "condor.dag_dir"  # on a Condor grid's parent: the folder of its DAG and node status file
 
 
 @dataclass(frozen=True)
@@ -149,38 +149,19 @@ def _expected(grid_arg: str, scale: str | None):
     return grid_arg, None
 
 
-def expected_cells_of(parent) -> list | None:
-    """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
-    from .grid import load_grid
-    from .paths import ROOT
-
-    c = tracking.client()
-    try:
-        files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
-        path = tracking.artifact_path(parent.info.run_id, files[0])
-        return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT).cells()
-    except Exception as e:  # noqa: BLE001 - an unreadable grid file: the runs that exist are what is known
-        log.warning("could not read the grid file of parent %s (%s)", parent.info.run_id, e)
-        return None
-
-
 def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
     """The status of a grid given by its YAML file (with ``scale``) or its name (``grid.name`` tag)."""
     name, cells = _expected(grid_arg, scale)
-    c = tracking.client()
     exp_id = tracking.current_experiment_id()
-    parents = c.search_runs([exp_id], tracking.grid_filter(name, "grid"), order_by=["attributes.start_time ASC"], max_results=1)
-    parent = parents[0] if parents else None
+    parent = gridruns.find_parent(name, exp_id)
     if parent is None and cells is None:
         raise BadInput(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()} "
                          "(give its YAML file, or the name its runs carry in the grid.name tag)")
     runs = {}
     if parent is not None:
-        for r in c.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", order_by=["attributes.start_time ASC"],
-                               max_results=5000):
-            runs.setdefault(r.data.tags.get("grid.cell"), r)
+        runs = gridruns.children_by_cell(parent.info.run_id, exp_id)
         if cells is None:
-            cells = expected_cells_of(parent)
+            cells = gridruns.expected_cells_of(parent)
     if cells is None:  # the runs that exist are all that is known
         from .spec import CellSpec
 
@@ -238,7 +219,7 @@ def _cell_state(cell, r) -> CellState:
 def publish_after_cell(run_id: str) -> None:
     """A grid cell ended (finished or not, on any backend): its parent's progress, recomputed
     from MLflow. On Condor no driver is watching, so the cells keep the runs table current."""
-    r = tracking.client().get_run(run_id)
+    r = tracking.get_run(run_id)
     name = r.data.tags.get("grid.name")
     if name and r.data.tags.get("mlflow.parentRunId"):
         publish(grid_status(name))
@@ -246,18 +227,10 @@ def publish_after_cell(run_id: str) -> None:
 
 def publish(st: GridStatus, step: int | None = None) -> None:
     """The counts as metrics of the parent run (``cells_finished``, ``cells_running``,
-    ``cells_failed``, ``cells_not_started``; step = seconds since the parent started, so the
-    charts show progress over time, across resumed passes) and the status as its description."""
+    ``cells_failed``, ``cells_not_started``) and the status as its description."""
     if st.parent_id is None:
         return
     n = st.counts()
-    c = tracking.client()
-    ts = int(time.time() * 1000)
-    if step is None:
-        step = max(0, (ts - c.get_run(st.parent_id).info.start_time) // 1000)
-    from mlflow.entities import Metric
-
     vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED] + n[HELD],
             "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED] + n[QUEUED]}
-    tracking.retrying(c.log_batch, st.parent_id, metrics=[Metric(k, float(v), ts, step) for k, v in vals.items()])
-    tracking.retrying(c.set_tag, st.parent_id, "mlflow.note.content", st.markdown())
+    gridruns.publish_progress(st.parent_id, vals, st.markdown(), step)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import gridruns, stats, tracking, views
 from . import report as rep
-from . import stats, tracking, views
 from .errors import BadInput
-from .paths import ROOT
+from .paths import outputs
 
 log = logging.getLogger(__name__)
 
@@ -29,47 +29,35 @@ def collect(grid: str) -> dict:
     """Everything the report needs, through the public query API (``thesis_mlflow.results``)."""
     from . import results
 
-    c = tracking.client()
     exp = tracking.current_experiment_id()
     runs = results.grid_runs(grid, exp)
-    parents = c.search_runs([exp], tracking.grid_filter(grid, "grid"), max_results=1)
-    if not len(runs) and not parents:
+    parent = gridruns.find_parent(grid, exp)
+    if not len(runs) and parent is None:
         raise BadInput(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
     h = results.histories(grid, "val_auc", exp, runs=runs)
     hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
     hist.update({name: [] for name in runs["name"] if name not in hist})
     runs["epochs_done"] = runs["name"].map(lambda n: max((s for s, _ in hist[n]), default=0))
     scores = results.scores_of(runs, on_error=lambda rid, e: log.warning("run %s: no eval/test_scores.npz (%s)", rid, e))
-    expected = _expected_cells(parents[0]) if parents else [
+    expected = _expected_cells(parent) if parent is not None else [
         {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in runs.itertuples()]
     binning = []
     for rid in sorted({x for x in runs["binning_run_id"].dropna() if x}):
-        b = c.get_run(rid)
+        b = tracking.get_run(rid)
         binning.append({"run_id": rid, "vect": b.data.params.get("vect"), "phi": b.data.params.get("phi"), "fit_on": b.data.params.get("fit_on"),
                         **{k: v for k, v in b.data.metrics.items() if k.startswith("pop_")}})
     vq = {}
     for rid in sorted({x for x in runs["vqvae_run_id"].dropna() if x}):
-        v = c.get_run(rid)
+        v = tracking.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
-            k: [(x.step, x.value) for x in sorted(c.get_metric_history(rid, k), key=lambda x: x.step)] for k in ("codebook_usage", "perplexity")}
+            k: tracking.metric_history(rid, k) for k in ("codebook_usage", "perplexity")}
     return {"runs": runs, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq,
-            "parent": parents[0] if parents else None}
-
-
-def close_parent(data: dict, n_missing: int) -> None:
-    """A parent left RUNNING by a Condor submission is closed once no cell is queued or running
-    (the report is the DAG's final node): FINISHED when nothing is missing, else FAILED."""
-    parent = data["parent"]
-    if parent is None or parent.info.status != "RUNNING":
-        return
-    if data["runs"]["status"].isin(["RUNNING", "SCHEDULED"]).any():
-        return
-    tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
+            "parent": parent}
 
 
 def _expected_cells(parent) -> list[dict]:
-    """The cells the grid asked for (``status.expected_cells_of``), as the report's dicts."""
-    from .status import expected_cells_of
+    """The cells the grid asked for (``gridruns.expected_cells_of``), as the report's dicts."""
+    from .gridruns import expected_cells_of
 
     cells = expected_cells_of(parent) or []  # unreadable grid file: missing cells are those never created
     return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
@@ -142,7 +130,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
     t_query = time.perf_counter() - t0
     t1 = time.perf_counter()
     r = build(grid, data, n_boot, seed)
-    out = Path(out_dir) if out_dir else ROOT / "dashboards" / grid
+    out = Path(out_dir) if out_dir else outputs() / "dashboards" / grid
     out.mkdir(parents=True, exist_ok=True)
     import plotly.offline
 
@@ -159,7 +147,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
         for pdf in pdfs:
             tracking.log_artifact(pdf, "report/figures")
         tracking.log_metrics({"query_seconds": t_query, "build_seconds": t_build})
-    close_parent(data, len(r.missing))
+    gridruns.close_parent(data, len(r.missing))
     echo(f"report of {grid}: {len(r.cells)} cells, {len(r.missing)} missing; queries {t_query:.1f} s, build {t_build:.1f} s")
     for line in r.answer[:2]:
         echo(f"  {line}")

@@ -213,6 +213,53 @@ def retrying(fn, *args, transient: tuple[str, ...] = TRANSIENT, **kwargs):
             time.sleep(wait)
 
 
+def get_run(run_id: str):
+    return client().get_run(run_id)
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric, by step."""
+    return [(m.step, m.value) for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def artifact_paths(run_id: str, folder: str | None = None) -> list[str]:
+    return [a.path for a in client().list_artifacts(run_id, folder)]
+
+
+def experiment_by_name_or_id(name: str):
+    """An experiment by name (or, for a number, by id); None when there is none."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is None and name.isdigit():
+        exp = c.get_experiment(name)
+    return exp
+
+
+def search_all(experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None, page: int = 1000) -> list:
+    """Every run matching ``filter_string``, page by page (``page`` runs per request)."""
+    c = client()
+    out, token = [], None
+    while True:
+        runs = c.search_runs(experiment_ids, filter_string, max_results=page, order_by=order_by, page_token=token)
+        out.extend(runs)
+        token = runs.token
+        if not token:
+            return out
+
+
+def experiment_tags(experiment_id: str) -> dict[str, str]:
+    return dict(client().get_experiment(experiment_id).tags or {})
+
+
+def set_experiment_tag(experiment_id: str, key: str, value: str) -> None:
+    retrying(client().set_experiment_tag, experiment_id, key, value)
+
+
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether the run has an artifact (file or folder) at ``path``."""
+    return path in artifact_paths(run_id, path.rsplit("/", 1)[0] if "/" in path else None)
+
+
 def log_metrics(metrics: dict, step: int | None = None) -> None:
     """Metrics on the active run, as floats (one timestamp for all tries: a retried write is stored once)."""
     ts = int(time.time() * 1000)

@@ -87,11 +87,9 @@ def url(base_uri: str, experiment_id: str, view: View) -> str:
 
 def write_views(grid: str, experiment_id: str) -> dict[str, str]:
     """Write (or update in place) the grid's views and the experiment's kind; returns {view name: link}."""
-    c = tracking.client()
-    exp = c.get_experiment(experiment_id)
-    tags = exp.tags or {}
+    tags = tracking.experiment_tags(experiment_id)
     if tags.get(KIND_TAG) != KIND:
-        c.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+        tracking.set_experiment_tag(experiment_id, KIND_TAG, KIND)
     out = {}
     now = int(time.time() * 1000)
     for v in grid_views(grid):
@@ -107,7 +105,7 @@ def write_views(grid: str, experiment_id: str) -> dict[str, str]:
                 continue
         value = encode(v, created)
         if tags.get(key) != value:
-            c.set_experiment_tag(experiment_id, key, value)
+            tracking.set_experiment_tag(experiment_id, key, value)
         out[v.name] = url(tracking.tracking_uri(), experiment_id, v) if tracking.tracking_uri().startswith("http") else v.id
     return out
 
