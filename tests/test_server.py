@@ -252,6 +252,13 @@ def test_jobs_survive_a_server_restart(tmp_path, monkeypatch):
         time.sleep(0.1)
     os.killpg(srv.pid, signal.SIGKILL)
     down = time.monotonic()
+    while True:  # until the dead server's processes have let go of the port (a deadline, not a fixed sleep)
+        try:
+            server.check_port_free("127.0.0.1", port)
+            break
+        except server.PortTaken:
+            assert time.monotonic() - down < 60, "the killed server's port stayed taken for a minute"
+            time.sleep(0.2)
     server.start(tmp_path / "srv", port=port)  # the restart itself takes seconds: that is the outage
     assert job.poll() is None, f"the job gave up during a {time.monotonic() - down:.0f} s outage"
     out, err = job.communicate(timeout=300)
