@@ -68,6 +68,9 @@ def mlflow_env(tmp_path, monkeypatch, template_store):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    # created here with its artifacts under this test's folder: a process started in the checkout
+    # (cwd=ROOT) would otherwise make it with ./mlruns there
+    mlflow.MlflowClient(uri).create_experiment("test-exp", artifact_location=(tmp_path / "artifacts").as_uri())
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

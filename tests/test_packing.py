@@ -68,7 +68,7 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
     gfile = tmp_path / "pk.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "demo", base_dir=ROOT)
-    exp = mlflow.MlflowClient().create_experiment("test-exp")
+    exp = mlflow.MlflowClient().get_experiment_by_name("test-exp").experiment_id
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
     # the pack job is evicted (SIGKILL) in its second cell, right after that cell's first epoch
@@ -109,7 +109,7 @@ def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, 
     gfile = tmp_path / "pf.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "demo", base_dir=ROOT)
-    exp = mlflow.MlflowClient().create_experiment("test-exp")
+    exp = mlflow.MlflowClient().get_experiment_by_name("test-exp").experiment_id
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
     install(1, "direct-mean-met-4v-s0", how="raise", patch=monkeypatch)

@@ -29,7 +29,7 @@ def _scores(rng, n, strength):
 def filled_store(mlflow_env, tmp_path):
     """A grid of 4 expected cells: 3 finished with known metrics and scores, 1 never run."""
     c = mlflow.MlflowClient()
-    exp = c.create_experiment("test-exp")
+    exp = c.get_experiment_by_name("test-exp").experiment_id
     gfile = tmp_path / "rep.yaml"
     gfile.write_text(yaml.safe_dump(GRID_DOC))
     parent = c.create_run(exp, run_name="grid-rep", tags={"step": "grid", "grid.name": "rep"}).info.run_id

@@ -104,7 +104,7 @@ def test_telemetry_stays_on_when_the_user_opts_in():
 
 def test_a_run_is_done_only_with_test_metrics_and_scores(mlflow_env, tmp_path):
     c = mlflow.MlflowClient()
-    exp = c.create_experiment("test-exp")
+    exp = c.get_experiment_by_name("test-exp").experiment_id
     rid = c.create_run(exp).info.run_id
     c.log_metric(rid, "test_auc", 0.8)
     c.set_terminated(rid, "FINISHED")

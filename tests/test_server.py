@@ -213,7 +213,7 @@ def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
     from thesis_mlflow.upstream import find_or_run
 
     c = mlflow.MlflowClient()
-    exp = c.create_experiment("test-exp")
+    exp = c.get_experiment_by_name("test-exp").experiment_id
     key = leases.claim_key("binning", BinningSpec().reuse_params(data.sha256(tiny_raw)))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -119,7 +119,7 @@ def _train_cmd(raw, run_env, epochs=3):
 def test_kill_and_resume_is_exact(mlflow_env, tiny_raw, caplog, monkeypatch):
     base = {"MLFLOW_TRACKING_URI": mlflow_env, "MLFLOW_EXPERIMENT_NAME": "test-exp"}
     c = mlflow.MlflowClient()
-    exp = c.create_experiment("test-exp")
+    exp = c.get_experiment_by_name("test-exp").experiment_id
     # an uninterrupted reference and, at the same time, a job killed (SIGKILL, no cleanup) between
     # epoch 2's checkpoint upload and its metrics: the checkpoint knows an epoch the run never logged
     ref, killed = _train_proc(tiny_raw, base), _train_proc(tiny_raw, kill_env(2, at="checkpoint", base=base))

@@ -243,14 +243,20 @@ def check_no_credentials(tracking_uri: str) -> None:
                          "export the URI without it and put the login in ~/.mlflow/credentials")
 
 
+def _under_outputs(path: str) -> Path:
+    """``dag_dir`` / ``log_dir`` as given, relative ones under the project (``paths.outputs``)."""
+    from .paths import outputs
+
+    p = Path(path)
+    return p if p.is_absolute() else outputs() / p
+
+
 def submit_description(grid: Grid, args: str, env: str, log_name: str, project_dir: Path, python: str):
     """One submit description (``htcondor2.Submit``) with the grid's condor settings."""
     import htcondor2
 
     c = grid.condor
-    log_dir = Path(c["log_dir"])
-    if not log_dir.is_absolute():
-        log_dir = project_dir / log_dir
+    log_dir = _under_outputs(c["log_dir"])
     initialdir = Path(c["initialdir"])
     if not initialdir.is_absolute():
         initialdir = (project_dir / initialdir).resolve()
@@ -298,10 +304,9 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     check_no_credentials(tracking_uri)
     getenv_value(grid.condor["getenv"])  # refused before anything is written
     python = grid.condor["python"] or sys.executable
-    out_dir = Path(out_dir or (project_dir / grid.condor["dag_dir"] / grid.run_name))
+    out_dir = Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name))
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(grid.condor["log_dir"])
-    (log_dir if log_dir.is_absolute() else project_dir / log_dir).mkdir(parents=True, exist_ok=True)
+    _under_outputs(grid.condor["log_dir"]).mkdir(parents=True, exist_ok=True)
     from .privacy import telemetry_off
 
     base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
