@@ -1,6 +1,8 @@
 """CUDA checks of the fast training step (skipped without CUDA: the CPU tests cover the logic).
 
 - the compiled, graph-captured step and the eager step give the same loss on the first batch;
+- a whole epoch replayed as a CUDA graph, its last batch padded, equals the eager loop in fp32;
+- a resume is bit-exact under deterministic algorithms;
 - one cell trains on CUDA end to end through ``train`` (real MLflow store);
 - a run killed after epoch 1 resumes on CUDA with the same metric history and weights within
   bf16 tolerance of an uninterrupted run.
@@ -48,6 +50,98 @@ def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
         step.steps_per_epoch = 1  # just the first batch
         losses.append(step.epoch(epoch_order(len(tr), 0, 1), lambda: None).item() / 64)
     assert losses[1] == pytest.approx(losses[0], rel=2e-2), losses  # bf16 autocast in both
+
+
+@pytest.fixture()
+def exact_fp32(monkeypatch):
+    """fp32 end to end (no bf16 autocast, no TF32): the step's arithmetic compared, not its rounding."""
+    from thesis_mlflow import train as T
+
+    monkeypatch.setattr(T, "_autocast", lambda device: torch.autocast("cuda", enabled=False))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp32):
+    """A whole epoch, its last batch topped up with weight-0 events, replayed as a CUDA graph:
+    the same loss and weights as the eager loop (fp32, dropout 0) to ~1e-6, and the same LR."""
+    import math
+
+    from thesis_mlflow import features
+    from thesis_mlflow.binning import Binning
+    from thesis_mlflow.model import Classifier, ModelConfig
+    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, epoch_order, lr_lambda, make_optimizer
+
+    dev = torch.device("cuda")
+    b = Binning().fit(tiny_splits["train"])
+    tr = features.make_tensors(features.token_inputs(b.transform(tiny_splits["train"]), True), tiny_splits["train"].y, "4t_vs_bg",
+                               max_events=64 * 7 + 13).to(dev)
+    n = len(tr)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=2e-3, warmup_steps=3, device="cuda", step_mode="graph")
+    assert n % cfg.batch_size, "the test needs a padded last batch"
+    small = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
+    torch.manual_seed(0)
+    ref = Classifier(ModelConfig(**small)).to(dev)
+    fast = Classifier(ModelConfig(**small)).to(dev)
+    fast.load_state_dict(ref.state_dict())
+    total = math.ceil(n / cfg.batch_size) * cfg.epochs
+    steps = {}
+    for model, m in ((ref, "eager"), (fast, "graph")):
+        model.train()
+        opt = make_optimizer(model, cfg, dev, m)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
+        steps[m] = EagerStep(model, opt, sched, tr, cfg, dev) if m == "eager" else StaticStep(model, opt, sched, tr, cfg, dev)
+    for epoch in (1, 2):
+        la = steps["eager"].epoch(epoch_order(n, 0, epoch), lambda: None).item()
+        lb = steps["graph"].epoch(epoch_order(n, 0, epoch), lambda: None).item()
+        assert lb == pytest.approx(la, rel=1e-6), (epoch, la, lb)
+    for (k, pa), pb in zip(ref.state_dict().items(), fast.state_dict().values(), strict=True):
+        if k.endswith("attn.qkv.bias"):  # the key bias has no true gradient: Adam steps its rounding noise (see test_train_step)
+            d = small["d_model"]
+            torch.testing.assert_close(pb[d:2 * d], pa[d:2 * d], rtol=0, atol=4 * cfg.lr, msg=k)
+            pa, pb = torch.cat([pa[:d], pa[2 * d:]]), torch.cat([pb[:d], pb[2 * d:]])
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6, msg=k)
+    last = lr_lambda(cfg.warmup_steps, total)(total - 1)
+    assert steps["graph"].lr.item() == pytest.approx(cfg.lr * last, rel=1e-6)
+
+
+def test_resume_is_bit_exact_under_deterministic_algorithms(tiny_splits, tmp_path, exact_fp32, monkeypatch):
+    """With deterministic kernels, an eager CUDA run stopped after epoch 1 and resumed from its
+    checkpoint ends with the very weights of an uninterrupted run (dropout included: it is
+    reseeded per epoch on CUDA)."""
+    from thesis_mlflow import features
+    from thesis_mlflow.binning import Binning
+    from thesis_mlflow.model import Classifier, ModelConfig
+    from thesis_mlflow.train import TrainConfig, fit
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        b = Binning().fit(tiny_splits["train"])
+        tens = {s: features.make_tensors(features.token_inputs(b.transform(tiny_splits[s]), True), tiny_splits[s].y, "4t_vs_bg")
+                for s in ("train", "val")}
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=2e-3, warmup_steps=3, device="cuda", step_mode="eager")
+        small = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
+
+        def model():
+            torch.manual_seed(0)
+            return Classifier(ModelConfig(**small))
+
+        ref = model()
+        fit(ref, tens["train"], tens["val"], cfg, tmp_path / "ref.pt", progress=False)
+
+        def stop(epoch, _):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            fit(model(), tens["train"], tens["val"], cfg, tmp_path / "one.pt", progress=False, on_epoch=stop)
+        resumed = model()
+        fit(resumed, tens["train"], tens["val"], cfg, tmp_path / "two.pt", resume_from=tmp_path / "one.pt", progress=False)
+        for (k, a), c in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+            torch.testing.assert_close(c, a, rtol=0, atol=0, msg=k)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def _runs(step):

@@ -70,7 +70,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     finally:
         if lease is not None:
             lease.stop()
-        if ours is not None:
+        if ours is not None and not os.environ.get("THESIS_MLFLOW_DRIVER_PUBLISHES"):  # (driver.WATCHED: a local driver does it)
             _publish_progress(ours)
 
 

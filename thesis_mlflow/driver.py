@@ -27,6 +27,7 @@ from .paths import ROOT, outputs, resolve
 from .spec import CellSpec
 
 log = logging.getLogger(__name__)
+WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"  # set for the local driver's workers: it updates the parent, the cells need not
 Echo = Callable[[str], None]
 
 
@@ -172,7 +173,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
             close_left_running(rid, job.pid, "KILLED")
 
     with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
-        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
+        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
                 **packing.thread_env(workers), **gpu_env}
         base.pop("MLFLOW_RUN_ID", None)
         jobs = []
@@ -242,7 +243,7 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
         echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
 
     with packing.shared_gpu(mps, len(todo)) as gpu_env:
-        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1",
+        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
                 **packing.thread_env(len(todo)), **gpu_env}
         jobs = [packing.Job(cell.name, train_command(cell), {**base, "MLFLOW_RUN_ID": rid}, logs / f"{cell.name}.log", ROOT)
                 for cell, rid in todo]
