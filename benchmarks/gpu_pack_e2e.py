@@ -5,10 +5,10 @@ Makes a grid of ``--cells`` cells (the thesis model, batch 64) on the full built
 ``python -m steps.grid pack GRID --runs ...`` exactly as a DAG node does (one process, the
 cells side by side on CUDA streams). Afterwards, from the runs themselves:
 
-- wall time per cell from its run's start to its end: data, compile, capture, training,
-  evaluation and logging included;
-- aggregate events/s as all cells' training events over one common window (the first cell's
-  start to the last cell's end), not a sum of per-cell rates;
+- wall time per cell from the pack process's start to the cell's run ending: imports, data,
+  compile, capture, training, evaluation and logging included (the cells start together);
+- aggregate events/s as all cells' training events over one common window (the pack's start
+  to the last cell's end), not a sum of per-cell rates;
 - the full thesis grid (108 cells x 50 epochs) estimated from these figures: packs of
   ``--cells`` after one another, each paying the measured set-up once.
 
@@ -85,20 +85,24 @@ def main() -> int:
         return 1
     c = mlflow.MlflowClient()
     done = [c.get_run(r.info.run_id) for _, r in pack]
-    starts, ends = [r.info.start_time / 1e3 for r in done], [r.info.end_time / 1e3 for r in done]
+    ends = [r.info.end_time / 1e3 for r in done]
     n_events = sum(int(r.data.params["n_train_events"]) * a.epochs for r in done)
-    window = max(ends) - min(starts)
+    window = max(ends) - t0
     print(f"device {a.device}; {len(done)} cells x {a.epochs} epochs x {int(done[0].data.params['n_train_events']):,} events; "
           f"step modes {sorted({r.data.tags.get('step_mode.used') for r in done})}")
     for r in done:
         m = r.data.metrics
-        print(f"  {r.info.run_name:<26} wall {r.info.end_time / 1e3 - r.info.start_time / 1e3:6.0f} s  train {m.get('train_seconds', 0):6.0f} s  "
+        print(f"  {r.info.run_name:<26} done after {r.info.end_time / 1e3 - t0:6.0f} s  train {m.get('train_seconds', 0):6.0f} s  "
               f"last epoch {m.get('events_per_s', 0):8,.0f} ev/s  test AUC {m.get('test_auc', float('nan')):.4f}")
     agg = n_events / window
-    setup = window - n_events / max(sum(r.data.metrics.get("events_per_s", 0) for r in done), 1)  # the window not spent in steady training
+
     print(f"pack process wall {wall:.0f} s; common window {window:.0f} s; aggregate {agg:,.0f} events/s over it")
     n_packs = math.ceil(GRID_CELLS / a.cells)
-    steady = sum(r.data.metrics.get("events_per_s", 0) for r in done)  # the pack's rate once built (last epoch, all cells)
+    if "side by side" in res.stdout:  # the pack's rate once built: the cells' last epochs, all at once
+        steady = sum(r.data.metrics.get("events_per_s", 0) for r in done)
+    else:  # one after another (a CPU): one cell's rate at a time
+        steady = sum(r.data.metrics.get("events_per_s", 0) for r in done) / len(done)
+    setup = window - n_events / max(steady, 1)  # the window not spent in steady training: imports, data, compile, evaluation
     grid_s = n_packs * (max(setup, 0) + a.cells * GRID_EPOCHS * TRAIN_EVENTS / max(steady, 1))
     print(f"full grid estimate: {n_packs} packs of {a.cells} x (set-up {max(setup, 0):.0f} s + 50 epochs at {steady:,.0f} ev/s) = "
           f"{grid_s / 3600:.1f} h on one GPU")
