@@ -178,6 +178,7 @@ def null_grids():
     return _simulate_many(0.0)
 
 
+@pytest.mark.simulation
 def test_intervals_cover_the_true_effect(null_grids):
     hits = []
     for df, truth in null_grids:
@@ -187,6 +188,7 @@ def test_intervals_cover_the_true_effect(null_grids):
     assert 0.90 <= cover <= 0.99, cover
 
 
+@pytest.mark.simulation
 def test_no_effect_gives_few_holm_false_positives(null_grids):
     # every comparison in the family is null here: the family-wise error rate is at most 5%
     # (pooling and MET have effects in these grids; every tokenizer comparison is null)
@@ -194,6 +196,7 @@ def test_no_effect_gives_few_holm_false_positives(null_grids):
     assert any_sig <= 0.05, any_sig
 
 
+@pytest.mark.simulation
 def test_two_seed_sd_effect_is_found():
     sd = 0.05
     k_effect = 2 * sd  # two seed standard deviations of the latent separation = two in AUC units (to first order)
