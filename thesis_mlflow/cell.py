@@ -34,10 +34,9 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
     cells may be trained one after another, or side by side in threads, in one process."""
     from .model import Classifier, ModelConfig
-    from .train import TrainConfig, resolve_device, resolve_step, seed_everything
+    from .train import resolve_device, resolve_step, seed_everything
 
-    tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
-                       warmup_steps=spec.warmup_steps, seed=spec.seed, device=spec.device, step_mode=spec.step_mode)
+    tcfg = spec.train_config()
     resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
     inp = build_inputs(spec)
     seed_everything(spec.seed)

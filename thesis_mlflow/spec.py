@@ -30,6 +30,23 @@ CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's c
 VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
 
 
+def check_training(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int, device: str = "auto",
+                   step_mode: str = "auto") -> None:
+    """The rules of the training settings, in one place: a cell (``CellSpec``) and the training
+    loop's own config (``train.TrainConfig``, also built directly by benchmarks) both call this."""
+    for k, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if v < 1:
+            raise BadSetting(f"{k} must be >= 1; got {v}")
+    for k, v in (("weight_decay", weight_decay), ("warmup_steps", warmup_steps)):
+        if v < 0:
+            raise BadSetting(f"{k} must be >= 0; got {v}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise BadSetting(f"lr must be a positive number; got {lr}")
+    for k, v in (("device", device), ("step_mode", step_mode)):
+        if v not in CHOICES[k]:
+            raise BadSetting(f"{k} must be one of {', '.join(CHOICES[k])}; got {v!r}")
+
+
 def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
     """Run name that reads like the cell: ``binned-max-met-4v-s0``."""
     return f"{tokenizer}-{pooling}-{'met' if met else 'nomet'}-{vect}v-s{seed}"
@@ -144,18 +161,17 @@ class CellSpec:
                 raise BadSetting(f"{k} must be true or false; got {getattr(self, k)!r}")
         if self.vect not in (4, 5):
             raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
-        for k in ("seed", "max_train_events", "max_eval_events", "weight_decay", "warmup_steps", "vqvae_max_events"):
+        for k in ("seed", "max_train_events", "max_eval_events", "vqvae_max_events"):
             if getattr(self, k) < 0:
                 raise BadSetting(f"{k} must be >= 0; got {getattr(self, k)}")
-        for k in ("d_model", "n_layers", "n_heads", "d_ff", "epochs", "batch_size", "vqvae_epochs"):
+        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.warmup_steps, self.device, self.step_mode)
+        for k in ("d_model", "n_layers", "n_heads", "d_ff", "vqvae_epochs"):
             if getattr(self, k) < 1:
                 raise BadSetting(f"{k} must be >= 1; got {getattr(self, k)}")
         if self.d_model % self.n_heads:
             raise BadSetting(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.dropout < 1:
             raise BadSetting(f"dropout must be in [0, 1); got {self.dropout}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise BadSetting(f"lr must be a positive number; got {self.lr}")
         self.binning(self.data)  # n_bins (and the rest of the binning's settings) validated where they are declared
         if not 2 <= self.codebook_size <= 65536:
             raise BadSetting(f"codebook_size must be in 2..65536; got {self.codebook_size}")
@@ -196,6 +212,13 @@ class CellSpec:
         if "vect" in kw:
             kw["vect"] = int(kw["vect"])
         return cls(**kw)
+
+    def train_config(self):
+        """The training loop's config for this cell (``train.TrainConfig``; imports torch)."""
+        from .train import TrainConfig
+
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup_steps=self.warmup_steps, seed=self.seed, device=self.device, step_mode=self.step_mode)
 
     def binning(self, raw: str) -> BinningSpec:
         """The binning run this cell's tokens come from (``binned``), made from ``raw``."""

@@ -41,7 +41,7 @@ from .errors import BadSetting, Unavailable
 from .features import Tensors
 from .metrics import binary_metrics
 from .schedule import epoch_order, lr_factor, lr_lambda
-from .spec import STEP_MODES
+from .spec import check_training
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,9 @@ class TrainConfig:
     step_mode: str = "auto"
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise BadSetting(f"epochs must be >= 1; got {self.epochs}")
-        if self.batch_size < 1:
-            raise BadSetting(f"batch_size must be >= 1; got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise BadSetting(f"lr must be a positive number; got {self.lr}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip <= 0:
-            raise BadSetting("weight_decay and warmup_steps must be >= 0 and grad_clip > 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise BadSetting(f"device must be one of auto, cpu, cuda; got {self.device!r}")
-        if self.step_mode not in STEP_MODES:
-            raise BadSetting(f"step_mode must be one of {', '.join(STEP_MODES)}; got {self.step_mode!r}")
+        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.warmup_steps, self.device, self.step_mode)
+        if self.grad_clip <= 0:
+            raise BadSetting(f"grad_clip must be > 0; got {self.grad_clip}")
 
 
 def resolve_device(name: str) -> torch.device:
