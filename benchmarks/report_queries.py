@@ -85,7 +85,7 @@ def main() -> int:
         t = time.perf_counter()
         d = summary.collect("q")
         warm = time.perf_counter() - t
-        assert len(d["scores"]) == a.runs
+        assert len(d.scores) == a.runs
         print(f"report queries for {a.runs} runs: one fetch at a time {serial:.1f} s; {threads} at a time, empty cache {cold:.1f} s "
               f"(x{serial / cold:.1f}); from the cache {warm:.1f} s (x{serial / warm:.1f})")
     finally:

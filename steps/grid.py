@@ -34,11 +34,11 @@ def run_cmd(grid_file, backend, scale, jobs, mps, dry_run) -> None:
     from thesis_mlflow.driver import run_grid
 
     s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower())
-    if backend == "local" and not dry_run and s.get("n_finished", 0) < s.get("n_cells", 0):
+    if backend == "local" and not dry_run and not s.complete:
         sys.exit(1)
 
 
-@main.command("status", help="The state of a grid at a glance; exits 1 when a cell failed (for scripts).")
+@main.command("status", help="The state of a grid at a glance; exits 1 when a cell failed or is held (for scripts).")
 @click.argument("grid")
 @click.option("--scale", default=None, help="With a grid file: the scale (default full). A grid name (e.g. binning_vs_direct-demo) needs none.")
 @click.option("--watch", type=click.FloatRange(min=1), default=None, help="Refresh every N seconds until every cell is finished or failed.")

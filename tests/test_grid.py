@@ -158,15 +158,15 @@ def test_local_grid_against_real_server_resumes(live_server, tiny_raw, tmp_path,
         monkeypatch.setenv(k, v)
     lines = []
     s1 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
-    assert sorted(s1["launched"]) == sorted(["direct-mean-met-4v-s0", "direct-mean-met-5v-s0", "binned-mean-met-4v-s0", "binned-mean-met-5v-s0"])
-    assert s1["status"]["binned-mean-met-5v-s0"] == "FAILED" and s1["n_finished"] == 3
+    assert sorted(s1.launched) == sorted(["direct-mean-met-4v-s0", "direct-mean-met-5v-s0", "binned-mean-met-4v-s0", "binned-mean-met-5v-s0"])
+    assert s1.status["binned-mean-met-5v-s0"] == "FAILED" and s1.n_finished == 3
     monkeypatch.delenv(ENV["epoch"])
     # second pass: only the failed cell runs again, on its own run id, resuming from epoch 1
     s2 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
-    assert s2["launched"] == ["binned-mean-met-5v-s0"] and s2["n_finished"] == 4
+    assert s2.launched == ["binned-mean-met-5v-s0"] and s2.n_finished == 4
     # third pass: nothing to do
     s3 = run_grid(str(gfile), "local", "demo", 2, False, echo=lines.append)
-    assert s3["launched"] == []
+    assert s3.launched == []
     runs = mlflow.search_runs(experiment_names=["grid-test"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("step") == "grid"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -200,7 +200,7 @@ def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw,
     gfile.write_text(yaml.safe_dump(doc))
     lines = []
     s = run_grid(str(gfile), "condor", "full", 1, False, echo=lines.append)
-    assert len(s["launched"]) == 4
+    assert len(s.launched) == 4
     text = "\n".join(lines)
     assert "condor_submit_dag -batch-name cdr cdr.dag" in text  # no schedd here: the exact command to run
     children = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")

@@ -20,7 +20,7 @@ from . import data, features, leases, metrics, runlog, tracking
 from .done import has_results
 from .errors import RunConflict
 from .inputs import build_inputs
-from .spec import CODEBOOK_SIZE, CellSpec, cell_name, cell_tag
+from .spec import CellSpec, cell_name, cell_tag
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
@@ -42,16 +42,14 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     seed_everything(spec.seed)
     model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
                                    n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
-                                   d_ff=spec.d_ff, dropout=spec.dropout, vocab_size=inp.info.get("vocab_size", 886),
-                                   codebook_size=inp.info.get("codebook_size", CODEBOOK_SIZE)))
+                                   d_ff=spec.d_ff, dropout=spec.dropout, **_table_sizes(inp.info)))
     tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
     factors = _factors(model, inp)
     params = {**spec.settings(), **{k: factors[k] for k in ("tokenizer", "pooling", "met", "vect", "d_model", "n_layers", "n_heads", "d_ff",
                                                             "n_params", "n_params_embedding")},
-              "data": inp.info["data"],
+              "data": inp.info.data,
               "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
-              **{k: inp.info[k] for k in ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split")
-                 if k in inp.info}}
+              **inp.info.params()}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
     given = run_id or os.environ.get("MLFLOW_RUN_ID")
@@ -82,6 +80,11 @@ def _publish_progress(run_id: str) -> None:
         log.warning("could not update the grid's progress after run %s: %s", run_id, e)
 
 
+def _table_sizes(info) -> dict:
+    """The embedding tables the inputs need: the binning's vocabulary, the VQ-VAE's codebook."""
+    return {k: getattr(info, k) for k in ("vocab_size", "codebook_size") if getattr(info, k) is not None}
+
+
 def _factors(model, inp) -> dict:
     """The factors as the built model and the data fed to it have them; they must agree."""
     desc = model.describe()
@@ -90,7 +93,7 @@ def _factors(model, inp) -> dict:
         if k in desc and desc[k] != v:
             raise RuntimeError(f"model and data disagree on {k}: model {desc[k]}, data {v}")
     if "vect" not in fed and "vect" not in desc:  # token inputs: vect is that of the binning / VQ-VAE that made them
-        fed["vect"] = inp.info["vect"]
+        fed["vect"] = inp.info.vect
     return {**desc, **fed}
 
 
@@ -99,7 +102,7 @@ def _plain(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info: dict, name: str, lease=None) -> str:
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None) -> str:
     from .train import evaluate, fit, resolve_device
 
     existing = tracking.get_run(run_id)
@@ -113,7 +116,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
     # the rest: ours where new; what `mlflow run` or an earlier attempt logged stays
     tracking.log_params({k: v for k, v in params.items() if k not in logged})
     if not existing.inputs.dataset_inputs:
-        src = Path(info.get("binned_file") or info["data"])
+        src = Path(info.binned_file or info.data)
         tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
     logged_epochs = {step for step, _ in tracking.metric_history(run_id, "val_auc")}
     with tempfile.TemporaryDirectory(prefix="thesis-train-") as tmp:  # local checkpoint copies, gone afterwards
@@ -122,8 +125,8 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
         if tracking.has_artifact(run_id, "checkpoints"):
             resume = tracking.artifact_path(run_id, CHECKPOINT, dst=work / "resume")
             log.info("resuming run %s from its checkpoint", run_id)
-        if "scaler" in info:
-            tracking.log_dict(info["scaler"], "model/scaler.json")
+        if info.scaler is not None:
+            tracking.log_dict(info.scaler, "model/scaler.json")
         def on_epoch(epoch: int, values: dict) -> None:
             if lease is not None:
                 lease.check()  # taken over while we trained: stop before logging anything more
@@ -144,7 +147,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
 
         t0 = time.perf_counter()
         fit(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
-            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.get("scaler"), "factors": _plain(factors)},
+            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.scaler, "factors": _plain(factors)},
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)

@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import gridruns, leases, packing, tracking, views
@@ -299,7 +299,24 @@ def run_condor(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path,
 # --------------------------------------------------------------------------- the grid
 
 
-def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto") -> dict:
+@dataclass
+class GridRun:
+    """What a ``grid run`` did: the cells it launched and, for a local pass, how they ended."""
+
+    launched: list[str] = field(default_factory=list)  # cell names started in this pass (none on a dry run)
+    parent: str | None = None  # the parent run's id
+    status: dict[str, str] = field(default_factory=dict)  # local: cell name -> FINISHED, FAILED, KILLED, NOT RUN or ELSEWHERE
+    n_finished: int | None = None  # local: cells finished after this pass (all passes together)
+    n_cells: int | None = None
+    dag: Path | None = None  # condor: the DAG file written
+
+    @property
+    def complete(self) -> bool:
+        """Every cell finished (a local pass); ``grid run`` exits 1 otherwise."""
+        return self.n_cells is not None and self.n_finished == self.n_cells
+
+
+def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto") -> GridRun:
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT)
     cells = g.cells()
@@ -310,12 +327,11 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         parent = gridruns.find_parent(g.run_name, exp_id)
         existing = gridruns.children_by_cell(parent.info.run_id, exp_id) if parent else {}
         runs = {c: (existing[c.tag].info.run_id if c.tag in existing else "RUN_ID_CREATED_AT_SUBMIT") for c in cells}
-        run_condor(g, runs, exp_id, path, True, echo)
-        return {"launched": [], "dag": True}
+        return GridRun(dag=run_condor(g, runs, exp_id, path, True, echo))
     if dry_run:
         for c in cells:
             echo(shlex.join(train_command(c)))
-        return {"launched": []}
+        return GridRun()
     parent = find_or_create_parent(g, exp_id)
     pid = parent.info.run_id
     # one driver per grid at a time (a second `grid run` refuses at once, naming the first)
@@ -333,32 +349,31 @@ def _publish(g: Grid) -> None:
         log.warning("could not update the parent's progress: %s", e)
 
 
-def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str, t0: float) -> dict:
+def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str,
+           t0: float) -> GridRun:
     pid = parent.info.run_id
     gridruns.mark_running(parent)
     children = ensure_children(g, parent, exp_id)
     todo = [(cell, r.info.run_id) for cell, r in children.items() if not is_done(r)]
     echo(f"parent run {pid}: {len(cells) - len(todo)} cells finished, {len(todo)} to run")
     views.echo_views(g.run_name, exp_id, echo)
-    summary = {"parent": pid, "launched": [cell.name for cell, _ in todo]}
+    summary = GridRun(launched=[cell.name for cell, _ in todo], parent=pid, n_cells=len(cells))
     if backend == "condor":
-        dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
-        gridruns.set_dag_dir(pid, dag.parent)  # where `grid status` finds DAGMan's node status file
-        summary["dag"] = str(dag)
+        summary.dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
+        gridruns.set_dag_dir(pid, summary.dag.parent)  # where `grid status` finds DAGMan's node status file
         return summary
     if todo:
         echo("preparing upstream runs (binning, VQ-VAE) ...")
         for k, v in prepare(g).items():
             echo(f"  {k}: run {v}")
-        summary["status"] = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
+        summary.status = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
     final = ensure_children(g, parent, exp_id)
     n_done = sum(is_done(r) for r in final.values())
-    elsewhere = [k for k, v in summary.get("status", {}).items() if v == "ELSEWHERE"]
+    elsewhere = [k for k, v in summary.status.items() if v == "ELSEWHERE"]
     gridruns.end_parent(pid, n_done, len(cells), close=not elsewhere)  # cells trained by other processes: it stays RUNNING for them
     echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s"
          + (f"; {len(elsewhere)} being trained by other processes" if elsewhere else ""))
     echo(tracking.ui_hint(exp_id))
     views.echo_views(g.run_name, exp_id, echo)
-    summary["n_finished"] = n_done
-    summary["n_cells"] = len(cells)
+    summary.n_finished = n_done
     return summary

@@ -132,13 +132,13 @@ def set_dag_dir(parent_id: str, dag_dir) -> None:
     tracking.client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
 
 
-def close_parent(data: dict, n_missing: int) -> None:
+def close_parent(data, n_missing: int) -> None:
     """A parent left RUNNING by a Condor submission is closed once no cell is queued or running
     (the report is the DAG's final node): FINISHED when nothing is missing, else FAILED."""
-    parent = data["parent"]
+    parent = data.parent
     if parent is None or parent.info.status != "RUNNING":
         return
-    if data["runs"]["status"].isin(["RUNNING", "SCHEDULED"]).any():
+    if data.runs["status"].isin(["RUNNING", "SCHEDULED"]).any():
         return
     tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
 

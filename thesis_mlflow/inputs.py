@@ -9,7 +9,7 @@ params that say where they came from.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,32 @@ from .spec import CellSpec
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class InputInfo:
+    """Where a cell's inputs came from (logged as the train run's params) and what the model
+    must be built for. Fields a tokenizer does not have stay None and are not logged."""
+
+    data: str  # the file read: the raw file, or the colleague's binned file (binned_ambre)
+    binned_file: str | None = None  # binned, binned_ambre
+    binning_run_id: str | None = None  # binned
+    ambre_split: str | None = None  # binned_ambre: how its rows were split into train/val/test
+    vqvae_run_id: str | None = None  # vqvae
+    vect: int | None = None  # token inputs: the vect of the binning or codebook that made them
+    vocab_size: int | None = None  # binned, binned_ambre: the token table's size
+    codebook_size: int | None = None  # vqvae
+    scaler: dict | None = None  # direct, vqvae: the feature scaling fitted on train (logged, checkpointed)
+
+    def params(self) -> dict:
+        """The provenance params of the train run (only those this tokenizer has)."""
+        keys = ("binning_run_id", "vqvae_run_id", "binned_file", "vocab_size", "codebook_size", "ambre_split")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
 @dataclass
 class Inputs:
     arrays: dict[str, dict[str, np.ndarray]]  # split -> model inputs (features.* dicts)
     labels: dict[str, np.ndarray]  # split -> original labels 1..5
-    info: dict = field(default_factory=dict)  # where they came from: data, binned_file, binning_run_id, vqvae_run_id, ...
+    info: InputInfo
 
 
 def _limit(spec: CellSpec, split: str) -> int | None:
@@ -68,7 +89,7 @@ def build_inputs(spec: CellSpec) -> Inputs:
         return _code_inputs(spec, raw, splits, labels)
     scaler = features.Scaler.fit(splits["train"])
     arrays = {s: features.direct_inputs(splits[s], spec.vect, spec.met, scaler) for s in data.SPLITS}
-    return Inputs(arrays, labels, {"data": str(raw), "scaler": scaler.to_dict()})
+    return Inputs(arrays, labels, InputInfo(data=str(raw), scaler=scaler.to_dict()))
 
 
 def _token_inputs(spec: CellSpec) -> Inputs:
@@ -77,22 +98,21 @@ def _token_inputs(spec: CellSpec) -> Inputs:
     if spec.tokenizer == "binned":
         raw = upstream.ensure_raw(spec.data)
         run_id, path = upstream.find_or_run(spec.binning(str(raw)))
-        info = {"binning_run_id": run_id, "data": str(raw), "binned_file": str(path)}
+        where = {"binning_run_id": run_id, "data": str(raw), "binned_file": str(path)}
         bd = read_binned(path)
         X, y, attrs = bd.X, bd.y, bd.attrs
     else:
         path = resolve(spec.binned_path)
         X, y, attrs, how = read_ambre(path, spec.data, spec.seed)
-        info = {"data": str(path), "binned_file": str(path), "ambre_split": how}
+        where = {"data": str(path), "binned_file": str(path), "ambre_split": how}
     for sp in data.SPLITS:
         n = _limit(spec, sp)
         X[sp], y[sp] = X[sp][:n], y[sp][:n]
     file_vect = int(attrs.get("vect") or infer_vect(X, attrs, spec.vect))
     if file_vect != spec.vect:
-        raise BadInput(f"binned file {info['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")
-    info["vect"] = file_vect
-    info["vocab_size"] = int(attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1)
-    return Inputs({s: features.token_inputs(X[s], spec.met) for s in data.SPLITS}, y, info)
+        raise BadInput(f"binned file {where['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")
+    vocab = int(attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1)
+    return Inputs({s: features.token_inputs(X[s], spec.met) for s in data.SPLITS}, y, InputInfo(**where, vect=file_vect, vocab_size=vocab))
 
 
 def _code_inputs(spec: CellSpec, raw: Path, splits: dict, labels: dict) -> Inputs:
@@ -103,8 +123,8 @@ def _code_inputs(spec: CellSpec, raw: Path, splits: dict, labels: dict) -> Input
     model, vq_scaler = upstream.load_vqvae(vq_run)
     if model.cfg.vect != spec.vect:
         raise BadInput(f"vqvae run {vq_run} was trained with vect={model.cfg.vect}, but vect={spec.vect} was requested")
-    info = {"data": str(raw), "vqvae_run_id": vq_run, "codebook_size": model.cfg.codebook_size, "scaler": vq_scaler.to_dict(),
-            "vect": model.cfg.vect}
+    info = InputInfo(data=str(raw), vqvae_run_id=vq_run, codebook_size=model.cfg.codebook_size, scaler=vq_scaler.to_dict(),
+                     vect=model.cfg.vect)
     arrays = {}
     for s in data.SPLITS:
         x = features.direct_inputs(splits[s], spec.vect, False, vq_scaler)

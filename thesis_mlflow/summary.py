@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,20 @@ from .paths import outputs
 log = logging.getLogger(__name__)
 
 
-def collect(grid: str) -> dict:
+@dataclass
+class ReportData:
+    """Everything the report is built from, as MLflow holds it (``collect``)."""
+
+    runs: pd.DataFrame  # one row per cell run (results.grid_runs), with epochs_done
+    scores: dict[str, dict]  # run id -> its eval/test_scores.npz arrays (finished runs)
+    histories: dict[str, list[tuple[int, float]]]  # run name -> (epoch, val_auc)
+    expected: list[dict]  # the cells the grid asked for (factors and seed)
+    binning: pd.DataFrame  # one row per binning run the cells used: settings and bin populations
+    vqvae: dict[str, dict]  # "vect=4 K=512" -> codebook usage and perplexity per epoch
+    parent: object | None  # the grid's parent run, if any
+
+
+def collect(grid: str) -> ReportData:
     """Everything the report needs, through the public query API (``thesis_mlflow.results``)."""
     from . import results
 
@@ -51,8 +65,7 @@ def collect(grid: str) -> dict:
         v = tracking.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
             k: tracking.metric_history(rid, k) for k in ("codebook_usage", "perplexity")}
-    return {"runs": runs, "scores": scores, "histories": hist, "expected": expected, "binning": pd.DataFrame(binning), "vqvae": vq,
-            "parent": parent}
+    return ReportData(runs=runs, scores=scores, histories=hist, expected=expected, binning=pd.DataFrame(binning), vqvae=vq, parent=parent)
 
 
 def _expected_cells(parent) -> list[dict]:
@@ -63,8 +76,8 @@ def _expected_cells(parent) -> list[dict]:
     return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
 
 
-def build(grid: str, data: dict, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep.Report:
-    runs, scores = data["runs"], data["scores"]
+def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep.Report:
+    runs, scores = data.runs, data.scores
     cells = rep.cell_table(runs, scores, n_boot=n_boot, seed=seed)
     eff = rep.effects(runs, scores, n_boot=n_boot, seed=seed)
     toks = rep.tokenizer_table(runs, scores, n_boot=n_boot, seed=seed)
@@ -72,7 +85,7 @@ def build(grid: str, data: dict, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep
     if len(toks) > 1:
         best, runner = toks.sort_values("mean", ascending=False)["tokenizer"].iloc[:2]
         cond = stats.conditional_effects(runs, scores, best, runner, n_boot=n_boot, seed=seed)
-    r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data["expected"], runs), tokenizers=toks,
+    r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data.expected, runs), tokenizers=toks,
                    backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
     r.answer = rep.answer(toks, eff, cond)
     n_fin = int(((runs["status"] == "FINISHED") & runs["test_auc"].notna()).sum())
@@ -86,11 +99,11 @@ def build(grid: str, data: dict, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep
         r.figures.append(rep.fig_backgrounds(r.backgrounds))
     if scores:
         r.figures.append(rep.fig_roc(best_curves(runs, scores)))
-    r.figures.append(rep.fig_val_auc(data["histories"]))
-    if len(data["binning"]):
-        r.figures.append(rep.fig_binning(data["binning"]))
-    if data["vqvae"]:
-        r.figures.append(rep.fig_codebook(data["vqvae"]))
+    r.figures.append(rep.fig_val_auc(data.histories))
+    if len(data.binning):
+        r.figures.append(rep.fig_binning(data.binning))
+    if data.vqvae:
+        r.figures.append(rep.fig_codebook(data.vqvae))
     return r
 
 
@@ -112,8 +125,8 @@ def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
         files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf"))
     if len(r.backgrounds):
         files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
-    if data["scores"]:
-        files.append(tf.rejection(best_curves(data["runs"], data["scores"]), r.grid, out / "figures" / "rejection.pdf"))
+    if data.scores:
+        files.append(tf.rejection(best_curves(data.runs, data.scores), r.grid, out / "figures" / "rejection.pdf"))
     return files
 
 
@@ -141,7 +154,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
     pdfs = write_pdfs(r, data, out)
     t_build = time.perf_counter() - t1
     with tracking.step_run("report", run_name=f"report-{grid}", tags={"grid.name": grid}):
-        tracking.log_params({"grid": grid, "n_runs": len(data["runs"]), "n_missing": len(r.missing), "n_bootstrap": n_boot, "bootstrap_seed": seed})
+        tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "n_bootstrap": n_boot, "bootstrap_seed": seed})
         for name in files:
             tracking.log_artifact(out / name, "report")
         for pdf in pdfs:
@@ -152,6 +165,6 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
     for line in r.answer[:2]:
         echo(f"  {line}")
     echo(f"  {out / 'summary.html'}  (effects.csv, summary.tex, figures/*.pdf beside it)")
-    if len(data["runs"]):
+    if len(data.runs):
         views.echo_views(grid, tracking.current_experiment_id(), echo)
     return out
