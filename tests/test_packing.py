@@ -60,17 +60,24 @@ def test_cells_per_job_is_validated(tmp_path):
         load_grid(_grid_file(tmp_path, cells_per_job=0), "demo")
 
 
-def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, monkeypatch):
-    doc = {"name": "pk", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max", "cls"], "met": [True], "vect": [4]},
+def _pack(tmp_path, tiny_raw, name: str, poolings: list[str], max_train_events: int):
+    """A tiny grid (direct tokens, the given poolings) whose cells form one pack, with its parent
+    and child runs made: (grid file, experiment id, {cell: run}, the pack's --runs value)."""
+    doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": poolings, "met": [True], "vect": [4]},
            "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
-                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 400, "max_eval_events": 200}}},
-           "condor": {"cells_per_job": 3}}
-    gfile = tmp_path / "pk.yaml"
+                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": max_train_events,
+                                                       "max_eval_events": 200}}},
+           "condor": {"cells_per_job": len(poolings)}}
+    gfile = tmp_path / f"{name}.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "demo", base_dir=ROOT)
     exp = mlflow.MlflowClient().get_experiment_by_name("test-exp").experiment_id
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
-    runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
+    return gfile, exp, children, ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
+
+
+def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, monkeypatch):
+    gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "pk", ["mean", "max", "cls"], max_train_events=400)
     # the pack job is evicted (SIGKILL) in its second cell, right after that cell's first epoch
     env = {**kill_env(1, "direct-max-met-4v-s0"), "MLFLOW_EXPERIMENT_ID": exp}
     cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "demo", "--runs", runs]
@@ -102,16 +109,7 @@ def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, 
     from steps.cli import main
     from tests.fault import install
 
-    doc = {"name": "pf", "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max"], "met": [True], "vect": [4]},
-           "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
-                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": 300, "max_eval_events": 200}}},
-           "condor": {"cells_per_job": 2}}
-    gfile = tmp_path / "pf.yaml"
-    gfile.write_text(yaml.safe_dump(doc))
-    g = load_grid(gfile, "demo", base_dir=ROOT)
-    exp = mlflow.MlflowClient().get_experiment_by_name("test-exp").experiment_id
-    children = ensure_children(g, find_or_create_parent(g, exp), exp)
-    runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in children.items())
+    gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "pf", ["mean", "max"], max_train_events=300)
     install(1, "direct-mean-met-4v-s0", how="raise", patch=monkeypatch)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
     res = CliRunner().invoke(main, ["grid", "pack", str(gfile), "--scale", "demo", "--runs", runs])

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import N_OBJ, SPLITS, DataFormatError, Split, atomic_path, open_h5, split_keys
 from .errors import BadInput, BadSetting
-from .spec import FIT_ON, PHI_CONVENTIONS
+from .spec import PHI_CONVENTIONS, check_binning
 
 _PHI_TOL = 1e-6  # a few float32 ulps at pi
 QUANTILE_FEATURES = {4: ("pt", "eta", "met"), 5: ("e", "pt", "eta", "met")}
@@ -61,14 +61,7 @@ class Binning:
     edges: dict[str, np.ndarray] = field(default_factory=dict)  # inner edges, n_bins-1 each
 
     def __post_init__(self):
-        if not isinstance(self.n_bins, (int, np.integer)) or self.n_bins < 2:
-            raise BadSetting(f"n_bins must be an integer >= 2, got {self.n_bins!r}")
-        if self.vect not in (4, 5):
-            raise BadSetting(f"vect must be 4 or 5, got {self.vect!r}")
-        if self.phi_convention not in PHI_CONVENTIONS:
-            raise BadSetting(f"phi convention must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi_convention!r}")
-        if self.fit_on not in FIT_ON:
-            raise BadSetting(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
+        check_binning(self.n_bins, self.vect, self.phi_convention, self.fit_on)
         if self.n_ids < 1:
             raise BadSetting(f"n_ids must be >= 1, got {self.n_ids!r}")
         self.edges = {k: np.asarray(v, np.float64) for k, v in self.edges.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -28,6 +29,23 @@ CHOICES = {"tokenizer": TOKENIZERS, "pooling": POOLINGS, "task": TASKS, "step_mo
 FACTORS = ("tokenizer", "pooling", "met", "vect")  # the study's factors; a cell is one level of each, per seed
 CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's choice, >= 2x the ~200 distinct binned tokens
 VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
+
+
+def check_binning(n_bins: int, vect: int, phi: str, fit_on: str) -> None:
+    """The rules of a binning's settings, in one place: ``BinningSpec`` (the run) and
+    ``binning.Binning`` (the tokeniser itself, also built from a saved edges file) call this."""
+    try:
+        n = operator.index(n_bins)  # ints, numpy ints; not floats or strings
+    except TypeError:
+        n = None
+    if n is None or not 2 <= n <= 20:
+        raise BadSetting(f"n_bins must be an integer in 2..20; got {n_bins!r}")
+    if vect not in (4, 5):
+        raise BadSetting(f"vect must be 4 or 5; got {vect!r}")
+    if phi not in PHI_CONVENTIONS:
+        raise BadSetting(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {phi!r}")
+    if fit_on not in FIT_ON:
+        raise BadSetting(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
 
 
 def check_training(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int, device: str = "auto",
@@ -70,14 +88,7 @@ class BinningSpec:
     step: ClassVar[str] = "binning"
 
     def __post_init__(self):
-        if not 2 <= self.n_bins <= 20:
-            raise BadSetting(f"n_bins must be in 2..20; got {self.n_bins}")
-        if self.vect not in (4, 5):
-            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
-        if self.phi not in PHI_CONVENTIONS:
-            raise BadSetting(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {self.phi!r}")
-        if self.fit_on not in FIT_ON:
-            raise BadSetting(f"fit_on must be one of {', '.join(FIT_ON)}; got {self.fit_on!r}")
+        check_binning(self.n_bins, self.vect, self.phi, self.fit_on)
 
     @property
     def run_name(self) -> str:
