@@ -56,3 +56,28 @@ def test_per_background_figures_use_that_background_only():
 def test_one_class_only_gives_nan_not_an_error():
     m = metrics.binary_metrics(np.ones(5, bool), np.arange(5.0))
     assert all(np.isnan(v) for v in m.values()) and set(m) == {"auc", "rej30", "rej50", "rej70"}
+
+
+def test_one_background_event_bounds_the_rejection_at_one():
+    y = np.r_[np.ones(10, bool), np.zeros(1, bool)]
+    assert metrics.rejection_at(y, np.r_[np.linspace(0.6, 1, 10), [0.1]], 0.5) == 1.0
+
+
+def test_only_background_gives_nan_too():
+    m = metrics.binary_metrics(np.zeros(5, bool), np.arange(5.0))
+    assert all(np.isnan(v) for v in m.values())
+
+
+def test_logged_names_and_backgrounds_a_task_does_not_have():
+    """The names a train run logs (DESIGN.md), and no per-background figure for a background the
+    task leaves out (4t_vs_ttH has ttH only), nor one-vs-rest AUCs without the process labels."""
+    y, scores = _known_roc()
+    assert set(metrics.test_metrics(y, scores)) == {"test_auc", "test_rej_at_eff30", "test_rej_at_eff50", "test_rej_at_eff70"}
+    process = np.where(y, 1, 2)
+    m = metrics.test_metrics(y, scores, process)
+    assert {k for k in m if "_vs_" in k} == {"test_auc_vs_ttH", "test_rej30_vs_ttH", "test_rej50_vs_ttH", "test_rej70_vs_ttH"}
+    probs = np.zeros((len(y), 5))
+    probs[np.arange(len(y)), process - 1] = 1.0  # a perfect multiclass classifier
+    assert not any(k.startswith("test_auc_ovr") for k in metrics.test_metrics(y, scores, None, probs))
+    ovr = {k: v for k, v in metrics.test_metrics(y, scores, process, probs).items() if k.startswith("test_auc_ovr")}
+    assert ovr == {"test_auc_ovr_4t": 1.0, "test_auc_ovr_ttH": 1.0}  # classes absent from the test set are left out

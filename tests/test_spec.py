@@ -11,7 +11,7 @@ import pytest
 from steps.train import main as train_cmd
 from thesis_mlflow.errors import BadSetting, LeaseHeld, MissingInput
 from thesis_mlflow.grid import load_grid
-from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec, cell_name, cell_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
@@ -99,3 +99,61 @@ def test_cli_shows_user_errors_as_one_line_and_bugs_with_their_traceback(monkeyp
         assert isinstance(res.exception, SystemExit) and res.output.strip().splitlines() == [f"Error: {exc}"]
     else:
         assert res.exception is exc  # not turned into a one-line message: the traceback is printed
+
+
+def test_names_and_tags_spell_every_factor():
+    assert cell_name("binned", "max", False, 5, 2) == "binned-max-nomet-5v-s2"
+    assert cell_tag("binned", "max", False, 5, 2) == "tokenizer=binned,pooling=max,met=false,vect=5,seed=2"
+    assert CellSpec(met=True).name.endswith("-met-4v-s0") and "met=true" in CellSpec(met=True).tag
+
+
+@pytest.mark.parametrize("kw, ok", [
+    ({"n_bins": 2}, True), ({"n_bins": 20}, True), ({"n_bins": 1}, False), ({"n_bins": 21}, False), ({"n_bins": 5.0}, False),
+    ({"codebook_size": 2}, True), ({"codebook_size": 65536}, True), ({"codebook_size": 1}, False), ({"codebook_size": 65537}, False),
+    ({"dropout": 0.0}, True), ({"dropout": 0.99}, True), ({"dropout": 1.0}, False), ({"dropout": -0.1}, False),
+    ({"lr": 1e-9}, True), ({"lr": 0.0}, False), ({"lr": float("inf")}, False),
+    ({"epochs": 1}, True), ({"epochs": 0}, False), ({"batch_size": 1}, True), ({"batch_size": 0}, False),
+    ({"d_model": 1, "n_heads": 1}, True), ({"d_model": 0, "n_heads": 1}, False), ({"vqvae_epochs": 1}, True), ({"vqvae_epochs": 0}, False),
+    ({"weight_decay": 0.0}, True), ({"weight_decay": -1e-3}, False), ({"warmup_steps": 0}, True), ({"warmup_steps": -1}, False),
+    ({"seed": 0}, True), ({"seed": -1}, False), ({"max_train_events": 0}, True), ({"max_train_events": -5}, False),
+    ({"device": "cuda"}, True), ({"device": "tpu"}, False),
+])
+def test_the_edges_of_each_range(kw, ok):
+    """Each limit at its boundary: the last allowed value passes, the first refused one does not."""
+    if ok:
+        CellSpec(**kw)
+    else:
+        with pytest.raises(BadSetting, match=next(iter(kw))):
+            CellSpec(**kw)
+
+
+def test_binned_ambre_needs_its_file_named():
+    with pytest.raises(BadSetting) as e:
+        CellSpec(tokenizer="binned_ambre")
+    assert str(e.value) == "tokenizer=binned_ambre needs binned_path (the colleague's pre-binned HDF5 file)"
+
+
+def test_options_are_matched_case_insensitively_and_stored_as_spelled():
+    s = CellSpec.from_options(task="4T_VS_TTH", pooling="MAX", tokenizer="Binned", phi="ABS", fit_on="Background", device="CPU",
+                              step_mode="Eager", vect="5")
+    assert (s.task, s.pooling, s.tokenizer, s.phi, s.fit_on, s.device, s.step_mode, s.vect) == (
+        "4t_vs_ttH", "max", "binned", "abs", "background", "cpu", "eager", 5)
+    with pytest.raises(BadSetting, match="pooling must be one of cls, mean, max; got 'Avg'"):
+        CellSpec.from_options(pooling="Avg")  # refused as the user typed it
+
+
+def test_a_cell_names_its_upstream_runs():
+    s = CellSpec(tokenizer="binned", vect=5, n_bins=7, phi="abs", fit_on="background", codebook_size=64, vqvae_epochs=3, vqvae_max_events=99)
+    assert s.binning("raw.h5") == BinningSpec(input="raw.h5", n_bins=7, vect=5, phi="abs", fit_on="background")
+    assert s.vqvae("raw.h5") == VQSpec(input="raw.h5", vect=5, codebook_size=64, epochs=3, max_events=99)
+    assert s.binning("raw.h5").run_name == "binning-v5-b7-abs-background" and s.vqvae("raw.h5").run_name == "vqvae-v5-k64"
+    assert s.binning("raw.h5").reuse_params("d") == {"input_sha256": "d", "n_bins": 7, "vect": 5, "phi": "abs", "fit_on": "background"}
+
+
+def test_cli_args_spell_the_command_a_job_runs():
+    s = CellSpec(tokenizer="binned", pooling="max", met=False, vect=5, seed=2, epochs=3, lr=1e-3)
+    assert s.cli_args() == ["--tokenizer", "binned", "--pooling", "max", "--met", "false", "--vect", "5", "--seed", "2", "--task", "4t_vs_bg",
+                            "--data", "data/4tops_synthetic.h5", "--epochs", "3", "--lr", "0.001"]
+    amb = CellSpec(tokenizer="binned_ambre", binned_path="/d/a b.h5", system_metrics=False)
+    assert amb.cli_args()[-4:] == ["--system-metrics", "false", "--binned-path", "/d/a b.h5"]
+    assert amb.cli_args().count("--binned-path") == 1

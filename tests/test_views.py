@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -200,3 +203,41 @@ def test_views_show_every_cell_and_test_auc_first():
         assert v.state["runsHiddenMode"] == "SHOW_ALL"
         assert v.state["selectedColumns"][0] == "metrics.`test_auc`" and v.state["columnOrder"] == v.state["selectedColumns"]
         assert views.decode(views.encode(v, 0))["state"]["runsHiddenMode"] == "SHOW_ALL"
+
+
+def test_the_view_state_the_browser_test_checked():
+    """The exact state MLflow's UI reads (its field names are a contract only the browser test can
+    check, and it runs against a server): ids, names, columns, order, grouping, chart mode."""
+    from thesis_mlflow import views
+
+    vs = views.grid_views("my grid/1")
+    assert [v.id for v in vs] == ["thesis-my_grid_1-cells", "thesis-my_grid_1-by-tokenizer", "thesis-my_grid_1-by-pooling",
+                                  "thesis-my_grid_1-by-met", "thesis-my_grid_1-by-vect", "thesis-my_grid_1-charts"]
+    assert [v.name for v in vs] == ["[thesis-mlflow] my grid/1: cells by test AUC", *(f"[thesis-mlflow] my grid/1: mean by {f}" for f in
+                                    ("tokenizer", "pooling", "met", "vect")), "[thesis-mlflow] my grid/1: charts (test AUC, val AUC per epoch)"]
+    assert [v.mode for v in vs] == ["TABLE"] * 5 + ["CHART"]
+    cols = ["metrics.`test_auc`", "params.`tokenizer`", "params.`pooling`", "params.`met`", "params.`vect`", "params.`seed`",
+            "metrics.`test_rej_at_eff50`", "metrics.`test_rej_at_eff70`", "metrics.`test_acc`", "params.`n_params`", "params.`n_params_embedding`"]
+    base = {"searchFilter": "tags.`grid.name` = 'my grid/1' and tags.step = 'train'", "orderByKey": "metrics.`test_auc`", "orderByAsc": False,
+            "selectedColumns": cols, "columnOrder": cols, "runsHiddenMode": "SHOW_ALL"}
+    assert vs[0].state == base and vs[5].state == base
+    assert vs[1].state == {**base, "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "tokenizer"}]}}
+    value = views.encode(vs[1], 5)
+    env = json.loads(value)
+    assert value == json.dumps(env, separators=(",", ":")) and list(env) == ["name", "createdAt", "state"] and env["createdAt"] == 5
+    assert env["state"].startswith("deflate;")
+    raw = zlib.decompress(base64.b64decode(env["state"][len("deflate;"):])).decode()
+    assert raw == json.dumps(vs[1].state, separators=(",", ":"))  # compact: a 5000-character tag holds more
+    assert views.decode(value) == {"name": vs[1].name, "createdAt": 5, "state": vs[1].state}
+
+
+def test_a_view_longer_than_a_tag_is_refused(monkeypatch):
+    from thesis_mlflow import views
+
+    v = views.grid_views("g")[0]
+    n = len(views.encode(v, 0))
+    monkeypatch.setattr(views, "MAX_TAG", n)
+    views.encode(v, 0)  # exactly at the limit: kept
+    monkeypatch.setattr(views, "MAX_TAG", n - 1)
+    with pytest.raises(ValueError, match=f"is {n} characters; MLflow keeps at most {n - 1}"):
+        views.encode(v, 0)
