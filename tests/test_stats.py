@@ -220,3 +220,45 @@ def test_seed_resampling_variance_is_expanded_to_the_unbiased_one():
     dist = stats.two_level_bootstrap(units, boot, seed=1)
     assert dist.mean() == pytest.approx(v.mean(), abs=5e-4)
     assert dist.var() == pytest.approx(v.var(ddof=1) / 3, rel=0.05)
+
+
+def test_auc_without_ties_counts_the_backgrounds_below_each_signal():
+    # b s b s: the first signal beats 1 background, the second 2: AUC = 3/4
+    assert stats.weighted_auc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]), np.ones(4))[0] == 0.75
+    # the lowest event a signal: it beats none; s b s: (0 + 1) / 2
+    assert stats.weighted_auc(np.array([0.1, 0.2, 0.3]), np.array([1, 0, 1]), np.ones(3))[0] == 0.5
+    # weights are multiplicities: the first signal drawn twice, the second not at all
+    assert stats.weighted_auc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]), np.array([[1.0, 2.0, 1.0, 0.0]]))[0] == 0.5
+    assert np.isnan(stats.weighted_auc(np.array([0.3]), np.array([1]), np.ones(1))[0])  # one class only
+    assert np.isnan(stats.weighted_auc(np.array([]), np.array([], int), np.ones(0))[0])
+
+
+def test_metric_masks_keep_signal_and_one_background():
+    labels = np.array([1, 0, 0, 1, 0])
+    process = np.array([1, 5, 2, 1, 5])
+    assert stats.metric_mask("auc", labels, process) is None
+    assert stats.metric_mask("auc_vs_ttZ", labels, process).tolist() == [True, True, False, True, True]
+    assert stats.metric_mask("auc_vs_ttH", labels, process).tolist() == [True, False, True, True, False]
+    with pytest.raises(ValueError, match="unknown metric 'auc_vs_ttbar'"):
+        stats.metric_mask("auc_vs_ttbar", labels, process)
+    with pytest.raises(ValueError, match="no process labels"):
+        stats.metric_mask("auc_vs_ttZ", labels, None)
+
+
+def test_per_background_run_aucs_and_chunking_leave_the_answer_alone():
+    """A per-background AUC is the AUC on signal + that background only; the bootstrap is drawn
+    in chunks only to bound memory: any chunk size gives the same resamples."""
+    rng = np.random.default_rng(3)
+    process = rng.choice([1, 2, 5], size=400)
+    labels = (process == 1).astype(int)
+    scores = {f"r{i}": {"labels": labels, "process": process, "scores": rng.normal(labels * (i + 1) * 0.5 + (process == 5) * 0.4, 1)}
+              for i in range(2)}
+    auc, boot = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=100)
+    keep = (labels == 1) | (process == 5)
+    for i, rid in enumerate(["r0", "r1"]):
+        assert auc[i] == pytest.approx(roc_auc_score(labels[keep], scores[rid]["scores"][keep]), abs=1e-12)
+    assert not np.isnan(boot).any() and abs(boot.mean(1) - auc).max() < 0.02
+    _, boot7 = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=7)
+    np.testing.assert_array_equal(boot7, boot)
+    _, other = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=2, chunk=100)
+    assert not np.array_equal(other, boot)  # the seed decides the resamples

@@ -57,11 +57,13 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
         return np.full(w.shape[0], np.nan)
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first event of each group of tied scores
     if len(starts) == len(s):  # no ties (continuous scores): each positive beats the background below it
+        if y.all() or not y.any():  # one class only: no pair to rank
+            return np.full(w.shape[0], np.nan)
         neg_cum = np.cumsum(w[:, ~y], axis=1)  # (B, n_bkg)
         n_below = np.cumsum(~y)[y]  # backgrounds sorted below each signal event
         below = np.where(n_below > 0, neg_cum[:, np.maximum(n_below - 1, 0)], 0.0)  # (B, n_sig)
         num = (w[:, y] * below).sum(1)
-        den = w[:, y].sum(1) * neg_cum[:, -1] if neg_cum.shape[1] else np.zeros(w.shape[0])
+        den = w[:, y].sum(1) * neg_cum[:, -1]
     else:
         neg_g = np.add.reduceat(np.where(y, 0.0, w), starts, axis=1)  # (B, groups) background weight per score value
         pos_g = np.add.reduceat(np.where(y, w, 0.0), starts, axis=1)
