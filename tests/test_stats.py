@@ -262,3 +262,41 @@ def test_per_background_run_aucs_and_chunking_leave_the_answer_alone():
     np.testing.assert_array_equal(boot7, boot)
     _, other = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=2, chunk=100)
     assert not np.array_equal(other, boot)  # the seed decides the resamples
+
+
+def test_sign_flip_exact_up_to_its_budget_and_monte_carlo_beyond():
+    units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
+    auc = np.array([0.1, 0.2, 0.3])
+    assert stats.sign_flip_p(units, auc, n_flips=8) == 0.25  # 2**3 = 8 patterns: enumerated, exactly 2/8
+    p = stats.sign_flip_p(units, auc, n_flips=7, seed=0)  # fewer than the patterns: drawn, (1 + hits) / (1 + draws)
+    flips = np.random.default_rng(0).choice((1.0, -1.0), size=(7, 3))
+    hits = int((np.abs((flips * auc).mean(1)) >= auc.mean() - 1e-12).sum())
+    assert p == (1 + hits) / 8 and 0 < p <= 1
+
+
+def test_interaction_and_background_contrasts_are_the_differences_they_name():
+    """Known cell AUCs: binned - direct is -0.04 at met=true and 0.00 at met=false, so the
+    tokenizer x met interaction is -0.04; the per-background row of ttZ is that AUC gap averaged
+    over the other factors (all events here are 4t or ttZ)."""
+    rows, scores, rng = [], {}, np.random.default_rng(0)
+    n = 2000
+    process = rng.choice([1, 5], size=n)
+    labels = (process == 1).astype(int)
+    shift = {("direct", True): 1.2, ("binned", True): 1.0, ("direct", False): 1.0, ("binned", False): 1.0}
+    noise = rng.normal(size=n)
+    for (tok, met), k in shift.items():
+        for seed in (0, 1, 2):
+            rid = f"{tok}-{met}-{seed}"
+            rows.append({"run_id": rid, "tokenizer": tok, "pooling": "max", "met": met, "vect": 4, "seed": seed, "status": "FINISHED"})
+            scores[rid] = {"labels": labels, "process": process, "scores": labels * k + noise}  # the same noise: exact differences
+    runs = pd.DataFrame(rows)
+    auc_of = {key: roc_auc_score(labels, labels * k + noise) for key, k in shift.items()}
+    df = stats.effects(runs, scores, n_boot=50, n_flips=99, seed=0)
+    inter = df[df["factor"] == "tokenizer x met"].iloc[0]
+    want = (auc_of[("direct", True)] - auc_of[("binned", True)]) - (auc_of[("direct", False)] - auc_of[("binned", False)])
+    assert (inter["comparison"], inter["kind"], inter["level_a"], inter["level_b"], inter["at"]) == (
+        "binned - direct", "interaction", "binned", "direct", "met: true vs false")
+    assert inter["estimate"] == pytest.approx(-want, abs=1e-12) and want > 0.01  # level_a - level_b, as the comparison reads
+    bkg = df[(df["kind"] == "background") & (df["at"] == "ttZ")].iloc[0]
+    assert bkg["factor"] == "tokenizer" and bkg["metric"] == "auc_vs_ttZ"
+    assert bkg["estimate"] == pytest.approx(np.mean([auc_of[("binned", m)] - auc_of[("direct", m)] for m in (True, False)]), abs=1e-12)
