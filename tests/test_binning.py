@@ -202,3 +202,35 @@ def test_binning_bad_input_leaves_nothing(mlflow_env, tiny_splits, tmp_path):
     res = CliRunner().invoke(main, ["binning", "--input", str(bad), "--output", str(out), "--phi", "degrees"])
     assert res.exit_code == 2 and "signed" in res.output
     assert mlflow.search_runs(experiment_names=["test-exp"], output_format="list") == []
+
+
+def test_met_tokens_and_tokens_outside_every_range_decode():
+    b = Binning(n_bins=5)
+    base = b.n_object_tokens
+    d = b.decode(np.array([0, 3, base + 2, base + 5, base + 5 + 1, base + 10, base + 11]))
+    # padding and object tokens are no MET; MET bins follow the objects, MET-phi bins follow those
+    assert d["met"].tolist() == [0, 0, 2, 5, 0, 0, 0]
+    assert d["met_phi"].tolist() == [0, 0, 0, 0, 1, 5, 0]  # base + 11 is past the vocabulary: nothing
+    assert d["id"].tolist()[:2] == [0, 1] and d["id"].tolist()[2:] == [0] * 5
+    assert b.vocab_size == base + 11
+
+
+def test_met_edges_are_fitted_on_events_with_met_only(tiny_splits):
+    sp = tiny_splits["train"]
+    X = sp.X.copy()
+    X[: len(X) // 2, 18] = 0.0  # half the events without MET: their zeros must not pull the edges down
+    from thesis_mlflow.data import Split
+
+    b = Binning().fit(Split(X=X, y=sp.y))
+    met = X[:, 18]
+    np.testing.assert_allclose(b.edges["met"], np.quantile(met[met > 0].astype(np.float64), [0.2, 0.4, 0.6, 0.8]))
+
+
+def test_saved_edges_keep_every_setting(tmp_path, tiny_splits):
+    b = Binning(n_bins=7, vect=5, phi_convention="abs", fit_on="background", n_ids=9).fit(tiny_splits["train"])
+    back = Binning.load(b.save(tmp_path / "e.json"))
+    assert back.to_dict() == b.to_dict() and (back.n_bins, back.vect, back.phi_convention, back.fit_on, back.n_ids) == (7, 5, "abs", "background", 9)
+    assert b.to_dict()["vocab_size"] == b.vocab_size
+    Binning(n_ids=1)
+    with pytest.raises(ValueError, match="n_ids must be >= 1"):
+        Binning(n_ids=0)
