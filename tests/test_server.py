@@ -111,13 +111,14 @@ def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
     assert [m.value for m in c.get_metric_history(rid, "val_auc")] == [0.7]
     assert password not in (root / "server.log").read_text()
     assert all(password not in v for v in c.get_run(rid).data.params.values())
-    if CHROMIUM:  # the UI link works in a browser that has the login (what the prompt gives it)
-        with _logged_in_browser_proxy(srv.uri, user, password) as base:
-            u = f"{base}/#/experiments/{exp}/runs"
-            dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                                  "--virtual-time-budget=15000", "--dump-dom", u], capture_output=True, text=True, timeout=120)
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom.stdout, flags=re.S)))
-        assert "srv-test" in text and " r " in text and "1 matching run " in text and "admin" in text, text[:2000]
+    # the UI link works in a browser that has the login (what the prompt gives it)
+    assert CHROMIUM, "headless Chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)"
+    with _logged_in_browser_proxy(srv.uri, user, password) as base:
+        u = f"{base}/#/experiments/{exp}/runs"
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+                              "--virtual-time-budget=15000", "--dump-dom", u], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom.stdout, flags=re.S)))
+    assert "srv-test" in text and " r " in text and "1 matching run " in text and "admin" in text, text[:2000]
     # a second start reuses the password; a file readable by others is refused
     srv.stop()
     assert server.ensure_auth_config(root) and server.credentials(root) == (user, password)
@@ -248,7 +249,9 @@ def test_jobs_survive_a_server_restart(tmp_path, monkeypatch):
     job = subprocess.Popen([sys.executable, "-c", LOGGER], cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_id = job.stdout.readline().strip()
     c = mlflow.MlflowClient()
+    deadline = time.monotonic() + 120
     while len(c.get_metric_history(run_id, "val_auc")) < 3:
+        assert time.monotonic() < deadline and job.poll() is None, "the logging job made no progress"
         time.sleep(0.1)
     os.killpg(srv.pid, signal.SIGKILL)
     down = time.monotonic()
