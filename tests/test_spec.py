@@ -123,7 +123,7 @@ def test_the_edges_of_each_range(kw, ok):
     if ok:
         CellSpec(**kw)
     else:
-        with pytest.raises(BadSetting, match=next(iter(kw))):
+        with pytest.raises(BadSetting, match=f"^{next(iter(kw))} must"):  # named as the user wrote it
             CellSpec(**kw)
 
 
@@ -154,6 +154,9 @@ def test_cli_args_spell_the_command_a_job_runs():
     s = CellSpec(tokenizer="binned", pooling="max", met=False, vect=5, seed=2, epochs=3, lr=1e-3)
     assert s.cli_args() == ["--tokenizer", "binned", "--pooling", "max", "--met", "false", "--vect", "5", "--seed", "2", "--task", "4t_vs_bg",
                             "--data", "data/4tops_synthetic.h5", "--epochs", "3", "--lr", "0.001"]
+    # the factors, task and data always, even at their defaults: a job's command says what it trains
+    assert CellSpec().cli_args() == ["--tokenizer", "direct", "--pooling", "cls", "--met", "true", "--vect", "4", "--seed", "0",
+                                     "--task", "4t_vs_bg", "--data", "data/4tops_synthetic.h5"]
     amb = CellSpec(tokenizer="binned_ambre", binned_path="/d/a b.h5", system_metrics=False)
     assert amb.cli_args()[-4:] == ["--system-metrics", "false", "--binned-path", "/d/a b.h5"]
     assert amb.cli_args().count("--binned-path") == 1
