@@ -89,7 +89,7 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
                    backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
     r.answer = rep.answer(toks, eff, cond)
     n_fin = int(((runs["status"] == "FINISHED") & runs["test_auc"].notna()).sum())
-    r.notes.append(f"{n_fin} finished runs of {max(len(data['expected']), len(runs))} expected, {len(scores)} with test scores; "
+    r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
                    f"{n_boot} bootstrap resamples (seed {seed}); tracking store {tracking.tracking_uri()}.")
     if len(cells):
         r.figures.append(rep.fig_auc_panels(cells))
