@@ -67,7 +67,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     finally:
         if lease is not None:
             lease.stop()
-        if ours is not None and not os.environ.get("THESIS_MLFLOW_DRIVER_PUBLISHES"):  # (driver.WATCHED: a local driver does it)
+        if ours is not None:
             _publish_progress(ours)
 
 

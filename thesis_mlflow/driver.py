@@ -25,9 +25,9 @@ from .grid import Grid, load_grid, write_dag
 from .gridruns import close_left_running, ensure_children, find_or_create_parent
 from .paths import ROOT, outputs, resolve
 from .spec import CellSpec
+from .status import WATCHED
 
 log = logging.getLogger(__name__)
-WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"  # set for the local driver's workers: it updates the parent, the cells need not
 Echo = Callable[[str], None]
 
 

@@ -11,6 +11,7 @@ counts go to the parent run as metrics and a description (the runs table shows p
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
 QUEUED, HELD = "queued", "held"  # from HTCondor (dagnodes): a job waiting for a slot, a job on hold
 ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
+# Set by a local driver for its worker processes: the driver updates the parent's progress itself
+WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,11 @@ class GridStatus:
         many cells at once as run now (one when none does)."""
         rates = [c.n_train_events / c.events_per_s for c in self.cells if c.events_per_s and c.n_train_events]
         epoch_s = sum(rates) / len(rates) if rates else None
-        left = [c.seconds_left(epoch_s) for c in self.cells if c.state != HELD]  # a held job waits for the user, not the clock
+        left = [c.seconds_left(epoch_s) for c in self.cells]  # 0 for a held job: it waits for the user, not the clock
         if any(x is None for x in left):
             return None
         parallel = max(1, self.counts()[RUNNING])
-        return sum(x for x in left if x is not None) / parallel
+        return sum(left) / parallel
 
     def failed_groups(self) -> dict[tuple[str, str], list[CellState]]:
         """Failed and held cells grouped by (error class, message): what needs the user, once per cause."""
@@ -218,7 +221,10 @@ def _cell_state(cell, r) -> CellState:
 
 def publish_after_cell(run_id: str) -> None:
     """A grid cell ended (finished or not, on any backend): its parent's progress, recomputed
-    from MLflow. On Condor no driver is watching, so the cells keep the runs table current."""
+    from MLflow. On Condor no driver is watching, so the cells keep the runs table current; under
+    a local driver (``WATCHED`` set) the driver does it and the cell leaves it alone."""
+    if os.environ.get(WATCHED):
+        return
     r = tracking.get_run(run_id)
     name = r.data.tags.get("grid.name")
     if name and r.data.tags.get("mlflow.parentRunId"):
