@@ -9,35 +9,47 @@
 #      events/s over one common window;
 #   4. benchmarks/gpu_pack_e2e.py (needs MLflow): a pack of 8 full-data cells through the real
 #      `grid pack` command, wall time per cell with compile and evaluation, the grid estimate;
-#   5. benchmarks/gpu_throughput.py: the step modes and batch sizes.
+#   5. benchmarks/gpu_stacked_probe.py: steady events/s of more streams against seeds stacked
+#      into one vmapped model (the batched-seeds question);
+#   6. benchmarks/gpu_throughput.py: the step modes and batch sizes.
 #   bash benchmarks/gpu_check.sh            # from the project root, with the project's environment active
+#   GPU_STEPS="tests probe" bash benchmarks/gpu_check.sh   # some of: tests resume side e2e probe throughput
 # Without MLflow installed, carried wheels are used when a .whl/ folder is there (see the device README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8} PYTHONUNBUFFERED=1 MLFLOW_ENABLE_TELEMETRY=false
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9\n' '_' | tr -s _ | sed 's/_$//')
-out=benchmarks/results/gpu_check_${card:-nogpu}_$(date +%F).txt
+STEPS=" ${GPU_STEPS:-tests resume side e2e probe throughput} "
+out=benchmarks/results/gpu_check_${card:-nogpu}_$(date +%F)${GPU_TAG:+_$GPU_TAG}.txt
 mkdir -p benchmarks/results
 exec > >(tee "$out") 2>&1
 echo "gpu_check $(date -Is) on $(hostname); output also in $out"
 nvidia-smi -L || true
 $PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
 have_mlflow=$($PY -c 'import mlflow; print(1)' 2>/dev/null || echo 0)
+if [ "$have_mlflow" = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then  # a bare GPU node: the carried wheels
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site .whl/*.whl \
+    && export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+  have_mlflow=$($PY -c 'import mlflow; print(1)' 2>/dev/null || echo 0)
+fi
 echo "mlflow importable: $have_mlflow"
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 limit=$2; shift 2
+echo "steps: $STEPS"
+step() {  # step NAME TIMEOUT CMD...: only the steps named in GPU_STEPS (by their short name)
+  local short=$1 name=$2 limit=$3; shift 3
+  case "$STEPS" in *" $short "*) ;; *) return 0 ;; esac
   echo "=== $name"
   local t0=$(date +%s)
   timeout "$limit" "$@"
   echo "$name: exit $? in $(( $(date +%s) - t0 )) s"
 }
-step "GPU tests" "${GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py
-step "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-180}" $PY benchmarks/gpu_fit_resume.py
-step "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
+step tests "GPU tests" "${GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py
+step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-180}" $PY benchmarks/gpu_fit_resume.py
+step side "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
 if [ "$have_mlflow" = 1 ]; then
-  step "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-600}" $PY benchmarks/gpu_pack_e2e.py --cells 8 --epochs 2
+  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-600}" $PY benchmarks/gpu_pack_e2e.py --cells "${GPU_E2E_CELLS:-8}" --epochs 2
 else
   echo "=== gpu_pack_e2e skipped: MLflow is not installed here (carry its wheels, or run on a node with the project's environment)"
 fi
-[ "${GPU_SKIP_THROUGHPUT:-0}" = 1 ] || step "gpu_throughput" "${GPU_BENCH_TIMEOUT:-420}" $PY benchmarks/gpu_throughput.py
+step probe "gpu_stacked_probe" "${GPU_PROBE_TIMEOUT:-300}" $PY benchmarks/gpu_stacked_probe.py
+step throughput "gpu_throughput" "${GPU_BENCH_TIMEOUT:-420}" $PY benchmarks/gpu_throughput.py

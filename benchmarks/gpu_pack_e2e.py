@@ -55,6 +55,8 @@ def main() -> int:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "pack-e2e", "THESIS_MLFLOW_OUTPUTS": str(work)})
     mlflow.set_tracking_uri(uri)
+    # before anything else names it (ensure_raw's run would create it with artifacts in the checkout)
+    exp = mlflow.MlflowClient().create_experiment("pack-e2e", artifact_location=(work / "artifacts").as_uri())
     raw = upstream.ensure_raw(a.data)
     pools, mets, vects = ["cls", "mean", "max"], [True, False], [4, 5]
     train = {"epochs": a.epochs, "batch_size": 64, "device": a.device, "max_eval_events": 0, "max_train_events": a.events}
@@ -65,7 +67,6 @@ def main() -> int:
     gfile = work / "e2e.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "bench", base_dir=ROOT)
-    exp = mlflow.MlflowClient().create_experiment("pack-e2e", artifact_location=(work / "artifacts").as_uri())
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
     pack = list(children.items())[: a.cells]
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in pack)
@@ -76,13 +77,20 @@ def main() -> int:
     print(f"prepare (binning): {time.perf_counter() - t:.0f} s")
     cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "bench", "--runs", runs]
     t0 = time.time()
-    res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MLFLOW_EXPERIMENT_ID": exp}, capture_output=True, text=True)
+    # the pack's log streams through, stamped with seconds since its start: when a time limit
+    # stops this benchmark, what the pack had reached (builds, epochs) is still on record
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MLFLOW_EXPERIMENT_ID": exp, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        print(f"[{time.time() - t0:6.1f} s] {line.rstrip()}", flush=True)
+    code = proc.wait()
     wall = time.time() - t0
-    print(res.stdout.strip())
-    if res.returncode != 0:
-        print(res.stderr[-4000:])
-        print(f"pack exited {res.returncode}")
+    if code != 0:
+        print(f"pack exited {code}")
         return 1
+    res_stdout = "".join(lines)
     c = mlflow.MlflowClient()
     done = [c.get_run(r.info.run_id) for _, r in pack]
     ends = [r.info.end_time / 1e3 for r in done]
@@ -98,7 +106,7 @@ def main() -> int:
 
     print(f"pack process wall {wall:.0f} s; common window {window:.0f} s; aggregate {agg:,.0f} events/s over it")
     n_packs = math.ceil(GRID_CELLS / a.cells)
-    if "side by side" in res.stdout:  # the pack's rate once built: the cells' last epochs, all at once
+    if "side by side" in res_stdout:  # the pack's rate once built: the cells' last epochs, all at once
         steady = sum(r.data.metrics.get("events_per_s", 0) for r in done)
     else:  # one after another (a CPU): one cell's rate at a time
         steady = sum(r.data.metrics.get("events_per_s", 0) for r in done) / len(done)

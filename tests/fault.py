@@ -65,7 +65,9 @@ def install(epoch: int, cell: str = "", at: str = "metrics", how: str = "kill", 
 def kill_env(epoch: int, cell: str = "", base: dict | None = None, at: str = "metrics", how: str = "kill") -> dict:
     """``base`` (default: this process's environment) plus the hook, for a child process."""
     env = dict(os.environ if base is None else base)
-    path = env.get("PYTHONPATH", "")
+    # a ``base`` of a few variables is laid over this environment by the caller: keep its PYTHONPATH
+    # (a GPU node's carried packages live there), else the child would lose them to the hook
+    path = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     env["PYTHONPATH"] = f"{HOOK}{os.pathsep}{path}" if path else str(HOOK)
     env.update({ENV["epoch"]: str(epoch), ENV["cell"]: cell, ENV["at"]: at, ENV["how"]: how})
     return env
