@@ -213,7 +213,8 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
            # (benchmarks/server_load.py); 4 workers x 20 stay under PostgreSQL's default 100 connections
            "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10", **os.environ, **telemetry_off(),
            # the store, possibly with a password, in the environment: never on the command line
-           "MLFLOW_BACKEND_STORE_URI": backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"}
+           "MLFLOW_BACKEND_STORE_URI": backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": site_path(os.environ.get("PYTHONPATH"))}
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ensure_auth_config(root))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret(root)  # CSRF key of the login forms; kept across restarts
@@ -240,6 +241,15 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
             raise
     log.info("mlflow server %s (pid %d, store %s)", uri, proc.pid, mask(backend_store_uri) or root)
     return srv
+
+
+SERVER_SITE = Path(__file__).resolve().parent / "server_site"
+
+
+def site_path(pythonpath: str | None) -> str:
+    """The server's PYTHONPATH: our start-up code (server_site/sitecustomize.py: TCP_NODELAY on
+    every connection, which uvicorn's multi-worker mode leaves off) first, then the caller's."""
+    return os.pathsep.join([str(SERVER_SITE), *([pythonpath] if pythonpath else [])])
 
 
 def flask_secret(root: Path) -> str:
