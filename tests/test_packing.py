@@ -39,6 +39,9 @@ def test_dag_with_packs_covers_every_cell_once(tmp_path):
     g = load_grid(p, "full", base_dir=ROOT)
     cells = g.cells()
     assert len(cells) == 108 and [len(x) for x in g.packs()] == [8] * 13 + [4]
+    # the seeds of a configuration side by side share one compiled graph: at most 4 graphs per pack of 8, not 8
+    configs = [{(c.tokenizer, c.pooling, c.met, c.vect) for c in pack} for pack in g.packs()]
+    assert max(len(x) for x in configs) <= 4 and sum(len(x) for x in configs) <= 36 + 13
     run_ids = {c: f"{i:032x}" for i, c in enumerate(cells)}
     dag = write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag").read_text()
     nodes = re.findall(r"^JOB (pack\S*) ", dag, re.M)

@@ -1,6 +1,7 @@
 """The tracking server's start-up code (thesis_mlflow/server_site): TCP_NODELAY on the
-connections of uvicorn's multi-worker listener, the shadowed sitecustomize still run, and the
-server's processes started with it. The latency it saves is measured in benchmarks/server_latency.py."""
+connections of uvicorn's multi-worker listener, and a shadowed sitecustomize still run.
+test_server.py checks that a real server's processes start with it; the latency it saves is
+measured in benchmarks/server_latency.py."""
 
 from __future__ import annotations
 
@@ -58,16 +59,3 @@ def test_a_shadowed_sitecustomize_still_runs_and_pythonpath_is_kept(tmp_path):
     assert path.split(os.pathsep) == [str(server.SERVER_SITE), str(theirs)]
     assert _run("import builtins, sys; print(getattr(builtins, 'THEIRS_RAN', False), sys.modules['sitecustomize'].__file__)", path) \
         == f"True {server.SERVER_SITE / 'sitecustomize.py'}"
-
-
-def test_every_process_of_a_started_server_runs_it(tmp_path):
-    import psutil
-
-    srv = server.start(tmp_path / "srv", auth=False, workers=2)
-    try:
-        procs = [psutil.Process(srv.pid), *psutil.Process(srv.pid).children(recursive=True)]
-        assert len(procs) >= 3  # mlflow server, uvicorn's supervisor or workers
-        for p in procs:
-            assert p.environ().get("PYTHONPATH", "").split(os.pathsep)[0] == str(server.SERVER_SITE), p.cmdline()
-    finally:
-        srv.stop()
