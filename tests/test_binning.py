@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from steps.cli import main
 from thesis_mlflow import data
-from thesis_mlflow.binning import Binning, phi_bins, read_binned
+from thesis_mlflow.binning import Binning, phi_bins, read_binned, write_binned
 
 from .conftest import make_event_rows
 
@@ -137,6 +137,17 @@ def test_save_load_roundtrip(tmp_path, tiny_splits):
     b = Binning(vect=5, phi_convention="abs").fit(tiny_splits["train"])
     b2 = Binning.load(b.save(tmp_path / "e.json"))
     np.testing.assert_array_equal(b.transform(tiny_splits["val"]), b2.transform(tiny_splits["val"]))
+
+
+def test_read_binned_limits(tmp_path, tiny_splits):
+    """Only the first N events of a split are read, the same as reading all and cutting."""
+    b = Binning().fit(tiny_splits["train"])
+    path = tmp_path / "b.h5"
+    write_binned(path, b, tiny_splits, "0" * 64)
+    full, some = read_binned(path), read_binned(path, limits={"train": 50, "val": None})
+    assert len(some.X["train"]) == 50 and len(some.X["val"]) == len(full.X["val"]) and len(some.X["test"]) == len(full.X["test"])
+    np.testing.assert_array_equal(some.X["train"], full.X["train"][:50])
+    np.testing.assert_array_equal(some.y["train"], full.y["train"][:50])
 
 
 @pytest.mark.parametrize("kw, msg", [({"n_bins": 1}, "n_bins"), ({"vect": 3}, "vect"), ({"phi_convention": "deg"}, "signed, abs"), ({"fit_on": "signal"}, "all, background")])

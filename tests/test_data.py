@@ -118,3 +118,13 @@ def test_task_labels():
     assert t.tolist() == [0, 1, 2, 3, 4, 0]
     with pytest.raises(ValueError, match="4t_vs_bg, 4t_vs_ttH, multiclass"):
         data.task_labels(y, "bogus")
+
+
+def test_limits_read_the_first_events_of_each_split(tiny_raw):
+    """``limits`` reads only the first N rows of a split from the file: the same rows as reading it all and cutting."""
+    full = data.read_raw(tiny_raw)
+    some = data.read_raw(tiny_raw, limits={"train": 100, "val": 7, "test": None})
+    assert {s: len(v.y) for s, v in some.items()} == {"train": 100, "val": 7, "test": len(full["test"].y)}
+    for s, v in some.items():
+        np.testing.assert_array_equal(v.X, full[s].X[: len(v.y)])
+        np.testing.assert_array_equal(v.y, full[s].y[: len(v.y)])

@@ -220,8 +220,9 @@ def write_binned(path: str | Path, binning: Binning, splits: dict[str, Split], s
     return BinnedData(X=X, y={s: splits[s].y for s in SPLITS}, attrs=attrs)
 
 
-def read_binned(path: str | Path) -> BinnedData:
-    """Read a binned file of DESIGN section 4, refusing anything else with a clear message."""
+def read_binned(path: str | Path, limits: dict[str, int | None] | None = None) -> BinnedData:
+    """Read a binned file of DESIGN section 4, refusing anything else with a clear message;
+    ``limits``: only the first N events of a split (None: all)."""
     path = Path(path)
     with open_h5(path, "binned HDF5 file") as f:
         keys = split_keys(f, path)
@@ -229,7 +230,8 @@ def read_binned(path: str | Path) -> BinnedData:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         X, y = {}, {}
         for s, (xk, yk) in keys.items():
-            x = f[xk][()]
+            n = (limits or {}).get(s)
+            x = f[xk][:n]
             if x.ndim != 2 or x.shape[1] != N_OBJ + 2:
                 raise DataFormatError(f"{path}: '{xk}' has shape {x.shape}, expected [N, 20] tokens (18 objects, MET, MET-phi)")
             if not np.issubdtype(x.dtype, np.integer):
@@ -239,7 +241,7 @@ def read_binned(path: str | Path) -> BinnedData:
             vocab = int(attrs.get("vocab_size", x.max() + 1))
             if x.min(initial=0) < 0 or x.max(initial=0) >= vocab:
                 raise DataFormatError(f"{path}: '{xk}' tokens span [{x.min()}, {x.max()}], expected [0, {vocab - 1}] (vocab_size {vocab})")
-            lab = f[yk][()]
+            lab = f[yk][:n]
             if lab.shape != (len(x),) or np.any((lab < 1) | (lab > 5)):
                 raise DataFormatError(f"{path}: '{yk}' must hold {len(x)} labels in 1-5")
             X[s], y[s] = x, lab.astype(np.int64)

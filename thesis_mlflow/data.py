@@ -191,16 +191,19 @@ def open_h5(path: str | Path, what: str = "HDF5 file") -> h5py.File:
         raise DataFormatError(f"{path}: not a readable HDF5 file ({e})") from e
 
 
-def read_raw(path: str | Path, splits: tuple[str, ...] = SPLITS, validate: bool = True) -> dict[str, Split]:
-    """Read (and by default validate) the requested splits of a raw 4-top file."""
+def read_raw(path: str | Path, splits: tuple[str, ...] = SPLITS, validate: bool = True,
+             limits: dict[str, int | None] | None = None) -> dict[str, Split]:
+    """Read (and by default validate) the requested splits of a raw 4-top file; ``limits``: only
+    the first N events of a split (None: all), read from the file as such, not read and cut."""
     path = Path(path)
     with open_h5(path, "raw 4-top HDF5 file") as f:
         keys = split_keys(f, path)
         out = {}
         for s in splits:
             xk, yk = keys[s]
-            X = f[xk][()]
-            y = f[yk][()]
+            n = (limits or {}).get(s)
+            X = f[xk][:n]
+            y = f[yk][:n]
             if validate:
                 validate_split(X, y, xk, yk, str(path))
             out[s] = Split(X=np.asarray(X, dtype=np.float32), y=np.asarray(y).astype(np.int64))

@@ -55,6 +55,10 @@ def _limit(spec: CellSpec, split: str) -> int | None:
     return (spec.max_train_events if split == "train" else spec.max_eval_events) or None
 
 
+def _limits(spec: CellSpec) -> dict[str, int | None]:
+    return {sp: _limit(spec, sp) for sp in data.SPLITS}
+
+
 def infer_vect(X: dict, attrs: dict, requested: int) -> int:
     """A file without a ``vect`` attribute: up to 886 tokens is a 4-vector binning, more a 5-vector one."""
     vocab = attrs.get("vocab_size") or max(int(x.max()) for x in X.values()) + 1
@@ -82,8 +86,7 @@ def build_inputs(spec: CellSpec) -> Inputs:
     if spec.tokenizer in ("binned", "binned_ambre"):
         return _token_inputs(spec)
     raw = upstream.ensure_raw(spec.data)
-    splits = data.read_raw(raw)
-    splits = {sp: data.Split(X=v.X[: _limit(spec, sp)], y=v.y[: _limit(spec, sp)]) for sp, v in splits.items()}
+    splits = data.read_raw(raw, limits=_limits(spec))
     labels = {s: splits[s].y for s in data.SPLITS}
     if spec.tokenizer == "vqvae":
         return _code_inputs(spec, raw, splits, labels)
@@ -99,7 +102,7 @@ def _token_inputs(spec: CellSpec) -> Inputs:
         raw = upstream.ensure_raw(spec.data)
         run_id, path = upstream.find_or_run(spec.binning(str(raw)))
         where = {"binning_run_id": run_id, "data": str(raw), "binned_file": str(path)}
-        bd = read_binned(path)
+        bd = read_binned(path, limits=_limits(spec))
         X, y, attrs = bd.X, bd.y, bd.attrs
     else:
         path = resolve(spec.binned_path)
