@@ -94,13 +94,15 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
     over cells and seeds, 95% two-level interval) and mean background rejection 1/eps_B at
     signal efficiency 30 / 50 / 70%, all computed from the stored test scores."""
     fin = stats.finished(runs, scores)
+    # every run's figures once (each holds all backgrounds), not once per background
+    figures = {i: metrics.test_metrics(scores[i]["labels"], scores[i]["scores"], scores[i]["process"]) for i in fin["run_id"]}
     rows = []
     for m in stats.available_metrics(fin, scores)[1:]:
         bkg = m.removeprefix("auc_vs_")
         ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed)
         for r in ci.itertuples():
             ids = fin.loc[fin["tokenizer"] == r.tokenizer, "run_id"]
-            rej = pd.DataFrame([metrics.test_metrics(scores[i]["labels"], scores[i]["scores"], scores[i]["process"]) for i in ids])
+            rej = pd.DataFrame([figures[i] for i in ids])
             rows.append({"tokenizer": r.tokenizer, "background": bkg, "auc_mean": r.mean, "auc_ci_low": r.ci_low, "auc_ci_high": r.ci_high,
                          **{f"rej{e}_mean": rej[f"test_rej{e}_vs_{bkg}"].mean() for e in (30, 50, 70)}, "n_runs": r.n_runs})
     return pd.DataFrame(rows, columns=["tokenizer", "background", "auc_mean", "auc_ci_low", "auc_ci_high", "rej30_mean", "rej50_mean",
