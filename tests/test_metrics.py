@@ -81,3 +81,21 @@ def test_logged_names_and_backgrounds_a_task_does_not_have():
     assert not any(k.startswith("test_auc_ovr") for k in metrics.test_metrics(y, scores, None, probs))
     ovr = {k: v for k, v in metrics.test_metrics(y, scores, process, probs).items() if k.startswith("test_auc_ovr")}
     assert ovr == {"test_auc_ovr_4t": 1.0, "test_auc_ovr_ttH": 1.0}  # classes absent from the test set are left out
+
+
+@pytest.mark.parametrize("n, levels", [(3, 0), (50, 4), (2000, 0), (2000, 7), (5000, 100)])
+def test_roc_equals_scikit_learn(n, levels):
+    """The numpy ROC (which spares every train process the import of sklearn.metrics) gives
+    scikit-learn's arrays and AUC, ties (few score levels) included."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    rng = np.random.default_rng(n + levels)
+    y = rng.random(n) < 0.4
+    y[:2] = [True, False]
+    scores = rng.normal(y * 0.8, 1.0)
+    if levels:
+        scores = np.round(scores * levels) / levels
+    for got, want in zip(metrics.roc_curve(y, scores), sk_roc_curve(y, scores), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert metrics.roc_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)

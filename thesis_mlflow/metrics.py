@@ -1,4 +1,4 @@
-"""Test-set figures of merit, the way physicists quote them (pure numpy / scikit-learn).
+"""Test-set figures of merit, the way physicists quote them (pure numpy).
 
 One home for what a train run logs at its end and what the report recomputes from stored
 scores: ROC AUC and background rejection 1/eps_B at fixed signal efficiency, for signal
@@ -10,12 +10,37 @@ which background a tokenizer loses on). Names sort together in the MLflow UI:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 # process labels of the raw files (DESIGN.md section 3); 1 is the signal
 PROCESSES = {1: "4t", 2: "ttH", 3: "ttW", 4: "ttWW", 5: "ttZ"}
 BACKGROUNDS = {k: v for k, v in PROCESSES.items() if k != 1}
 EFFICIENCIES = (0.3, 0.5, 0.7)  # signal efficiencies at which rejection is quoted
+
+
+def roc_curve(is_signal: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of a binary ROC, the same arrays as scikit-learn's ``roc_curve``
+    (collinear points dropped; tests/test_metrics.py compares them). In numpy because importing
+    ``sklearn.metrics`` costs every train process ~1 s, and this is all it was used for."""
+    y = np.asarray(is_signal).astype(bool)
+    s = np.asarray(scores)
+    order = np.argsort(s, kind="mergesort")[::-1]  # descending, ties in a fixed order
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # the last event of each distinct score
+    tps = np.cumsum(y, dtype=np.float64)[last]
+    fps = 1 + last - tps
+    thresholds = s[last]
+    if len(fps) > 2:  # drop the points on a straight line between their neighbours
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    tps, fps = np.r_[0, tps], np.r_[0, fps]
+    thresholds = np.r_[np.inf, thresholds]
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def roc_auc(is_signal: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC (ties count half); both classes must be present."""
+    fpr, tpr, _ = roc_curve(is_signal, scores)
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
 
 
 def rejection_at(is_signal: np.ndarray, scores: np.ndarray, eff: float) -> float:
@@ -37,7 +62,7 @@ def binary_metrics(is_signal: np.ndarray, scores: np.ndarray) -> dict[str, float
     is_signal = np.asarray(is_signal).astype(bool)
     if is_signal.all() or (~is_signal).all():
         return {"auc": float("nan"), **{f"rej{round(e * 100)}": float("nan") for e in EFFICIENCIES}}
-    out = {"auc": float(roc_auc_score(is_signal, scores))}
+    out = {"auc": roc_auc(is_signal, scores)}
     for e in EFFICIENCIES:
         out[f"rej{round(e * 100)}"] = rejection_at(is_signal, scores, e)
     return out
@@ -68,5 +93,5 @@ def test_metrics(is_signal: np.ndarray, scores: np.ndarray, process: np.ndarray 
         for code, name in PROCESSES.items():
             y = np.asarray(process) == code
             if y.any() and not y.all():
-                out[f"test_auc_ovr_{name}"] = float(roc_auc_score(y, probs[:, code - 1]))
+                out[f"test_auc_ovr_{name}"] = roc_auc(y, probs[:, code - 1])
     return out

@@ -225,7 +225,7 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
 
 def fig_roc(curves: dict[str, dict]) -> go.Figure:
     """Background rejection 1/eps_B against signal efficiency, the HEP way."""
-    from sklearn.metrics import roc_curve
+    from .metrics import roc_curve
 
     fig = go.Figure()
     for name, sc in curves.items():

@@ -87,7 +87,7 @@ def backgrounds(bkg: pd.DataFrame, grid: str, path: Path) -> Path:
 
 def rejection(curves: dict[str, dict], grid: str, path: Path) -> Path:
     """Background rejection 1/eps_B against signal efficiency, the best run of each tokenizer."""
-    from sklearn.metrics import roc_curve
+    from .metrics import roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
