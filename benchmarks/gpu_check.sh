@@ -15,6 +15,11 @@
 #   bash benchmarks/gpu_check.sh            # from the project root, with the project's environment active
 #   GPU_STEPS="tests probe" bash benchmarks/gpu_check.sh   # some of: tests resume side e2e probe throughput
 # Without MLflow installed, carried wheels are used when a .whl/ folder is there (see the device README).
+# benchmarks/gpu_wheels.txt lists what a bare GPU node with Python 3.12 lacked (MLflow 3.17.2 and 45
+# packages in all, ~45 MB); fetch them with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl -r benchmarks/gpu_wheels.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
