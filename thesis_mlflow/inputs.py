@@ -108,9 +108,9 @@ def _token_inputs(spec: CellSpec) -> Inputs:
         path = resolve(spec.binned_path)
         X, y, attrs, how = read_ambre(path, spec.data, spec.seed)
         where = {"data": str(path), "binned_file": str(path), "ambre_split": how}
-    for sp in data.SPLITS:
-        n = _limit(spec, sp)
-        X[sp], y[sp] = X[sp][:n], y[sp][:n]
+        for sp in data.SPLITS:  # the colleague's file is split here, so it is cut here (read_binned cuts as it reads)
+            n = _limit(spec, sp)
+            X[sp], y[sp] = X[sp][:n], y[sp][:n]
     file_vect = int(attrs.get("vect") or infer_vect(X, attrs, spec.vect))
     if file_vect != spec.vect:
         raise BadInput(f"binned file {where['binned_file']} was made with vect={file_vect}, but vect={spec.vect} was requested")

@@ -40,7 +40,7 @@ def roc_curve(is_signal: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
 def roc_auc(is_signal: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC (ties count half); both classes must be present."""
     fpr, tpr, _ = roc_curve(is_signal, scores)
-    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+    return _area(fpr, tpr)
 
 
 def rejection_at(is_signal: np.ndarray, scores: np.ndarray, eff: float) -> float:
@@ -52,9 +52,7 @@ def rejection_at(is_signal: np.ndarray, scores: np.ndarray, eff: float) -> float
     """
     is_signal = np.asarray(is_signal).astype(bool)
     fpr, tpr, _ = roc_curve(is_signal, scores)
-    eps_b = float(np.interp(eff, tpr, fpr))
-    n_bkg = max(int((~is_signal).sum()), 1)
-    return 1.0 / max(eps_b, 1.0 / n_bkg)
+    return _rejection(fpr, tpr, int((~is_signal).sum()), eff)
 
 
 def binary_metrics(is_signal: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -62,10 +60,19 @@ def binary_metrics(is_signal: np.ndarray, scores: np.ndarray) -> dict[str, float
     is_signal = np.asarray(is_signal).astype(bool)
     if is_signal.all() or (~is_signal).all():
         return {"auc": float("nan"), **{f"rej{round(e * 100)}": float("nan") for e in EFFICIENCIES}}
-    out = {"auc": roc_auc(is_signal, scores)}
-    for e in EFFICIENCIES:
-        out[f"rej{round(e * 100)}"] = rejection_at(is_signal, scores, e)
-    return out
+    fpr, tpr, _ = roc_curve(is_signal, scores)  # one curve for the AUC and every rejection
+    n_bkg = int((~is_signal).sum())
+    return {"auc": _area(fpr, tpr), **{f"rej{round(e * 100)}": _rejection(fpr, tpr, n_bkg, e) for e in EFFICIENCIES}}
+
+
+def _area(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+
+
+def _rejection(fpr: np.ndarray, tpr: np.ndarray, n_bkg: int, eff: float) -> float:
+    """1/eps_B at ``eff`` on a ROC of ``n_bkg`` background events (see ``rejection_at``)."""
+    eps_b = float(np.interp(eff, tpr, fpr))
+    return 1.0 / max(eps_b, 1.0 / max(n_bkg, 1))
 
 
 def test_metrics(is_signal: np.ndarray, scores: np.ndarray, process: np.ndarray | None = None,
