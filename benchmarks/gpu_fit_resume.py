@@ -2,8 +2,8 @@
 
 A thesis-size model trained 2 epochs in the captured (compiled) step, against the same run
 stopped after epoch 1 and resumed from its checkpoint: the checkpoint is loaded with
-``weights_only=True`` (RNG states as tensors), the learning rate continues on the schedule,
-and the weights agree (bf16 autocast; dropout is reseeded per epoch, so a resumed graph
+``weights_only=True`` (it names its random stream, no generator state), the learning rate continues on the schedule,
+and the weights agree (bf16 autocast; the run's dropout generator is reseeded per epoch, so a resumed graph
 replays it). Also the per-background test metrics and a multiclass evaluation on the device.
 Prints one line per check and exits non-zero on a failure.
 
@@ -70,7 +70,7 @@ def main() -> int:
     noise = max((p - q).abs().max().item() for p, q in zip(ref.parameters(), again.parameters(), strict=True))
     print(f"two uninterrupted runs: max |dw| {noise:.2e} (the floor of any comparison)")
     ck = safeload.load(work / "one.pt", map_location=dev)
-    print(f"checkpoint after epoch {ck['epoch']} loads with weights_only=True: numpy RNG as {type(ck['rng']['numpy']).__name__}")
+    print(f"checkpoint after epoch {ck['epoch']} loads with weights_only=True: random stream {ck['stream']['id']} (scheme {ck['stream']['scheme']})")
     resumed = model()
     h_res = fit(resumed, tens["train"], tens["val"], cfg, work / "res.pt", resume_from=work / "one.pt", progress=False)
     diff = max((p - q).abs().max().item() for p, q in zip(ref.parameters(), resumed.parameters(), strict=True))

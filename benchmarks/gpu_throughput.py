@@ -42,8 +42,9 @@ from _reference import Reference  # noqa: E402
 
 from thesis_mlflow import features, synthetic  # noqa: E402
 from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
-from thesis_mlflow.train import TrainConfig, build_step, epoch_order, evaluate, lr_lambda, make_optimizer, resolve_step  # noqa: E402
+from thesis_mlflow.model import Classifier, ModelConfig, init_weights  # noqa: E402
+from thesis_mlflow.streams import RunStream  # noqa: E402
+from thesis_mlflow.train import TrainConfig, build_step, evaluate, lr_lambda, make_optimizer, resolve_step  # noqa: E402
 
 DEV = torch.device("cuda")  # --device cpu only checks this script's plumbing on a machine without a GPU
 THESIS = {"n_train": 241_658, "n_val": 30_207, "epochs": 50, "cells": 108}
@@ -91,14 +92,15 @@ def reference_rate(tr, bs: int, steps: int) -> float:
 
 def project_stepper(tr, bs: int, mode: str, seed: int = 0):
     dev = DEV
-    cfg = TrainConfig(epochs=THESIS["epochs"], batch_size=bs, device=DEV.type, step_mode=mode, seed=seed)
-    torch.manual_seed(seed)
-    model = Classifier(ModelConfig(tokenizer="binned", pooling="max")).to(dev)
+    cfg = TrainConfig(epochs=THESIS["epochs"], batch_size=bs, device=DEV.type, step_mode=mode, seed=seed, stream_key="bench")
+    model = init_weights(Classifier(ModelConfig(tokenizer="binned", pooling="max")), cfg.stream.torch_generator("init")).to(dev)
+    noise = torch.Generator(device=dev).manual_seed(cfg.stream.dropout_seed(1))  # each cell its own dropout generator
+    model.set_noise(noise)
     model.train()
     opt = make_optimizer(model, cfg, dev, resolve_step(mode, dev))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, math.ceil(len(tr) / bs) * cfg.epochs))
     t0 = time.perf_counter()
-    step = build_step(model, opt, sched, tr, cfg, dev, resolve_step(mode, dev))
+    step = build_step(model, opt, sched, tr, cfg, dev, resolve_step(mode, dev), noise)
     _sync()
     return model, step, time.perf_counter() - t0
 
@@ -110,7 +112,7 @@ def project_rate(tr, bs: int, mode: str) -> tuple[float, float]:
     for epoch in ((1,) if mode == "eager" else (1, 2)):
         _sync()
         t0 = time.perf_counter()
-        step.epoch(epoch_order(len(tr), 0, epoch), lambda: None).item()
+        step.epoch(RunStream("bench", 0).epoch_order(len(tr), epoch), lambda: None).item()
         rates.append(len(tr) / (time.perf_counter() - t0))
     return max(rates), build
 
@@ -132,7 +134,7 @@ def worker(a) -> None:
         time.sleep(0.001)
     t0, n, epoch = time.time(), 0, 1
     while time.time() < start_at + seconds:
-        step.epoch(epoch_order(len(tr), a.seed, epoch), lambda: None).item()
+        step.epoch(RunStream("bench", a.seed).epoch_order(len(tr), epoch), lambda: None).item()
         n += len(tr)
         epoch += 1
     print(json.dumps({"events": n, "seconds": time.time() - t0}), flush=True)
@@ -185,7 +187,7 @@ def streams(tr, k: int, bs: int, mode: str, seconds: float) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for st in steps:
-            st.perm.copy_(epoch_order(len(tr), 0, epoch)[torch.arange(st.perm.numel()) % len(tr)])
+            st.perm.copy_(RunStream("bench", 0).epoch_order(len(tr), epoch)[torch.arange(st.perm.numel()) % len(tr)])
             st.pos.zero_()
         for st, s in zip(steps, ss, strict=True):
             s.wait_stream(torch.cuda.current_stream())

@@ -30,7 +30,8 @@ def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
     from thesis_mlflow import features
     from thesis_mlflow.binning import Binning
     from thesis_mlflow.model import Classifier, ModelConfig
-    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, epoch_order, lr_lambda, make_optimizer
+    from thesis_mlflow.streams import RunStream
+    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])
@@ -48,7 +49,7 @@ def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
         step = EagerStep(model, opt, sched, tr, cfg, dev) if m == "eager" else StaticStep(model, opt, sched, tr, cfg, dev,
                                                                                            compile_model=m == "compiled")
         step.steps_per_epoch = 1  # just the first batch
-        losses.append(step.epoch(epoch_order(len(tr), 0, 1), lambda: None).item() / 64)
+        losses.append(step.epoch(RunStream("test", 0).epoch_order(len(tr), 1), lambda: None).item() / 64)
     assert losses[1] == pytest.approx(losses[0], rel=2e-2), losses  # bf16 autocast in both
 
 
@@ -70,7 +71,8 @@ def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp
     from thesis_mlflow import features
     from thesis_mlflow.binning import Binning
     from thesis_mlflow.model import Classifier, ModelConfig
-    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, epoch_order, lr_lambda, make_optimizer
+    from thesis_mlflow.streams import RunStream
+    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])
@@ -92,8 +94,8 @@ def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
         steps[m] = EagerStep(model, opt, sched, tr, cfg, dev) if m == "eager" else StaticStep(model, opt, sched, tr, cfg, dev)
     for epoch in (1, 2):
-        la = steps["eager"].epoch(epoch_order(n, 0, epoch), lambda: None).item()
-        lb = steps["graph"].epoch(epoch_order(n, 0, epoch), lambda: None).item()
+        la = steps["eager"].epoch(RunStream("test", 0).epoch_order(n, epoch), lambda: None).item()
+        lb = steps["graph"].epoch(RunStream("test", 0).epoch_order(n, epoch), lambda: None).item()
         assert lb == pytest.approx(la, rel=1e-6), (epoch, la, lb)
     for (k, pa), pb in zip(ref.state_dict().items(), fast.state_dict().values(), strict=True):
         if k.endswith("attn.qkv.bias"):  # the key bias has no true gradient: Adam steps its rounding noise (see test_train_step)
@@ -107,8 +109,8 @@ def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp
 
 def test_resume_is_bit_exact_under_deterministic_algorithms(tiny_splits, tmp_path, exact_fp32, monkeypatch):
     """With deterministic kernels, an eager CUDA run stopped after epoch 1 and resumed from its
-    checkpoint ends with the very weights of an uninterrupted run (dropout included: it is
-    reseeded per epoch on CUDA)."""
+    checkpoint ends with the very weights of an uninterrupted run (dropout included: the run's
+    own generator is reseeded from its stream per epoch)."""
     from thesis_mlflow import features
     from thesis_mlflow.binning import Binning
     from thesis_mlflow.model import Classifier, ModelConfig
@@ -192,7 +194,7 @@ def test_killed_run_resumes_on_cuda(mlflow_env, tiny_raw):
 
     def weights(run_id):
         p = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt")
-        return torch.load(p, weights_only=False, map_location="cpu")["model"]
+        return torch.load(p, weights_only=True, map_location="cpu")["model"]
 
     w, w_ref = weights(rid), weights(ref_id)
     worst = max(((w[k] - v).abs().max() / v.abs().max().clamp(min=1e-3)).item() for k, v in w_ref.items())

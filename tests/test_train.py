@@ -30,7 +30,7 @@ def _runs(step=None):
 
 def test_train_direct_logs_everything(mlflow_env, tiny_raw):
     res = CliRunner().invoke(main, ["train", "--tokenizer", "direct", "--pooling", "max", "--met", "false", "--vect", "5",
-                                    "--epochs", "2", "--data", str(tiny_raw), *TINY])
+                                    "--epochs", "3", "--data", str(tiny_raw), *TINY])
     assert res.exit_code == 0, res.output
     (r,) = _runs("train")
     assert r.info.status == "FINISHED"
@@ -43,15 +43,21 @@ def test_train_direct_logs_everything(mlflow_env, tiny_raw):
     assert (p["tokenizer"], p["pooling"], p["met"], p["vect"], p["d_model"], p["task"]) == ("direct", "max", "false", "5", "16", "4t_vs_bg")
     c = mlflow.MlflowClient()
     for k in EPOCH_METRICS:
-        assert [m.step for m in c.get_metric_history(r.info.run_id, k)] == [1, 2], k
+        assert [m.step for m in c.get_metric_history(r.info.run_id, k)] == [1, 2, 3], k
     for k in ("test_auc", "test_acc", "test_rej_at_eff50", "test_rej_at_eff70"):
         assert np.isfinite(r.data.metrics[k]), k
     assert 0.5 < r.data.metrics["test_auc"] <= 1.0
+    # its random stream: named by the configuration's key and the seed, never the bare seed
+    from thesis_mlflow.streams import SCHEME, RunStream
+
+    key = "cell:task=4t_vs_bg,tokenizer=direct,pooling=max,met=false,vect=5"
+    assert (p["rng_key"], p["rng_stream"], p["rng_scheme"]) == (key, RunStream(key, 0).id, str(SCHEME))
     npz = np.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="eval/test_scores.npz"))
     assert npz["labels"].shape == npz["scores"].shape == (200,)
     assert set(np.unique(npz["labels"])) == {0, 1} and np.all((npz["scores"] >= 0) & (npz["scores"] <= 1))
-    ck = torch.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
-    assert ck["epoch"] == 2 and "optimizer" in ck and "rng" in ck and "scheduler" in ck
+    ck = torch.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=True)
+    assert ck["epoch"] == 3 and "optimizer" in ck and "scheduler" in ck
+    assert ck["stream"] == {"scheme": SCHEME, "id": p["rng_stream"], "key": key, "seed": 0}
     assert ck["scaler"]["mean"]["log_pt"] > 0
     assert r.inputs.dataset_inputs[0].dataset.name == Path(tiny_raw).name
 

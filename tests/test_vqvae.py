@@ -86,17 +86,23 @@ def _tiny_objects(split, vect=4):
     return x
 
 
-def test_padding_gets_no_code_and_same_seed_same_codes(tiny_splits):
+def test_padding_gets_no_code_and_same_stream_same_codes(tiny_splits):
+    """The pre-training's draws are its stream's alone: the same stream gives the same codes
+    whatever torch's global generator holds; another seed gives other codes."""
+    from thesis_mlflow.streams import RunStream
+
     tr = tiny_splits["train"]
     x = _tiny_objects(tr)
     codes = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        m = ObjectVQVAE(VQConfig(codebook_size=32, hidden=16), seed=0)
+    for global_seed, seed in ((0, 0), (123, 0), (0, 1)):
+        torch.manual_seed(global_seed)  # must not matter
+        stream = RunStream("vqvae:test", seed)
+        m = ObjectVQVAE(VQConfig(codebook_size=32, hidden=16), stream)
         v = x["valid"]
-        train_vqvae(m, x["cont"][v], x["ids"][v], VQTrainConfig(epochs=1, batch_size=1024), ["pt", "eta", "phi"])
+        train_vqvae(m, x["cont"][v], x["ids"][v], VQTrainConfig(epochs=1, batch_size=1024), ["pt", "eta", "phi"], stream=stream)
         codes.append(m.encode(x["cont"], x["ids"], v))
     np.testing.assert_array_equal(codes[0], codes[1])
+    assert not np.array_equal(codes[0], codes[2])
     assert np.all(codes[0][~x["valid"]] == -1) and np.all(codes[0][x["valid"]] >= 0)
     stats = usage_stats(codes[0], 32)
     assert 0 < stats["codebook_usage"] <= 1 and 1 <= stats["perplexity"] <= 32

@@ -25,7 +25,8 @@ from .spec import CellSpec, cell_name, cell_tag
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 # Settings that must agree between a run's earlier attempts (or `mlflow run`'s own params) and now.
-CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff")
+CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff",
+           "rng_stream", "rng_scheme")
 
 
 def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
@@ -34,12 +35,12 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
     cells may be trained one after another, or side by side in threads, in one process."""
     from .model import Classifier, ModelConfig
-    from .train import resolve_device, resolve_step, seed_everything
+    from .train import resolve_device, resolve_step
 
     tcfg = spec.train_config()
     resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
     inp = build_inputs(spec)
-    seed_everything(spec.seed)
+    # its weights are drawn by fit from the run's own stream (tcfg.stream), not from torch's global generator
     model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
                                    n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
                                    d_ff=spec.d_ff, dropout=spec.dropout, **_table_sizes(inp.info)))
@@ -49,7 +50,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
                                                             "n_params", "n_params_embedding")},
               "data": inp.info.data,
               "n_train_events": len(tens["train"]), "n_val_events": len(tens["val"]), "n_test_events": len(tens["test"]),
-              **inp.info.params()}
+              **inp.info.params(), **tcfg.stream.params()}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
     given = run_id or os.environ.get("MLFLOW_RUN_ID")

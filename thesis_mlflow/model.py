@@ -6,6 +6,12 @@ the attention output, a norm inside the feed-forward and a learned residual weig
 
 Mask convention (fixed at the data boundary, ``thesis_mlflow.data``): ``valid`` is True
 for real tokens and False for padding. It is the only mask passed around here.
+
+Randomness: the model draws from generators its run owns, never from torch's process-wide
+ones (``thesis_mlflow.streams``): ``init_weights(model, g)`` sets every parameter from the
+run's ``init`` generator, and ``set_noise(g)`` hands every dropout site the run's dropout
+generator. Training with dropout and no generator set is refused rather than silently drawing
+from a generator that other runs in the process share.
 """
 
 from __future__ import annotations
@@ -132,6 +138,29 @@ class CodeEmbedding(nn.Module):
 # --------------------------------------------------------------------------- block
 
 
+class Dropout(nn.Module):
+    """Inverted dropout drawing from the run's own generator (``Classifier.set_noise``).
+
+    ``nn.Dropout`` and SDPA's ``dropout_p`` draw from torch's process-wide generator, which
+    every run in a process (cells side by side in threads, captured graphs on several streams)
+    would share. Here each run's masks come from its generator alone; the training loop
+    reseeds it at each epoch's start, so a resumed run draws the masks it would have drawn.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None  # not a buffer: not saved, set per run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            raise RuntimeError("training with dropout needs the run's own generator: call model.set_noise(generator) first")
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep / (1 - self.p)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with NormFormer head scaling (before the output projection)."""
 
@@ -141,12 +170,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.head_scale = nn.Parameter(torch.ones(n_heads))
-        self.dropout = dropout
+        self.attn_drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.attn_drop.p > 0:  # SDPA's own dropout would use the shared generator
+            att = (q @ k.transpose(-2, -1)) * self.hd**-0.5  # (B, H, T, T)
+            att = att.masked_fill(~attn_mask, float("-inf")).softmax(-1)
+            y = self.attn_drop(att) @ v  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         # Head scaling folded into the output projection: W (s * y) == (W diag(s)) y, one small
         # weight product instead of a pass over (B, H, T, hd).
         w = self.out.weight * self.head_scale.repeat_interleave(self.hd)[None, :]
@@ -166,7 +200,7 @@ class Block(nn.Module):
         self.fc_norm = nn.LayerNorm(d_ff)  # NormFormer: norm after the activation
         self.fc2 = nn.Linear(d_ff, d)
         self.resid_weight = nn.Parameter(torch.ones(d))  # ParT's w_resid
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.post_attn_norm(self.attn(self.pre_attn_norm(x), attn_mask)))
@@ -232,6 +266,13 @@ class Classifier(nn.Module):
         out = x.masked_fill(~m, neg).amax(1)
         return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))
 
+    # ------------------------------------------------------------------ randomness
+    def set_noise(self, generator: torch.Generator | None) -> None:
+        """Every dropout site draws from ``generator`` (the run's own; None: none set)."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.generator = generator
+
     # ------------------------------------------------------------------ introspection
     def n_params(self) -> tuple[int, int]:
         """(parameters outside embedding tables, parameters in embedding tables)."""
@@ -263,3 +304,52 @@ class Classifier(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+# --------------------------------------------------------------------------- initial weights
+
+# Parameters that are not of a standard layer, and how they start (as the modules set them).
+_ONES = ("head_scale", "resid_weight")
+_ZEROS = ("met_type",)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Every parameter of ``model`` drawn from ``generator`` (the run's own), with PyTorch's
+    default distributions: Linear weights Kaiming-uniform(a=sqrt(5)) and biases U(+-1/sqrt(fan_in)),
+    embeddings N(0, 1) with the padding row zero, LayerNorm ones / zeros, the CLS token
+    N(0, 0.02) truncated. A parameter no rule covers is an error, so a new layer cannot
+    silently keep weights from the process-wide generator. Returns ``model``."""
+    done: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            if m.bias is not None:
+                bound = 1 / math.sqrt(m.in_features) if m.in_features > 0 else 0
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, generator=generator)
+            if m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                m.weight.fill_(1.0)
+            if m.bias is not None:
+                m.bias.zero_()
+        else:
+            for name, p in m.named_parameters(recurse=False):
+                if name in _ONES:
+                    p.fill_(1.0)
+                elif name in _ZEROS:
+                    p.zero_()
+                elif name == "cls":
+                    nn.init.trunc_normal_(p, std=0.02, generator=generator)
+                else:
+                    continue
+                done.add(id(p))
+            continue
+        done.update(id(p) for p in m.parameters(recurse=False))
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise RuntimeError(f"init_weights has no rule for {missed}: say how they start")
+    return model

@@ -1,5 +1,6 @@
 """The training schedule, pure and small: the learning rate per optimizer step (linear
-warm-up, then cosine to zero) on the host and on the device, and each epoch's event order.
+warm-up, then cosine to zero) on the host and on the device. (Each epoch's event order is the
+run's random stream's: ``streams.RunStream.epoch_order``.)
 
 Both LR functions are the same formula: ``lr_lambda`` for ``LambdaLR`` (eager loop, the
 checkpoint's scheduler state), ``lr_factor`` on a float64 device tensor inside a captured CUDA
@@ -32,11 +33,3 @@ def lr_factor(step: torch.Tensor, warmup: int, total: int) -> torch.Tensor:
     progress = ((step - warmup) / max(1, total - warmup)).clamp(max=1.0)
     return torch.where(step < warmup, warm, 0.5 * (1 + torch.cos(math.pi * progress)))
 
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The training order of one epoch: a function of (seed, epoch) only, so resume-proof."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-# --------------------------------------------------------------------------- metrics

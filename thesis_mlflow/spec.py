@@ -119,6 +119,11 @@ class VQSpec:
     def run_name(self) -> str:
         return f"vqvae-v{self.vect}-k{self.codebook_size}"
 
+    def stream_key(self) -> str:
+        """The canonical key of this pre-training's random stream (with ``seed``): its settings."""
+        return (f"vqvae:vect={self.vect},codebook_size={self.codebook_size},latent_dim={self.latent_dim},epochs={self.epochs},"
+                f"batch_size={self.batch_size},lr={self.lr},max_events={self.max_events}")
+
     def reuse_params(self, digest: str) -> dict:
         """The params a finished run must have to be reused."""
         return {"input_sha256": digest, "vect": self.vect, "codebook_size": self.codebook_size, "latent_dim": self.latent_dim,
@@ -202,6 +207,12 @@ class CellSpec:
         """The cell's coordinates in the grid (what the grid pre-logs on a child run)."""
         return {**{k: getattr(self, k) for k in FACTORS}, "seed": self.seed}
 
+    def stream_key(self) -> str:
+        """The configuration's canonical key, which with the seed names the run's random stream
+        (``streams.RunStream``): the factors and the task, so every cell of one seed draws its
+        own initial weights, data order and dropout masks."""
+        return f"cell:task={self.task}," + cell_tag(self.tokenizer, self.pooling, self.met, self.vect, self.seed).rsplit(",seed=", 1)[0]
+
     def settings(self) -> dict:
         """The training settings a train run logs (with the factors, read back from the built
         model, and where its inputs came from)."""
@@ -229,7 +240,8 @@ class CellSpec:
         from .train import TrainConfig
 
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_steps=self.warmup_steps, seed=self.seed, device=self.device, step_mode=self.step_mode)
+                           warmup_steps=self.warmup_steps, seed=self.seed, stream_key=self.stream_key(), device=self.device,
+                           step_mode=self.step_mode)
 
     def binning(self, raw: str) -> BinningSpec:
         """The binning run this cell's tokens come from (``binned``), made from ``raw``."""

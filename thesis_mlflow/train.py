@@ -5,6 +5,13 @@ callbacks (the train step logs through them). Order each epoch: checkpoint first
 metrics. A resumed run replays the metric history stored in the checkpoint through
 ``on_epoch`` so the caller can log exactly the epochs it has not logged yet.
 
+Randomness: ``fit`` owns every random draw of the run, all from the run's own stream
+(``cfg.stream``, see ``thesis_mlflow.streams``): the initial weights (unless resuming), each
+epoch's event order, and dropout through a generator owned by the run (reseeded from the stream
+at each epoch's start, registered with the captured graph). Nothing here seeds or reads torch's,
+numpy's or Python's process-wide generators, so cells trained side by side in threads give the
+same result as each trained alone.
+
 Two ways to run one optimisation step, same science (model, data order, optimizer, schedule,
 number of steps), different kernels:
 
@@ -24,7 +31,6 @@ import contextlib
 import importlib.util
 import logging
 import math
-import random
 import sys
 import threading
 import time
@@ -32,16 +38,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import safeload
-from .errors import BadSetting, Unavailable
+from .errors import BadSetting, RunConflict, Unavailable
 from .features import Tensors
 from .metrics import binary_metrics
-from .schedule import epoch_order, lr_factor, lr_lambda
+from .model import init_weights
+from .schedule import lr_factor, lr_lambda
 from .spec import check_training
+from .streams import SCHEME, RunStream, stream_check
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,9 @@ class TrainConfig:
     warmup_steps: int = 1000
     grad_clip: float = 1.0
     seed: int = 0
+    # with ``seed``, names the run's random stream; a cell passes its configuration's canonical key
+    # (CellSpec.stream_key) so that cells of one seed draw independently
+    stream_key: str = "adhoc"
     device: str = "auto"  # cuda when present (bf16 autocast), else cpu
     eval_batch_size: int = 4096
     # auto: "compiled" on CUDA (torch.compile + CUDA graph; "graph" without Triton), "eager" on the CPU
@@ -65,6 +75,10 @@ class TrainConfig:
         check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.warmup_steps, self.device, self.step_mode)
         if self.grad_clip <= 0:
             raise BadSetting(f"grad_clip must be > 0; got {self.grad_clip}")
+
+    @property
+    def stream(self) -> RunStream:
+        return RunStream(self.stream_key, self.seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,12 +98,6 @@ def resolve_step(step: str, device: torch.device) -> str:
     if step in ("graph", "compiled") and device.type != "cuda":
         raise BadSetting(f"step_mode={step} needs a CUDA device (CUDA graphs); use eager or auto on {device.type}")
     return step
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def signal_scores(logits: torch.Tensor) -> torch.Tensor:
@@ -175,8 +183,9 @@ class StaticStep:
     fallback: str | None = None  # why ``compiled`` was asked for and this runs uncompiled
 
     def __init__(self, model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, compile_model: bool = False,
-                 capture: bool = True):
+                 capture: bool = True, noise: torch.Generator | None = None):
         self.model, self.opt, self.sched, self.train, self.cfg, self.device = model, opt, sched, train, cfg, device
+        self.noise = noise  # the run's dropout generator: registered with the graph, so each replay draws from it
         B, N = cfg.batch_size, len(train)
         self.steps_per_epoch = math.ceil(N / B)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -234,7 +243,7 @@ class StaticStep:
         with torch.no_grad():
             saved = [t.detach().clone() for t in self._state_tensors()]
             opt_saved = {id(t): t.clone() for st in self.opt.state.values() for t in st.values() if torch.is_tensor(t)}
-        rng = torch.cuda.get_rng_state(self.device)
+        rng = self.noise.get_state() if self.noise is not None else None
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         try:
@@ -246,9 +255,12 @@ class StaticStep:
             torch.cuda.current_stream(self.device).wait_stream(s)
             torch.cuda.synchronize(self.device)
             self._restore(saved, opt_saved)
-            torch.cuda.set_rng_state(rng, self.device)
+            if rng is not None:  # the warm-up's draws undone too
+                self.noise.set_state(rng)
         self.opt.zero_grad(set_to_none=True)  # grads are then allocated from the graph's pool
         self.graph = torch.cuda.CUDAGraph()
+        if self.noise is not None:  # replays advance this run's generator, not the process-wide one
+            self.graph.register_generator_state(self.noise)
         # thread_local: cells trained side by side in threads keep launching work on their own
         # streams while this one captures
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
@@ -319,13 +331,22 @@ def fit(
     may fall back to ``graph``: ``fallback`` then says why).
 
     ``resume_from``: a checkpoint written by this function; training continues at the next
-    epoch with the saved model, optimizer, scheduler and RNG states, so the result equals
-    an uninterrupted run (bit-for-bit on the CPU; on CUDA within bf16 rounding, since dropout
-    is reseeded per epoch there).
+    epoch with the saved model, optimizer and scheduler states, so the result equals an
+    uninterrupted run (bit-for-bit on the CPU; on CUDA within bf16 rounding): the order and
+    the dropout generator are functions of (stream, epoch). A checkpoint written under another
+    random stream or scheme is refused (``RunConflict``).
+
+    Without ``resume_from`` the model's weights are drawn afresh from the stream's ``init``
+    generator: whatever the caller's model held is replaced.
     """
     device = resolve_device(cfg.device)
     mode = resolve_step(cfg.step_mode, device)
+    stream = cfg.stream
+    if resume_from is None:
+        init_weights(model.cpu(), stream.torch_generator("init"))
     model.to(device)
+    noise = torch.Generator(device=device)  # the run's dropout generator, reseeded per epoch below
+    model.set_noise(noise)
     opt = make_optimizer(model, cfg, device, mode)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.epochs))
@@ -334,6 +355,9 @@ def fit(
     start = 1
     if resume_from is not None:
         ck = safeload.load(resume_from, map_location=device)
+        why = stream_check(ck.get("stream"), stream)
+        if why:
+            raise RunConflict(f"refusing to resume from {Path(resume_from).name}: {why}")
         history = restore_state(ck, model, opt, sched, device)
         start = ck["epoch"] + 1
         log.info("resumed from epoch %d", ck["epoch"])
@@ -346,7 +370,7 @@ def fit(
     model.train()
     t_build = time.perf_counter()
     with _GATE.exclusive():  # compile and capture one cell at a time, while no other cell's step runs (see _Gate)
-        stepper = build_step(model, opt, sched, train_dev, cfg, device, mode)
+        stepper = build_step(model, opt, sched, train_dev, cfg, device, mode, noise)
     mode = stepper.mode  # what runs, after any fallback
     if mode != "eager":
         log.info("training step: %s (captured in %.1f s)", mode, time.perf_counter() - t_build)
@@ -355,12 +379,11 @@ def fit(
     for epoch in range(start, cfg.epochs + 1):
         model.train()
         with _GATE.shared():
-            if device.type == "cuda":  # dropout masks a function of (seed, epoch): a resumed graph replays them
-                torch.cuda.manual_seed(cfg.seed * 1_000_003 + epoch)
+            noise.manual_seed(stream.dropout_seed(epoch))  # masks a function of (stream, epoch): a resume redraws them
             _sync(device)
             t0 = time.perf_counter()
             bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
-            loss_sum = stepper.epoch(epoch_order(len(train), cfg.seed, epoch), bar.update if bar is not None else _nothing)
+            loss_sum = stepper.epoch(stream.epoch_order(len(train), epoch), bar.update if bar is not None else _nothing)
             train_loss = loss_sum.item() / len(train)  # the epoch's one host sync
             train_time = time.perf_counter() - t0
         if bar is not None:
@@ -372,7 +395,7 @@ def fit(
         metrics = {"train_loss": train_loss, "val_loss": ev["loss"], "val_auc": ev["auc"], "val_acc": ev["acc"],
                    "lr": float(sched.get_last_lr()[0]), "events_per_s": len(train) / train_time}
         history.append({"epoch": epoch, "metrics": metrics})
-        state = {**saved_state(model, opt, sched, epoch, history, device), "train_config": {**asdict(cfg), "step_mode": mode},
+        state = {**saved_state(model, opt, sched, epoch, history, stream), "train_config": {**asdict(cfg), "step_mode": mode},
                  "model_config": model.config_dict(), **(extra_state or {})}
         _atomic_save(state, checkpoint_path)
         if on_checkpoint:
@@ -387,51 +410,34 @@ def fit(
 # --------------------------------------------------------------------------- checkpoint: save and restore, a matched pair
 
 
-def saved_state(model, opt, sched, epoch: int, history: list[dict], device: torch.device) -> dict:
+def saved_state(model, opt, sched, epoch: int, history: list[dict], stream: RunStream) -> dict:
     """What a checkpoint holds to continue exactly after ``epoch``: model, optimizer (Adam's
-    moments and step), scheduler, every RNG, the metric history. ``restore_state`` reads it."""
+    moments and step), scheduler, the metric history, and which random stream wrote it (the
+    draws after ``epoch`` are functions of that stream and the epoch, so no generator state is
+    needed). ``restore_state`` reads it."""
     return {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "numpy": _numpy_state_tensors(), "python": random.getstate()},
+        "stream": {"scheme": SCHEME, "id": stream.id, "key": stream.key, "seed": int(stream.seed)},
         "history": history,
     }
 
 
 def restore_state(ck: dict, model, opt, sched, device: torch.device) -> list[dict]:
-    """Put ``saved_state``'s checkpoint back into a fresh model / optimizer / scheduler (and the
-    RNGs) on ``device``, whichever step mode wrote it; returns the metric history."""
+    """Put ``saved_state``'s checkpoint back into a fresh model / optimizer / scheduler on
+    ``device``, whichever step mode wrote it; returns the metric history."""
     model.load_state_dict(ck["model"])
     _load_optimizer(opt, ck["optimizer"], device)
     sched.load_state_dict(ck["scheduler"])
     sched.base_lrs = [float(b) for b in sched.base_lrs]  # plain numbers whichever step mode saved them
     _set_scheduled_lr(opt, sched)  # a captured step leaves the previous step's LR in the group: the next one is the schedule's
-    torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
-    if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-    np.random.set_state(_numpy_state_from(ck["rng"]["numpy"]))
-    random.setstate(ck["rng"]["python"])
     return ck["history"]
 
 
-def _numpy_state_tensors() -> dict:
-    """numpy's global RNG state as tensors and numbers (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached)}
-
-
-def _numpy_state_from(saved) -> tuple:
-    if isinstance(saved, dict):
-        return (saved["kind"], saved["keys"].cpu().numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
-    return saved  # a checkpoint of an older version: numpy's own tuple
-
-
 class _Gate:
-    """Cells trained side by side in threads of one process share the CUDA random generator.
-    While one graph is captured that generator is in capture mode, and another cell's step
-    (a graph replay with dropout, or a reseed) raises "Offset increment outside graph capture"
-    (seen on an H100). So building a step (compile, warm-up, capture) is exclusive and the
+    """Cells trained side by side in threads of one process: each draws from its own generator,
+    but capture puts CUDA state in capture mode process-wide, and with the shared default
+    generator another cell's step raised "Offset increment outside graph capture" while one
+    graph was captured (seen on an H100, before per-run generators). So building a step (compile, warm-up, capture) is exclusive and the
     epochs are shared: a build waits for the epochs under way to end, and holds new ones back
     until it is done (writer-preferring, so builds are not starved). Torch.compile is not
     thread-safe either: one build at a time covers that too."""
@@ -472,7 +478,8 @@ class _Gate:
 _GATE = _Gate()
 
 
-def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str):
+def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torch.device, mode: str,
+               noise: torch.Generator | None = None):
     """The step object of ``mode`` (its ``mode`` attribute says what runs); ``compiled`` falls
     back to ``graph`` (with a warning, and the reason in ``fallback``) when torch.compile fails
     here, e.g. a cluster node without a working Triton."""
@@ -480,17 +487,17 @@ def build_step(model, opt, sched, train: Tensors, cfg: TrainConfig, device: torc
         return EagerStep(model, opt, sched, train, cfg, device)
     if mode == "compiled":
         try:
-            return StaticStep(model, opt, sched, train, cfg, device, compile_model=True)
+            return StaticStep(model, opt, sched, train, cfg, device, compile_model=True, noise=noise)
         except Exception as e:  # noqa: BLE001 - any compiler failure: the uncompiled graph is the same science
             if cfg.step_mode == "compiled":
                 raise
             why = f"torch.compile failed ({first_line(e)})"
             log.warning("%s; using the uncompiled CUDA graph", why)
             opt.zero_grad(set_to_none=True)
-            step = StaticStep(model, opt, sched, train, cfg, device, compile_model=False)
+            step = StaticStep(model, opt, sched, train, cfg, device, compile_model=False, noise=noise)
             step.fallback = why
             return step
-    return StaticStep(model, opt, sched, train, cfg, device, compile_model=False)
+    return StaticStep(model, opt, sched, train, cfg, device, compile_model=False, noise=noise)
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

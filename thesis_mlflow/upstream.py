@@ -146,10 +146,12 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
     import torch
 
     from . import features
+    from .streams import RunStream
     from .vqvae import ObjectVQVAE, VQConfig, VQTrainConfig, save_payload, train_vqvae
 
     cfg = VQConfig(vect=o.vect, codebook_size=o.codebook_size, latent_dim=o.latent_dim)
     tcfg = VQTrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
+    stream = RunStream(o.stream_key(), o.seed)  # every draw of the pre-training: weights, codebook, k-means, order
     inp = resolve(o.input)
     tr = data.read_raw(inp)["train"]  # validates before anything is logged
     if o.max_events:
@@ -162,11 +164,11 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
     with tracking.step_run("vqvae", run_name=f"vqvae-v{o.vect}-k{o.codebook_size}", use_env=use_env, run_id=run_id, lease=lease) as run:
         tracking.log_params({**o.reuse_params(digest), "input": o.input, "input_file": str(inp), "n_objects": int(v.sum()),
                              "commitment": cfg.commitment, "ema": cfg.ema, "decay": cfg.decay, "kmeans_init": cfg.kmeans_init,
-                             "dead_threshold": cfg.dead_threshold})
+                             "dead_threshold": cfg.dead_threshold, **stream.params()})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
-        torch.manual_seed(o.seed)
-        model = ObjectVQVAE(cfg, seed=o.seed)
-        hist = train_vqvae(model, x["cont"][v], x["ids"][v], tcfg, names, on_epoch=lambda e, m: tracking.log_metrics(m, step=e))
+        model = ObjectVQVAE(cfg, stream)
+        hist = train_vqvae(model, x["cont"][v], x["ids"][v], tcfg, names, on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
+                           stream=stream)
         final = hist[-1]
         tracking.log_metrics({"final_codebook_usage": final["codebook_usage"], "final_perplexity": final["perplexity"]})
         path = Path(tempfile.mkdtemp(prefix="vqvae-")) / "model.pt"

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BadSetting
+from .model import init_weights
 from .spec import CODEBOOK_SIZE, VQVAE_EPOCHS
+from .streams import RunStream
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,12 @@ def _nearest(z: torch.Tensor, c: torch.Tensor, cosine: bool) -> torch.Tensor:
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, cfg: VQConfig, seed: int = 0):
+    def __init__(self, cfg: VQConfig, stream: RunStream | None = None):
         super().__init__()
         self.cfg = cfg
         K, D = cfg.codebook_size, cfg.latent_dim
-        init = torch.randn(K, D, generator=torch.Generator().manual_seed(seed))
+        stream = stream or RunStream("vqvae:unnamed", 0)  # a loaded model's draws are overwritten by its state
+        init = torch.randn(K, D, generator=stream.torch_generator("init", 1))
         if cfg.ema:
             self.register_buffer("codebook", init)
             self.register_buffer("ema_count", torch.ones(K))
@@ -95,7 +98,7 @@ class VectorQuantizer(nn.Module):
         else:
             self.codebook = nn.Parameter(init)
         self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
-        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.gen = stream.torch_generator("kmeans")  # k-means start and dead-code restarts
 
     def codes(self) -> torch.Tensor:
         return F.normalize(self.codebook, dim=-1) if self.cfg.cosine else self.codebook
@@ -158,13 +161,17 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 class ObjectVQVAE(nn.Module):
     """Encoder over (scaled features, one-hot ID) -> codebook -> decoder of features and ID."""
 
-    def __init__(self, cfg: VQConfig, seed: int = 0):
+    def __init__(self, cfg: VQConfig, stream: RunStream | None = None):
         super().__init__()
         self.cfg = cfg
         n_in = cfg.n_cont + N_IDS
         self.encoder = _mlp(n_in, cfg.hidden, cfg.latent_dim)
-        self.vq = VectorQuantizer(cfg, seed)
+        self.vq = VectorQuantizer(cfg, stream)
         self.decoder = _mlp(cfg.latent_dim, cfg.hidden, cfg.n_cont + N_IDS)
+        if stream is not None:  # the MLPs' weights from the run's own stream, not torch's global generator
+            g = stream.torch_generator("init", 0)
+            for mlp in (self.encoder, self.decoder):
+                init_weights(mlp, g)
 
     def encode_latent(self, cont: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         x = torch.cat([cont, F.one_hot(ids - 1, N_IDS).to(cont.dtype)], dim=-1)  # (N, n_cont + 7)
@@ -217,9 +224,12 @@ class VQTrainConfig:
 
 
 def train_vqvae(model: ObjectVQVAE, cont: np.ndarray, ids: np.ndarray, tcfg: VQTrainConfig, feature_names: list[str],
-                on_epoch=None) -> list[dict]:
-    """Train on flat valid objects: cont (M, n_cont), ids (M,). Returns per-epoch metrics."""
-    torch.manual_seed(tcfg.seed)
+                on_epoch=None, stream: RunStream | None = None) -> list[dict]:
+    """Train on flat valid objects: cont (M, n_cont), ids (M,). Returns per-epoch metrics.
+
+    ``stream``: the run's random stream (its object order per epoch); by default the one of
+    ``tcfg.seed`` under an ad-hoc key."""
+    stream = stream or RunStream("vqvae:adhoc", tcfg.seed)
     c_all = torch.from_numpy(np.ascontiguousarray(cont, np.float32))
     i_all = torch.from_numpy(np.ascontiguousarray(ids, np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
@@ -227,7 +237,7 @@ def train_vqvae(model: ObjectVQVAE, cont: np.ndarray, ids: np.ndarray, tcfg: VQT
     K = model.cfg.codebook_size
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
-        perm = torch.randperm(len(c_all), generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch))
+        perm = stream.epoch_order(len(c_all), epoch)
         tot = {"recon": 0.0, "commit": 0.0, "recon_id": 0.0}
         feat = torch.zeros(model.cfg.n_cont)
         n = 0
@@ -259,6 +269,6 @@ def save_payload(model: ObjectVQVAE, scaler: dict, seed: int) -> dict:
 
 
 def load_payload(payload: dict) -> ObjectVQVAE:
-    model = ObjectVQVAE(VQConfig(**payload["config"]), payload.get("seed", 0))
+    model = ObjectVQVAE(VQConfig(**payload["config"]))  # every weight and buffer comes from the state dict
     model.load_state_dict(payload["state_dict"])
     return model.eval()
