@@ -3,7 +3,8 @@
 # benchmarks/results/gpu_check_<card>_<date>.txt as well:
 #   1. the CUDA tests (tests/test_gpu.py: captured vs eager step, a padded epoch as a CUDA graph in
 #      fp32, a bit-exact resume under deterministic algorithms, a cell end to end and a killed run
-#      resumed; those needing MLflow skip without it) and tests/test_train_step.py;
+#      resumed; those needing MLflow skip without it; two cells with dropout captured and replayed side
+#      by side equal each alone), tests/test_train_step.py and tests/test_streams.py (random streams);
 #   2. benchmarks/gpu_fit_resume.py: a thesis-size run, checkpoint and resume without MLflow;
 #   3. benchmarks/gpu_side_by_side.py: cells side by side on CUDA streams (K=1 and 8), aggregate
 #      events/s over one common window;
@@ -48,7 +49,7 @@ step() {  # step NAME TIMEOUT CMD...: only the steps named in GPU_STEPS (by thei
   timeout "$limit" "$@"
   echo "$name: exit $? in $(( $(date +%s) - t0 )) s"
 }
-step tests "GPU tests" "${GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py
+step tests "GPU tests" "${GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py tests/test_streams.py
 step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-180}" $PY benchmarks/gpu_fit_resume.py
 step side "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
 if [ "$have_mlflow" = 1 ]; then

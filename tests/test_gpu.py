@@ -3,6 +3,8 @@
 - the compiled, graph-captured step and the eager step give the same loss on the first batch;
 - a whole epoch replayed as a CUDA graph, its last batch padded, equals the eager loop in fp32;
 - a resume is bit-exact under deterministic algorithms;
+- dropout on captured graphs draws from each run's own generator: two cells captured and
+  replayed side by side in threads end as each trained alone, and the two runs' masks differ;
 - one cell trains on CUDA end to end through ``train`` (real MLflow store);
 - a run killed after epoch 1 resumes on CUDA with the same metric history and weights within
   bf16 tolerance of an uninterrupted run.
@@ -144,6 +146,54 @@ def test_resume_is_bit_exact_under_deterministic_algorithms(tiny_splits, tmp_pat
             torch.testing.assert_close(c, a, rtol=0, atol=0, msg=k)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_captured_cells_side_by_side_equal_alone_with_dropout(tiny_splits, tmp_path, exact_fp32):
+    """Two cells with dropout, each a CUDA graph with its own registered generator, trained in
+    two threads at once (as a pack runs them, on their own streams): each ends as when trained
+    alone (fp32; the tolerance of the padded-epoch test above), and the two differ."""
+    import threading
+
+    from thesis_mlflow import features
+    from thesis_mlflow.binning import Binning
+    from thesis_mlflow.model import Classifier, ModelConfig
+    from thesis_mlflow.spec import CellSpec
+    from thesis_mlflow.train import TrainConfig, fit
+
+    b = Binning().fit(tiny_splits["train"])
+    tens = {s: features.make_tensors(features.token_inputs(b.transform(tiny_splits[s]), True), tiny_splits[s].y, "4t_vs_bg")
+            for s in ("train", "val")}
+    small = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.2)
+    specs = [CellSpec(tokenizer="binned", pooling="max", seed=s) for s in (0, 1)]
+
+    def run(spec, path):
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=2e-3, warmup_steps=3, device="cuda", step_mode="graph", seed=spec.seed,
+                          stream_key=spec.stream_key())
+        model = Classifier(ModelConfig(**small))
+        with torch.cuda.stream(torch.cuda.Stream()):
+            fit(model, tens["train"], tens["val"], cfg, path, progress=False)
+        torch.cuda.synchronize()
+        return model.cpu()
+
+    alone = [run(s, tmp_path / f"a{i}.pt") for i, s in enumerate(specs)]
+    together, errors = {}, []
+
+    def work(i, s):
+        try:
+            together[i] = run(s, tmp_path / f"t{i}.pt")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(specs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        for (k, a), c in zip(alone[i].state_dict().items(), together[i].state_dict().values(), strict=True):
+            torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6, msg=f"cell {i}: {k}")
+    assert any(not torch.allclose(a, c) for a, c in zip(alone[0].state_dict().values(), alone[1].state_dict().values(), strict=True))
 
 
 def _runs(step):
