@@ -28,13 +28,20 @@ def _phi(x):
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
 
 
-def simulate(rng, effect_k=0.0, seed_sd=0.05, n_seeds=3, n_events=400, rho=0.9, tokenizers=("direct", "binned"), interaction_k=0.0):
-    """One grid: tokenizer x pooling x met x 1 vect x seeds. Returns runs, scores and the true
-    binned - direct effect (mean over cells of the seed-averaged population AUC difference)."""
+def simulate(rng, effect_k=0.0, seed_sd=0.05, n_seeds=3, n_events=400, rho=0.9, tokenizers=("direct", "binned"), interaction_k=0.0,
+             shared_luck=0.0):
+    """One grid: tokenizer x pooling x met x 1 vect x seeds. Returns runs (with each cell's true
+    AUC in ``true_auc``), scores and the true binned - direct effect (mean over cells of the
+    seed-averaged population AUC difference).
+
+    ``shared_luck``: the share of a run's seed noise common to every cell of its tokenizer and
+    seed (what the bare-seed scheme did: one data order and start per seed): 0 = independent
+    replicates, as runs with their own streams are."""
     y = (rng.random(n_events) < 0.5).astype(np.int8)
     shared = rng.normal(size=n_events)
     proc = np.where(y == 1, 1, rng.integers(2, 6, n_events)).astype(np.int8)
     cell_k = {c: 0.55 + 0.05 * rng.normal() for c in itertools.product(POOL, MET)}
+    luck = {(tok, s): rng.normal() for tok in tokenizers for s in range(n_seeds)}
     rows, scores, truth = [], {}, []
     for (pool, met), k0 in cell_k.items():
         true = {}
@@ -42,11 +49,12 @@ def simulate(rng, effect_k=0.0, seed_sd=0.05, n_seeds=3, n_events=400, rho=0.9, 
             k_cell = k0 + (effect_k if tok == "binned" else 0.0) + (interaction_k if (tok == "binned" and met) else 0.0)
             true[tok] = _phi(math.sqrt(2) * k_cell / math.sqrt(1 + 2 * seed_sd**2))
             for s in range(n_seeds):
-                k = k_cell + rng.normal(0, seed_sd)
+                k = k_cell + seed_sd * (math.sqrt(shared_luck) * luck[tok, s] + math.sqrt(1 - shared_luck) * rng.normal())
                 sc = k * (2 * y - 1) + math.sqrt(rho) * shared + math.sqrt(1 - rho) * rng.normal(size=n_events)
                 rid = f"{tok}-{pool}-{met}-s{s}"
                 scores[rid] = {"labels": y, "scores": sc, "process": proc}
-                rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s})
+                rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
+                             "true_auc": true[tok]})
         truth.append(true.get("binned", 0) - true.get("direct", 0))
     return pd.DataFrame(rows), scores, float(np.mean(truth))
 
@@ -161,16 +169,28 @@ def test_effects_columns_and_family():
 N_GRIDS = 200
 
 
-def _simulate_many(effect_k, interaction_k=0.0, n=N_GRIDS):
-    rng = np.random.default_rng(12345 + int(effect_k * 1000))
+def _simulate_many(effect_k, interaction_k=0.0, n=N_GRIDS, cells=True, **kw):
+    rng = np.random.default_rng(12345 + int(effect_k * 1000) + int(kw.get("shared_luck", 0) * 100) + int(kw.get("seed_sd", 0) * 1e4))
     out = []
     for i in range(n):
-        runs, scores, truth = simulate(rng, effect_k=effect_k, interaction_k=interaction_k)
+        runs, scores, truth = simulate(rng, effect_k=effect_k, interaction_k=interaction_k, **kw)
         # the AUC family (main effects and interactions); the per-background rows are the same
         # machinery on a subset of the events (test_effects_columns_and_family) and cost 4x more
-        df = stats.effects(runs, scores, n_boot=100, n_flips=999, seed=i, metrics=["auc"])
-        out.append((df, truth))
+        df = stats.effects(runs, scores, n_boot=100, seed=i, metrics=["auc"])
+        ci = stats.cell_intervals(runs, scores, n_boot=100, seed=i).merge(
+            runs.drop_duplicates(["tokenizer", "pooling", "met", "vect"])[["tokenizer", "pooling", "met", "vect", "true_auc"]]) if cells else None
+        out.append((df, truth, runs, ci))
     return out
+
+
+def _coverage(rows) -> float:
+    return float(np.mean([lo <= t <= hi for lo, hi, t in rows]))
+
+
+def _interaction_truth(runs, at: str) -> float:
+    """binned - direct at met true minus at met false, from the cells' true AUCs (averaged over pooling)."""
+    t = runs.drop_duplicates(["tokenizer", "pooling", "met"]).groupby(["tokenizer", "met"])["true_auc"].mean()
+    return (t["binned", True] - t["direct", True]) - (t["binned", False] - t["direct", False])
 
 
 @pytest.fixture(scope="module")
@@ -178,21 +198,49 @@ def null_grids():
     return _simulate_many(0.0)
 
 
+# Simulated figures (README "Statistics"): printed with -s; each assert is the band a 200-grid
+# estimate of a 95% rate falls in with probability ~0.997 (+-3 binomial sd, +-0.046).
+BAND = (0.904, 0.996)
+
+
 @pytest.mark.simulation
-def test_intervals_cover_the_true_effect(null_grids):
-    hits = []
-    for df, truth in null_grids:
-        row = _main(df)
-        hits.append(row["ci_low"] <= truth <= row["ci_high"])
-    cover = np.mean(hits)
-    assert 0.90 <= cover <= 0.99, cover
+def test_main_effect_intervals_cover_at_nominal(null_grids):
+    cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in null_grids])
+    print(f"main effect coverage {cover:.3f}")
+    assert BAND[0] <= cover <= BAND[1], cover
+
+
+@pytest.mark.simulation
+def test_single_cell_intervals_cover_at_nominal_with_three_seeds():
+    """Seed-to-seed spread dominating the test-set noise (as with the thesis's ~30k test
+    events; here a seed sd of ~0.12 in AUC against ~0.02 of test-set noise): the percentile
+    bootstrap of 3 seeds covered ~84% in such a simulation; the t interval with 2 degrees of
+    freedom covers at nominal."""
+    grids = _simulate_many(0.0, seed_sd=0.3)
+    cover = _coverage([(r.ci_low, r.ci_high, r.true_auc) for *_, cells in grids for r in cells.itertuples()])
+    per_grid = [np.mean([(r.ci_low <= r.true_auc <= r.ci_high) for r in cells.itertuples()]) for *_, cells in grids]
+    print(f"single-cell coverage, seed noise dominating: {cover:.3f} ({len(per_grid) * 12} intervals)")
+    assert 0.92 <= cover <= 0.98, cover
+    assert (grids[0][3]["n_seeds"] == 3).all()
+
+
+@pytest.mark.simulation
+def test_single_cells_and_interactions_cover_when_test_noise_dominates(null_grids):
+    cells = _coverage([(r.ci_low, r.ci_high, r.true_auc) for *_, c in null_grids for r in c.itertuples()])
+    inter = _coverage([(row["ci_low"], row["ci_high"], _interaction_truth(runs, "met"))
+                       for df, _, runs, _ in null_grids
+                       for _, row in df[(df["factor"] == "tokenizer x met")].iterrows()])
+    print(f"single-cell coverage {cells:.3f}, tokenizer x met interaction coverage {inter:.3f}")
+    assert 0.92 <= cells <= 0.995, cells  # conservative here: the t quantile of 2 seed df where test-set noise dominates
+    assert BAND[0] <= inter <= BAND[1], inter
 
 
 @pytest.mark.simulation
 def test_no_effect_gives_few_holm_false_positives(null_grids):
     # every comparison in the family is null here: the family-wise error rate is at most 5%
     # (pooling and MET have effects in these grids; every tokenizer comparison is null)
-    any_sig = np.mean([df[df["factor"].str.startswith("tokenizer")]["significant"].any() for df, _ in null_grids])
+    any_sig = np.mean([df[df["factor"].str.startswith("tokenizer")]["significant"].any() for df, *_ in null_grids])
+    print(f"family-wise false positives over the tokenizer rows: {any_sig:.3f}")
     assert any_sig <= 0.05, any_sig
 
 
@@ -201,25 +249,103 @@ def test_two_seed_sd_effect_is_found():
     sd = 0.05
     k_effect = 2 * sd  # two seed standard deviations of the latent separation = two in AUC units (to first order)
     assert _auc_sd_of_seed(k_effect) == pytest.approx(2 * _auc_sd_of_seed(sd))
-    grids = _simulate_many(k_effect, n=N_GRIDS)
+    grids = _simulate_many(k_effect, n=N_GRIDS, cells=False)
     found, hits = [], []
-    for df, truth in grids:
+    for df, truth, *_ in grids:
         row = _main(df)
         found.append(row["significant"] and row["estimate"] > 0)
         hits.append(row["ci_low"] <= truth <= row["ci_high"])
+    print(f"power at two seed sd: {np.mean(found):.3f}, coverage {np.mean(hits):.3f}")
     assert np.mean(found) >= 0.80, np.mean(found)
-    assert 0.90 <= np.mean(hits) <= 0.99, np.mean(hits)
+    assert BAND[0] <= np.mean(hits) <= BAND[1], np.mean(hits)
 
 
-def test_seed_resampling_variance_is_expanded_to_the_unbiased_one():
-    """No test-set noise: the bootstrap variance of a 3-seed mean equals s^2 / n with the
-    unbiased s^2 (plain resampling of 3 seeds gives 2/3 of it)."""
+@pytest.mark.simulation
+def test_seed_luck_shared_across_cells_breaks_coverage():
+    """What the bare-seed scheme risked, measured: when half of a run's seed noise is common to
+    every cell of its tokenizer and seed, the 6 units of a seed are not independent and the main
+    effect's interval, computed as if they were, covers far below 95%. (Runs with their own
+    streams are independent by construction: the other simulations.) The summary's warning for
+    grids without stream ids quotes this figure."""
+    grids = _simulate_many(0.0, n=100, cells=False, shared_luck=0.5, seed_sd=0.15)
+    cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in grids])
+    print(f"main effect coverage with seed luck shared across cells (correlation 0.5): {cover:.3f}")
+    assert cover < 0.85, cover
+
+
+def test_seed_variance_is_the_unbiased_one_with_its_t_quantile():
+    """No test-set noise: the variance of a 3-seed mean is s^2 / n with the unbiased s^2, and
+    the interval uses t with n - 1 = 2 degrees of freedom (4.30, not the normal 1.96: a
+    percentile interval of 3 values is about half as wide)."""
     v = np.array([0.80, 0.81, 0.83])
     units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
-    boot = np.repeat(v[:, None], 20000, axis=1)  # every event resample gives the same AUCs
-    dist = stats.two_level_bootstrap(units, boot, seed=1)
-    assert dist.mean() == pytest.approx(v.mean(), abs=5e-4)
-    assert dist.var() == pytest.approx(v.var(ddof=1) / 3, rel=0.05)
+    boot = np.repeat(v[:, None], 200, axis=1)  # every event resample gives the same AUCs
+    iv = stats.t_interval(units, v, boot)
+    assert iv.estimate == pytest.approx(v.mean()) and iv.test_var == pytest.approx(0, abs=1e-20)
+    assert iv.se**2 == pytest.approx(v.var(ddof=1) / 3, rel=1e-9) and iv.df == pytest.approx(2)
+    assert iv.ci_high - iv.estimate == pytest.approx(4.302653 * iv.se, rel=1e-6)
+    # p from the same t statistic: the interval excludes 0 exactly when p < 0.05
+    assert iv.p_value == pytest.approx(2 * (1 - __import__("scipy").stats.t.cdf(v.mean() / iv.se, 2)), rel=1e-9)
+
+
+def test_t_interval_adds_the_test_set_part_and_satterthwaite_df():
+    rng = np.random.default_rng(0)
+    v = np.array([0.80, 0.81, 0.83, 0.70, 0.74])
+    units = stats.Units(np.eye(5), np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]))
+    shift = rng.normal(0, 0.01, 400)  # a test-set shift common to every run
+    boot = v[:, None] + shift[None, :]
+    iv = stats.t_interval(units, v, boot)
+    a = [v[:3].var(ddof=1) / (3 * 4), v[3:].var(ddof=1) / (2 * 4)]
+    assert iv.seed_var == pytest.approx(sum(a)) and iv.test_var == pytest.approx(shift.var(ddof=1))
+    assert iv.df == pytest.approx(sum(a) ** 2 / (a[0] ** 2 / 2 + a[1] ** 2 / 1))  # the seed part's, not raised by the test part
+    assert iv.estimate == pytest.approx((v[:3].mean() + v[3:].mean()) / 2)
+
+
+def test_one_seed_strata_borrow_the_pooled_variance_and_say_so():
+    v = np.array([0.80, 0.82, 0.70])
+    units = stats.Units(np.eye(3), np.array([0, 0, 1]), np.array([0, 1, 0]))
+    iv = stats.t_interval(units, v, np.repeat(v[:, None], 50, axis=1))
+    pooled = v[:2].var(ddof=1)
+    assert iv.n_single == 1 and iv.seed_var_known
+    assert iv.seed_var == pytest.approx(pooled / (2 * 4) + pooled / 4)
+    lone = stats.t_interval(stats.Units(np.eye(1), np.zeros(1, int), np.zeros(1)), v[:1], np.repeat(v[:1, None], 50, axis=1))
+    assert not lone.seed_var_known and lone.seed_var == 0
+
+
+def test_nan_never_becomes_significant_and_holes_leave_the_rest():
+    """A run without a value (NaN AUC) takes out only its own units; a contrast whose units
+    are all gone has no row; a diverged run's NaN scores give no value instead of ranking NaN
+    as the highest score."""
+    rng = np.random.default_rng(11)
+    runs, scores, _ = simulate(rng, n_seeds=3, effect_k=0.3)
+    bad = runs.run_id[(runs.tokenizer == "binned") & (runs.pooling == "cls") & (runs.met) & (runs.seed == 0)].iloc[0]
+    scores[bad] = {**scores[bad], "scores": np.where(np.arange(400) < 5, np.nan, scores[bad]["scores"])}
+    df = stats.effects(runs, scores, n_boot=100)
+    main = _main(df)
+    assert main["n_pairs"] == 17 and main["significant"]  # one unit gone, the clear effect still found
+    # every binned run diverged: no tokenizer comparison is left, none is called significant
+    scores = dict(scores)  # a new table (the AUC cache keys on the dict's identity)
+    for r in runs.run_id[runs.tokenizer == "binned"]:
+        scores[r] = {**scores[r], "scores": np.full(400, np.nan)}
+    df = stats.effects(runs, scores, n_boot=100)
+    assert not df["factor"].str.startswith("tokenizer").any()
+    assert df["significant"].dtype == bool
+
+
+def test_runs_without_process_labels_keep_their_overall_auc():
+    """Score files from before per-background figures (labels and scores only) count in the
+    overall AUC and are left out of the per-background contrasts, which say over how many."""
+    rng = np.random.default_rng(12)
+    runs, scores, _ = simulate(rng, n_seeds=2)
+    old = runs.run_id[runs.seed == 1].tolist()
+    for r in old:
+        scores[r] = {"labels": scores[r]["labels"], "scores": scores[r]["scores"]}
+    fin = stats.finished(runs, scores)
+    assert sorted(stats.without_process(fin, scores)) == sorted(old)
+    df = stats.effects(runs, scores, n_boot=60)
+    assert _main(df)["n_pairs"] == 12  # both seeds in the overall AUC
+    bkg = df[df["kind"] == "background"]
+    assert len(bkg) == 4 and (bkg["n_pairs"] == 6).all() and (bkg["n_seeds"] == 1).all()
 
 
 def test_auc_without_ties_counts_the_backgrounds_below_each_signal():
@@ -291,7 +417,7 @@ def test_interaction_and_background_contrasts_are_the_differences_they_name():
             scores[rid] = {"labels": labels, "process": process, "scores": labels * k + noise}  # the same noise: exact differences
     runs = pd.DataFrame(rows)
     auc_of = {key: roc_auc_score(labels, labels * k + noise) for key, k in shift.items()}
-    df = stats.effects(runs, scores, n_boot=50, n_flips=99, seed=0)
+    df = stats.effects(runs, scores, n_boot=50, seed=0)
     inter = df[df["factor"] == "tokenizer x met"].iloc[0]
     want = (auc_of[("direct", True)] - auc_of[("binned", True)]) - (auc_of[("direct", False)] - auc_of[("binned", False)])
     assert (inter["comparison"], inter["kind"], inter["level_a"], inter["level_b"], inter["at"]) == (

@@ -12,7 +12,7 @@ from thesis_mlflow.train import TrainConfig, fit
 
 
 class _FakeStatic:
-    def __init__(self, model, opt, sched, tr, cfg, device, compile_model=False, capture=True):
+    def __init__(self, model, opt, sched, tr, cfg, device, compile_model=False, capture=True, noise=None):
         if compile_model:
             raise RuntimeError("")  # a compiler error with an empty message (seen with Inductor)
         self.mode = "graph"

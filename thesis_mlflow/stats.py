@@ -1,23 +1,30 @@
-"""Seed-aware statistics over a grid of runs (numpy only; no MLflow).
+"""Seed-aware statistics over a grid of runs (numpy and scipy; no MLflow).
 
 The model of a run's test AUC: the cell's true AUC + training noise (the seed: init, data
-order, dropout) + test-set noise (the finite test sample, shared by every run because they
-all score the same test events). A comparison is a *matched contrast*: runs that differ in
-one factor (or, for an interaction, in two) and agree on every other factor and the seed.
+order, dropout; independent across runs because each run draws from its own random stream,
+``thesis_mlflow.streams``) + test-set noise (the finite test sample, shared by every run
+because they all score the same test events). A comparison is a *matched contrast*: runs that
+differ in one factor (or, for an interaction, in two) and agree on every other factor and the
+seed; its units are the matched sets, one per stratum (the other factors) and seed.
 
-- Interval: a two-level bootstrap (rliable's stratified bootstrap plus the test events).
-  Each resample draws test-event multiplicities, applied to *every* run at once (paired: the
-  same events are scored by both runs of a pair), and, within each stratum (the other
-  factors), draws the seeds with replacement. Resampling n seeds underestimates their
-  variance by (n-1)/n, which with 3 seeds matters, so the seed-level deviation is expanded by
-  sqrt(n/(n-1)) (Hesterberg's expanded bootstrap). With one seed the interval covers the
-  test-set noise only; the callers say so.
-- Test: a paired sign-flip (permutation) test on the matched units, conditional on the test
-  set: under "no difference" the two runs of a unit are exchangeable, so each unit's
-  difference is as likely to have either sign.
+- Interval and test are one t statistic, and both include both noises (neither is conditional
+  on the test set): the estimate is the mean over strata of each stratum's mean unit value;
+  its variance is the seed part, sum_s s_s^2 / (n_s S^2) with s_s^2 the sample variance of
+  the stratum's units, plus the test-set part, the variance of the estimate over resamples of
+  the test events (one resample applied to every run at once: paired). Degrees of freedom by
+  Welch-Satterthwaite over the strata of the seed part alone (conservative where test-set
+  noise dominates; the plug-in over both parts was liberal at 3 seeds). With 3 seeds a
+  single cell has 2 degrees of freedom (t = 4.30): a percentile bootstrap of 3 values covered
+  the truth in only ~84% of cells where seed noise dominates. Strata with one seed borrow the
+  pooled seed variance of the others (``n_single`` says how many did); with one seed
+  everywhere there is no seed variance to estimate and the interval covers test-set noise
+  only (``seed_var_known`` is False; the callers say so).
 - Family: Holm's step-down correction over all tests of one table.
+- Holes: a run with no value for a metric (NaN) takes its units out of that contrast; a
+  contrast left without units has no row. NaN is never significant.
 
-Validated by simulation in ``tests/test_stats.py`` (coverage, false positives, power).
+Validated by simulation in ``tests/test_stats.py`` (coverage per level, false positives,
+power, seed luck shared across cells).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from .errors import BadSetting
 from .metrics import BACKGROUNDS
@@ -37,8 +45,8 @@ CONTRAST_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "p
                   "met": [False, True], "vect": [4, 5]}
 INTERACTS_WITH_TOKENIZER = ("pooling", "met", "vect")
 ALPHA = 0.05
-EFFECT_COLUMNS = ["comparison", "kind", "factor", "level_a", "level_b", "at", "metric", "estimate", "ci_low", "ci_high", "p_value",
-                  "p_holm", "significant", "n_pairs", "n_seeds"]
+EFFECT_COLUMNS = ["comparison", "kind", "factor", "level_a", "level_b", "at", "metric", "estimate", "ci_low", "ci_high", "se", "df",
+                  "p_value", "p_holm", "significant", "n_pairs", "n_seeds", "n_single", "seed_var_known"]
 
 
 # --------------------------------------------------------------------------- AUC under resampling
@@ -123,12 +131,17 @@ def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: 
     rng = np.random.default_rng(seed)
     for members in groups.values():
         first = scores[run_ids[members[0]]]
+        if metric != "auc" and first.get("process") is None:
+            continue  # runs logged before process labels were stored: no per-background value (NaN)
         mask = metric_mask(metric, first["labels"], first.get("process"))
         lab = np.asarray(first["labels"])[mask] if mask is not None else np.asarray(first["labels"])
         n = len(lab)
         sc = [np.asarray(scores[run_ids[i]]["scores"], dtype=np.float64) for i in members]
         if mask is not None:
             sc = [s[mask] for s in sc]
+        finite = [bool(np.isfinite(s).all()) for s in sc]  # a diverged run's NaN would rank as the highest score: no value
+        members = [i for i, f in zip(members, finite, strict=True) if f]
+        sc = [s for s, f in zip(sc, finite, strict=True) if f]
         for i, s in zip(members, sc, strict=True):
             auc[i] = weighted_auc(s, lab, np.ones(n))[0]
         for lo in range(0, n_boot, chunk):  # (chunk, n) weights at a time: memory stays small for 30k-event test sets
@@ -190,29 +203,90 @@ def stratified_means(values: np.ndarray, units: Units) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
-def two_level_bootstrap(units: Units, auc_boot: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(B,) bootstrap distribution of the contrast: the test events were resampled in
-    ``auc_boot`` (R, B); here the seeds are resampled within each stratum, with the seed-level
-    deviation expanded by sqrt(n/(n-1))."""
-    rng = np.random.default_rng(seed)
-    vals = units.coef @ auc_boot  # (U, B): every unit under every event resample
-    B = vals.shape[1]
-    out = []
-    for s in np.unique(units.strata):
-        v = vals[units.strata == s]  # (n, B)
-        n = len(v)
-        m = v.mean(0)
-        if n == 1:
-            out.append(m)
-            continue
-        draw = rng.integers(0, n, size=(B, n))  # (B, n) seeds drawn with replacement
-        m_star = np.take_along_axis(v.T, draw, axis=1).mean(1)
-        out.append(m + np.sqrt(n / (n - 1)) * (m_star - m))
-    return np.mean(out, axis=0)
+def usable(units: Units, auc: np.ndarray) -> Units:
+    """The units whose every run has a value (a NaN AUC, e.g. a metric some runs lack, drops
+    the units it touches, never the whole contrast)."""
+    bad = np.isnan(auc)
+    if not bad.any() or not len(units):
+        return units
+    keep = ~(np.abs(units.coef[:, bad]) > 0).any(1)
+    return Units(units.coef[keep], units.strata[keep], units.seeds[keep])
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A contrast's estimate with its t interval and the test that goes with it."""
+
+    estimate: float
+    se: float
+    df: float  # Welch-Satterthwaite; inf when only the test-set part is known
+    ci_low: float
+    ci_high: float
+    p_value: float  # two-sided, of "the contrast is zero", from the same t statistic
+    seed_var: float  # the seed part of the estimate's variance
+    test_var: float  # the test-set part
+    n_single: int  # strata with one seed (their seed variance borrowed from the others)
+    seed_var_known: bool  # False: one seed everywhere, the interval covers test-set noise only
+
+
+def t_interval(units: Units, auc: np.ndarray, auc_boot: np.ndarray, alpha: float = ALPHA) -> Interval:
+    """The contrast of ``units`` over run AUCs ``auc`` (R,) and their event resamples
+    ``auc_boot`` (R, B): estimate, variance = seed part + test-set part, t interval, p-value."""
+    used = (units.coef != 0).any(0)  # runs outside the contrast may be NaN: 0 * NaN must not reach it
+    coef = units.coef[:, used]
+    v = coef @ auc[used]  # (U,) unit values on the full test set
+    strata = np.unique(units.strata)
+    S = len(strata)
+    est = float(np.mean([v[units.strata == s].mean() for s in strata]))
+    vb = coef @ auc_boot[used]  # (U, B)
+    boot_est = np.mean([vb[units.strata == s].mean(0) for s in strata], axis=0)  # (B,) the estimate per event resample
+    test_var = float(np.nanvar(boot_est, ddof=1)) if np.isfinite(boot_est).sum() > 1 else 0.0
+    # seed part: per stratum s_s^2 / n_s, weights 1/S^2; strata with one seed borrow the pooled s^2
+    parts, dfs, single = [], [], []
+    ss_pooled, df_pooled = 0.0, 0
+    for s in strata:
+        x = v[units.strata == s]
+        if len(x) > 1:
+            # the seeds' spread on this one test set holds each run's own test-set error too, which the
+            # event resamples already count (in test_var): take its mean over resamples out of it
+            own = float(np.nanmean(np.var(vb[units.strata == s] - x[:, None], axis=0, ddof=1)))
+            var = max(float(np.var(x, ddof=1)) - own, 0.0)
+            parts.append(var / (len(x) * S**2))
+            dfs.append(len(x) - 1)
+            ss_pooled += var * (len(x) - 1)
+            df_pooled += len(x) - 1
+        else:
+            single.append(1)
+    known = df_pooled > 0
+    seed_var = float(sum(parts))
+    denom = sum(a**2 / d for a, d in zip(parts, dfs, strict=True))
+    if single and known:  # one term: the pooled variance, with the pooled degrees of freedom
+        borrowed = ss_pooled / df_pooled * len(single) / S**2
+        seed_var += borrowed
+        denom += borrowed**2 / df_pooled
+    total = seed_var + test_var
+    se = float(np.sqrt(total))
+    # Degrees of freedom of the seed part alone (Satterthwaite over the strata), not raised by the
+    # test-set part: with 2-3 seeds a plug-in Satterthwaite over both parts grows large exactly
+    # when the sample variance came out small, and covered ~92% of single cells (simulation).
+    df = seed_var**2 / denom if denom > 0 else float("inf")
+    if not np.isfinite(est):
+        return Interval(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), seed_var, test_var,
+                        len(single), known)
+    q = float(sps.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(sps.norm.ppf(1 - alpha / 2))
+    if se > 0:
+        t = abs(est) / se
+        p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
+    else:  # no spread at all (identical runs, no events to resample): only an exact zero is "no difference"
+        p = 1.0 if est == 0 else 0.0
+    return Interval(est, se, float(df), est - q * se, est + q * se, p, seed_var, test_var, len(single), known)
 
 
 def sign_flip_p(units: Units, auc: np.ndarray, n_flips: int = 9999, seed: int = 0) -> float:
-    """Two-sided p-value of the paired sign-flip test of "the contrast is zero"."""
+    """Two-sided p-value of the paired sign-flip test of "the contrast is zero", conditional on
+    the one test set (training noise only). Not in the tables, whose test is the t statistic
+    of ``t_interval`` (both noises, like the intervals); for a notebook that wants the exact
+    permutation test of the seeds alone."""
     v = units.coef @ auc  # (U,)
     if len(v) == 0:
         return float("nan")
@@ -289,16 +363,23 @@ def finished(runs: pd.DataFrame, scores: dict) -> pd.DataFrame:
 
 
 def available_metrics(fin: pd.DataFrame, scores: dict) -> list[str]:
-    """``auc`` and, when every run stored the process labels, ``auc_vs_<bkg>`` for the
-    backgrounds present in the test set."""
+    """``auc`` and ``auc_vs_<bkg>`` for every background present in the test set of any run
+    that stored process labels (runs without them have no value there: ``without_process``)."""
     out = ["auc"]
-    if len(fin) and all(scores[r].get("process") is not None for r in fin["run_id"]):
-        proc = np.asarray(scores[fin["run_id"].iloc[0]]["process"])
-        out += [f"auc_vs_{name}" for code, name in BACKGROUNDS.items() if (proc == code).any()]
-    return out
+    present: set[int] = set()
+    for r in fin["run_id"]:
+        proc = scores[r].get("process")
+        if proc is not None:
+            present |= set(np.unique(np.asarray(proc)).tolist())
+    return out + [f"auc_vs_{name}" for code, name in BACKGROUNDS.items() if code in present]
 
 
-def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0, n_flips: int = 9999,
+def without_process(fin: pd.DataFrame, scores: dict) -> list[str]:
+    """Run ids whose score file has no process labels (logged before they were stored)."""
+    return [r for r in fin["run_id"] if scores[r].get("process") is None]
+
+
+def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0,
             alpha: float = ALPHA, metrics: list[str] | None = None) -> pd.DataFrame:
     """Main effects, tokenizer interactions and per-background tokenizer contrasts, one row each.
 
@@ -310,9 +391,10 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
     Columns: ``comparison`` (e.g. ``binned - direct``), ``kind`` (main / interaction /
     background), ``factor``, ``level_a``, ``level_b``, ``at`` (the interaction's levels or the
     background), ``metric``, ``estimate`` (mean matched difference of test AUC), ``ci_low`` /
-    ``ci_high`` (95% two-level bootstrap), ``p_value`` (paired sign flip), ``p_holm`` (Holm
-    over every row of this table), ``significant`` (p_holm < alpha), ``n_pairs`` (matched
-    units), ``n_seeds``.
+    ``ci_high`` (95% t interval, seeds and test events), ``se``, ``df``, ``p_value`` (the same
+    t statistic), ``p_holm`` (Holm over every row of this table), ``significant`` (p_holm <
+    alpha), ``n_pairs`` (matched units with a value), ``n_seeds``, ``n_single`` (strata with one
+    seed), ``seed_var_known`` (False: one seed everywhere, test-set noise only).
     """
     fin = finished(runs, scores)
     rows = []
@@ -321,19 +403,19 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
         metrics = metrics or available_metrics(fin, scores)
         cache = {m: run_aucs(scores, ids, m, n_boot, seed) for m in metrics}
         for c in _contrasts(fin, metrics):
-            units = contrast_units(fin, c.pop("terms"))
+            auc, boot = cache[c["metric"]]
+            units = usable(contrast_units(fin, c.pop("terms")), auc)
             if len(units) == 0:
                 continue
-            auc, boot = cache[c["metric"]]
-            dist = two_level_bootstrap(units, boot, seed)
+            iv = t_interval(units, auc, boot, alpha)
             comparison = f"{_fmt_level(c['level_a'])} - {_fmt_level(c['level_b'])}"
             rows.append({**c, "comparison": comparison, "level_a": _fmt_level(c["level_a"]), "level_b": _fmt_level(c["level_b"]),
-                         "estimate": float(stratified_means(units.coef @ auc, units)),
-                         "ci_low": float(np.nanpercentile(dist, 100 * alpha / 2)), "ci_high": float(np.nanpercentile(dist, 100 * (1 - alpha / 2))),
-                         "p_value": sign_flip_p(units, auc, n_flips, seed), "n_pairs": len(units), "n_seeds": len(set(units.seeds))})
+                         "estimate": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high, "se": iv.se, "df": iv.df,
+                         "p_value": iv.p_value, "n_pairs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single,
+                         "seed_var_known": iv.seed_var_known})
     df = pd.DataFrame(rows, columns=[c for c in EFFECT_COLUMNS if c not in ("p_holm", "significant")])
-    df["p_holm"] = holm(df["p_value"].to_numpy()) if len(df) else []
-    df["significant"] = df["p_holm"] < alpha
+    df["p_holm"] = holm(df["p_value"].to_numpy(dtype=float)) if len(df) else []
+    df["significant"] = (df["p_holm"] < alpha).fillna(False).astype(bool)  # NaN is never significant
     return df[EFFECT_COLUMNS]
 
 
@@ -347,23 +429,23 @@ def conditional_effects(runs: pd.DataFrame, scores: dict[str, dict], a: str, b: 
         auc, boot = run_aucs(scores, fin["run_id"].tolist(), "auc", n_boot, seed)
         for g in INTERACTS_WITH_TOKENIZER:
             for lv in _levels(fin, g):
-                units = contrast_units(fin, [({"tokenizer": a, g: lv}, 1.0), ({"tokenizer": b, g: lv}, -1.0)])
+                units = usable(contrast_units(fin, [({"tokenizer": a, g: lv}, 1.0), ({"tokenizer": b, g: lv}, -1.0)]), auc)
                 if len(units) == 0:
                     continue
-                dist = two_level_bootstrap(units, boot, seed)
-                rows.append({"comparison": f"{a} - {b}", "factor": g, "level": _fmt_level(lv),
-                             "estimate": float(stratified_means(units.coef @ auc, units)),
-                             "ci_low": float(np.percentile(dist, 100 * alpha / 2)), "ci_high": float(np.percentile(dist, 100 * (1 - alpha / 2))),
-                             "n_pairs": len(units), "n_seeds": len(set(units.seeds))})
+                iv = t_interval(units, auc, boot, alpha)
+                rows.append({"comparison": f"{a} - {b}", "factor": g, "level": _fmt_level(lv), "estimate": iv.estimate,
+                             "ci_low": iv.ci_low, "ci_high": iv.ci_high, "n_pairs": len(units), "n_seeds": len(set(units.seeds))})
     return pd.DataFrame(rows, columns=["comparison", "factor", "level", "estimate", "ci_low", "ci_high", "n_pairs", "n_seeds"])
 
 
 def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "auc", by: tuple[str, ...] = FACTORS,
                    n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
-    """Mean test AUC (or ``auc_vs_<bkg>``) of each group ``by`` over its runs, with its 95%
-    two-level bootstrap interval (seeds within each cell of the group, and test events)."""
+    """Mean test AUC (or ``auc_vs_<bkg>``) of each group ``by`` over its runs, with its 95% t
+    interval (seeds within each cell of the group, and test events: ``t_interval``). Runs
+    without a value for ``metric`` are left out (``n_runs`` counts those with one); ``n_single``
+    counts the group's cells with one seed."""
     fin = finished(runs, scores)
-    cols = [*by, "metric", "mean", "ci_low", "ci_high", "n_runs", "n_seeds"]
+    cols = [*by, "metric", "mean", "ci_low", "ci_high", "n_runs", "n_seeds", "n_single", "seed_var_known"]
     if not len(fin):
         return pd.DataFrame(columns=cols)
     auc, boot = run_aucs(scores, fin["run_id"].tolist(), metric, n_boot, seed)
@@ -374,9 +456,10 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
         ids = {c: i for i, c in enumerate(dict.fromkeys(cell_of))}
         coef = np.zeros((len(grp), len(fin)))
         coef[np.arange(len(grp)), grp.index.to_numpy()] = 1.0
-        units = Units(coef, cell_of.map(ids).to_numpy(), grp["seed"].to_numpy())
-        dist = two_level_bootstrap(units, boot, seed)
-        rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": float(stratified_means(units.coef @ auc, units)),
-                     "ci_low": float(np.percentile(dist, 100 * alpha / 2)), "ci_high": float(np.percentile(dist, 100 * (1 - alpha / 2))),
-                     "n_runs": len(grp), "n_seeds": grp["seed"].nunique()})
+        units = usable(Units(coef, cell_of.map(ids).to_numpy(), grp["seed"].to_numpy()), auc)
+        if not len(units):
+            continue
+        iv = t_interval(units, auc, boot, alpha)
+        rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
+                     "n_runs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single, "seed_var_known": iv.seed_var_known})
     return pd.DataFrame(rows, columns=cols)
