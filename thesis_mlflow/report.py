@@ -94,6 +94,7 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
     over cells and seeds, 95% two-level interval) and mean background rejection 1/eps_B at
     signal efficiency 30 / 50 / 70%, all computed from the stored test scores."""
     fin = stats.finished(runs, scores)
+    fin = fin[~fin["run_id"].isin(stats.without_process(fin, scores))]  # older score files: no per-background figures (a note says so)
     # every run's figures once (each holds all backgrounds), not once per background
     figures = {i: metrics.test_metrics(scores[i]["labels"], scores[i]["scores"], scores[i]["process"]) for i in fin["run_id"]}
     rows = []
@@ -145,39 +146,92 @@ def _p(p: float) -> str:
     return "n/a" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"= {p:.3f}")
 
 
-def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alpha: float = stats.ALPHA) -> list[str]:
-    """The conclusion in sentences, generated from the tables (never typed by hand)."""
-    if not len(tokenizers) or not len(eff):
-        return ["Not enough finished runs with test scores for a comparison of tokenizers yet."]
-    order = tokenizers.sort_values("mean", ascending=False)
-    best = order.iloc[0]
-    n_seeds = int(eff["n_seeds"].max())
-    out = [f"Best tokenizer: {best['tokenizer']}, with mean test AUC {best['mean']:.4f} "
-           f"(95% interval [{best['ci_low']:.4f}, {best['ci_high']:.4f}]) over {int(best['n_runs'])} runs."]
+def ranking(eff: pd.DataFrame, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Tokenizers ranked by matched contrasts (the same cells and seeds on both sides), never by
+    their unmatched means: ``score`` is the mean of the tokenizer's matched differences against
+    each other tokenizer; ``beats`` / ``loses`` count the Holm-significant ones."""
     main = eff[(eff["kind"] == "main") & (eff["factor"] == "tokenizer")]
-    for other in order["tokenizer"].iloc[1:]:
-        r = _oriented(main, best["tokenizer"], other)
+    toks = [t for t in stats.CONTRAST_ORDER["tokenizer"] if t in set(main["level_a"]) | set(main["level_b"])]
+    rows = []
+    for t in toks:
+        diffs = [r for r in (_oriented(main, t, u) for u in toks if u != t) if r]
+        rows.append({"tokenizer": t, "score": float(np.mean([r["estimate"] for r in diffs])) if diffs else np.nan,
+                     "beats": sum(bool(r["significant"]) and r["estimate"] > 0 for r in diffs),
+                     "loses": sum(bool(r["significant"]) and r["estimate"] < 0 for r in diffs), "n_others": len(diffs)})
+    return pd.DataFrame(rows, columns=["tokenizer", "score", "beats", "loses", "n_others"]).sort_values(
+        "score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def detectable(row: dict, n_tests: int, alpha: float = stats.ALPHA, power: float = 0.8) -> float:
+    """The smallest difference the row's test would find with ``power`` at Holm's strictest
+    level (alpha / n_tests), from its measured standard error and degrees of freedom."""
+    df = row["df"] if np.isfinite(row["df"]) else 1e9
+    from scipy import stats as sps
+
+    return float((sps.t.ppf(1 - alpha / (2 * max(n_tests, 1)), df) + sps.t.ppf(power, df)) * row["se"])
+
+
+def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alpha: float = stats.ALPHA,
+           streams: tuple[int, int] | None = None) -> list[str]:
+    """The conclusion in sentences, generated from the tables (never typed by hand).
+
+    A best tokenizer is named only when it beats every other one on matched cells after Holm;
+    otherwise the answer says which differences were found, which were not, and how large a
+    difference the grid could have detected. ``streams``: (runs without a random-stream id,
+    runs): runs trained before independent streams get a warning."""
+    main = eff[(eff["kind"] == "main") & (eff["factor"] == "tokenizer")] if len(eff) else eff
+    if not len(tokenizers) or not len(main):
+        out = ["Not enough finished runs with test scores for a comparison of tokenizers yet."]
+        return out + _caveats(eff, streams)
+    rank = ranking(eff, alpha)
+    top = rank.iloc[0]
+    others = rank["tokenizer"].iloc[1:].tolist()
+    out = []
+    if top["beats"] == top["n_others"] == len(others) and len(others):
+        out.append(f"Best tokenizer: {top['tokenizer']}. It beats every other tokenizer on matched cells (same pooling, MET, vect "
+                   f"and seed) after Holm's correction:")
+    else:
+        out.append("No tokenizer is detectably best on this grid: none beats every other one on matched cells after Holm's correction.")
+    for t, u in itertools.combinations(rank["tokenizer"], 2):
+        r = _oriented(main, t, u)
         if r is None:
+            out.append(f"{t} and {u} share no matched cells: not compared.")
             continue
-        verdict = "significant" if r["p_holm"] < alpha else "not significant"
+        found = bool(r["significant"])
+        verdict = ("found" if found else "not detectable") + f" at {alpha:.0%} after Holm"
         cells = r["n_pairs"] // max(r["n_seeds"], 1)
-        out.append(f"{best['tokenizer']} - {other}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], "
-                   f"p {_p(r['p_value'])} unadjusted, p_Holm {_p(r['p_holm'])} ({verdict} at {alpha:.0%}); {r['n_pairs']} matched pairs "
-                   f"({cells} cells x {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}).")
-    if len(order) > 1:
-        runner = order["tokenizer"].iloc[1]
-        c = cond[(cond["comparison"] == f"{best['tokenizer']} - {runner}")] if len(cond) else cond
+        out.append(f"{t} - {u}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p {_p(r['p_value'])} "
+                   f"unadjusted, p_Holm {_p(r['p_holm'])} ({verdict}); {r['n_pairs']} matched pairs ({cells} cells x "
+                   f"{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}).")
+    undetected = [r for r in (_oriented(main, t, u) for t, u in itertools.combinations(rank["tokenizer"], 2)) if r and not r["significant"]]
+    if undetected:
+        mdd = [detectable(r, len(eff), alpha) for r in undetected if np.isfinite(r["se"])]
+        if mdd:
+            out.append(f"With its measured seed and test-set spread this grid could have detected a tokenizer difference of about "
+                       f"{min(mdd):.4f} to {max(mdd):.4f} in AUC (80% power at Holm's strictest level); the differences marked not "
+                       f"detectable are smaller than that or absent.")
+    # an unmatched ranking that contradicts the matched one (partial grid, binned_ambre at one vect)
+    means = dict(zip(tokenizers["tokenizer"], tokenizers["mean"], strict=True)) if "mean" in tokenizers else {}
+    for t, u in itertools.combinations(rank["tokenizer"], 2):
+        r = _oriented(main, t, u)
+        if r and t in means and u in means and np.sign(means[t] - means[u]) * np.sign(r["estimate"]) < 0:
+            out.append(f"Caution: {u}'s mean over its own cells ({means[u]:.4f}) is above {t}'s ({means[t]:.4f}), but on matched cells "
+                       f"{t} - {u} = {r['estimate']:+.4f}: their cells differ (a partial grid, or a tokenizer run at some levels only), "
+                       f"so the per-tokenizer means are not comparable; the matched difference is the comparison.")
+    if len(others):
+        runner = others[0]
+        c = cond[(cond["comparison"] == f"{top['tokenizer']} - {runner}")] if len(cond) else cond
         if len(c):
             hi, lo = c.loc[c["estimate"].abs().idxmax()], c.loc[c["estimate"].abs().idxmin()]
-            out.append(f"The gap between {best['tokenizer']} and {runner} is largest with {hi['factor']} = {hi['level']} "
+            out.append(f"The gap between {top['tokenizer']} and {runner} is largest with {hi['factor']} = {hi['level']} "
                        f"(ΔAUC = {hi['estimate']:+.4f}, [{hi['ci_low']:+.4f}, {hi['ci_high']:+.4f}]) and smallest with "
                        f"{lo['factor']} = {lo['level']} ({lo['estimate']:+.4f}, [{lo['ci_low']:+.4f}, {lo['ci_high']:+.4f}]).")
         bk = eff[(eff["kind"] == "background")]
-        rows = [r for r in (_oriented(bk, best["tokenizer"], runner, at=b) for b in bk["at"].unique()) if r]
+        rows = [r for r in (_oriented(bk, top["tokenizer"], runner, at=b) for b in bk["at"].unique()) if r]
         if rows:
             w = max(rows, key=lambda r: abs(r["estimate"]))
-            out.append(f"Against one background at a time, the gap is largest for {w['at']}: ΔAUC = {w['estimate']:+.4f}, "
-                       f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Holm-adjusted p {_p(w['p_holm'])}.")
+            out.append(f"Against one background at a time, the gap between {top['tokenizer']} and {runner} is largest for {w['at']}: "
+                       f"ΔAUC = {w['estimate']:+.4f}, [{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Holm-adjusted p {_p(w['p_holm'])}.")
     inter = eff[eff["kind"] == "interaction"]
     sig = inter[inter["significant"]]
     if len(inter):
@@ -187,13 +241,36 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
         else:
             out.append(f"None of the {len(inter)} tokenizer interactions (with pooling, MET, vect) is significant after Holm: "
                        "no detectable dependence of the tokenizer differences on those factors.")
-    out.append(f"Method: matched contrasts (same other factors and seed); 95% intervals from a two-level bootstrap (seeds within "
-               f"cells, then test events, paired); p-values from a paired sign-flip test; Holm correction over all {len(eff)} comparisons "
-               f"of the effects table (main effects of every factor, tokenizer interactions, tokenizer per background); the intervals are "
-               f"not adjusted for multiplicity.")
-    if n_seeds == 1:
-        out.append("Only one seed per cell: the intervals cover test-set noise only, not training variance; "
+    return out + _caveats(eff, streams)
+
+
+METHOD = ("Method: runs are independent replicates by construction: each run draws its initial weights, data order and dropout "
+          "masks from its own random stream (scheme {scheme}, derived from its configuration and seed). Comparisons are matched "
+          "contrasts (same other factors and seed). Each interval and its p-value come from one t statistic whose variance adds the "
+          "seed-to-seed spread (sample variance within each stratum, Satterthwaite degrees of freedom) and the test-set noise "
+          "(paired bootstrap of the test events): both answer the same question, how the result would vary with new seeds and a "
+          "new test sample, so an interval excludes 0 exactly when its unadjusted p < 0.05. Holm's correction runs over all {n} "
+          "comparisons of the effects table (main effects of every factor, tokenizer interactions, tokenizer per background); the "
+          "intervals are not adjusted for multiplicity.")
+
+
+def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
+    from .streams import SCHEME
+
+    out = [METHOD.format(scheme=SCHEME, n=len(eff))]
+    if streams and streams[0]:
+        out.append(f"Warning: {streams[0]} of {streams[1]} runs carry no random-stream id (trained before scheme {SCHEME}): their "
+                   f"seeds shared the data order and, where parameters coincide, the initial weights across cells, so they are not "
+                   f"independent replicates and the intervals above may be too narrow. In a simulation where half of a run's seed "
+                   f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth only 75% of the "
+                   f"time. Retrain those runs before quoting their intervals.")
+    if len(eff) and not eff["seed_var_known"].all():
+        out.append("Only one seed per cell in some comparisons: their intervals cover test-set noise only, not training variance; "
                    "run more seeds before quoting them as the uncertainty of a result.")
+    elif len(eff) and (eff["n_single"] > 0).any():
+        k = int((eff["n_single"] > 0).sum())
+        out.append(f"{k} comparison{'s' if k != 1 else ''} include strata with a single seed: those strata borrow the seed variance "
+                   f"of the others (n_single in the effects table).")
     return out
 
 

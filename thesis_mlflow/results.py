@@ -26,7 +26,7 @@ from . import spec, tracking
 from .errors import BadInput
 
 FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
-PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode"]
+PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode", "rng_stream", "rng_scheme"]
 FINAL = ["test_auc", "test_rej_at_eff50", "test_rej_at_eff70", "train_seconds"]  # columns even before any run has them
 PAGE = 1000
 

@@ -82,12 +82,19 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
     eff = rep.effects(runs, scores, n_boot=n_boot, seed=seed)
     toks = rep.tokenizer_table(runs, scores, n_boot=n_boot, seed=seed)
     cond = pd.DataFrame()
-    if len(toks) > 1:
-        best, runner = toks.sort_values("mean", ascending=False)["tokenizer"].iloc[:2]
+    rank = rep.ranking(eff) if len(eff) else pd.DataFrame()
+    if len(rank) > 1:  # the top two by matched contrasts, not by their unmatched means
+        best, runner = rank["tokenizer"].iloc[:2]
         cond = stats.conditional_effects(runs, scores, best, runner, n_boot=n_boot, seed=seed)
     r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data.expected, runs), tokenizers=toks,
                    backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
-    r.answer = rep.answer(toks, eff, cond)
+    fin = stats.finished(runs, scores)
+    no_stream = int(fin["rng_stream"].isna().sum()) if "rng_stream" in fin else len(fin)
+    r.answer = rep.answer(toks, eff, cond, streams=(no_stream, len(fin)))
+    old = stats.without_process(fin, scores)
+    if old:
+        r.notes.append(f"{len(old)} of {len(fin)} runs stored no process labels with their test scores (logged before per-background "
+                       f"figures): they count in the overall AUC and are left out of the per-background tables.")
     n_fin = int(((runs["status"] == "FINISHED") & runs["test_auc"].notna()).sum())
     r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
                    f"{n_boot} bootstrap resamples (seed {seed}); tracking store {tracking.tracking_uri()}.")

@@ -1,0 +1,128 @@
+"""The written answer, driven through the cases where it would be wrong: a clear winner, a tie,
+a winner over one tokenizer only, a partial grid whose unmatched means disagree with the
+matched difference, runs without random streams, and (by simulation) a world with no
+tokenizer effect, where no winner may be named, and one with a clear effect, where it must be."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thesis_mlflow import report, stats
+from tests.test_stats import simulate
+
+POOL = ["cls", "mean", "max"]
+
+
+def grid(k: dict, n_seeds=3, seed_sd=0.03, n_events=600, rng=None, cells=None):
+    """Runs and scores with latent separation ``k[(tokenizer, pooling, met)]`` (+ seed noise)."""
+    rng = rng or np.random.default_rng(0)
+    y = (rng.random(n_events) < 0.5).astype(np.int8)
+    shared = rng.normal(size=n_events)
+    proc = np.where(y == 1, 1, rng.integers(2, 6, n_events)).astype(np.int8)
+    rows, scores = [], {}
+    for (tok, pool, met), kc in k.items():
+        for s in range(n_seeds):
+            kk = kc + rng.normal(0, seed_sd)
+            rid = f"{tok}-{pool}-{met}-s{s}"
+            scores[rid] = {"labels": y, "process": proc, "scores": kk * (2 * y - 1) + 0.95 * shared + 0.3 * rng.normal(size=n_events)}
+            rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
+                         "rng_stream": f"x{len(rows)}"})
+    return pd.DataFrame(rows), scores
+
+
+def words(runs, scores, streams=None):
+    eff = stats.effects(runs, scores, n_boot=200, metrics=["auc"])
+    toks = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=200)
+    return report.answer(toks, eff, pd.DataFrame(), streams=streams), eff
+
+
+def test_a_clear_winner_is_named_with_its_matched_differences():
+    k = {(t, p, m): 0.5 + {"direct": 0.0, "binned": 0.0, "vqvae": 0.15}[t] for t in ("direct", "binned", "vqvae") for p in POOL
+         for m in (True, False)}
+    ans, _ = words(*grid(k))
+    assert ans[0].startswith("Best tokenizer: vqvae.")
+    assert any(s.startswith("vqvae - direct:") and "(found at 5% after Holm)" in s for s in ans)
+    assert any(s.startswith("binned - direct:") and "not detectable" in s for s in ans) or any(
+        s.startswith("direct - binned:") and "not detectable" in s for s in ans)
+
+
+def test_a_tie_names_no_winner_and_says_what_could_have_been_seen():
+    k = {(t, p, m): 0.5 for t in ("direct", "binned", "vqvae") for p in POOL for m in (True, False)}
+    ans, _ = words(*grid(k, rng=np.random.default_rng(3)))
+    text = " ".join(ans)
+    assert "Best tokenizer" not in text
+    assert ans[0].startswith("No tokenizer is detectably best")
+    assert "could have detected a tokenizer difference of about" in text
+
+
+def test_beating_one_other_is_not_enough():
+    """binned beats direct clearly but not vqvae: no winner."""
+    k = {(t, p, m): 0.5 + {"direct": 0.0, "binned": 0.15, "vqvae": 0.15}[t] for t in ("direct", "binned", "vqvae") for p in POOL
+         for m in (True, False)}
+    ans, _ = words(*grid(k, rng=np.random.default_rng(4)))
+    assert ans[0].startswith("No tokenizer is detectably best")
+    assert any(("binned - direct:" in s or "vqvae - direct:" in s) and "(found" in s for s in ans)
+
+
+def test_partial_grid_whose_unmatched_means_disagree_is_flagged():
+    """binned was run only with MET (where every model does better) and is worse than direct
+    there: its unmatched mean is higher, its matched difference negative. The answer must rank
+    by the matched difference and say why the means mislead."""
+    k = {("direct", p, m): (0.9 if m else 0.3) for p in POOL for m in (True, False)}
+    k.update({("binned", p, True): 0.8 for p in POOL})
+    runs, scores = grid(k, rng=np.random.default_rng(5))
+    ans, eff = words(runs, scores)
+    main = eff[(eff["kind"] == "main") & (eff["factor"] == "tokenizer")].iloc[0]
+    assert main["estimate"] < 0 and main["n_pairs"] == 9  # matched on the 3 MET cells x 3 seeds only
+    assert ans[0].startswith("Best tokenizer: direct.")
+    assert any(s.startswith("Caution: binned's mean over its own cells") and "direct - binned = +" in s for s in ans)
+
+
+def test_method_sentence_and_the_warning_for_runs_without_streams():
+    k = {(t, p, m): 0.5 for t in ("direct", "binned") for p in POOL for m in (True,)}
+    runs, scores = grid(k)
+    ans, _ = words(runs, scores, streams=(0, len(runs)))
+    assert any(s.startswith("Method: runs are independent replicates by construction") and "scheme 2" in s for s in ans)
+    assert not any(s.startswith("Warning:") for s in ans)
+    ans, _ = words(runs, scores, streams=(4, len(runs)))
+    warn = [s for s in ans if s.startswith("Warning:")]
+    assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "75%" in warn[0]
+
+
+def test_one_seed_everywhere_says_test_noise_only():
+    k = {(t, p, m): 0.5 + (0.1 if t == "binned" else 0) for t in ("direct", "binned") for p in POOL for m in (True,)}
+    ans, _ = words(*grid(k, n_seeds=1))
+    assert any("cover test-set noise only" in s for s in ans)
+
+
+@pytest.mark.simulation
+def test_no_winner_in_a_world_without_tokenizer_effect_and_one_with_a_clear_effect():
+    rng = np.random.default_rng(77)
+    named_null, named_effect = [], []
+    for i in range(60):
+        for effect, bucket in ((0.0, named_null), (0.1, named_effect)):
+            runs, scores, _ = simulate(rng, effect_k=effect)
+            eff = stats.effects(runs, scores, n_boot=100, seed=i, metrics=["auc"])
+            toks = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=100, seed=i)
+            bucket.append(report.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
+    print(f"winner named: {np.mean(named_null):.3f} without an effect, {np.mean(named_effect):.3f} with a two-seed-sd effect")
+    assert np.mean(named_null) <= 0.05
+    assert np.mean(named_effect) >= 0.75
+
+
+def test_ranking_uses_matched_differences():
+    eff = pd.DataFrame([
+        {"kind": "main", "factor": "tokenizer", "level_a": "binned", "level_b": "direct", "estimate": 0.02, "significant": True},
+        {"kind": "main", "factor": "tokenizer", "level_a": "vqvae", "level_b": "direct", "estimate": -0.01, "significant": False},
+        {"kind": "main", "factor": "tokenizer", "level_a": "vqvae", "level_b": "binned", "estimate": -0.03, "significant": True},
+    ]).assign(ci_low=0.0, ci_high=0.0)
+    r = report.ranking(eff)
+    assert r["tokenizer"].tolist() == ["binned", "direct", "vqvae"]
+    assert r.set_index("tokenizer").loc["binned", ["beats", "loses"]].tolist() == [2, 0]
+    assert math.isclose(r.set_index("tokenizer").loc["direct", "score"], (-0.02 + 0.01) / 2)
+    assert list(itertools.chain(r.columns)) == ["tokenizer", "score", "beats", "loses", "n_others"]
