@@ -190,3 +190,25 @@ def test_system_metrics_of_train_runs(mlflow_env, tiny_raw, monkeypatch, on):
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
     else:
         assert system == set()
+
+
+def test_diverged_run_is_failed_and_named_not_ranked(mlflow_env, tiny_raw, monkeypatch):
+    """NaN test scores (a diverged run) are refused before any test metric is logged: the run is
+    FAILED with the reason in its error tags, and the command says which cell."""
+    from thesis_mlflow import train as T
+
+    real = T.evaluate
+
+    def diverged(model, data, device, batch_size):
+        out = real(model, data, device, batch_size)
+        if len(data) == 200:  # the test split of TINY (val is cut to 200 too, but evaluated during fit: let those through)
+            out["scores"] = out["scores"].copy()
+            out["scores"][:3] = np.nan
+        return out
+
+    monkeypatch.setattr(T, "evaluate", diverged)
+    res = CliRunner().invoke(main, ["train", "--tokenizer", "direct", "--pooling", "max", "--epochs", "1", "--data", str(tiny_raw), *TINY])
+    assert res.exit_code == 1 and "direct-max-met-4v-s0: 3 of 200 test scores are NaN or infinite" in res.output, res.output
+    (r,) = _runs("train")
+    assert r.info.status == "FAILED" and "test_auc" not in r.data.metrics
+    assert r.data.tags.get("error.class") == "Diverged", r.data.tags

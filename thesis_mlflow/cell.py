@@ -18,7 +18,7 @@ import numpy as np
 
 from . import data, features, leases, metrics, runlog, tracking
 from .done import has_results
-from .errors import RunConflict
+from .errors import Diverged, RunConflict
 from .inputs import build_inputs
 from .spec import CellSpec, cell_name, cell_tag
 
@@ -70,6 +70,14 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
             lease.stop()
         if ours is not None:
             _publish_progress(ours)
+
+
+def check_scores(scores: np.ndarray, name: str) -> None:
+    """Refuse NaN or infinite test scores (a diverged run): ranked as they are, NaN would sort as
+    the highest score and give a meaningless AUC."""
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise Diverged(f"{name}: {bad} of {len(scores)} test scores are NaN or infinite (training diverged); no test metrics logged")
 
 
 def _publish_progress(run_id: str) -> None:
@@ -152,6 +160,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
+        check_scores(ev["scores"], name)  # before anything of the test split is logged
         process = tens["test"].labels  # original label 1-5 per test event
         npz = work / "test_scores.npz"
         np.savez_compressed(npz, labels=ev["is_signal"].astype(np.int8), scores=ev["scores"].astype(np.float32),

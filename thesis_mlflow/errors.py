@@ -33,6 +33,10 @@ class StepFailed(UserError):
     """Work this command depends on failed (a cell of a pack, an upstream step in another job); the runs say why."""
 
 
+class Diverged(UserError):
+    """Training produced non-finite outputs (NaN or infinite test scores): the run is marked failed, its scores never ranked."""
+
+
 class Unavailable(UserError, RuntimeError):
     """Something this machine lacks or could not start: CUDA, an MPS daemon, PostgreSQL, the tracking server."""
 

@@ -30,7 +30,7 @@ from . import metrics, stats
 
 CELL = list(stats.FACTORS)
 FACTOR_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "pooling": ["cls", "mean", "max"], "met": [True, False], "vect": [4, 5]}
-N_BOOT = 1000  # resamples of the two-level bootstrap: percentiles at 2.5% / 97.5% stable to ~1e-4 in AUC
+N_BOOT = 1000  # resamples of the test events: the test-set part of each variance stable to a few percent
 
 
 def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
@@ -42,8 +42,9 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, s
     levels of every factor (main effects), the tokenizer pairs crossed with the level pairs of
     pooling, MET and vect (interactions, as differences of differences), and the tokenizer pairs
     against each background process alone. ``estimate`` is the mean matched difference of test
-    AUC (level_a - level_b); ``ci_low``/``ci_high`` a 95% two-level bootstrap (seeds, then test
-    events); ``p_value`` a paired sign-flip test; ``p_holm`` Holm over every row (the family).
+    AUC (level_a - level_b); ``ci_low``/``ci_high`` a 95% t interval (seed spread plus test-set
+    noise, ``stats.t_interval``); ``p_value`` the same t statistic's; ``p_holm`` Holm over every
+    row (the family).
     ``n_boot`` resamples, ``seed`` of the random generator (same inputs and seed, same table).
     """
     return stats.effects(runs, scores, n_boot=n_boot, seed=seed)
@@ -54,7 +55,7 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, s
 
 def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """One row per cell over seeds (finished runs only count); with ``scores``, the 95%
-    two-level bootstrap interval of the cell's mean test AUC (``auc_ci_low``/``auc_ci_high``)."""
+    t interval of the cell's mean test AUC (``auc_ci_low``/``auc_ci_high``; seeds and test events)."""
     fin = runs[runs["status"] == "FINISHED"].dropna(subset=["test_auc"])
     g = fin.groupby(CELL, dropna=False)
     t = pd.DataFrame({
@@ -91,7 +92,7 @@ def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N
 
 def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """Per tokenizer and background process: AUC of signal against that background alone (mean
-    over cells and seeds, 95% two-level interval) and mean background rejection 1/eps_B at
+    over cells and seeds, 95% t interval) and mean background rejection 1/eps_B at
     signal efficiency 30 / 50 / 70%, all computed from the stored test scores."""
     fin = stats.finished(runs, scores)
     fin = fin[~fin["run_id"].isin(stats.without_process(fin, scores))]  # older score files: no per-background figures (a note says so)
@@ -296,7 +297,7 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
                           row=i // 2 + 1, col=i % 2 + 1)
     lo = max(0.5, float(cells["test_auc_mean"].min()) - 0.03) if len(cells) else 0.5
     fig.update_yaxes(range=[lo, 1.0 if not len(cells) else min(1.0, float(cells["test_auc_mean"].max()) + 0.02)], title_text="test AUC")
-    fig.update_layout(barmode="group", title="Test AUC by tokenizer and pooling (mean over seeds, 95% two-level bootstrap interval)", height=650, legend_title="pooling")
+    fig.update_layout(barmode="group", title="Test AUC by tokenizer and pooling (mean over seeds, 95% t interval: seeds and test events)", height=650, legend_title="pooling")
     return fig
 
 
@@ -354,7 +355,7 @@ def fig_effects(eff: pd.DataFrame) -> go.Figure:
                                error_x={"type": "data", "symmetric": False, "array": e["ci_high"] - e["estimate"],
                                         "arrayminus": e["estimate"] - e["ci_low"]}))
     fig.add_vline(x=0, line_dash="dot")
-    fig.update_layout(title="Effects on test AUC (95% two-level bootstrap; filled: significant after Holm)", xaxis_title="ΔAUC",
+    fig.update_layout(title="Effects on test AUC (95% t interval: seeds and test events; filled: significant after Holm)", xaxis_title="ΔAUC",
                       height=max(350, 22 * len(e) + 120), margin={"l": 320})
     return fig
 
@@ -436,15 +437,15 @@ class Report:
             [rf"{_tex_escape(r.tokenizer)} & {r.pooling} & {'yes' if r.met else 'no'} & {r.vect} & {r.n_seeds} & "
              rf"{_pm(r.test_auc_mean, r.auc_ci_low, r.auc_ci_high)} & \num{{{r.rej50_mean:.1f}}} & \num{{{r.rej70_mean:.1f}}}"
              for r in self.cells.itertuples()],
-            rf"Test AUC per cell: mean over $n$ seeds $\pm$ half-width of the 95\% two-level bootstrap interval (seeds, then test "
-            rf"events), and mean background rejection $R_\varepsilon = 1/\varepsilon_B$ at signal efficiency $\varepsilon$; grid \texttt{{{g}}}.",
+            rf"Test AUC per cell: mean over $n$ seeds $\pm$ half-width of the 95\% $t$ interval (seed spread and test-set "
+            rf"noise), and mean background rejection $R_\varepsilon = 1/\varepsilon_B$ at signal efficiency $\varepsilon$; grid \texttt{{{g}}}.",
             "tab:tokenization")
         lines += _tex_table(
             "lllcr", r"Comparison & Factor & At & $\Delta$AUC & $p_\mathrm{Holm}$",
             [rf"{_tex_escape(r.comparison)} & {_tex_escape(r.factor)} & {_tex_escape(r.at)} & "
              rf"{_pm(r.estimate, r.ci_low, r.ci_high)}\textsuperscript{{{_stars(r.p_holm)}}} & \num{{{r.p_holm:.3g}}}" for r in self.effects.itertuples()],
-            rf"Matched contrasts of test AUC (level a $-$ level b, same other factors and seed) $\pm$ half-width of the 95\% two-level "
-            rf"bootstrap interval; $p$ from a paired sign-flip test, Holm-adjusted over the {len(self.effects)} rows; * $p<0.05$, "
+            rf"Matched contrasts of test AUC (level a $-$ level b, same other factors and seed) $\pm$ half-width of the 95\% $t$ "
+            rf"interval (seed spread and test-set noise); $p$ from the same $t$ statistic, Holm-adjusted over the {len(self.effects)} rows; * $p<0.05$, "
             rf"** $p<0.01$, *** $p<0.001$; grid \texttt{{{g}}}.", "tab:tokenization-effects")
         if len(self.backgrounds):
             lines += _tex_table(
@@ -463,11 +464,11 @@ class Report:
         parts.append("<div class=answer><h2>Answer</h2>" + "".join(f"<p>{html.escape(s)}</p>" for s in self.answer) + "</div>")
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
         parts.append(f"<h2>Missing cells ({len(self.missing)})</h2>" + (table(self.missing) if len(self.missing) else "<p>none: every expected cell has a finished run</p>"))
-        parts.append("<h2>Tokenizers (all cells and seeds; 95% two-level bootstrap)</h2>" + table(self.tokenizers))
-        parts.append("<h2>Effects (matched contrasts of test AUC; sign-flip p, Holm over all rows)</h2>" + table(self.effects))
+        parts.append("<h2>Tokenizers (all cells and seeds; 95% t interval)</h2>" + table(self.tokenizers))
+        parts.append("<h2>Effects (matched contrasts of test AUC; t interval and p, Holm over all rows)</h2>" + table(self.effects))
         parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
         parts.append("<h2>Per background process</h2>" + table(self.backgrounds))
-        parts.append("<h2>Per cell (over seeds; auc_ci: 95% two-level bootstrap)</h2>" + table(self.cells))
+        parts.append("<h2>Per cell (over seeds; auc_ci: 95% t interval)</h2>" + table(self.cells))
         for fig in self.figures:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
         style = ("body{font-family:sans-serif;margin:2em;max-width:1300px} table.t{border-collapse:collapse;font-size:13px;margin:1em 0}"

@@ -61,7 +61,7 @@ def effects_forest(eff: pd.DataFrame, grid: str, path: Path) -> Path:
                     color="#3f90da", mfc="#3f90da" if r.significant else "white")
     ax.axvline(0, ls=":", color="k", lw=1)
     ax.set_yticks(y, [f"{r.comparison} " + (f"({r.at})" if r.at else f"[{r.factor}]") for r in e.itertuples()], fontsize=7)
-    ax.set_xlabel(r"$\Delta$ test AUC (95% two-level bootstrap CI)")
+    ax.set_xlabel(r"$\Delta$ test AUC (95% $t$ interval)")
     _label(ax, grid)
     return _save(fig, path)
 
