@@ -55,7 +55,13 @@ def make_data(events: int, path: Path) -> None:
     b = Binning().fit(sp["train"])
     tr = features.make_tensors(features.token_inputs(b.transform(sp["train"]), True), sp["train"].y, "4t_vs_bg", events)
     va = features.make_tensors(features.token_inputs(b.transform(sp["val"]), True), sp["val"].y, "4t_vs_bg")
-    torch.save({"train": tr, "val": va}, path)
+    # plain tensors, so the workers load them with weights_only=True
+    torch.save({s: {"inputs": t.inputs, "y": t.y, "labels": torch.from_numpy(t.labels)} for s, t in (("train", tr), ("val", va))}, path)
+
+
+def load_data(path) -> dict:
+    d = torch.load(path, weights_only=True)
+    return {s: features.Tensors(v["inputs"], v["y"], v["labels"].numpy()) for s, v in d.items()}
 
 
 def _sync():
@@ -122,7 +128,7 @@ def project_rate(tr, bs: int, mode: str) -> tuple[float, float]:
 
 def worker(a) -> None:
     """One packed process: build the step, say "ready", wait for the common start, train to the common end."""
-    d = torch.load(a.data, weights_only=False)
+    d = load_data(a.data)
     tr = d["train"].to(DEV)
     _, step, _ = project_stepper(tr, a.batch, a.mode, seed=a.seed)
     print("ready", flush=True)
@@ -265,7 +271,7 @@ def main() -> None:
     data = work / "data.pt"
     t0 = time.perf_counter()
     make_data(a.events, data)
-    d = torch.load(data, weights_only=False)
+    d = load_data(data)
     tr, va = d["train"], d["val"]
     print(f"{len(tr)} training events (binned tokens, thesis model), data made in {time.perf_counter() - t0:.0f} s")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,27 @@ def test_a_run_is_done_only_with_test_metrics_and_scores(mlflow_env, tmp_path):
     c.log_artifact(other, str(f), "eval")
     c.set_terminated(other, "FINISHED")
     assert not done.is_done(c.get_run(other))  # scores without metrics
+
+
+def test_conda_env_lists_exactly_the_package_requirements():
+    """conda.yaml (what `mlflow run` builds on the cluster) and pyproject.toml (pip) name the same
+    requirements: one source, checked, so a floor raised for safety (torch>=2.6) reaches both."""
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((root / "conda.yaml").read_text())["dependencies"]
+    pip = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert pip == deps
+    assert any(d.startswith("torch>=2.6") for d in deps)
+
+
+def test_no_unsafe_checkpoint_loading_anywhere():
+    """weights_only=False runs code from a pickle; nothing in the project, benchmarks included, asks for it."""
+    root = Path(__file__).resolve().parents[1]
+    call = re.compile(r"\.load\([^)]*weights_only\s*=\s*False")
+    offenders = [str(p.relative_to(root)) for d in ("thesis_mlflow", "steps", "benchmarks", "scripts", "tests") for p in (root / d).rglob("*.py")
+                 if call.search(p.read_text())]
+    assert not offenders, offenders

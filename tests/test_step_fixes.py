@@ -58,7 +58,7 @@ def test_resume_continues_at_the_scheduled_lr_even_from_a_stale_group_lr(tiny_sp
         fit(_model(), tr, va, cfg, tmp_path / "one.pt", progress=False, on_epoch=stop)
     except KeyboardInterrupt:
         pass
-    ck = torch.load(tmp_path / "one.pt", weights_only=False)
+    ck = torch.load(tmp_path / "one.pt", weights_only=True)
     ck["optimizer"]["param_groups"][0]["lr"] = 0.5  # what a graph-mode epoch leaves: not the next step's LR
     torch.save(ck, tmp_path / "stale.pt")
     resumed = _model()

@@ -146,8 +146,8 @@ def test_kill_and_resume_is_exact(mlflow_env, tiny_raw, caplog, monkeypatch):
         assert [m.step for m in c.get_metric_history(run_id, k)] == [1, 2, 3], k
     ref_val = {m.step: m.value for m in c.get_metric_history(ref_run.info.run_id, "val_auc")}
     assert {m.step: m.value for m in c.get_metric_history(run_id, "val_auc")} == ref_val
-    w_ref = torch.load(mlflow.artifacts.download_artifacts(run_id=ref_run.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
-    w_res = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt"), weights_only=False)
+    w_ref = torch.load(mlflow.artifacts.download_artifacts(run_id=ref_run.info.run_id, artifact_path="checkpoints/last.pt"), weights_only=True)
+    w_res = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt"), weights_only=True)
     for k, v in w_ref["model"].items():
         torch.testing.assert_close(w_res["model"][k], v, rtol=0, atol=0, msg=k)
     assert r.data.metrics["test_auc"] == ref_run.data.metrics["test_auc"]

@@ -128,7 +128,7 @@ def test_vqvae_entry_point_logs_metrics_and_model(mlflow_env, tiny_raw):
     for k in ("recon_loss", "recon_loss_e", "recon_loss_pt", "recon_loss_eta", "recon_loss_phi", "recon_loss_id", "commit_loss",
               "perplexity", "codebook_usage", "dead_codes"):
         assert [m.step for m in c.get_metric_history(r.info.run_id, k)] == [1, 2], k
-    payload = torch.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="vqvae/model.pt"), weights_only=False)
+    payload = torch.load(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="vqvae/model.pt"), weights_only=True)
     assert payload["config"]["vect"] == 5 and payload["config"]["codebook_size"] == 32 and "log_pt" in payload["scaler"]["mean"]
 
 

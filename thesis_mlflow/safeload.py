@@ -1,6 +1,6 @@
 """Loading artifacts that other people could have written, without running their code.
 
-``torch.load(weights_only=False)`` unpickles arbitrary objects: anyone able to write a run's
+Unrestricted ``torch.load`` (weights_only off) unpickles arbitrary objects: anyone able to write a run's
 artifacts (a checkpoint, a VQ-VAE payload) would run code in every job that loads them. Every
 artifact is read with ``weights_only=True``: tensors, numbers, strings and containers only.
 Checkpoints written before RNG states were stored as tensors hold numpy arrays; numpy's array
