@@ -126,3 +126,52 @@ def test_ranking_uses_matched_differences():
     assert r.set_index("tokenizer").loc["binned", ["beats", "loses"]].tolist() == [2, 0]
     assert math.isclose(r.set_index("tokenizer").loc["direct", "score"], (-0.02 + 0.01) / 2)
     assert list(itertools.chain(r.columns)) == ["tokenizer", "score", "beats", "loses", "n_others"]
+
+
+@pytest.mark.simulation
+def test_omnibus_holds_its_level_and_finds_a_clear_effect():
+    """The F test of every tokenizer term together: ~5% false positives without a tokenizer
+    effect, and it finds a two-seed-sd effect; the mixed model's seed (shared-luck) component is
+    ~0 for independent replicates and large when seed luck is shared across cells."""
+    rng = np.random.default_rng(5)
+    null, power = [], []
+    for _ in range(60):
+        for effect, bucket in ((0.0, null), (0.1, power)):
+            runs, scores, _ = simulate(rng, effect_k=effect)
+            tab, comps = stats.omnibus(runs, scores, n_boot=20)
+            bucket.append(tab["p_value"].iloc[0] < 0.05)
+    print(f"omnibus: false positives {np.mean(null):.3f}, power {np.mean(power):.3f}")
+    assert np.mean(null) <= 0.10 and np.mean(power) >= 0.70
+    runs, scores, _ = simulate(rng, shared_luck=0.0, seed_sd=0.15)
+    _, indep = stats.omnibus(runs, scores, n_boot=20)
+    runs, scores, _ = simulate(rng, shared_luck=0.9, seed_sd=0.15)
+    _, shared = stats.omnibus(runs, scores, n_boot=20)
+    assert shared["seed_var"] > 3 * indep["seed_var"] and shared["seed_var"] > 0.2 * shared["within_var"]
+
+
+def test_omnibus_on_a_grid_it_cannot_fit_says_why():
+    k = {(t, p, m): 0.5 for t in ("direct",) for p in POOL for m in (True,)}
+    runs, scores = grid(k)
+    tab, comps = stats.omnibus(runs, scores, n_boot=20)
+    assert not len(tab) and "at least 2 tokenizers" in comps["note"]
+    assert report.omnibus_sentences(tab, comps) == ["Factorial model not fitted: needs at least 2 tokenizers and 2 seeds."]
+
+
+def test_overtraining_flags_large_train_test_gaps_only():
+    runs = pd.DataFrame([{"name": n, "status": "FINISHED", "tokenizer": "direct", "pooling": "cls", "met": True, "vect": 4, "seed": i,
+                          "train_auc": tr, "test_auc": te} for i, (n, tr, te) in enumerate((("a", 0.90, 0.85), ("b", 0.86, 0.85),
+                                                                                               ("c", np.nan, 0.8)))])
+    chk = report.overtraining(runs)
+    assert chk["name"].tolist() == ["a", "b"] and chk["flagged"].tolist() == [True, False]
+    assert chk["gap"].iloc[0] == pytest.approx(0.05)
+    assert not len(report.overtraining(runs.drop(columns=["train_auc"])))  # runs from before train_auc: no check, no crash
+
+
+def test_tokenizer_table_shows_parameter_counts():
+    k = {(t, p, m): 0.5 for t in ("direct", "binned") for p in ("cls", "max") for m in (True,)}
+    runs, scores = grid(k)
+    runs["n_params"] = runs["tokenizer"].map({"direct": 1000, "binned": 900}) + (runs["pooling"] == "cls") * 72
+    runs["n_params_embedding"] = runs["tokenizer"].map({"direct": 56, "binned": 6000})
+    t = report.tokenizer_table(runs, scores, n_boot=20).set_index("tokenizer")
+    assert t.loc["direct", ["params_min", "params_max", "params_embedding"]].tolist() == [1056, 1128, 56]
+    assert t.loc["binned", ["params_min", "params_max"]].tolist() == [6900, 6972]

@@ -159,6 +159,8 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.scaler, "factors": _plain(factors)},
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
+        # the trained model on its own training events: the report's overtraining check (train vs test AUC)
+        train_auc = evaluate(model, tens["train"], resolve_device(tcfg.device), tcfg.eval_batch_size)["auc"]
         ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
         check_scores(ev["scores"], name)  # before anything of the test split is logged
         process = tens["test"].labels  # original label 1-5 per test event
@@ -170,7 +172,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                            "model_config": model.config_dict()}, "model/config.json")
         # the test metrics go last: a run that has them has its scores too (the grid's "done")
         final = metrics.test_metrics(ev["is_signal"], ev["scores"], process, ev.get("probs"))
-        tracking.log_metrics({**final, "test_acc": ev["acc"]})
+        tracking.log_metrics({**final, "test_acc": ev["acc"], "train_auc": train_auc})
     log.info("%s: test AUC %.4f, rejection %.1f @50%% / %.1f @70%%", name, final["test_auc"], final["test_rej_at_eff50"],
              final["test_rej_at_eff70"])
     return run_id

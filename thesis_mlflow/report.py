@@ -86,8 +86,17 @@ def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Mean test AUC of each tokenizer over all its cells and seeds, with its 95% interval."""
-    return sort_cells(stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=n_boot, seed=seed))
+    """Mean test AUC of each tokenizer over all its cells and seeds, with its 95% interval, and
+    its models' parameter counts (smallest and largest over its cells: pooling and MET change
+    them a little; ``params_embedding``: the share in embedding tables)."""
+    t = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=n_boot, seed=seed)
+    if len(t) and "n_params" in runs:
+        total = runs["n_params"] + runs["n_params_embedding"].fillna(0)
+        g = runs.assign(total=total).groupby("tokenizer")
+        t["params_min"] = t["tokenizer"].map(g["total"].min()).astype("Int64")
+        t["params_max"] = t["tokenizer"].map(g["total"].max()).astype("Int64")
+        t["params_embedding"] = t["tokenizer"].map(g["n_params_embedding"].max()).astype("Int64")
+    return sort_cells(t)
 
 
 def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
@@ -109,6 +118,22 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
                          **{f"rej{e}_mean": rej[f"test_rej{e}_vs_{bkg}"].mean() for e in (30, 50, 70)}, "n_runs": r.n_runs})
     return pd.DataFrame(rows, columns=["tokenizer", "background", "auc_mean", "auc_ci_low", "auc_ci_high", "rej30_mean", "rej50_mean",
                                        "rej70_mean", "n_runs"])
+
+
+OVERTRAINING_GAP = 0.02  # train AUC above test AUC by more than this flags a run (test-set noise alone is ~0.003 at 30k events)
+
+
+def overtraining(runs: pd.DataFrame, gap: float = OVERTRAINING_GAP) -> pd.DataFrame:
+    """Per finished run with both figures: AUC on its own training events against the test AUC,
+    ``flagged`` where the gap exceeds ``gap`` (largest gaps first). Runs logged before
+    ``train_auc`` was recorded are absent."""
+    cols = ["name", *CELL, "seed", "train_auc", "test_auc", "gap", "flagged"]
+    if "train_auc" not in runs:
+        return pd.DataFrame(columns=cols)
+    fin = runs[(runs["status"] == "FINISHED")].dropna(subset=["train_auc", "test_auc"]).copy()
+    fin["gap"] = fin["train_auc"] - fin["test_auc"]
+    fin["flagged"] = fin["gap"] > gap
+    return fin.sort_values("gap", ascending=False)[cols].reset_index(drop=True)
 
 
 def missing_cells(expected: list[dict], runs: pd.DataFrame) -> pd.DataFrame:
@@ -253,6 +278,23 @@ METHOD = ("Method: runs are independent replicates by construction: each run dra
           "new test sample, so an interval excludes 0 exactly when its unadjusted p < 0.05. Holm's correction runs over all {n} "
           "comparisons of the effects table (main effects of every factor, tokenizer interactions, tokenizer per background); the "
           "intervals are not adjusted for multiplicity.")
+
+
+def omnibus_sentences(table: pd.DataFrame, comps: dict) -> list[str]:
+    """The omnibus test and the variance components in words."""
+    if not len(table):
+        return [f"Factorial model not fitted: {comps.get('note') or 'no data'}."] if comps else []
+    t = table.iloc[0]
+    out = [f"All tokenizer terms together (main effect and its interactions with the other factors): F({t['df']:.0f}, "
+           f"{comps.get('resid_df', float('nan')):.0f}) = {t['F']:.2f}, p {_p(t['p_value'])}, from a least-squares factorial model "
+           f"of the runs' test AUC with seed as a block. Like any ANOVA of AUCs measured on one test set, it is conditional on that "
+           f"test set (it sees the training noise, not the test-set noise): read it beside the intervals, which include both."]
+    if np.isfinite(comps.get("within_var", np.nan)):
+        out.append(f"Variance components of one run's test AUC (mixed model, seed as a random intercept): within a cell, seed to seed "
+                   f"{comps['within_var']:.2e} (sd {comps['within_sd']:.4f}); shared by the cells of one seed {comps['seed_var']:.2e}; "
+                   f"test-set noise {comps['test_var']:.2e} (sd {np.sqrt(comps['test_var']):.4f}). The effects table's in_seed_sd "
+                   f"column gives each difference in units of the within-cell seed sd.")
+    return out
 
 
 def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
@@ -418,6 +460,9 @@ class Report:
     answer: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    omnibus: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.omnibus: F tests of the factorial model
+    components: dict = field(default_factory=dict)  # its variance components (seed, within cell, test set)
+    checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: train vs test AUC, flagged gaps
 
     def csv(self) -> str:
         out = self.cells.copy()
@@ -463,12 +508,22 @@ class Report:
         parts = [f"<h1>Tokenization study — {html.escape(self.grid)}</h1>"]
         parts.append("<div class=answer><h2>Answer</h2>" + "".join(f"<p>{html.escape(s)}</p>" for s in self.answer) + "</div>")
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
+        if len(self.omnibus) or self.components.get("note"):
+            parts.append("<h2>Is there a tokenizer effect at all? (factorial model)</h2>" + "".join(
+                f"<p>{html.escape(x)}</p>" for x in omnibus_sentences(self.omnibus, self.components)) + table(self.omnibus))
         parts.append(f"<h2>Missing cells ({len(self.missing)})</h2>" + (table(self.missing) if len(self.missing) else "<p>none: every expected cell has a finished run</p>"))
         parts.append("<h2>Tokenizers (all cells and seeds; 95% t interval)</h2>" + table(self.tokenizers))
         parts.append("<h2>Effects (matched contrasts of test AUC; t interval and p, Holm over all rows)</h2>" + table(self.effects))
         parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
         parts.append("<h2>Per background process</h2>" + table(self.backgrounds))
         parts.append("<h2>Per cell (over seeds; auc_ci: 95% t interval)</h2>" + table(self.cells))
+        if len(self.checks):
+            flagged = self.checks[self.checks["flagged"]]
+            head = (f"{len(flagged)} of {len(self.checks)} runs have a train AUC more than {OVERTRAINING_GAP} above their test AUC"
+                    if len(flagged) else f"No run's train AUC exceeds its test AUC by more than {OVERTRAINING_GAP} (largest gap "
+                    f"{self.checks['gap'].max():+.4f}, median {self.checks['gap'].median():+.4f}); the 10 largest gaps:")
+            parts.append(f"<h2>Overtraining check (train vs test AUC per run)</h2><p>{html.escape(head)}</p>"
+                         + table(flagged if len(flagged) else self.checks.head(10)))
         for fig in self.figures:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
         style = ("body{font-family:sans-serif;margin:2em;max-width:1300px} table.t{border-collapse:collapse;font-size:13px;margin:1em 0}"

@@ -463,3 +463,83 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
         rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
                      "n_runs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single, "seed_var_known": iv.seed_var_known})
     return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------- the omnibus model
+
+OMNIBUS_COLUMNS = ["term", "df", "F", "p_value"]
+
+
+def omnibus(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Is the tokenizer effect there at all? A factorial model of test AUC beside the contrasts.
+
+    ``auc ~ seed + pooling*met*vect + tokenizer + tokenizer:(pooling + met + vect)`` by least
+    squares (seed as a block; the other factors' cells with all their interactions), with a type-II ANOVA F test per term and one F test of every
+    tokenizer term together (main effect and interactions) against the model without them.
+    A linear mixed model with seed as a random intercept (statsmodels ``MixedLM``, REML) gives
+    the variance components: between seeds (shared luck of a seed across cells: ~0 when runs
+    draw from their own streams), within cells (run to run), and the test-set noise of one run's
+    AUC (its bootstrap variance). Effects in units of the seed spread divide the tokenizer rows
+    of ``effects`` by the within-cell standard deviation.
+
+    Returns ``(table, components)``; the table is empty, and ``components["note"]`` says why,
+    when the design cannot be fitted (fewer than 2 tokenizers or seeds, a partial grid that
+    leaves terms without data).
+    """
+    import warnings
+
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    fin = finished(runs, scores)
+    comps = {"seed_var": np.nan, "within_var": np.nan, "test_var": np.nan, "within_sd": np.nan, "note": ""}
+    if not len(fin):
+        comps["note"] = "no finished runs"
+        return pd.DataFrame(columns=OMNIBUS_COLUMNS), comps
+    auc, boot = run_aucs(scores, fin["run_id"].tolist(), "auc", n_boot, seed)
+    d = fin[[*FACTORS, "seed"]].copy()
+    d["auc"] = auc
+    d = d.dropna(subset=["auc"])
+    d["met"] = d["met"].map(_fmt_level)
+    comps["test_var"] = float(np.nanmean(np.nanvar(boot, axis=1, ddof=1)))
+    varying = [f for f in FACTORS if d[f].nunique() > 1]
+    if "tokenizer" not in varying or d["seed"].nunique() < 2:
+        comps["note"] = "needs at least 2 tokenizers and 2 seeds"
+        return pd.DataFrame(columns=OMNIBUS_COLUMNS), comps
+    others = [f for f in varying if f != "tokenizer"]
+    tok_terms = ["C(tokenizer)", *(f"C(tokenizer):C({f})" for f in others)]
+    # the other factors with all their interactions (every cell of theirs its own mean), so that
+    # what they do together is not left in the residual
+    base = " + ".join(["C(seed)", "*".join(f"C({f})" for f in others)]) if others else "C(seed)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = smf.ols(f"auc ~ {base} + {' + '.join(tok_terms)}", d).fit()
+            reduced = smf.ols(f"auc ~ {base}", d).fit()
+            table = anova_lm(full, typ=2)
+            test = anova_lm(reduced, full)
+    except Exception as e:  # noqa: BLE001 - a singular or partial design: say so, the contrasts still stand
+        comps["note"] = f"the factorial model could not be fitted on this grid ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        return pd.DataFrame(columns=OMNIBUS_COLUMNS), comps
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fixed = " + ".join([*(["*".join(f"C({f})" for f in others)] if others else []), *tok_terms])
+            mixed = smf.mixedlm(f"auc ~ {fixed}", d, groups=d["seed"]).fit(reml=True)
+        comps["seed_var"], comps["within_var"] = float(np.asarray(mixed.cov_re).ravel()[0]), float(mixed.scale)
+    except Exception:  # noqa: BLE001 - REML at the boundary (seed variance ~0) can be singular: the ANOVA moments instead
+        ms_seed = table.loc["C(seed)", "sum_sq"] / table.loc["C(seed)", "df"]
+        per_seed = len(d) / d["seed"].nunique()
+        comps["within_var"] = float(full.mse_resid)
+        comps["seed_var"] = max(float((ms_seed - full.mse_resid) / per_seed), 0.0)
+        comps["note"] = "mixed model singular (seed variance at its boundary): components from the ANOVA mean squares"
+    rows = [{"term": "tokenizer, all terms (main + interactions)", "df": float(test["df_diff"].iloc[1]), "F": float(test["F"].iloc[1]),
+             "p_value": float(test["Pr(>F)"].iloc[1])}]
+    for term, r in table.iterrows():
+        if term in ("Residual", "C(seed)") or (":" in term and "tokenizer" not in term):
+            continue
+        name = term.replace("C(", "").replace(")", "").replace(":", " x ")
+        rows.append({"term": name, "df": float(r["df"]), "F": float(r["F"]), "p_value": float(r["PR(>F)"])})
+    comps["within_sd"] = float(np.sqrt(comps["within_var"]))
+    comps["resid_df"] = float(full.df_resid)
+    return pd.DataFrame(rows, columns=OMNIBUS_COLUMNS), comps

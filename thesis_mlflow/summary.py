@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import gridruns, stats, tracking, views
@@ -88,9 +89,22 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
         cond = stats.conditional_effects(runs, scores, best, runner, n_boot=n_boot, seed=seed)
     r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data.expected, runs), tokenizers=toks,
                    backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
+    r.omnibus, r.components = stats.omnibus(runs, scores, n_boot=n_boot, seed=seed)
+    if len(eff):
+        eff["in_seed_sd"] = eff["estimate"] / r.components["within_sd"] if np.isfinite(r.components.get("within_sd", np.nan)) else np.nan
+    r.checks = rep.overtraining(runs)
     fin = stats.finished(runs, scores)
     no_stream = int(fin["rng_stream"].isna().sum()) if "rng_stream" in fin else len(fin)
     r.answer = rep.answer(toks, eff, cond, streams=(no_stream, len(fin)))
+    at = next((i for i, line in enumerate(r.answer) if line.startswith("Method:")), len(r.answer))
+    extra = rep.omnibus_sentences(r.omnibus, r.components)[:1]
+    flagged = r.checks[r.checks["flagged"]] if len(r.checks) else r.checks
+    if len(flagged):
+        extra.append(f"Overtraining check: {len(flagged)} of {len(r.checks)} runs score more than {rep.OVERTRAINING_GAP} higher AUC on "
+                     f"their training events than on the test events (largest: {flagged['name'].iloc[0]}, {flagged['gap'].iloc[0]:+.4f}).")
+    r.answer[at:at] = extra
+    r.notes.append("Event weights: none are used. Every event counts once in training (unweighted cross-entropy), in validation and "
+                   "in every test figure of merit; the input format carries no event weights.")
     old = stats.without_process(fin, scores)
     if old:
         r.notes.append(f"{len(old)} of {len(fin)} runs stored no process labels with their test scores (logged before per-background "
