@@ -113,11 +113,24 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
         ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed)
         for r in ci.itertuples():
             ids = fin.loc[fin["tokenizer"] == r.tokenizer, "run_id"]
-            rej = pd.DataFrame([figures[i] for i in ids])
+            sub = fin[fin["tokenizer"] == r.tokenizer]
+            rej = {}
+            for e in (30, 50, 70):
+                iv = _seed_interval(sub, np.array([figures[i][f"test_rej{e}_vs_{bkg}"] for i in sub["run_id"]]))
+                rej |= {f"rej{e}_mean": iv.estimate, f"rej{e}_ci_low": iv.ci_low, f"rej{e}_ci_high": iv.ci_high}
             rows.append({"tokenizer": r.tokenizer, "background": bkg, "auc_mean": r.mean, "auc_ci_low": r.ci_low, "auc_ci_high": r.ci_high,
-                         **{f"rej{e}_mean": rej[f"test_rej{e}_vs_{bkg}"].mean() for e in (30, 50, 70)}, "n_runs": r.n_runs})
-    return pd.DataFrame(rows, columns=["tokenizer", "background", "auc_mean", "auc_ci_low", "auc_ci_high", "rej30_mean", "rej50_mean",
-                                       "rej70_mean", "n_runs"])
+                         **rej, "n_runs": r.n_runs})
+    return pd.DataFrame(rows, columns=["tokenizer", "background", "auc_mean", "auc_ci_low", "auc_ci_high",
+                                       *(f"rej{e}_{k}" for e in (30, 50, 70) for k in ("mean", "ci_low", "ci_high")), "n_runs"])
+
+
+def _seed_interval(runs: pd.DataFrame, values: np.ndarray) -> stats.Interval:
+    """Mean over cells of the mean over seeds of per-run ``values``, with its t interval from the
+    seed spread within cells (a rejection has no paired test-set resampling here)."""
+    cell = runs[CELL].astype(str).agg("|".join, axis=1)
+    ids = {c: i for i, c in enumerate(dict.fromkeys(cell))}
+    units = stats.Units(np.eye(len(runs)), cell.map(ids).to_numpy(), runs["seed"].to_numpy())
+    return stats.t_interval(units, values.astype(float), np.repeat(values.astype(float)[:, None], 2, axis=1))
 
 
 OVERTRAINING_GAP = 0.02  # train AUC above test AUC by more than this flags a run (test-set noise alone is ~0.003 at 30k events)
@@ -343,18 +356,49 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fig_roc(curves: dict[str, dict]) -> go.Figure:
-    """Background rejection 1/eps_B against signal efficiency, the HEP way."""
-    from .metrics import roc_curve
+def fig_rejection(bands: pd.DataFrame) -> go.Figure:
+    """Background rejection 1/eps_B against signal efficiency per tokenizer, one panel per
+    background (and all together): geometric mean over seeds and matched cells, 95% band from
+    the seed spread (``curves.rejection_bands``)."""
+    panels = list(dict.fromkeys(bands["background"]))
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"vs {b}" for b in panels], shared_yaxes=False)
+    colors = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}
+    for i, bkg in enumerate(panels):
+        sub = bands[bands["background"] == bkg]
+        for tok in dict.fromkeys(sub["tokenizer"]):
+            s = sub[sub["tokenizer"] == tok]
+            c = colors.get(tok, "#555")
+            band = s.dropna(subset=["lo", "hi"])
+            if len(band):
+                fig.add_trace(go.Scatter(x=list(band["eff"]) + list(band["eff"])[::-1], y=list(band["hi"]) + list(band["lo"])[::-1],
+                                         fill="toself", line={"width": 0}, fillcolor=c, opacity=0.2, hoverinfo="skip", showlegend=False,
+                                         legendgroup=tok), row=1, col=i + 1)
+            fig.add_trace(go.Scatter(x=s["eff"], y=s["rejection"], mode="lines", name=tok, line={"color": c}, legendgroup=tok,
+                                     showlegend=i == 0), row=1, col=i + 1)
+    fig.update_yaxes(type="log", title_text="background rejection 1/ε_B", col=1)
+    fig.update_xaxes(title_text="signal efficiency")
+    n = int(bands["n_cells"].max()) if len(bands) else 0
+    fig.update_layout(title=f"Rejection against efficiency per tokenizer: geometric mean over seeds and the {n} matched cells, "
+                            "95% band from the seed spread", height=430)
+    return fig
 
-    fig = go.Figure()
-    for name, sc in curves.items():
-        fpr, tpr, _ = roc_curve(sc["labels"], sc["scores"])
-        keep = (fpr > 0) & (tpr > 0.05)
-        idx = np.unique(np.linspace(0, keep.sum() - 1, min(400, int(keep.sum()))).astype(int)) if keep.sum() else []
-        fig.add_trace(go.Scatter(x=tpr[keep][idx], y=1 / fpr[keep][idx], mode="lines", name=name))
-    fig.update_layout(title="ROC of the best cell per tokenizer (seed with the highest AUC)", xaxis_title="signal efficiency",
-                      yaxis_title="background rejection 1/ε_B", yaxis_type="log", height=500)
+
+def fig_scores(hist: pd.DataFrame, cal: pd.DataFrame) -> go.Figure:
+    """Signal-score distributions per process (one panel per tokenizer) and the calibration curve."""
+    toks = list(dict.fromkeys(hist["tokenizer"])) if len(hist) else list(dict.fromkeys(cal["tokenizer"]))
+    fig = make_subplots(rows=1, cols=len(toks) + 1, subplot_titles=[*(f"{t}: score per process" for t in toks), "calibration"])
+    pcolors = {"4t": "#000000", "ttH": "#3f90da", "ttW": "#ffa90e", "ttWW": "#bd1f01", "ttZ": "#832db6"}
+    for i, tok in enumerate(toks):
+        for proc, g in hist[hist["tokenizer"] == tok].groupby("process", sort=False):
+            fig.add_trace(go.Scatter(x=(g["lo"] + g["hi"]) / 2, y=g["density"], mode="lines", line={"shape": "hvh", "color": pcolors.get(proc)},
+                                     name=proc, legendgroup=proc, showlegend=i == 0), row=1, col=i + 1)
+    for tok, g in cal.groupby("tokenizer", sort=False):
+        fig.add_trace(go.Scatter(x=g["mean_score"], y=g["signal_fraction"], mode="lines+markers", name=f"{tok} (calibration)"),
+                      row=1, col=len(toks) + 1)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#888"}, showlegend=False),
+                  row=1, col=len(toks) + 1)
+    fig.update_layout(title="Test scores over seeds and matched cells: density per process, and fraction of signal per score bin",
+                      height=380)
     return fig
 
 
@@ -496,9 +540,11 @@ class Report:
             lines += _tex_table(
                 "llcccc", r"Tokenizer & Background & AUC & $R_{30}$ & $R_{50}$ & $R_{70}$",
                 [rf"{_tex_escape(r.tokenizer)} & {r.background} & {_pm(r.auc_mean, r.auc_ci_low, r.auc_ci_high)} & "
-                 rf"\num{{{r.rej30_mean:.1f}}} & \num{{{r.rej50_mean:.1f}}} & \num{{{r.rej70_mean:.1f}}}" for r in self.backgrounds.itertuples()],
+                 rf"{_pm(r.rej30_mean, r.rej30_ci_low, r.rej30_ci_high, 1)} & {_pm(r.rej50_mean, r.rej50_ci_low, r.rej50_ci_high, 1)} & "
+                 rf"{_pm(r.rej70_mean, r.rej70_ci_low, r.rej70_ci_high, 1)}" for r in self.backgrounds.itertuples()],
                 rf"Signal against one background process at a time: AUC $\pm$ half-width of its 95\% interval and mean rejection "
-                rf"$R_\varepsilon$, over all cells and seeds of each tokenizer; grid \texttt{{{g}}}.", "tab:tokenization-backgrounds")
+                rf"$R_\varepsilon$ $\pm$ half-width of its 95\% interval from the seed spread, over all cells and seeds of each "
+                rf"tokenizer; grid \texttt{{{g}}}.", "tab:tokenization-backgrounds")
         return "\n".join(lines) + "\n"
 
     def html(self, plotly_src: str = "plotly.min.js") -> str:

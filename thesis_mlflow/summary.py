@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import gridruns, stats, tracking, views
+from . import curves, gridruns, stats, tracking, views
 from . import report as rep
 from .errors import BadInput
 from .paths import outputs
@@ -118,8 +118,9 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
         r.figures.append(rep.fig_effects(eff))
     if len(r.backgrounds):
         r.figures.append(rep.fig_backgrounds(r.backgrounds))
-    if scores:
-        r.figures.append(rep.fig_roc(best_curves(runs, scores)))
+    if len(fin):
+        r.figures.append(rep.fig_rejection(rejection_bands(fin, scores)))
+        r.figures.append(rep.fig_scores(curves.score_histograms(fin, scores), curves.calibration(fin, scores)))
     r.figures.append(rep.fig_val_auc(data.histories))
     if len(data.binning):
         r.figures.append(rep.fig_binning(data.binning))
@@ -128,11 +129,11 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
     return r
 
 
-def best_curves(runs: pd.DataFrame, scores: dict) -> dict[str, dict]:
-    """The best run of each tokenizer (highest test AUC), for the ROC figures."""
-    fin = runs[runs["run_id"].isin(scores)]
-    best = fin.sort_values("test_auc", ascending=False).groupby("tokenizer").head(1)
-    return {row.name: scores[row.run_id] for row in best.itertuples()}
+def rejection_bands(fin: pd.DataFrame, scores: dict) -> pd.DataFrame:
+    """Rejection curves over seeds and matched cells: all backgrounds, then each one alone."""
+    bands = [curves.rejection_bands(fin, scores)]
+    bands += [curves.rejection_bands(fin, scores, b) for b in stats.available_metrics(fin, scores)[1:] for b in [b.removeprefix("auc_vs_")]]
+    return pd.concat([b for b in bands if len(b)], ignore_index=True) if any(len(b) for b in bands) else bands[0]
 
 
 def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
@@ -146,8 +147,9 @@ def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
         files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf"))
     if len(r.backgrounds):
         files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
-    if data.scores:
-        files.append(tf.rejection(best_curves(data.runs, data.scores), r.grid, out / "figures" / "rejection.pdf"))
+    fin = stats.finished(data.runs, data.scores)
+    if len(fin):
+        files.append(tf.rejection(curves.rejection_bands(fin, data.scores), r.grid, out / "figures" / "rejection.pdf"))
     return files
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TOKENIZER_ORDER = ["direct", "binned", "binned_ambre", "vqvae"]
+from .spec import TOKENIZERS
+
+TOKENIZER_ORDER = list(TOKENIZERS)
 COLORS = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}  # colour-blind safe (Petroff)
 
 
@@ -85,20 +87,21 @@ def backgrounds(bkg: pd.DataFrame, grid: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def rejection(curves: dict[str, dict], grid: str, path: Path) -> Path:
-    """Background rejection 1/eps_B against signal efficiency, the best run of each tokenizer."""
-    from .metrics import roc_curve
-
+def rejection(bands: pd.DataFrame, grid: str, path: Path) -> Path:
+    """Background rejection 1/eps_B against signal efficiency per tokenizer, all backgrounds:
+    geometric mean over seeds and matched cells with its 95% band (``curves.rejection_bands``)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, sc in curves.items():
-        fpr, tpr, _ = roc_curve(sc["labels"], sc["scores"])
-        keep = (fpr > 0) & (tpr > 0.05)
-        ax.plot(tpr[keep], 1 / fpr[keep], lw=1.5, label=name)
+    for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
+        s = bands[bands["tokenizer"] == tok]
+        ax.plot(s["eff"], s["rejection"], lw=1.5, color=COLORS[tok], label=tok)
+        band = s.dropna(subset=["lo", "hi"])
+        if len(band):
+            ax.fill_between(band["eff"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, title=f"mean over seeds, {int(bands['n_cells'].max()) if len(bands) else 0} matched cells", title_fontsize=7)
     _label(ax, grid)
     return _save(fig, path)
 
