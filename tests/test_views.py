@@ -127,8 +127,13 @@ def test_views_open_in_a_real_browser(grid_on_server, tmp_path):
     assert sorted(re.findall(r"Group: (\w+) 6", text)) == ["max", "mean"]
     # charts: test AUC per cell and val_auc against epoch, every one of the 12 cells (MLflow's
     # default would show the first 10 only)
-    text = _dom_text(by_name["charts (test AUC, val AUC per epoch)"], tmp_path, "val_auc")
+    text = _dom_text(by_name["charts (test AUC, val AUC per epoch)"], tmp_path, "Parallel Coordinates")
     assert "test_auc" in text and "val_auc" in text and "Step" in text
+    # our section first: validation AUC per epoch, test AUC per cell, the factors' parallel coordinates
+    # to test AUC; MLflow's generated charts of the other metrics after it
+    at = [text.find(t) for t in ("thesis-mlflow: the grid at a glance (3)", "val_auc 1 ", "test_auc 0.", "Parallel Coordinates",
+                                 "tokenizer", "test_auc Model metrics", "test_rej_at_eff50")]
+    assert -1 not in at and at == sorted(at), at
     assert [n for n in names if n not in text] == []
     assert text.count("Hide run") == len(names) == 12  # each cell's eye is open: all 12 charted (MLflow's default hides the 11th on)
 
@@ -220,7 +225,13 @@ def test_the_view_state_the_browser_test_checked():
             "metrics.`test_rej_at_eff50`", "metrics.`test_rej_at_eff70`", "metrics.`test_acc`", "params.`n_params`", "params.`n_params_embedding`"]
     base = {"searchFilter": "tags.`grid.name` = 'my grid/1' and tags.step = 'train'", "orderByKey": "metrics.`test_auc`", "orderByAsc": False,
             "selectedColumns": cols, "columnOrder": cols, "runsHiddenMode": "SHOW_ALL"}
-    assert vs[0].state == base and vs[5].state == base
+    assert vs[0].state == base and vs[5].state == {**base, **views.charts()}
+    cards = vs[5].state["compareRunCharts"]
+    assert [(c["type"], c.get("metricKey"), c.get("xAxisKey")) for c in cards] == [("LINE", "val_auc", "step"), ("BAR", "test_auc", None),
+                                                                                    ("PARALLEL", None, None)]
+    assert cards[2]["selectedParams"] == ["tokenizer", "pooling", "met", "vect"] and cards[2]["selectedMetrics"] == ["test_auc"]
+    assert {c["metricSectionId"] for c in cards} == {vs[5].state["compareRunSections"][0]["uuid"]} and vs[5].state["isAccordionReordered"]
+    assert all(c["runsCountToCompare"] >= 108 for c in cards)  # the thesis grid's 108 cells, not MLflow's 10
     assert vs[1].state == {**base, "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "tokenizer"}]}}
     value = views.encode(vs[1], 5)
     env = json.loads(value)

@@ -18,7 +18,13 @@ COLORS = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "
 
 
 def _plt():
+    import logging
+
     import matplotlib
+
+    # matplotlib's PDF backend subsets fonts with fontTools, which logs every table it touches at
+    # INFO (228 lines per report): the report's own lines are what a user should see
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

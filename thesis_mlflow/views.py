@@ -59,8 +59,30 @@ def grid_views(grid: str) -> list[View]:
     for f in FACTORS:
         group = {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": f}]}
         views.append(View(f"{ID_PREFIX}{slug}-by-{f}", f"{NAME_PREFIX} {grid}: mean by {f}", {**base, "groupBy": group}))
-    views.append(View(f"{ID_PREFIX}{slug}-charts", f"{NAME_PREFIX} {grid}: charts (test AUC, val AUC per epoch)", base, mode="CHART"))
+    views.append(View(f"{ID_PREFIX}{slug}-charts", f"{NAME_PREFIX} {grid}: charts (test AUC, val AUC per epoch)", {**base, **charts()},
+                      mode="CHART"))
     return views
+
+
+SECTION = "thesis-main"
+
+
+def charts() -> dict:
+    """The charts view's own first section (MLflow's RunsChartsCardConfig objects, as its UI
+    saves them): validation AUC against epoch for every cell, test AUC per cell, and a parallel
+    coordinates chart from the four factors to test AUC (the whole grid in one picture). MLflow
+    adds its generated charts of the other metrics below, in its own sections."""
+    card = {"runsCountToCompare": 200, "metricSectionId": SECTION, "deleted": False, "isGenerated": False}
+    line = {**card, "uuid": "thesis-val-auc", "type": "LINE", "displayName": "validation AUC per epoch", "metricKey": "val_auc",
+            "selectedMetricKeys": ["val_auc"], "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+            "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None}, "xAxisKey": "step", "selectedXAxisMetricKey": "",
+            "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": False, "useGlobalLineSmoothing": True}
+    bar = {**card, "uuid": "thesis-test-auc", "type": "BAR", "displayName": "test AUC per cell", "metricKey": "test_auc"}
+    parallel = {**card, "uuid": "thesis-parallel", "type": "PARALLEL", "displayName": "factors -> test AUC",
+                "selectedParams": list(FACTORS), "selectedMetrics": ["test_auc"], "showAllRuns": True}
+    section = {"uuid": SECTION, "name": "thesis-mlflow: the grid at a glance", "display": True, "isReordered": False, "deleted": False,
+               "isGenerated": False}
+    return {"compareRunCharts": [line, bar, parallel], "compareRunSections": [section], "isAccordionReordered": True}
 
 
 def encode(view: View, created_ms: int) -> str:
