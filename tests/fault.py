@@ -1,6 +1,6 @@
 """Faults planted from the tests, never from the product: a train process (or one cell of a
-pack) dies like an evicted job (SIGKILL, no cleanup) or fails with an exception, right after
-one of its epochs is logged or checkpointed.
+pack) dies like an evicted job (SIGKILL, no cleanup), fails with an exception, or is paused
+(SIGSTOP) until the test wakes it, right after one of its epochs is logged or checkpointed.
 
 In this process: ``install(...)`` (monkeypatches ``tracking``). In a child process:
 ``kill_env(...)`` puts tests/fault_hook on PYTHONPATH, whose sitecustomize calls ``install``.
@@ -22,8 +22,9 @@ class PlantedFailure(RuntimeError):
 
 def install(epoch: int, cell: str = "", at: str = "metrics", how: str = "kill", patch=None) -> None:
     """After epoch ``epoch``'s metrics (``at="metrics"``) or its checkpoint upload (``"checkpoint"``,
-    before the metrics) in the cell named ``cell`` (any when empty): SIGKILL (``how="kill"``) or
-    raise ``PlantedFailure`` (``"raise"``). ``patch``: a ``pytest.MonkeyPatch`` to undo it with."""
+    before the metrics) in the cell named ``cell`` (any when empty): SIGKILL (``how="kill"``),
+    raise ``PlantedFailure`` (``"raise"``) or SIGSTOP itself and carry on once woken with SIGCONT
+    (``"stop"``: a Condor suspend, an NFS stall). ``patch``: a ``pytest.MonkeyPatch`` to undo it with."""
     import signal
 
     import mlflow
@@ -37,6 +38,9 @@ def install(epoch: int, cell: str = "", at: str = "metrics", how: str = "kill", 
             return
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if how == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
         raise PlantedFailure(f"planted failure after epoch {epoch}")
 
     if at == "metrics":

@@ -5,6 +5,7 @@ that lost its lease stops without marking anything finished. One real server for
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,6 +102,54 @@ def test_a_holder_that_lost_its_lease_does_not_finish_the_run(exp):
     run = c.get_run(rid)
     assert run.info.status == "RUNNING"  # left to the process that holds it now
     assert mlflow.active_run() is None
+
+
+def test_a_paused_holder_woken_after_a_takeover_writes_nothing(exp, tmp_path, tiny_raw):
+    """A train job paused after epoch 1 (SIGSTOP: a Condor suspend, an NFS stall) while another
+    node takes its run over, then woken: it writes nothing more to the run (no checkpoint, no
+    metric, no log, no error tag, no status) and exits with the "held elsewhere" code 75.
+    Plant: the per-epoch check reading only the beat thread's flag, or a log upload / failure
+    record without a check -> the woken job overwrites the new holder's run."""
+    import psutil
+
+    from tests.fault import kill_env
+
+    env = kill_env(1, base={"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+                            "MLFLOW_EXPERIMENT_NAME": os.environ["MLFLOW_EXPERIMENT_NAME"]}, how="stop")
+    cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "direct", "--epochs", "3", "--data", str(tiny_raw), "--d-model", "16",
+           "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--max-train-events", "300", "--max-eval-events", "100",
+           "--system-metrics", "false"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while psutil.Process(p.pid).status() != psutil.STATUS_STOPPED:
+            assert p.poll() is None and time.monotonic() < deadline, "the job never paused"
+            time.sleep(0.2)
+        c = tracking.client()
+        (run,) = [r for r in c.search_runs([exp], "tags.step = 'train'")]
+        rid = run.info.run_id
+        gen = max(leases.generations(run.data.params))
+
+        def state():
+            r = c.get_run(rid)
+            ck = Path(mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="checkpoints/last.pt", dst_path=str(tmp_path / "d")))
+            arts = sorted(a.path for a in c.list_artifacts(rid)) + sorted(a.path for a in c.list_artifacts(rid, "logs"))
+            return (r.info.status, {k: v for k, v in r.data.tags.items() if not k.startswith("lease.") and k != "mlflow.runName"},
+                    [m.step for m in c.get_metric_history(rid, "val_auc")], ck.read_bytes(), arts)
+
+        before = state()
+        assert before[0] == "RUNNING" and before[2] == [1]
+        # another node takes the run over: the paused holder looked dead there
+        c.set_tag(rid, leases.LOST, str(gen))
+        assert leases.write_once(rid, f"lease.g{gen + 1}", str(_other_node()))
+        p.send_signal(signal.SIGCONT)
+        out = p.communicate(timeout=180)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 75, out[-2000:]
+    assert "another process took over" in out
+    assert state() == before  # not one byte more from the woken job
 
 
 # --------------------------------------------------------------------------- upstream claims

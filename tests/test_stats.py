@@ -216,7 +216,7 @@ def test_single_cell_intervals_cover_at_nominal_with_three_seeds():
     events; here a seed sd of ~0.12 in AUC against ~0.02 of test-set noise): the percentile
     bootstrap of 3 seeds covered ~84% in such a simulation; the t interval with 2 degrees of
     freedom covers at nominal."""
-    grids = _simulate_many(0.0, seed_sd=0.3)
+    grids = _simulate_many(0.0, n=120, seed_sd=0.3)
     cover = _coverage([(r.ci_low, r.ci_high, r.true_auc) for *_, cells in grids for r in cells.itertuples()])
     per_grid = [np.mean([(r.ci_low <= r.true_auc <= r.ci_high) for r in cells.itertuples()]) for *_, cells in grids]
     print(f"single-cell coverage, seed noise dominating: {cover:.3f} ({len(per_grid) * 12} intervals)")
@@ -267,7 +267,7 @@ def test_seed_luck_shared_across_cells_breaks_coverage():
     effect's interval, computed as if they were, covers far below 95%. (Runs with their own
     streams are independent by construction: the other simulations.) The summary's warning for
     grids without stream ids quotes this figure."""
-    grids = _simulate_many(0.0, n=100, cells=False, shared_luck=0.5, seed_sd=0.15)
+    grids = _simulate_many(0.0, n=60, cells=False, shared_luck=0.5, seed_sd=0.15)
     cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in grids])
     print(f"main effect coverage with seed luck shared across cells (correlation 0.5): {cover:.3f}")
     assert cover < 0.85, cover

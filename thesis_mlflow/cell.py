@@ -57,10 +57,14 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
     lease = leases.acquire_run(given, f"train run {given} ({name})") if given else None
     ours = None
+    if lease is not None:
+        tracking.add_fence(lease)  # every write to the run checks the lease first, its final status included
     try:
         with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics, run_id=given) as run:
             ours = run.info.run_id
-            lease = lease or leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
+            if lease is None:
+                lease = leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
+                tracking.add_fence(lease)
             with lease.kept():
                 _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name, lease)
                 lease.verify()  # still ours: only now may the run be marked FINISHED
@@ -68,6 +72,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     finally:
         if lease is not None:
             lease.stop()
+            tracking.drop_fence(lease)
         if ours is not None:
             _publish_progress(ours)
 

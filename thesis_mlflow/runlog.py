@@ -41,23 +41,27 @@ class RunLog:
         root.addHandler(self.handler)
 
     def upload(self) -> None:
-        """The log so far as ``logs/<step>.log`` of the active run (never fails the step)."""
-        import mlflow
+        """The log so far as ``logs/<step>.log`` of the active run (never fails the step, except
+        with ``LeaseLost``: a run fenced to another process gets no upload)."""
+        from . import tracking
+        from .errors import LeaseLost
 
         try:
             self.handler.flush()
-            mlflow.log_artifact(str(self.path), "logs")
+            tracking.log_artifact(self.path, "logs")
+        except LeaseLost:
+            raise
         except Exception as e:  # noqa: BLE001 - a log upload must not take the training down
             log.debug("log upload failed: %s", e)
 
     def failed(self, e: BaseException) -> None:
         """Traceback into the log, error tags on the run."""
-        import mlflow
+        from . import tracking
 
         with self.path.open("a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
         try:
-            mlflow.set_tags({ERROR_CLASS: type(e).__name__, ERROR_MESSAGE: one_line(e)})
+            tracking.set_tags({ERROR_CLASS: type(e).__name__, ERROR_MESSAGE: one_line(e)})
         except Exception as err:  # noqa: BLE001
             log.debug("could not tag the failure: %s", err)
 

@@ -449,17 +449,19 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
     if not len(fin):
         return pd.DataFrame(columns=cols)
     auc, boot = run_aucs(scores, fin["run_id"].tolist(), metric, n_boot, seed)
+    cell_id = pd.factorize(pd.MultiIndex.from_frame(fin[list(FACTORS)].astype(str)))[0]  # (R,) each run's cell, computed once
+    group_id, keys = pd.factorize(pd.MultiIndex.from_frame(fin[list(by)]))
+    seeds = fin["seed"].to_numpy()
     rows = []
-    for key, grp in fin.groupby(list(by), sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        cell_of = grp[list(FACTORS)].astype(str).agg("|".join, axis=1)
-        ids = {c: i for i, c in enumerate(dict.fromkeys(cell_of))}
-        coef = np.zeros((len(grp), len(fin)))
-        coef[np.arange(len(grp)), grp.index.to_numpy()] = 1.0
-        units = usable(Units(coef, cell_of.map(ids).to_numpy(), grp["seed"].to_numpy()), auc)
+    for g, key in enumerate(keys):
+        idx = np.flatnonzero(group_id == g)
+        coef = np.zeros((len(idx), len(fin)))
+        coef[np.arange(len(idx)), idx] = 1.0
+        units = usable(Units(coef, pd.factorize(cell_id[idx])[0], seeds[idx]), auc)
         if not len(units):
             continue
         iv = t_interval(units, auc, boot, alpha)
+        key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
                      "n_runs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single, "seed_var_known": iv.seed_var_known})
     return pd.DataFrame(rows, columns=cols)

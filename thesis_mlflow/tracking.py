@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,32 +129,90 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
 
     runlog = RunLog(step)  # logs/<step>.log of this run: uploaded at the end whatever happens
     stack().append(runlog)
+    rid = run.info.run_id
+    fencing = fenced(lease) if lease is not None else contextlib.nullcontext()
     try:
-        mlflow.set_tags(tags)
-        yield run
-        if lease is not None:
-            lease.verify()
+        with fencing:
+            set_tags(tags)
+            yield run
+            fence(rid)  # still ours: only now may the run be marked FINISHED
+            runlog.upload()
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     except LeaseLost:
-        runlog.upload()
-        detach_run()
-        raise
-    except KeyboardInterrupt as e:
-        runlog.failed(e)
-        runlog.upload()
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        detach_run()  # another process holds the run now: not one more byte from this one
         raise
     except BaseException as e:
-        runlog.failed(e)
-        runlog.upload()
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        if not _end_failed(rid, runlog, e, RunStatus.KILLED if isinstance(e, KeyboardInterrupt) else RunStatus.FAILED):
+            detach_run()
+            raise LeaseLost(f"run {rid}: lost its lease while failing ({type(e).__name__}); left to its holder") from e
         raise
-    else:
-        runlog.upload()
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
         stack().remove(runlog)
         runlog.close()
         _restore_run_id(saved)
+
+
+def _end_failed(run_id: str, runlog, e: BaseException, status) -> bool:
+    """Record a failure on the run (error tags, log, status) only while this process may write
+    it; False (nothing written) when a fence says another process holds it now."""
+    from .errors import LeaseLost
+
+    try:
+        fence(run_id)
+    except LeaseLost:
+        return False
+    except Exception as err:  # noqa: BLE001 - the server is unreachable: try the writes anyway (they retry)
+        log.debug("could not check the lease before recording a failure: %s", err)
+    runlog.failed(e)
+    runlog.upload()
+    mlflow.end_run(RunStatus.to_string(status))
+    return True
+
+
+# --------------------------------------------------------------------------- fencing
+
+# A run this process writes under a lease (a train run, an upstream claim, a grid's parent) is
+# fenced: before each write batch to it (params, metrics, tags, artifacts, the log, the final
+# status) the tracking server is asked whether this process still holds the lease, and the
+# write is not made when it does not (``LeaseLost``). Why a check per batch rather than a
+# generation stamped on every write for readers to filter: MLflow's artifacts and statuses
+# cannot carry one, and every reader (the UI, the report, a user's notebook) would have to know.
+# The window left is one request long (the check, then the write), against a holder that paused
+# for minutes (a Condor suspend, an NFS stall) and woke up writing.
+_FENCES: dict[str, object] = {}
+_FENCE_LOCK = threading.Lock()
+
+
+def add_fence(lease) -> None:
+    """From now on, writes to ``lease.run_id`` from this process go through ``lease.verify()``."""
+    with _FENCE_LOCK:
+        _FENCES[lease.run_id] = lease
+
+
+def drop_fence(lease) -> None:
+    with _FENCE_LOCK:
+        if _FENCES.get(lease.run_id) is lease:
+            del _FENCES[lease.run_id]
+
+
+@contextmanager
+def fenced(lease) -> Iterator[None]:
+    """``add_fence`` while the body runs."""
+    add_fence(lease)
+    try:
+        yield
+    finally:
+        drop_fence(lease)
+
+
+def fence(run_id: str | None = None) -> None:
+    """``LeaseLost`` when ``run_id`` (default: the active run) is fenced and no longer ours."""
+    if run_id is None:
+        run = mlflow.active_run()
+        run_id = run.info.run_id if run else None
+    lease = _FENCES.get(run_id) if run_id else None
+    if lease is not None:
+        lease.verify()
 
 
 def detach_run() -> None:
@@ -188,6 +248,7 @@ def log_params(params: dict) -> None:
         raise RunConflict(f"run {run.info.run_id} already has other values for {clash} (logged, now)")
     new = {k: fmt(v) for k, v in params.items() if k not in existing}
     if new:
+        fence()
         retrying(mlflow.log_params, new)
 
 
@@ -265,19 +326,23 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     ts = int(time.time() * 1000)
     run_id = mlflow.active_run().info.run_id
     batch = [mlflow.entities.Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    fence(run_id)
     retrying(client().log_batch, run_id, metrics=batch)
 
 
 def set_tags(tags: dict) -> None:
     """Tags on the active run (retried under overload like every write)."""
+    fence()
     retrying(mlflow.set_tags, {k: fmt(v) for k, v in tags.items()})
 
 
 def log_artifact(local: str | Path, artifact_path: str | None = None) -> None:
+    fence()
     retrying(mlflow.log_artifact, str(local), artifact_path=artifact_path)
 
 
 def log_dict(d: dict, artifact_file: str) -> None:
+    fence()
     retrying(mlflow.log_dict, d, artifact_file)
 
 
@@ -309,6 +374,7 @@ def log_file_input(path: str | Path, digest: str, name: str | None = None, conte
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path))
     ds = MetaDataset(source=source, name=name or path.name, digest=digest[:36])
+    fence()
     # Jobs started together (a pack of cells, a Condor wave) insert the same new dataset at once;
     # the losers get a unique-constraint error. The row exists then: the next try links to it.
     retrying(mlflow.log_input, ds, context=context, transient=(*TRANSIENT, "UNIQUE constraint", "duplicate key"))
