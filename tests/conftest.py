@@ -89,28 +89,34 @@ def make_event_rows(objs, met=50.0, met_phi=0.1):
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory):
-    """One real tracking server (no login) for the modules whose tests can share it; each test
-    uses its own experiment (``server_exp``)."""
+    """One real tracking server with its login on, as users run it, for the modules whose tests
+    can share it; each test uses its own experiment (``server_exp``) and logs in as the jobs do."""
     from thesis_mlflow import server
 
-    s = server.start(tmp_path_factory.mktemp("shared-srv") / "srv", auth=False, workers=2)
+    s = server.start(tmp_path_factory.mktemp("shared-srv") / "srv", auth=True, workers=2)
     yield s
     s.stop()
 
 
 @pytest.fixture()
 def server_exp(shared_server, monkeypatch, request):
-    """A fresh experiment of this test on the shared server; the MLflow environment points at it."""
+    """A fresh experiment of this test on the shared server, made by the admin with EDIT for the
+    jobs login (as ``serve`` gives the study's experiment); the MLflow environment points at it
+    and logs in as the jobs user, with exactly the rights a grid job has."""
     import mlflow
 
-    from thesis_mlflow import tracking
+    from thesis_mlflow import logins
 
     name = f"t-{request.node.name}"[:200]
+    exp_id = logins.provision_jobs_user(shared_server.uri, shared_server.root, name)
+    user, password = logins.jobs_credentials(shared_server.root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)  # the environment, for this test's processes: a test HOME holds no login
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(k, raising=False)
     mlflow.set_tracking_uri(shared_server.uri)
-    yield tracking.ensure_experiment(name)
+    yield exp_id
     while mlflow.active_run():
         mlflow.end_run()

@@ -205,7 +205,12 @@ def test_jobs_starting_together_make_one_upstream_run(exp, slow):
     winner = next(o[1] for o in out if o[0] == "won")
     assert all(o == ("found", winner) for o in out if o[0] != "won"), out
     runs = mlflow.search_runs(experiment_ids=[exp], filter_string="tags.step = 'binning'", output_format="list")
-    assert [r.info.run_id for r in runs] == [winner] and runs[0].info.status == "FINISHED"  # losers' claims deleted
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    assert [r.info.run_id for r in done] == [winner]
+    # the losers' claims: ended, not deleted (the jobs' login has EDIT, which does not delete), folded under the winner
+    lost = [r for r in runs if r.info.run_id != winner]
+    assert len(lost) == 3 and all(r.info.status == "KILLED" and r.data.tags[leases.CLAIM_RESULT] == "lost"
+                                  and r.data.tags["mlflow.parentRunId"] == winner for r in lost), [(r.info.status, r.data.tags) for r in lost]
 
 
 def test_a_silent_claim_holder_is_taken_over_and_not_counted_as_failed(exp, monkeypatch):
@@ -243,7 +248,9 @@ def test_two_grid_runs_at_once_train_every_cell_once(exp, srv, tmp_path, tiny_ra
     assert "is being worked on by another process" in refused and f"pid {procs[0].pid}" in refused or f"pid {procs[1].pid}" in refused
     c = tracking.client()
     parents = c.search_runs([exp], "tags.step = 'grid'")
-    assert len(parents) == 1, [p.info.run_id for p in parents]
+    won = [p for p in parents if p.data.tags.get(leases.CLAIM_RESULT) != "lost"]
+    assert len(won) == 1 and won[0].data.tags["grid.name"] == "twice-demo", [p.info.run_id for p in parents]
+    assert all(p.info.status == "KILLED" and "grid.name" not in p.data.tags for p in parents if p not in won)  # a loser's claim: ended
     cells = c.search_runs([exp], "tags.step = 'train'")
     assert len(cells) == 2 and all(r.info.status == "FINISHED" for r in cells)
     for r in cells:

@@ -53,6 +53,7 @@ TRY = "lease.try.g"  # tag on a claimant's own run: it competes for generation N
 RESULT = "lease.result.g"  # tag on a claimant's own run: won / lost generation N
 OWNER = "lease.owner"  # tag on a claim run: the claimant that created it
 CLAIM_TAG = "claim.key"
+CLAIM_RESULT = "claim.result"  # tag on a claim run that lost: "lost", the run KILLED (kept: the jobs' login may not delete runs)
 MAX_FAILED_HOLDERS = 3
 
 
@@ -335,17 +336,17 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
     failed: set[str] = set()
     silent: dict[str, tuple[str | None, float]] = {}  # run -> (last beat seen, monotonic time it was seen first)
 
-    def give_up_ours() -> None:
+    def give_up_ours(done=None) -> None:
         if waiting is not None:
             waiting.stop()
         if mine is not None:
-            c.delete_run(mine)  # one upstream run per settings: a loser's claim goes
+            end_claim(mine, done)
 
     try:
         while True:
             done = find(exp_id)
             if done is not None:
-                give_up_ours()
+                give_up_ours(done)
                 return done, None
             if mine is None:
                 mine = c.create_run(exp_id, run_name=run_name, tags={"step": step, CLAIM_TAG: key, OWNER: str(me)}).info.run_id
@@ -395,7 +396,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
             if _compete(mine, me, target, key, exp_id):
                 done = find(exp_id)  # finished between our look and our win (we were slow): use it
                 if done is not None:
-                    give_up_ours()
+                    give_up_ours(done)
                     return done, None
                 waiting.stop()
                 return None, Lease(mine, target, me)
@@ -403,6 +404,25 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
     except BaseException:
         give_up_ours()  # we never won (a win returns): our claim run goes, the others carry on
         raise
+
+
+def end_claim(run_id: str, done=None) -> None:
+    """A claim run that did not win: tagged ``claim.result=lost`` and ended KILLED, never deleted
+    (MLflow's EDIT permission, the jobs' login, does not include deleting runs; MANAGE, which
+    does, would also let a job change who may read the study). An upstream step's losers are
+    nested under the run that did the work (the UI folds them away); a grid's are left flat
+    (its parent's children are its cells)."""
+    c = tracking.client()
+    tags = {CLAIM_RESULT: "lost"}
+    if done is not None and done.data.tags.get("step") in ("binning", "vqvae"):
+        tags["mlflow.parentRunId"] = done.info.run_id
+        tags["claim.served_by"] = done.info.run_id
+    try:
+        for k, v in tags.items():
+            tracking.retrying(c.set_tag, run_id, k, v)
+        tracking.retrying(c.set_terminated, run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - a leftover claim is untidy, not wrong: it is not RUNNING-and-beating
+        log.warning("could not end claim run %s: %s", run_id, e)
 
 
 @contextmanager

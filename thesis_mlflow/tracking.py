@@ -74,7 +74,14 @@ def ensure_experiment(name: str | None = None) -> str:
             if exp is None:
                 raise
     elif exp.lifecycle_stage == "deleted":
-        c.restore_experiment(exp.experiment_id)
+        try:
+            c.restore_experiment(exp.experiment_id)
+        except mlflow.exceptions.MlflowException as e:
+            if "PERMISSION_DENIED" not in str(e) and "403" not in str(e):
+                raise
+            raise BadInput(f"experiment {name!r} is deleted and this login may not restore it: restore it with the admin login "
+                           f"(MLflow UI, or `mlflow experiments restore --experiment-id {exp.experiment_id}`) or use another "
+                           "MLFLOW_EXPERIMENT_NAME") from e
     return exp.experiment_id
 
 
