@@ -20,9 +20,11 @@ from thesis_mlflow.paths import resolve
 @click.option("--workers", type=click.IntRange(min=1), default=server.DEFAULT_WORKERS, show_default=True,
               help="Server processes; 4 took 36 jobs logging at once without a failure, 1 did not (README).")
 @click.option("--allowed-hosts", default=None, help="MLflow 3 Host-header allow-list, e.g. 'login01.nikhef.nl:5000,localhost:5000'.")
-@click.option("--backend-store-uri", default=None,
-              help="Override the SQLite store, e.g. postgresql://user@host/mlflow (a password here reaches the server through "
-                   "its environment, never its command line; ~/.pgpass works too).")
+@click.option("--backend-store-uri", default=None, envvar="THESIS_MLFLOW_BACKEND_STORE_URI", show_envvar=True,
+              help="Override the SQLite store, e.g. postgresql://user@host/mlflow. No password here (`ps` shows a command line to "
+                   "every user): keep it in ~/.pgpass, or give the whole URI in the environment variable or a 0600 file.")
+@click.option("--backend-store-uri-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file of yours (0600) holding the backend store URI, password included.")
 @click.option("--no-auth", is_flag=True, help="No login (a single-user laptop). Default: MLflow basic auth, admin password in ROOT.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="... and this key.")
@@ -30,9 +32,11 @@ from thesis_mlflow.paths import resolve
 @click.option("--background", is_flag=True, help="Return once the server answers; stop it with --stop.")
 @click.option("--stop", "stop_", is_flag=True, help="Stop the server started under ROOT.")
 @user_errors
-def main(root, host, port, workers, allowed_hosts, backend_store_uri, no_auth, tls_cert, tls_key, insecure_http, background, stop_) -> None:
+def main(root, host, port, workers, allowed_hosts, backend_store_uri, backend_store_uri_file, no_auth, tls_cert, tls_key, insecure_http,
+         background, stop_) -> None:
     from thesis_mlflow import logins
 
+    backend_store_uri = _store_uri(backend_store_uri, backend_store_uri_file)
     root = resolve(root)
     existing = server.running(root)
     if stop_:
@@ -71,6 +75,23 @@ def main(root, host, port, workers, allowed_hosts, backend_store_uri, no_auth, t
         pass
     finally:
         srv.stop()
+
+
+def _store_uri(option: str | None, path: str | None) -> str | None:
+    """The backend store URI, refusing a password typed on the command line (it would stay in
+    the process table, readable by every user, for as long as serve runs)."""
+    ctx = click.get_current_context()
+    if option and server.has_password(option) and ctx.get_parameter_source("backend_store_uri") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--backend-store-uri {server.mask(option)}: a password on the command line is visible to every user "
+                               "in `ps`; put it in ~/.pgpass, or pass the URI in THESIS_MLFLOW_BACKEND_STORE_URI or --backend-store-uri-file")
+    if path:
+        from thesis_mlflow.private import check_private
+
+        check_private(Path(path), "backend store URI file")
+        if Path(path).stat().st_mode & 0o077:
+            raise click.UsageError(f"{path} is readable by others (mode {oct(Path(path).stat().st_mode & 0o777)}); chmod 600 it")
+        return Path(path).read_text().strip()
+    return option
 
 
 if __name__ == "__main__":

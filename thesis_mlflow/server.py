@@ -62,15 +62,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+_SECRET_KEYS = ("password", "passwd", "pwd", "pass", "sslpassword")
+
+
 def mask(uri: str | None) -> str | None:
-    """A URI with its password replaced by ``***`` (for anything printed or logged)."""
+    """A URI with every form of password replaced by ``***`` (for anything printed or logged):
+    ``user:PW@host``, a ``?password=PW`` query parameter, and libpq's ``password=PW`` keyword."""
     if not uri:
         return uri
-    u = urlsplit(uri)
-    if u.password is None:
-        return uri
+    import re
+
+    keys = "|".join(_SECRET_KEYS)
+    out = re.sub(rf"(?i)(?<![A-Za-z0-9_])({keys})=([^&;\s]*)", r"\1=***", uri)  # query parameters and libpq keywords
+    u = urlsplit(out)
+    if "://" not in out or u.password is None:
+        return out
     netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
     return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+
+
+def has_password(uri: str) -> bool:
+    """Whether ``uri`` carries a password in any form ``mask`` hides."""
+    return mask(uri) != uri
 
 
 def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None, auth: bool = True,
