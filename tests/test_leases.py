@@ -256,3 +256,47 @@ def test_two_grid_runs_at_once_train_every_cell_once(exp, srv, tmp_path, tiny_ra
     for r in cells:
         assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
         assert set(leases.generations(r.data.params)) == {1}  # one process ever trained it
+
+
+# --------------------------------------------------------------------------- liveness that holds in containers and across users
+
+
+def test_a_pid_is_judged_only_where_it_means_one_process(monkeypatch):
+    """The holder's identity carries boot id, pid namespace and start time: a pid from another
+    pid namespace on this host (a container job) is not judged here (its beats are watched), a
+    reused pid (another start time) and a pre-reboot pid are dead, and a pid we may not signal
+    (another user's process) is not alive."""
+    me = leases.Holder.here()
+    boot, ns, start = me.ident.split(".")
+    assert leases.pid_alive(me) is True and leases.Holder.parse(str(me)) == me
+    assert leases.pid_alive(leases.Holder(me.host, me.pid, "t", f"{boot}.{int(ns) + 1}.{start}")) is None  # other namespace
+    assert leases.pid_alive(leases.Holder(me.host, me.pid, "t", f"{boot}.{ns}.{int(start) + 1}")) is False  # reused pid
+    assert leases.pid_alive(leases.Holder(me.host, me.pid, "t", f"0000deadbeef.{ns}.{start}")) is False  # rebooted since
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        other = leases.Holder(me.host, child.pid, "t", f"{boot}.{ns}.{leases.start_ticks(child.pid)}")
+        assert leases.pid_alive(other) is True
+
+        def denied(pid, sig):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "kill", denied)  # as for another user's process under that pid
+        assert leases.pid_alive(other) is False
+        monkeypatch.undo()
+    finally:
+        child.kill()
+        child.wait()
+    old = leases.Holder.parse(f"{me.host}:{me.pid}:abc")  # written before identities: parsed, judged the old way
+    assert old is not None and old.ident == "" and leases.pid_alive(old) is True
+
+
+def test_the_stale_limit_covers_the_clients_worst_case(monkeypatch):
+    monkeypatch.delenv("THESIS_MLFLOW_LEASE_STALE_S", raising=False)
+    for k, v in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "THESIS_MLFLOW_LEASE_BEAT_S": "15"}.items():
+        monkeypatch.setenv(k, v)
+    # 8 attempts of up to 30 s, waits 4, 8, 16, 32, 64 s (+ 1 s jitter each) and one at urllib3's 120 s cap
+    assert tracking.retry_budget_s() == 8 * 30 + (5 + 9 + 17 + 33 + 65 + 120)
+    assert leases.stale_s() == tracking.retry_budget_s() + 2 * 15
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")  # MLflow's own default: the limit follows it
+    assert leases.stale_s() == 8 * 120 + 249 + 30

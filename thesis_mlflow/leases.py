@@ -62,30 +62,68 @@ def beat_s() -> float:
 
 
 def stale_s() -> float:
-    """Silence after which a holder elsewhere counts as dead: the client's retry budget for a
-    dead server (a holder that cannot reach the server keeps trying that long) plus two beats."""
+    """Silence after which a holder elsewhere counts as dead: the longest a holder that cannot
+    reach the server keeps trying one request (``tracking.retry_budget_s``: attempts with their
+    timeouts, waits with their jitter) plus two beats: 489 + 30 = 519 s with the defaults."""
     env = os.environ.get("THESIS_MLFLOW_LEASE_STALE_S")
     return float(env) if env else tracking.retry_budget_s() + 2 * beat_s()
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def boot_id() -> str:
+    """This machine's boot: a pid recorded before a reboot names no process now."""
+    return _read("/proc/sys/kernel/random/boot_id").replace("-", "")[:12]
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace: in another one (an Apptainer or Docker job with its own)
+    the same number is another process."""
+    try:
+        return os.readlink("/proc/self/ns/pid").split("[")[-1].rstrip("]")
+    except OSError:
+        return ""
+
+
+def start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot): a reused pid has another."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""  # field 22 of proc(5), counted after the command name
+
+
 @dataclass(frozen=True)
 class Holder:
+    """Who holds a lease: host, pid and a random token, and what makes the pid mean one process
+    (``ident``: boot id, pid namespace and start time, ``<boot>.<ns>.<start>``)."""
+
     host: str
     pid: int
     token: str = field(default_factory=lambda: secrets.token_hex(6))
+    ident: str = ""
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.pid}:{self.token}"
+        return f"{self.host}:{self.pid}:{self.token}" + (f":{self.ident}" if self.ident else "")
 
     @classmethod
     def here(cls) -> Holder:
-        return cls(socket.gethostname(), os.getpid())
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, ident=f"{boot_id()}.{pid_namespace()}.{start_ticks(pid)}")
 
     @classmethod
     def parse(cls, text: str | None) -> Holder | None:
+        """A holder as written; ``host:pid:token`` (written before ``ident``) too."""
         try:
-            host, pid, token = str(text).rsplit(":", 2)
-            return cls(host, int(pid), token)
+            parts = str(text).split(":")
+            if len(parts) == 3:
+                return cls(parts[0], int(parts[1]), parts[2])
+            host, pid, token, ident = parts
+            return cls(host, int(pid), token, ident)
         except (ValueError, TypeError):
             return None
 
@@ -116,18 +154,30 @@ def write_once(run_id: str, key: str, value: str) -> bool:
 
 
 def pid_alive(h: Holder) -> bool | None:
-    """Whether the holder's process lives, when it ran on this host (None elsewhere). A pid now
-    used by a process that is not Python (reused) counts as dead."""
+    """Whether the holder's process lives, judged here when its pid means something here; None
+    (watch its beats instead) when it ran on another host or in another pid namespace.
+
+    Dead: the machine rebooted since (another boot id); no such pid; a pid we may not signal
+    (another user's process: our jobs run as us, so it is not the holder); a pid whose process
+    started at another time than the holder's (reused). Holders written before ``ident`` was
+    recorded: a pid now used by a process that is not Python counts as dead."""
     if h.host != socket.gethostname():
         return None
-    if h.pid == os.getpid():
-        return True
+    boot = ns = start = None
+    if h.ident:
+        boot, ns, start = (h.ident.split(".") + ["", "", ""])[:3]
+        if boot and boot != boot_id():
+            return False
+        if ns != pid_namespace():
+            return None
     try:
         os.kill(h.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, another user's
+        return False  # cannot signal is not alive: another user's process under a reused pid
+    if h.ident:
+        return start_ticks(h.pid) == start
     try:
         with open(f"/proc/{h.pid}/cmdline", "rb") as f:
             return b"python" in f.read().lower()
@@ -352,6 +402,15 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
                 mine = c.create_run(exp_id, run_name=run_name, tags={"step": step, CLAIM_TAG: key, OWNER: str(me)}).info.run_id
                 waiting = Lease(mine, 0, me, check=False).start()  # beats only: "this claimant is alive"
             claims = _claims(key, exp_id)
+            own = next((r for r in claims if r.info.run_id == mine), None)
+            if own is not None and (not _is_live(own) or own.data.tags.get(LOST) is not None):
+                # another job took our claim for dead (we were paused past stale_s): it is out of the race;
+                # compete with a new one rather than count a claim the others no longer do
+                log.warning("%s claim run %s was taken as dead by another job; claiming anew", step, mine)
+                waiting.stop()
+                end_claim(mine)
+                mine = waiting = None
+                continue
             n = max((g for r in claims for g in generations(r.data.params)), default=0)
             holder = _winner(claims, n) if n else None
             live = [r for r in claims if _is_live(r) and r.data.tags.get(LOST) is None]

@@ -32,16 +32,26 @@ DEFAULT_EXPERIMENT = "4t-tokenization"
 # A job keeps retrying a dead tracking server (a restart, a login-node reboot) for ~4 minutes
 # before it fails: MLflow's exponential backoff, 7 retries x factor 2 (0, 4, 8, ... 64 s, then
 # 120 s, urllib3's cap per wait). A retried write is stored once (the server drops an
-# identical metric row), so no epoch is lost or doubled. Users may set other values.
+# identical metric row), so no epoch is lost or doubled. Each attempt waits at most 30 s for
+# an answer (MLflow's default, 120 s, would let one hanging request last 16 minutes; a
+# checkpoint of the thesis model is ~5 MB). Users may set other values.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+BACKOFF_MAX_S = 120.0  # urllib3's cap on one wait
 
 
 def retry_budget_s() -> float:
-    """Seconds a client keeps retrying a request to an unreachable server (jitter not counted)."""
+    """The longest one request keeps trying against a server that is down or hangs, in one place:
+    n + 1 attempts of up to T s each, and n - 1 waits between them (urllib3 retries the first at
+    once), f * 2^i s for i = 1 .. n - 1 plus up to ``jitter`` s, each capped at 120 s.
+    Defaults (n 7, f 2, T 30, jitter 1): 8 x 30 + (5 + 9 + 17 + 33 + 65 + 120) = 489 s."""
     n = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
     f = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
-    return sum(min(f * 2**i, 120.0) for i in range(1, n))
+    t = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    jitter = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "1.0"))
+    waits = sum(min(f * 2**i + jitter, BACKOFF_MAX_S) for i in range(1, n))
+    return (n + 1) * t + waits
 
 
 def tracking_uri() -> str:
