@@ -211,3 +211,30 @@ def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw,
     run_grid(str(gfile), "condor", "full", 1, False, echo=lines.append)
     assert len(mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")) == 4
     assert [x.state for x in grid_status(str(gfile), "full").cells] == ["not started"] * 4
+
+
+def test_condor_files_are_private_and_a_folder_others_can_write_is_refused(tmp_path):
+    """DAGMan re-reads submit files at each retry: one a groupmate could edit would run code as
+    the user. The DAG folder is 0700, every file 0600; a group-writable folder is refused before
+    anything is written, naming it."""
+    import stat
+
+    from thesis_mlflow.errors import UserError
+
+    doc = yaml.safe_load(GRID.read_text())
+    doc["condor"].update({"getenv": False, "log_dir": str(tmp_path / "logs"), "initialdir": str(tmp_path), "cells_per_job": 1})
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    g = load_grid(p, "demo", base_dir=ROOT)
+    run_ids = {c: f"{i:032x}" for i, c in enumerate(g.cells())}
+    dag = write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag")
+    assert stat.S_IMODE((tmp_path / "dag").stat().st_mode) == 0o700
+    files = [f for f in (tmp_path / "dag").rglob("*") if f.is_file()]
+    assert dag in files and any(f.suffix == ".sub" for f in files)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}, {f.name: oct(f.stat().st_mode) for f in files}
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)  # a project area the group can write
+    with pytest.raises(UserError, match="writable by group or others.*DAG folder"):
+        write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=shared)
+    assert list(shared.iterdir()) == []

@@ -312,9 +312,21 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     check_no_credentials(tracking_uri)
     getenv_value(grid.condor["getenv"])  # refused before anything is written
     python = grid.condor["python"] or sys.executable
-    out_dir = Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _under_outputs(grid.condor["log_dir"]).mkdir(parents=True, exist_ok=True)
+    from .private import private_files, secure_dir
+
+    # DAGMan re-reads the submit files at every retry: a groupmate able to edit one would run code
+    # as us, with our login. The folders are ours alone (0700; one others can write is refused, naming
+    # it) and every file is written 0600.
+    out_dir = secure_dir(Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name)), "DAG folder")
+    secure_dir(_under_outputs(grid.condor["log_dir"]), "Condor log folder")
+    with private_files():
+        return _write_dag(grid, run_ids, tracking_uri, experiment_id, project_dir, grid_file, out_dir, python)
+
+
+def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path, out_dir: Path,
+               python: str) -> Path:
+    from htcondor2 import dags
+
     from .privacy import telemetry_off
 
     base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}

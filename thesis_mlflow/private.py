@@ -9,8 +9,10 @@ every existing one belongs to us and is writable by nobody else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -24,14 +26,14 @@ def check_private(path: Path, what: str = "folder") -> None:
     """``path`` exists, is no symlink, belongs to this user and is writable by nobody else."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafePath(f"{path} is a symbolic link; the server {what} must be a real folder of yours")
+        raise UnsafePath(f"{path} is a symbolic link; the {what} must be a real folder of yours")
     if st.st_uid != os.getuid():
         raise UnsafePath(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); choose a {what} of your own")
     if st.st_mode & 0o022:
         raise UnsafePath(f"{path} is writable by group or others (mode {oct(st.st_mode & 0o777)}); chmod go-w it or choose another {what}")
 
 
-def secure_dir(path: str | Path) -> Path:
+def secure_dir(path: str | Path, what: str = "root") -> Path:
     """Create ``path`` (mode 0700, each missing folder by us) or check an existing one; refuse a
     folder that is not ours or that others can write, naming why."""
     path = Path(os.path.abspath(path))
@@ -44,15 +46,15 @@ def secure_dir(path: str | Path) -> Path:
         parent_st = os.lstat(p)
         sticky_shared = parent_st.st_mode & stat.S_ISVTX and parent_st.st_mode & 0o002  # /tmp: mkdir there is ours or fails
         if not sticky_shared:
-            check_private(p, "root's parent folder")
+            check_private(p, f"{what}'s parent folder")
     for d in reversed(missing):
         try:
             os.mkdir(d, 0o700)  # fails if someone else made it meanwhile: then it is checked below
         except FileExistsError:
             pass
-    check_private(path, "root")
+    check_private(path, what)
     for d in reversed(missing[1:]):  # intermediate folders we meant to create
-        check_private(d, "root's parent folder")
+        check_private(d, f"{what}'s parent folder")
     return path
 
 
@@ -67,3 +69,16 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Files and folders this thread's code creates meanwhile are its owner's alone (umask 077).
+
+    The umask is process-wide: use it around short writes of one thread (a DAG and its submit
+    files), not around work other threads do at the same time."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
