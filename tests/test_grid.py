@@ -238,3 +238,31 @@ def test_condor_files_are_private_and_a_folder_others_can_write_is_refused(tmp_p
     with pytest.raises(UserError, match="writable by group or others.*DAG folder"):
         write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=shared)
     assert list(shared.iterdir()) == []
+
+
+def test_a_cell_that_fails_before_training_is_failed_where_the_user_looks(mlflow_env, tiny_raw, tmp_path):
+    """A colleague file that is not HDF5: the binned_ambre cells fail while their inputs are built,
+    before training. Their child runs exist, so the failure is recorded there (FAILED,
+    error.class, the message and the log), and `grid status` counts them as failed and exits 1.
+    Plant: inputs built outside the run, failure not recorded -> the runs stay unstarted and
+    status says "not started" with exit 0."""
+    bad = tmp_path / "colleague.h5"
+    bad.write_text("not an HDF5 file\n")
+    doc = {"name": "holes", "data": str(tiny_raw), "binned_ambre_path": str(bad),
+           "factors": {"tokenizer": ["direct"], "pooling": ["max"], "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": [0], "train": {"epochs": 1, "batch_size": 128, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                       "d_ff": 32, "max_train_events": 300, "max_eval_events": 100}}}}
+    gfile = tmp_path / "holes.yaml"
+    gfile.write_text(yaml.safe_dump(doc))
+    run_grid(str(gfile), "local", "demo", 1, False, echo=lambda *_: None)
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'",
+                                                          output_format="list")}
+    ambre = [r for n, r in runs.items() if n.startswith("binned_ambre")]
+    assert ambre and runs["direct-max-met-4v-s0"].info.status == "FINISHED"
+    for r in ambre:
+        assert r.info.status == "FAILED", r.info.status
+        assert r.data.tags["error.class"] == "DataFormatError" and str(bad.name) in r.data.tags["error.message"]
+        log = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="logs/train.log", dst_path=str(tmp_path / r.info.run_id))
+        assert "Traceback" in Path(log).read_text()
+    st = grid_status(str(gfile), "demo")
+    assert st.counts()["failed"] == len(ambre) and st.exit_code == 1

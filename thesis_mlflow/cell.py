@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,67 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
     """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id.
 
     ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
-    cells may be trained one after another, or side by side in threads, in one process."""
-    from .model import Classifier, ModelConfig
+    cells may be trained one after another, or side by side in threads, in one process.
+
+    A new run is created only once the inputs are known good (bad input: no run at all). A run
+    that already exists (a grid's child, `mlflow run`'s) is where the user looks: any failure,
+    building the inputs included, is recorded on it (FAILED, ``error.class``, its log)."""
     from .train import resolve_device, resolve_step
 
     tcfg = spec.train_config()
     resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
+    given = run_id or os.environ.get("MLFLOW_RUN_ID")
+    # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
+    lease = leases.acquire_run(given, f"train run {given} ({spec.name})") if given else None
+    ours = None
+    if lease is not None:
+        tracking.add_fence(lease)  # every write to the run checks the lease first, its final status included
+    try:
+        if lease is None:
+            cell = _prepare(spec, tcfg)  # standalone: bad input is refused before any run exists
+        else:
+            with runlog.RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
+                try:
+                    cell = _prepare(spec, tcfg)
+                except Exception as e:
+                    tracking.record_failure(given, e, early)
+                    lease.release()
+                    raise
+        with tracking.step_run("train", run_name=cell.name, tags=cell.tags, log_system_metrics=spec.system_metrics, run_id=given) as run:
+            ours = run.info.run_id
+            if lease is None:
+                lease = leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({cell.name})")
+                tracking.add_fence(lease)
+            with lease.kept():
+                _train_logged(run.info.run_id, cell.model, cell.tens, tcfg, cell.params, cell.factors, cell.info, cell.name, lease)
+                lease.verify()  # still ours: only now may the run be marked FINISHED
+            return run.info.run_id
+    finally:
+        if lease is not None:
+            lease.stop()
+            tracking.drop_fence(lease)
+        if ours is not None:
+            _publish_progress(ours)
+
+
+@dataclass
+class Prepared:
+    """A cell ready to train: its model (weights drawn later by fit from the run's stream), its
+    tensors, the factors as built, the params to log and where its inputs came from."""
+
+    model: object
+    tens: dict
+    factors: dict
+    params: dict
+    info: object
+    name: str
+    tags: dict
+
+
+def _prepare(spec: CellSpec, tcfg) -> Prepared:
+    from .model import Classifier, ModelConfig
+
     inp = build_inputs(spec)
-    # its weights are drawn by fit from the run's own stream (tcfg.stream), not from torch's global generator
     model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
                                    n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
                                    d_ff=spec.d_ff, dropout=spec.dropout, **_table_sizes(inp.info)))
@@ -53,28 +107,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
               **inp.info.params(), **tcfg.stream.params()}
     name = cell_name(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)
     tags = {"grid.cell": cell_tag(factors["tokenizer"], factors["pooling"], factors["met"], factors["vect"], spec.seed)}
-    given = run_id or os.environ.get("MLFLOW_RUN_ID")
-    # one process per run: decided before this process touches the run (LeaseHeld: nothing started, nothing logged)
-    lease = leases.acquire_run(given, f"train run {given} ({name})") if given else None
-    ours = None
-    if lease is not None:
-        tracking.add_fence(lease)  # every write to the run checks the lease first, its final status included
-    try:
-        with tracking.step_run("train", run_name=name, tags=tags, log_system_metrics=spec.system_metrics, run_id=given) as run:
-            ours = run.info.run_id
-            if lease is None:
-                lease = leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({name})")
-                tracking.add_fence(lease)
-            with lease.kept():
-                _train_logged(run.info.run_id, model, tens, tcfg, params, factors, inp.info, name, lease)
-                lease.verify()  # still ours: only now may the run be marked FINISHED
-            return run.info.run_id
-    finally:
-        if lease is not None:
-            lease.stop()
-            tracking.drop_fence(lease)
-        if ours is not None:
-            _publish_progress(ours)
+    return Prepared(model, tens, factors, params, inp.info, name, tags)
 
 
 def check_scores(scores: np.ndarray, name: str) -> None:

@@ -58,12 +58,22 @@ class RunLog:
         """Traceback into the log, error tags on the run."""
         from . import tracking
 
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        self.traceback(e)
         try:
             tracking.set_tags({ERROR_CLASS: type(e).__name__, ERROR_MESSAGE: one_line(e)})
         except Exception as err:  # noqa: BLE001
             log.debug("could not tag the failure: %s", err)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def traceback(self, e: BaseException) -> None:
+        """The exception's traceback into the log file."""
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
 
     def close(self) -> None:
         root = logging.getLogger()

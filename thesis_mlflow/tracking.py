@@ -232,6 +232,22 @@ def fence(run_id: str | None = None) -> None:
         lease.verify()
 
 
+def record_failure(run_id: str, e: BaseException, runlog) -> None:
+    """A failure before the run could be started here (building a cell's inputs): recorded on the
+    existing run as a failure inside it would be (FAILED, ``error.class`` / ``error.message``, its
+    log), so a grid's cell never fails where nobody looks. Fenced like every write."""
+    from .runlog import ERROR_CLASS, ERROR_MESSAGE, one_line
+
+    fence(run_id)
+    c = client()
+    runlog.traceback(e)
+    runlog.handler.flush()
+    retrying(c.set_tag, run_id, ERROR_CLASS, type(e).__name__)
+    retrying(c.set_tag, run_id, ERROR_MESSAGE, one_line(e))
+    retrying(c.log_artifact, run_id, str(runlog.path), "logs")
+    retrying(c.set_terminated, run_id, "FAILED")
+
+
 def detach_run() -> None:
     """Leave the active run without touching its status (another process holds it now): MLflow's
     own end_run (also registered at exit) would mark it FINISHED."""
