@@ -75,5 +75,21 @@ def user_errors(fn):
             return fn(*a, **kw)
         except UserError as e:
             raise UserFailure(str(e), getattr(e, "exit_code", 1)) from e
+        except Exception as e:
+            stranger = _cause(e, "NotOurServer")  # raised deep in urllib3, wrapped by MLflow: still the user's to act on
+            if stranger is None:
+                raise
+            raise UserFailure(str(stranger), 1) from e
 
     return wrapper
+
+
+def _cause(e: BaseException, name: str) -> BaseException | None:
+    """The exception of class ``name`` in ``e``'s chain of causes, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if type(e).__name__ == name:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -238,3 +238,73 @@ def test_serve_refuses_a_password_on_its_command_line_and_takes_it_from_the_envi
         # from the environment (click's envvar): not on the command line, so not refused
         ctx.set_parameter_source("backend_store_uri", click.core.ParameterSource.ENVIRONMENT)
         assert _store_uri("postgresql://u:Sup3r@h/x", None) == "postgresql://u:Sup3r@h/x"
+
+
+SQUATTER = r"""
+import socket, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", port)); s.listen(16)
+open(out + ".ready", "w").close()
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        data = c.recv(65536)
+    except OSError:
+        data = b""
+    with open(out, "ab") as f:
+        f.write(data + b"\n----\n")
+    try:
+        c.sendall(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=mlflow\r\nContent-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+def test_a_squatter_of_another_user_on_the_servers_port_gets_no_login(tmp_path, monkeypatch, tiny_raw):
+    """The server is stopped; another user binds its port and answers 401 like MLflow does. A
+    train job started now must send it nothing (the jobs' login least of all), fail at once
+    instead of retrying into it for minutes, and say what answers there. Plant: the peer check
+    off -> the squatter records the Authorization header of the job's first request."""
+    import shutil
+    import tempfile
+    import time
+
+    if os.getuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root and runuser to play another user (nobody) on this machine")
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    srv = server.start(tmp_path / "srv", workers=1)
+    server.install_client_credentials(tmp_path / "srv", home)
+    port = int(srv.uri.rsplit(":", 1)[1])
+    srv.stop()
+    box = Path(tempfile.mkdtemp(prefix="squat-"))
+    box.chmod(0o777)  # the other user writes what it receives here
+    (box / "squat.py").write_text(SQUATTER)
+    (box / "squat.py").chmod(0o644)
+    sq = subprocess.Popen(["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(box / "squat.py"), str(port), str(box / "got")])
+    try:
+        deadline = time.monotonic() + 30
+        while not (box / "got.ready").exists():
+            assert sq.poll() is None and time.monotonic() < deadline, "the squatter did not start"
+            time.sleep(0.1)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": srv.uri, "MLFLOW_EXPERIMENT_NAME": "squatted"}
+        env.pop("MLFLOW_TRACKING_USERNAME", None)
+        env.pop("MLFLOW_TRACKING_PASSWORD", None)
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "steps.train", "--tokenizer", "direct", "--epochs", "1", "--max-train-events", "100",
+                              "--data", str(tiny_raw)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        took = time.monotonic() - t0
+    finally:
+        sq.kill()
+        sq.wait()
+    got = (box / "got").read_bytes() if (box / "got").exists() else b""
+    user, password = logins.jobs_credentials(tmp_path / "srv")
+    secret = base64.b64encode(f"{user}:{password}".encode())
+    assert secret not in got and b"Authorization" not in got, got[:500]
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "not by a process of yours: nothing was sent" in out and "uid 65534" in out, out[-2000:]
+    assert "Traceback" not in out  # one line the user can act on
+    assert took < 60, took  # at once, not after minutes of retries
+    shutil.rmtree(box, ignore_errors=True)

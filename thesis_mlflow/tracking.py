@@ -23,9 +23,11 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from . import peer
 from .errors import BadInput, RunConflict
 
 log = logging.getLogger(__name__)
+peer.install()  # every new loopback connection of this process is checked before the login goes out on it
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "4t-tokenization"
