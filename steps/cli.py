@@ -13,7 +13,8 @@ import click
 
 from steps._common import user_errors
 
-SUBCOMMANDS = {name: f"steps.{name}" for name in ("generate", "binning", "compare", "vqvae", "train", "grid", "report", "serve")}
+SUBCOMMANDS = {name: f"steps.{name}" for name in ("generate", "binning", "compare", "vqvae", "train", "grid", "report", "serve",
+                                                   "reproduce")}
 
 
 class LazyGroup(click.Group):
@@ -54,7 +55,7 @@ def views_cmd(grid: str) -> None:
     views.echo_views(grid, tracking.current_experiment_id(), click.echo)
 
 
-@main.command("validate", help="Check a raw 4-top HDF5 file against the format (DESIGN.md section 3).")
+@main.command("validate", help="Check a raw 4-top HDF5 file against the format (docs/design.md section 3).")
 @click.argument("path", type=click.Path(dir_okay=False))
 @user_errors
 def validate(path: str) -> None:

@@ -29,11 +29,13 @@ def main() -> None:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="local: cells at once (packed on the GPU).")
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
 @click.option("--dry-run", is_flag=True, help="condor: write and print the DAG and submit files; local: print the commands.")
+@click.option("--allow-dirty", is_flag=True, envvar="THESIS_MLFLOW_ALLOW_DIRTY",
+              help="Run code with uncommitted changes (refused otherwise); the diff is recorded on the grid's parent run.")
 @user_errors
-def run_cmd(grid_file, backend, scale, jobs, mps, dry_run) -> None:
+def run_cmd(grid_file, backend, scale, jobs, mps, dry_run, allow_dirty) -> None:
     from thesis_mlflow.driver import run_grid
 
-    s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower())
+    s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower(), allow_dirty=allow_dirty)
     if backend == "local" and not dry_run and not s.complete:
         sys.exit(1)
 

@@ -15,6 +15,9 @@ def private_cache(tmp_path_factory):
 
     os.environ["THESIS_MLFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["THESIS_MLFLOW_OUTPUTS"] = str(tmp_path_factory.mktemp("outputs"))  # worker logs and report pages: never into the checkout
+    # the checkout under test may have uncommitted changes while someone edits it (a clean clone in CI):
+    # the tests drive grids all the same; tests/test_provenance.py checks the refusal on a repository of its own
+    os.environ["THESIS_MLFLOW_ALLOW_DIRTY"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +39,19 @@ SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "fi
                  "binned_files"}
 
 
+# Modules of pure computation (simulations, no server): their tests spread over the xdist
+# workers one by one (`--dist loadgroup`); every other module stays on one worker, so its
+# module-scoped server starts once. Tests sharing an expensive module fixture name a group.
+SPREAD = {"test_stats", "test_answer", "test_streams", "test_curves", "test_metrics", "test_binning", "test_model", "test_spec"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in SPREAD and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def test_only_background_gives_nan_too():
 
 
 def test_logged_names_and_backgrounds_a_task_does_not_have():
-    """The names a train run logs (DESIGN.md), and no per-background figure for a background the
+    """The names a train run logs (docs/design.md), and no per-background figure for a background the
     task leaves out (4t_vs_ttH has ttH only), nor one-vs-rest AUCs without the process labels."""
     y, scores = _known_roc()
     assert set(metrics.test_metrics(y, scores)) == {"test_auc", "test_rej_at_eff30", "test_rej_at_eff50", "test_rej_at_eff70"}

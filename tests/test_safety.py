@@ -124,7 +124,6 @@ def test_conda_env_lists_exactly_the_package_requirements():
     """conda.yaml (what `mlflow run` builds on the cluster) and pyproject.toml (pip) name the same
     requirements: one source, checked, so a floor raised for safety (torch>=2.6) reaches both."""
     import tomllib
-
     import yaml
 
     root = Path(__file__).resolve().parents[1]

@@ -204,6 +204,7 @@ BAND = (0.904, 0.996)
 
 
 @pytest.mark.simulation
+@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_main_effect_intervals_cover_at_nominal(null_grids):
     cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in null_grids])
     print(f"main effect coverage {cover:.3f}")
@@ -225,6 +226,7 @@ def test_single_cell_intervals_cover_at_nominal_with_three_seeds():
 
 
 @pytest.mark.simulation
+@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_single_cells_and_interactions_cover_when_test_noise_dominates(null_grids):
     cells = _coverage([(r.ci_low, r.ci_high, r.true_auc) for *_, c in null_grids for r in c.itertuples()])
     inter = _coverage([(row["ci_low"], row["ci_high"], _interaction_truth(runs, "met"))
@@ -236,6 +238,7 @@ def test_single_cells_and_interactions_cover_when_test_noise_dominates(null_grid
 
 
 @pytest.mark.simulation
+@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_no_effect_gives_few_holm_false_positives(null_grids):
     # every comparison in the family is null here: the family-wise error rate is at most 5%
     # (pooling and MET have effects in these grids; every tokenizer comparison is null)
@@ -271,6 +274,7 @@ def test_seed_luck_shared_across_cells_breaks_coverage():
     cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in grids])
     print(f"main effect coverage with seed luck shared across cells (correlation 0.5): {cover:.3f}")
     assert cover < 0.85, cover
+    assert f"{cover:.0%}" in __import__("inspect").getsource(__import__("thesis_mlflow.report").report._caveats)  # the figure the warning quotes
 
 
 def test_seed_variance_is_the_unbiased_one_with_its_t_quantile():

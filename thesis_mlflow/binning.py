@@ -1,4 +1,4 @@
-"""Ambre-style binned tokens (DESIGN.md section 4).
+"""Ambre-style binned tokens (docs/design.md section 4).
 
 Per object, with B bins (B = 5 for the user's formula)::
 

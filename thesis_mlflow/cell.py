@@ -184,7 +184,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             runlog.upload_current()  # the log so far, one click away while the cell runs
 
         def on_step_mode(mode: str, fallback: str | None) -> None:
-            """The step mode that actually runs: the param (DESIGN.md) when not logged yet, and a tag
+            """The step mode that actually runs: the param (docs/design.md) when not logged yet, and a tag
             always (``mlflow run`` logs its own ``step_mode=auto``; a resume may run elsewhere)."""
             tracking.log_params({} if "step_mode" in logged else {"step_mode": mode})
             tags = {"step_mode.used": mode}

@@ -1,4 +1,4 @@
-"""Raw 4-top HDF5 format (DESIGN.md section 3): read, validate, write, slice.
+"""Raw 4-top HDF5 format (docs/design.md section 3): read, validate, write, slice.
 
 Layout of one row of ``X_*`` (92 floats)::
 
@@ -43,7 +43,7 @@ VECT_FEATURES = {4: ("pT", "eta", "phi"), 5: ("E", "pT", "eta", "phi")}
 
 
 class DataFormatError(BadInput):
-    """An input file does not follow the format of DESIGN.md section 3 (or section 4)."""
+    """An input file does not follow the format of docs/design.md section 3 (or section 4)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""When a cell is finished (DESIGN.md section 6): its test metrics *and* its test scores exist.
+"""When a cell is finished (docs/design.md section 6): its test metrics *and* its test scores exist.
 
 A train run logs ``eval/test_scores.npz`` first and its test metrics last, so a run evicted
 in between has no test metrics and is trained (resumed) again. Runs of older versions logged

@@ -316,9 +316,18 @@ class GridRun:
         return self.n_cells is not None and self.n_finished == self.n_cells
 
 
-def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto") -> GridRun:
+def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto",
+             allow_dirty: bool | None = None) -> GridRun:
+    """Run (or resume) a grid. ``allow_dirty``: run code with uncommitted changes (its diff is then
+    recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused."""
+    from . import provenance
+
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT)
+    if allow_dirty is None:
+        allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
+    if not dry_run:
+        provenance.check_clean(allow_dirty)  # before any run is created
     cells = g.cells()
     t0 = time.perf_counter()
     exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store

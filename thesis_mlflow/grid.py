@@ -307,7 +307,6 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     resuming from its own checkpoint. The report is DAGMan's FINAL node: it runs even when some
     cells failed for good, and the report shows them as missing.
     """
-    from htcondor2 import dags
 
     check_no_credentials(tracking_uri)
     getenv_value(grid.condor["getenv"])  # refused before anything is written

@@ -59,6 +59,13 @@ def find_or_create_parent(g: Grid, exp_id: str):
         for k, v in tags.items():
             c.set_tag(rid, k, v)
         claim.release()  # the run is the parent now; the driver takes its own lease on it
+    from . import provenance
+
+    for k, v in provenance.tags("grid").items():  # which code drives the grid (its cells record their own)
+        tracking.retrying(c.set_tag, rid, k, v)
+    code = provenance.code()
+    if code.dirty:
+        tracking.retrying(c.log_text, rid, code.diff, provenance.DIFF_ARTIFACT)
     c.log_param(rid, "grid_file", str(g.source))
     c.log_param(rid, "scale_name", g.scale)
     c.log_param(rid, "n_cells", len(g.cells()))

@@ -4,14 +4,14 @@ One home for what a train run logs at its end and what the report recomputes fro
 scores: ROC AUC and background rejection 1/eps_B at fixed signal efficiency, for signal
 against all backgrounds and against each background process alone (the 4t analysis cares
 which background a tokenizer loses on). Names sort together in the MLflow UI:
-``test_auc``, ``test_rej_at_eff50`` (DESIGN.md), ``test_auc_vs_ttZ``, ``test_rej50_vs_ttZ``.
+``test_auc``, ``test_rej_at_eff50`` (docs/design.md), ``test_auc_vs_ttZ``, ``test_rej50_vs_ttZ``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# process labels of the raw files (DESIGN.md section 3); 1 is the signal
+# process labels of the raw files (docs/design.md section 3); 1 is the signal
 PROCESSES = {1: "4t", 2: "ttH", 3: "ttW", 4: "ttWW", 5: "ttZ"}
 BACKGROUNDS = {k: v for k, v in PROCESSES.items() if k != 1}
 EFFICIENCIES = (0.3, 0.5, 0.7)  # signal efficiencies at which rejection is quoted

@@ -112,7 +112,6 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
         bkg = m.removeprefix("auc_vs_")
         ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed)
         for r in ci.itertuples():
-            ids = fin.loc[fin["tokenizer"] == r.tokenizer, "run_id"]
             sub = fin[fin["tokenizer"] == r.tokenizer]
             rej = {}
             for e in (30, 50, 70):
@@ -318,8 +317,8 @@ def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
         out.append(f"Warning: {streams[0]} of {streams[1]} runs carry no random-stream id (trained before scheme {SCHEME}): their "
                    f"seeds shared the data order and, where parameters coincide, the initial weights across cells, so they are not "
                    f"independent replicates and the intervals above may be too narrow. In a simulation where half of a run's seed "
-                   f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth only 75% of the "
-                   f"time. Retrain those runs before quoting their intervals.")
+                   f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth in only about 3 "
+                   f"grids of 4 (73%, tests/test_stats.py). Retrain those runs before quoting their intervals.")
     if len(eff) and not eff["seed_var_known"].all():
         out.append("Only one seed per cell in some comparisons: their intervals cover test-set noise only, not training variance; "
                    "run more seeds before quoting them as the uncertainty of a result.")

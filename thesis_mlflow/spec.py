@@ -83,7 +83,7 @@ class BinningSpec:
     input: str = DEFAULT_DATA
     n_bins: int = 5  # Ambre-style bins per feature
     vect: int = 4
-    phi: str = "signed"  # DESIGN.md section 4
+    phi: str = "signed"  # docs/design.md section 4
     fit_on: str = "all"  # quantile edges from all training events, or background only
     step: ClassVar[str] = "binning"
 
@@ -161,7 +161,7 @@ class CellSpec:
     system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU): did a cell starve its GPU?
     # -- upstream runs a tokenizer needs (found or made once per settings)
     n_bins: int = 5  # binned: Ambre-style bins per feature
-    phi: str = "signed"  # binned: phi convention (DESIGN.md section 4)
+    phi: str = "signed"  # binned: phi convention (docs/design.md section 4)
     fit_on: str = "all"  # binned: quantile edges fitted on all training events or background only
     vqvae_run_id: str = ""  # vqvae: use this run (else one is found or trained)
     codebook_size: int = CODEBOOK_SIZE
@@ -216,7 +216,8 @@ class CellSpec:
     def settings(self) -> dict:
         """The training settings a train run logs (with the factors, read back from the built
         model, and where its inputs came from)."""
-        keys = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "task")
+        keys = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "task", "max_train_events",
+                "max_eval_events", "n_bins", "phi", "fit_on", "codebook_size", "vqvae_epochs", "vqvae_max_events")
         return {k: getattr(self, k) for k in keys}
 
     # ------------------------------------------------------------------ conversions

@@ -43,6 +43,7 @@ class CellState:
     error_class: str | None = None
     error_message: str | None = None
     retries: int = 0  # DAGMan retries of the node that trains this cell (Condor)
+    code: str | None = None  # the commit that trained it (``-dirty``: with uncommitted changes); None before it started
 
     def seconds_left(self, fallback_epoch_s: float | None) -> float | None:
         """Training seconds this cell still needs, from its own rate (or the grid's)."""
@@ -84,6 +85,14 @@ class GridStatus:
         parallel = max(1, self.counts()[RUNNING])
         return sum(left) / parallel
 
+    def code_versions(self) -> dict[str, list[CellState]]:
+        """The code versions that trained the cells (cells not started yet have none)."""
+        out: dict[str, list[CellState]] = {}
+        for c in self.cells:
+            if c.code:
+                out.setdefault(c.code, []).append(c)
+        return out
+
     def failed_groups(self) -> dict[tuple[str, str], list[CellState]]:
         """Failed and held cells grouped by (error class, message): what needs the user, once per cause."""
         groups: dict[tuple[str, str], list[CellState]] = {}
@@ -116,6 +125,10 @@ class GridStatus:
             out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {c.error_class or ''}")
         out.append("")
         out.append(self.line())
+        versions = self.code_versions()
+        if len(versions) > 1:  # a grid whose cells ran different code looks like one experiment: say so
+            out.append("MIXED CODE: " + ", ".join(f"{v} ({len(cs)} cells: {', '.join(c.cell for c in cs[:3])}"
+                                                   + (" ..." if len(cs) > 3 else "") + ")" for v, cs in versions.items()))
         for (cls, msg), cells in self.failed_groups().items():
             out.append(f"\n{cells[0].state.upper()} {cls}: {msg}\n  {len(cells)} cell(s): {', '.join(c.cell for c in cells)}")
             if with_logs and cells[0].run_id:
@@ -216,7 +229,15 @@ def _cell_state(cell, r) -> CellState:
         state = NOT_STARTED
     return CellState(cell.name, state, r.info.run_id, int(m.get("epoch", 0)), int(p.get("epochs", cell.epochs) or cell.epochs),
                      m.get("events_per_s"), int(p["n_train_events"]) if p.get("n_train_events") else None, m.get("test_auc"),
-                     t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE))
+                     t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE),
+                     code=_code(t) if state != NOT_STARTED else None)
+
+
+def _code(tags: dict) -> str:
+    commit = tags.get("mlflow.source.git.commit")
+    if not commit or "code.dirty" not in tags:
+        return "unknown"
+    return commit[:12] + ("-dirty" if tags["code.dirty"] == "true" else "")
 
 
 def publish_after_cell(run_id: str) -> None:

@@ -103,6 +103,13 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
         extra.append(f"Overtraining check: {len(flagged)} of {len(r.checks)} runs score more than {rep.OVERTRAINING_GAP} higher AUC on "
                      f"their training events than on the test events (largest: {flagged['name'].iloc[0]}, {flagged['gap'].iloc[0]:+.4f}).")
     r.answer[at:at] = extra
+    versions = runs["code"].value_counts() if "code" in runs else pd.Series(dtype=int)
+    if len(versions):
+        listed = ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in versions.items())
+        r.notes.append(f"Code versions of the grid's runs: {listed}.")
+        if len(versions) > 1:
+            r.answer.append(f"Caution: the runs of this grid were made by {len(versions)} versions of the code ({listed}); "
+                            "a comparison across versions mixes code changes with the factors.")
     r.notes.append("Event weights: none are used. Every event counts once in training (unweighted cross-entropy), in validation and "
                    "in every test figure of merit; the input format carries no event weights.")
     old = stats.without_process(fin, scores)

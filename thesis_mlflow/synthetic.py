@@ -1,4 +1,4 @@
-"""Physics-motivated stand-in for the real 4-top sample (same format, DESIGN.md section 3).
+"""Physics-motivated stand-in for the real 4-top sample (same format, docs/design.md section 3).
 
 Each process is built from its decay chain, vectorised over events:
 

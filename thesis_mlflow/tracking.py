@@ -1,18 +1,18 @@
 """Everything that talks to MLflow (with ``steps/``): store, experiment, runs, reuse, inputs.
 
-Conventions (DESIGN.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`` or
+Conventions (docs/design.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`` or
 ``sqlite:///mlflow.db`` in the working directory; experiment ``4t-tokenization`` unless
 ``MLFLOW_EXPERIMENT_NAME`` is set; every run tagged ``step``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import warnings
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +23,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from . import peer
+from . import peer, provenance
 from .errors import BadInput, RunConflict
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,10 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     fencing = fenced(lease) if lease is not None else contextlib.nullcontext()
     try:
         with fencing:
-            set_tags(tags)
+            set_tags({**provenance.tags(step), **tags})
+            code = provenance.code()
+            if code.dirty:  # which uncommitted changes ran: the diff beside the run
+                retrying(mlflow.log_text, code.diff, provenance.DIFF_ARTIFACT)
             yield run
             fence(rid)  # still ours: only now may the run be marked FINISHED
             runlog.upload()
