@@ -15,6 +15,11 @@
 #   6. benchmarks/gpu_throughput.py: the step modes and batch sizes.
 #   bash benchmarks/gpu_check.sh            # from the project root, with the project's environment active
 #   GPU_STEPS="tests probe" bash benchmarks/gpu_check.sh   # some of: tests resume side e2e probe throughput
+# Sized for a short GPU slot (at most 10 minutes a command, 15 in all): the default steps (tests,
+# resume, e2e with 2 cells) add up to at most 12 minutes, each at most 8, and a step past its limit
+# is killed with its children (timeout -k): a threaded pack ignores SIGTERM until its threads end.
+# Results go to benchmarks/results/ and, when $OUT is set (a lent GPU machine hands back only what
+# is written there), to $OUT as well.
 # Without MLflow installed, carried wheels are used when a .whl/ folder is there (see the device README).
 # benchmarks/gpu_wheels.txt lists what a bare GPU node with Python 3.12 lacked (MLflow 3.17.2 and 45
 # packages in all, ~45 MB); fetch them with
@@ -26,10 +31,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8} PYTHONUNBUFFERED=1 MLFLOW_ENABLE_TELEMETRY=false
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9\n' '_' | tr -s _ | sed 's/_$//')
-STEPS=" ${GPU_STEPS:-tests resume side e2e probe throughput} "
+STEPS=" ${GPU_STEPS:-tests resume e2e} "
 out=benchmarks/results/gpu_check_${card:-nogpu}_$(date +%F)${GPU_TAG:+_$GPU_TAG}.txt
 mkdir -p benchmarks/results
-exec > >(tee "$out") 2>&1
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee "$out" "$OUT/$(basename "$out")") 2>&1; else exec > >(tee "$out") 2>&1; fi
 echo "gpu_check $(date -Is) on $(hostname); output also in $out"
 nvidia-smi -L || true
 $PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
@@ -46,14 +51,14 @@ step() {  # step NAME TIMEOUT CMD...: only the steps named in GPU_STEPS (by thei
   case "$STEPS" in *" $short "*) ;; *) return 0 ;; esac
   echo "=== $name"
   local t0=$(date +%s)
-  timeout "$limit" "$@"
+  timeout -k 20 "$limit" "$@"
   echo "$name: exit $? in $(( $(date +%s) - t0 )) s"
 }
-step tests "GPU tests" "${GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py tests/test_streams.py
-step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-180}" $PY benchmarks/gpu_fit_resume.py
+step tests "GPU tests" "${GPU_TEST_TIMEOUT:-240}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py tests/test_streams.py
+step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-120}" $PY benchmarks/gpu_fit_resume.py
 step side "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
 if [ "$have_mlflow" = 1 ]; then
-  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-600}" $PY benchmarks/gpu_pack_e2e.py --cells "${GPU_E2E_CELLS:-8}" --epochs 2
+  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-330}" $PY benchmarks/gpu_pack_e2e.py --cells "${GPU_E2E_CELLS:-6}" --epochs 2
 else
   echo "=== gpu_pack_e2e skipped: MLflow is not installed here (carry its wheels, or run on a node with the project's environment)"
 fi

@@ -17,7 +17,8 @@ export MLFLOW_TRACKING_URI
 if [ ! -f data/4tops_synthetic.h5 ]; then
   "$BIN/thesis-mlflow" generate --output data/4tops_synthetic.h5
 fi
-"$BIN/thesis-mlflow" grid run "$GRID" --backend local --scale demo --jobs "$JOBS"
+# --allow-dirty: a demo of code being edited is fine (the diff is recorded on the grid's parent run)
+"$BIN/thesis-mlflow" grid run "$GRID" --backend local --scale demo --jobs "$JOBS" --allow-dirty
 "$BIN/thesis-mlflow" report --grid binning_vs_direct-demo
 
 exp_id=$("$BIN/python" -c "from thesis_mlflow import tracking; print(tracking.ensure_experiment())")

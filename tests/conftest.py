@@ -39,19 +39,10 @@ SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "fi
                  "binned_files"}
 
 
-# Modules of pure computation (simulations, no server): their tests spread over the xdist
-# workers one by one (`--dist loadgroup`); every other module stays on one worker, so its
-# module-scoped server starts once. Tests sharing an expensive module fixture name a group.
-SPREAD = {"test_stats", "test_answer", "test_streams", "test_curves", "test_metrics", "test_binning", "test_model", "test_spec"}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module not in SPREAD and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,7 @@ def test_omnibus_holds_its_level_and_finds_a_clear_effect():
     ~0 for independent replicates and large when seed luck is shared across cells."""
     rng = np.random.default_rng(5)
     null, power = [], []
-    for _ in range(40):
+    for _ in range(30):
         for effect, bucket in ((0.0, null), (0.1, power)):
             runs, scores, _ = simulate(rng, effect_k=effect)
             tab, comps = stats.omnibus(runs, scores, n_boot=5)

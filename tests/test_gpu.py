@@ -152,8 +152,7 @@ def test_captured_cells_side_by_side_equal_alone_with_dropout(tiny_splits, tmp_p
     """Two cells with dropout, each a CUDA graph with its own registered generator, trained in
     two threads at once (as a pack runs them, on their own streams): each ends as when trained
     alone (fp32; the tolerance of the padded-epoch test above), and the two differ."""
-    import threading
-
+    from tests.together import at_once
     from thesis_mlflow import features
     from thesis_mlflow.binning import Binning
     from thesis_mlflow.model import Classifier, ModelConfig
@@ -176,20 +175,7 @@ def test_captured_cells_side_by_side_equal_alone_with_dropout(tiny_splits, tmp_p
         return model.cpu()
 
     alone = [run(s, tmp_path / f"a{i}.pt") for i, s in enumerate(specs)]
-    together, errors = {}, []
-
-    def work(i, s):
-        try:
-            together[i] = run(s, tmp_path / f"t{i}.pt")
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(specs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    together = at_once(lambda i, s: run(s, tmp_path / f"t{i}.pt"), list(enumerate(specs)))
     for i in range(2):
         for (k, a), c in zip(alone[i].state_dict().items(), together[i].state_dict().values(), strict=True):
             torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6, msg=f"cell {i}: {k}")

@@ -204,7 +204,6 @@ BAND = (0.904, 0.996)
 
 
 @pytest.mark.simulation
-@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_main_effect_intervals_cover_at_nominal(null_grids):
     cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in null_grids])
     print(f"main effect coverage {cover:.3f}")
@@ -226,7 +225,6 @@ def test_single_cell_intervals_cover_at_nominal_with_three_seeds():
 
 
 @pytest.mark.simulation
-@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_single_cells_and_interactions_cover_when_test_noise_dominates(null_grids):
     cells = _coverage([(r.ci_low, r.ci_high, r.true_auc) for *_, c in null_grids for r in c.itertuples()])
     inter = _coverage([(row["ci_low"], row["ci_high"], _interaction_truth(runs, "met"))
@@ -238,7 +236,6 @@ def test_single_cells_and_interactions_cover_when_test_noise_dominates(null_grid
 
 
 @pytest.mark.simulation
-@pytest.mark.xdist_group("null_grids")  # one worker computes the module's null grids
 def test_no_effect_gives_few_holm_false_positives(null_grids):
     # every comparison in the family is null here: the family-wise error rate is at most 5%
     # (pooling and MET have effects in these grids; every tokenizer comparison is null)

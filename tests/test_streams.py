@@ -7,12 +7,11 @@ process-wide generator) is planted back: see the docstrings for which plant each
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 
+from tests.together import at_once
 from thesis_mlflow import features, synthetic
 from thesis_mlflow.binning import Binning
 from thesis_mlflow.errors import RunConflict
@@ -209,23 +208,7 @@ def test_side_by_side_in_threads_equals_alone(splits, tmp_path):
     draws interleave with the other's, in an order set by thread timing."""
     specs = [CellSpec(tokenizer="binned", pooling="max", seed=0), CellSpec(tokenizer="binned", pooling="max", seed=1)]
     alone = [_fit(splits, s, tmp_path / f"alone{i}.pt")[0] for i, s in enumerate(specs)]
-    together: dict[int, torch.nn.Module] = {}
-    errors = []
-    start = threading.Barrier(2)
-
-    def work(i, s):
-        try:
-            start.wait()
-            together[i] = _fit(splits, s, tmp_path / f"together{i}.pt")[0]
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(specs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    together = at_once(lambda i, s: _fit(splits, s, tmp_path / f"together{i}.pt")[0], list(enumerate(specs)))
     for i in range(2):
         assert _same(alone[i], together[i]), i
     assert not _same(alone[0], alone[1])
