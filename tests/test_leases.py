@@ -142,6 +142,7 @@ def test_a_paused_holder_woken_after_a_takeover_writes_nothing(exp, tmp_path, ti
         # another node takes the run over: the paused holder looked dead there
         c.set_tag(rid, leases.LOST, str(gen))
         assert leases.write_once(rid, f"lease.g{gen + 1}", str(_other_node()))
+        time.sleep(tracking.FENCE_BATCH_S + 0.5)  # a pause longer than one write batch (a real one lasts minutes)
         p.send_signal(signal.SIGCONT)
         out = p.communicate(timeout=180)[0]
     finally:
@@ -300,3 +301,27 @@ def test_the_stale_limit_covers_the_clients_worst_case(monkeypatch):
     assert leases.stale_s() == tracking.retry_budget_s() + 2 * 15
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")  # MLflow's own default: the limit follows it
     assert leases.stale_s() == 8 * 120 + 249 + 30
+
+
+def test_a_confirmation_covers_one_write_batch_only(monkeypatch):
+    """One server check serves the writes of one batch (FENCE_BATCH_S); after that, and after
+    any pause, the next write asks again; a lost lease stays lost."""
+    lease = leases.Lease("r", 1, _other_node())
+    calls, now = [], [100.0]
+    monkeypatch.setattr(lease, "holds", lambda: calls.append(1) or True)
+    monkeypatch.setattr(leases.time, "monotonic", lambda: now[0])
+    lease.verify(max_age=tracking.FENCE_BATCH_S)
+    now[0] += 0.5
+    lease.verify(max_age=tracking.FENCE_BATCH_S)
+    assert len(calls) == 1
+    now[0] += tracking.FENCE_BATCH_S
+    lease.verify(max_age=tracking.FENCE_BATCH_S)
+    lease.verify()  # no max_age: always asks
+    assert len(calls) == 3
+    monkeypatch.setattr(lease, "holds", lambda: False)
+    now[0] += 300  # woken after a long pause
+    with pytest.raises(LeaseLost):
+        lease.verify(max_age=tracking.FENCE_BATCH_S)
+    monkeypatch.setattr(lease, "holds", lambda: True)
+    with pytest.raises(LeaseLost):
+        lease.verify(max_age=tracking.FENCE_BATCH_S)  # lost stays lost

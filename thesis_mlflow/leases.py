@@ -215,6 +215,7 @@ class Lease:
         self._lost = False
         self._thread: threading.Thread | None = None
         self._count = 0
+        self._confirmed = float("-inf")  # when the server last confirmed this lease (monotonic)
 
     def __repr__(self) -> str:
         return f"Lease({self.run_id}, g{self.gen}, {self.holder})"
@@ -251,12 +252,24 @@ class Lease:
         if self._lost:
             self.verify()
 
-    def verify(self) -> None:
-        """Raise ``LeaseLost`` unless this process still holds the lease (checked on the server)."""
-        if self._lost or not self.holds():
+    def verify(self, max_age: float = 0.0) -> None:
+        """Raise ``LeaseLost`` unless this process still holds the lease (checked on the server).
+
+        ``max_age``: a confirmation the server gave less than that many seconds ago (this
+        process's monotonic clock, which runs on while the process is stopped) still counts:
+        the writes of one batch (an epoch's checkpoint, metrics and log) cost one check."""
+        if self._lost:
+            raise self._lost_error()
+        if max_age and time.monotonic() - self._confirmed < max_age:
+            return
+        if not self.holds():
             self._lost = True
-            raise LeaseLost(f"run {self.run_id}: another process took over generation {self.gen} of its lease; this one stops "
-                            "without marking anything finished")
+            raise self._lost_error()
+        self._confirmed = time.monotonic()
+
+    def _lost_error(self) -> LeaseLost:
+        return LeaseLost(f"run {self.run_id}: another process took over generation {self.gen} of its lease; this one stops "
+                         "without marking anything finished")
 
     def stop(self) -> None:
         self._stop.set()

@@ -199,8 +199,10 @@ def _end_failed(run_id: str, runlog, e: BaseException, status) -> bool:
 # write is not made when it does not (``LeaseLost``). Why a check per batch rather than a
 # generation stamped on every write for readers to filter: MLflow's artifacts and statuses
 # cannot carry one, and every reader (the UI, the report, a user's notebook) would have to know.
-# The window left is one request long (the check, then the write), against a holder that paused
-# for minutes (a Condor suspend, an NFS stall) and woke up writing.
+# The window left is one batch long (writes within FENCE_BATCH_S of the server's confirmation,
+# on this process's monotonic clock, which runs on while it is stopped), against a holder that
+# paused for minutes (a Condor suspend, an NFS stall) and woke up writing.
+FENCE_BATCH_S = 1.0  # writes within this long after a confirmation form one batch (one check per epoch, not per write)
 _FENCES: dict[str, object] = {}
 _FENCE_LOCK = threading.Lock()
 
@@ -234,7 +236,7 @@ def fence(run_id: str | None = None) -> None:
         run_id = run.info.run_id if run else None
     lease = _FENCES.get(run_id) if run_id else None
     if lease is not None:
-        lease.verify()
+        lease.verify(max_age=FENCE_BATCH_S)
 
 
 def record_failure(run_id: str, e: BaseException, runlog) -> None:
