@@ -116,7 +116,7 @@ def test_a_paused_holder_woken_after_a_takeover_writes_nothing(exp, tmp_path, ti
 
     env = kill_env(1, base={"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
                             "MLFLOW_EXPERIMENT_NAME": os.environ["MLFLOW_EXPERIMENT_NAME"]}, how="stop")
-    cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "direct", "--epochs", "3", "--data", str(tiny_raw), "--d-model", "16",
+    cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "direct", "--epochs", "2", "--data", str(tiny_raw), "--d-model", "16",
            "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--max-train-events", "300", "--max-eval-events", "100",
            "--system-metrics", "false"]
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -275,10 +275,9 @@ def test_a_squatter_of_another_user_on_the_servers_port_gets_no_login(tmp_path, 
         pytest.skip("needs root and runuser to play another user (nobody) on this machine")
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    srv = server.start(tmp_path / "srv", workers=1)
-    server.install_client_credentials(tmp_path / "srv", home)
-    port = int(srv.uri.rsplit(":", 1)[1])
-    srv.stop()
+    port = server.free_port()
+    uri = f"http://127.0.0.1:{port}"  # where the user's server ran until it stopped: its jobs' login is in ~/.mlflow
+    server.install_client_credentials(tmp_path / "srv", home, uri=uri)
     box = Path(tempfile.mkdtemp(prefix="squat-"))
     box.chmod(0o777)  # the other user writes what it receives here
     (box / "squat.py").write_text(SQUATTER)
@@ -289,7 +288,7 @@ def test_a_squatter_of_another_user_on_the_servers_port_gets_no_login(tmp_path, 
         while not (box / "got.ready").exists():
             assert sq.poll() is None and time.monotonic() < deadline, "the squatter did not start"
             time.sleep(0.1)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": srv.uri, "MLFLOW_EXPERIMENT_NAME": "squatted"}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "squatted"}
         env.pop("MLFLOW_TRACKING_USERNAME", None)
         env.pop("MLFLOW_TRACKING_PASSWORD", None)
         t0 = time.monotonic()
