@@ -535,6 +535,12 @@ class Report:
             rf"Matched contrasts of test AUC (level a $-$ level b, same other factors and seed) $\pm$ half-width of the 95\% $t$ "
             rf"interval (seed spread and test-set noise); $p$ from the same $t$ statistic, Holm-adjusted over the {len(self.effects)} rows; * $p<0.05$, "
             rf"** $p<0.01$, *** $p<0.001$; grid \texttt{{{g}}}.", "tab:tokenization-effects")
+        if len(self.omnibus):
+            lines += _tex_table(
+                "lrrr", r"Term & df & $F$ & $p$",
+                [rf"{_tex_escape(r.term)} & {r.df:.0f} & \num{{{r.F:.2f}}} & \num{{{r.p_value:.3g}}}" for r in self.omnibus.itertuples()],
+                rf"Factorial model of the runs' test AUC (least squares, seed as a block): $F$ tests of the tokenizer terms, together "
+                rf"(first row) and one by one; conditional on the test set; grid \texttt{{{g}}}.", "tab:tokenization-omnibus")
         if len(self.backgrounds):
             lines += _tex_table(
                 "llcccc", r"Tokenizer & Background & AUC & $R_{30}$ & $R_{50}$ & $R_{70}$",
