@@ -4,7 +4,7 @@
 compare, report, generate) and ``gridruns`` on a grid's parent: MLflow's own tags where they
 exist (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``) and the project's
 for the rest (``code.dirty``, ``env.python`` / ``env.torch`` / ``env.cuda`` / ``env.mlflow`` /
-``env.numpy``, ``device``, ``host``). A tree with uncommitted changes also gets its diff
+``env.numpy``, ``env.threads`` (torch's CPU threads), ``device``, ``host``). A tree with uncommitted changes also gets its diff
 against the commit as the artifact ``provenance/diff.patch``. The data file's digest and the
 run's random stream are logged where the run reads them (``data.sha256``, ``streams``).
 
@@ -96,8 +96,11 @@ def device() -> str:
 def environment() -> dict[str, str]:
     torch = sys.modules.get("torch")
     cuda = (torch.version.cuda or "none") if torch is not None else "not loaded"
-    return {"env.python": platform.python_version(), "env.torch": _version("torch"), "env.cuda": cuda,
-            "env.mlflow": _version("mlflow"), "env.numpy": _version("numpy")}
+    out = {"env.python": platform.python_version(), "env.torch": _version("torch"), "env.cuda": cuda,
+           "env.mlflow": _version("mlflow"), "env.numpy": _version("numpy")}
+    if torch is not None:  # CPU results depend on it (the order of sums in a matmul): a cell remade with other threads differs
+        out["env.threads"] = str(torch.get_num_threads())
+    return out
 
 
 def tags(step: str, root: Path = ROOT) -> dict[str, str]:

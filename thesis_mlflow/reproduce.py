@@ -5,8 +5,8 @@ training settings, event limits, data file and upstream runs), checks that this 
 the same random stream (``rng_stream``), trains the cell into a new run tagged
 ``reproduction.of=<run id>``, and compares the two runs' test scores event by event:
 
-- ``identical``: every score equal (same code, environment and device: the CPU path is
-  bit-for-bit deterministic);
+- ``identical``: every score equal (same code, environment, device and CPU thread count, which
+  reproduce sets as recorded: the CPU path is bit-for-bit deterministic);
 - ``within tolerance``: largest difference <= ``TOLERANCE`` (expected across GPU kernels, bf16
   autocast and CPU / GPU: kernels differ, the science does not);
 - ``different``: larger, with the largest difference. It is called a failure only when the
@@ -28,7 +28,7 @@ from .errors import BadInput
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # on signal probabilities: far below any AUC difference the study quotes, above bf16 kernel noise
-COMPARED = ("mlflow.source.git.commit", "code.dirty", "env.python", "env.torch", "env.cuda", "env.numpy", "device")
+COMPARED = ("mlflow.source.git.commit", "code.dirty", "env.python", "env.torch", "env.cuda", "env.numpy", "env.threads", "device")
 _INTS = ("seed", "epochs", "batch_size", "warmup_steps", "d_model", "n_layers", "n_heads", "d_ff", "n_bins", "codebook_size",
          "vqvae_epochs", "vqvae_max_events", "max_train_events", "max_eval_events")
 _FLOATS = ("lr", "weight_decay", "dropout")
@@ -101,6 +101,11 @@ def reproduce(run_id: str) -> Verdict:
                        "the same cell cannot be made again under another scheme")
     if not Path(spec.data).is_file():
         raise BadInput(f"run {run_id} read {spec.data}, which is not here: run reproduce where that file is")
+    threads = old.data.tags.get("env.threads")
+    if threads:  # CPU sums run in another order with another thread count (a grid worker had 1 of the 2 cores)
+        import torch
+
+        torch.set_num_threads(int(threads))
     log.info("reproducing run %s (%s)", run_id, spec.name)
     new_id = train_cell(spec)
     tracking.retrying(tracking.client().set_tag, new_id, "reproduction.of", run_id)
