@@ -87,11 +87,13 @@ def prepare_cmd(grid_file, scale) -> None:
                    "sequential: one after another; processes: one process per cell sharing the GPU (under MPS when it works).")
 @click.option("--at-once", type=click.IntRange(min=1), default=None, help="threads: at most this many cells side by side [default: all].")
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
+@click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True,
+              help="cuda: train on the GPU or fail at once when none is visible (the DAG sets it when the job asks for GPUs).")
 @user_errors
-def pack_cmd(grid_file, scale, runs, mode, at_once, mps) -> None:
+def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device) -> None:
     from thesis_mlflow.driver import run_pack
 
-    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once)  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
+    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower())  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
 
 
 if __name__ == "__main__":

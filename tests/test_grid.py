@@ -115,7 +115,8 @@ def test_dag_and_submit_files_read_back(tmp_path):
     # a node's arguments are exactly the local backend's command for the same cell
     c0 = cells[0]
     node = next(v for v in vars_.values() if v.get("run_id") == run_ids[c0])
-    assert train_command(c0)[1:] == ["-m", "steps.train", *node["args"].split(" ")]
+    # the local backend's command, with --device cuda: the job asked for GPUs, so it trains on one or fails at once
+    assert train_command(c0.replace(device="cuda"))[1:] == ["-m", "steps.train", *node["args"].split(" ")]
     assert any(k.startswith("report") for k in subs) and any(k.startswith("prepare") for k in subs)
 
 

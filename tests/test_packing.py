@@ -258,3 +258,29 @@ except KeyboardInterrupt:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_job_that_asked_for_a_gpu_trains_on_it_or_fails_at_once(tmp_path, mlflow_env):
+    """The DAG of a grid whose jobs request GPUs runs packs and single cells with --device cuda;
+    such a pack on a node where CUDA is not visible fails at once, naming what it found, before
+    any cell is touched (not days of training on the CPU). Without GPUs requested: no flag."""
+    import torch
+
+    p = _grid_file(tmp_path, cells_per_job=8)
+    g = load_grid(p, "full", base_dir=ROOT)
+    run_ids = {c: f"{i:032x}" for i, c in enumerate(g.cells())}
+    write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag")
+    sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
+    assert "--runs $(runs) --device cuda" in sub
+    p1 = _grid_file(tmp_path, cells_per_job=1)
+    write_dag(load_grid(p1, "full", base_dir=ROOT), run_ids, "http://login01:5000", "7", ROOT, p1, out_dir=tmp_path / "dag1")
+    assert all("--device cuda" in a for a in re.findall(r'args="([^"]*)"', (tmp_path / "dag1" / "binning_vs_direct.dag").read_text()))
+    p0 = _grid_file(tmp_path, cells_per_job=8, request_gpus=0)
+    write_dag(load_grid(p0, "full", base_dir=ROOT), run_ids, "http://login01:5000", "7", ROOT, p0, out_dir=tmp_path / "dag0")
+    assert "--device" not in next((tmp_path / "dag0").glob("pack*.sub")).read_text()
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is visible here: the refusal is for nodes without it")
+    from thesis_mlflow.errors import Unavailable
+
+    with pytest.raises(Unavailable, match=r"asked for a GPU \(--device cuda\) but none is visible here: torch .* 0 device\(s\); nothing was trained"):
+        run_pack(str(p), "full", "nope=1", device="cuda")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import gridruns, leases, packing, tracking, views
 from .done import is_done
-from .errors import BadSetting, LeaseHeld, StepFailed
+from .errors import BadSetting, LeaseHeld, StepFailed, Unavailable
 from .grid import Grid, load_grid, write_dag
 from .gridruns import close_left_running, ensure_children, find_or_create_parent
 from .paths import ROOT, outputs, resolve
@@ -191,8 +191,19 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
 PACK_MODES = ("threads", "sequential", "processes")
 
 
+def require_cuda(what: str) -> None:
+    """Fail at once, naming what this node shows, when ``what`` asked for a GPU and none is
+    visible (a driver mismatch, a job that got no device): never days of training on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Unavailable(f"{what} asked for a GPU (--device cuda) but none is visible here: torch {torch.__version__} built for "
+                          f"CUDA {torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+                          f"{torch.cuda.device_count()} device(s); nothing was trained")
+
+
 def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
-             at_once: int | None = None) -> dict[str, str]:
+             at_once: int | None = None, device: str = "auto") -> dict[str, str]:
     """A Condor pack node (and the local worker): train its cells (``name=run_id,...``); the
     finished ones are skipped, so a retried node trains only what is left, each cell resuming
     from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
@@ -201,6 +212,8 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     Raises when a cell is not finished (DAGMan then retries)."""
     if mode not in PACK_MODES:
         raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
+    if device == "cuda":
+        require_cuda("this pack")
     g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
     by_name = {c.name: c for c in g.cells()}
     pairs = [p.split("=", 1) for p in runs.split(",") if p]
@@ -209,7 +222,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
         raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
-    on_gpu = packing.gpu_count() > 0
+    on_gpu = device == "cuda" or packing.gpu_count() > 0
     if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
         todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
     side = on_gpu and mode == "threads" and len(todo) > 1

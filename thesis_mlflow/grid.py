@@ -340,18 +340,20 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
     k = int(grid.condor["cells_per_job"])
+    gpu = bool(grid.condor["request_gpus"])  # a job that asked for a GPU trains on it or fails at once, never on the CPU
     if k == 1:
         dagnodes.write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
         env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
         prepare.child_layer(
             name="train",
             submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
-            vars=[{"cell": c.name, "run_id": run_ids[c], "args": shlex.join(grid.train_args(c)),
+            vars=[{"cell": c.name, "run_id": run_ids[c],
+                   "args": shlex.join(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
                    **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.factors().items()}} for c in cells],
             retries=int(grid.condor["retries"]),
         )
     else:
-        args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)"
+        args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)" + (" --device cuda" if gpu else "")
         packs = grid.packs(cells)
         dagnodes.write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
         prepare.child_layer(
