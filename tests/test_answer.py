@@ -94,10 +94,14 @@ def test_method_sentence_and_the_warning_for_runs_without_streams():
     assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "73%" in warn[0]
 
 
-def test_one_seed_everywhere_says_test_noise_only():
-    k = {(t, p, m): 0.5 + (0.1 if t == "binned" else 0) for t in ("direct", "binned") for p in POOL for m in (True,)}
+def test_one_seed_everywhere_says_test_noise_only_and_names_no_winner():
+    """A clear difference on one seed is significant against test-set noise alone: the answer
+    says what it found but names no best tokenizer (the training variance is unknown)."""
+    k = {(t, p, m): 0.5 + (0.3 if t == "binned" else 0) for t in ("direct", "binned") for p in POOL for m in (True,)}
     ans, _ = words(*grid(k, n_seeds=1))
     assert any("cover test-set noise only" in s for s in ans)
+    assert ans[0].startswith("On this one seed, binned beats every other tokenizer") and "no tokenizer is named best yet" in ans[0]
+    assert not any(s.startswith("Best tokenizer") for s in ans)
 
 
 @pytest.mark.simulation

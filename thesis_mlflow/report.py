@@ -225,7 +225,12 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
     top = rank.iloc[0]
     others = rank["tokenizer"].iloc[1:].tolist()
     out = []
-    if top["beats"] == top["n_others"] == len(others) and len(others):
+    one_seed = "seed_var_known" in main and not main["seed_var_known"].any()
+    if top["beats"] == top["n_others"] == len(others) and len(others) and one_seed:
+        out.append(f"On this one seed, {top['tokenizer']} beats every other tokenizer on matched cells after Holm's correction, but "
+                   f"with one seed the training variance is unknown: these intervals cover test-set noise only, so no tokenizer is "
+                   f"named best yet. Run more seeds:")
+    elif top["beats"] == top["n_others"] == len(others) and len(others):
         out.append(f"Best tokenizer: {top['tokenizer']}. It beats every other tokenizer on matched cells (same pooling, MET, vect "
                    f"and seed) after Holm's correction:")
     else:
