@@ -198,8 +198,9 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         # the trained model on its own training events: the report's overtraining check (train vs test AUC)
-        train_auc = evaluate(model, tens["train"], resolve_device(tcfg.device), tcfg.eval_batch_size)["auc"]
-        ev = evaluate(model, tens["test"], resolve_device(tcfg.device), tcfg.eval_batch_size)
+        device = resolve_device(tcfg.device)
+        train_auc = evaluate(model, tens["train"], device, tcfg.eval_batch_size)["auc"]
+        ev = evaluate(model, tens["test"], device, tcfg.eval_batch_size)
         check_scores(ev["scores"], name)  # before anything of the test split is logged
         process = tens["test"].labels  # original label 1-5 per test event
         npz = work / "test_scores.npz"

@@ -113,6 +113,15 @@ def tags(step: str, root: Path = ROOT) -> dict[str, str]:
     return out
 
 
+def label(tags: dict) -> str:
+    """Which code made a run, from its tags: the commit (12 characters, ``-dirty`` with
+    uncommitted changes), or ``unknown`` for runs logged before provenance was recorded."""
+    commit = tags.get(COMMIT)
+    if not commit or DIRTY not in tags:
+        return "unknown"
+    return commit[:12] + ("-dirty" if tags[DIRTY] == "true" else "")
+
+
 def check_clean(allow_dirty: bool, root: Path = ROOT) -> Code:
     """A grid's code must be committed, so every cell says which code made it; with
     ``allow_dirty`` the diff is recorded instead. Raises ``BadSetting`` naming the files."""

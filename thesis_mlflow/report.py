@@ -511,6 +511,7 @@ class Report:
     omnibus: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.omnibus: F tests of the factorial model
     components: dict = field(default_factory=dict)  # its variance components (seed, within cell, test set)
     checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: train vs test AUC, flagged gaps
+    rejection: pd.DataFrame = field(default_factory=pd.DataFrame)  # curves.rejection_bands per background ("all" first)
 
     def csv(self) -> str:
         out = self.cells.copy()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import spec, tracking
+from . import provenance, spec, tracking
 from .errors import BadInput
 
 FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
@@ -56,21 +56,12 @@ def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
             "met": str(p.get("met")).lower() == "true", "vect": int(p.get("vect", 0)), "seed": int(p.get("seed", 0)),
             "n_params": float(p.get("n_params", "nan")), "n_params_embedding": float(p.get("n_params_embedding", "nan")),
             **{k: p.get(k) for k in PARAMS[2:]}, **r.data.metrics,
-            "code": _code_label(r.data.tags),
+            "code": provenance.label(r.data.tags),
         })
     base = ["run_id", "name", "status", *FACTORS, *PARAMS, "code"]
     df = pd.DataFrame(rows)
     metrics = sorted(({k for row in rows for k in row} | set(FINAL)) - set(base))
     return df.reindex(columns=base + metrics)
-
-
-def _code_label(tags: dict) -> str:
-    """Which code made a run: its commit (12 characters, ``-dirty`` with uncommitted changes),
-    or ``unknown`` for runs logged before provenance was recorded."""
-    commit = tags.get("mlflow.source.git.commit")
-    if not commit or "code.dirty" not in tags:
-        return "unknown"
-    return commit[:12] + ("-dirty" if tags["code.dirty"] == "true" else "")
 
 
 def cell_table(grid: str, experiment: str | None = None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import dagnodes, gridruns, tracking
+from . import dagnodes, gridruns, provenance, tracking
 from .errors import BadInput
 from .gridruns import DAG_DIR_TAG
 from .runlog import ERROR_CLASS, ERROR_MESSAGE
@@ -230,14 +230,7 @@ def _cell_state(cell, r) -> CellState:
     return CellState(cell.name, state, r.info.run_id, int(m.get("epoch", 0)), int(p.get("epochs", cell.epochs) or cell.epochs),
                      m.get("events_per_s"), int(p["n_train_events"]) if p.get("n_train_events") else None, m.get("test_auc"),
                      t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE),
-                     code=_code(t) if state != NOT_STARTED else None)
-
-
-def _code(tags: dict) -> str:
-    commit = tags.get("mlflow.source.git.commit")
-    if not commit or "code.dirty" not in tags:
-        return "unknown"
-    return commit[:12] + ("-dirty" if tags["code.dirty"] == "true" else "")
+                     code=provenance.label(t) if state != NOT_STARTED else None)
 
 
 def publish_after_cell(run_id: str) -> None:

@@ -126,7 +126,8 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
     if len(r.backgrounds):
         r.figures.append(rep.fig_backgrounds(r.backgrounds))
     if len(fin):
-        r.figures.append(rep.fig_rejection(rejection_bands(fin, scores)))
+        r.rejection = rejection_bands(fin, scores)
+        r.figures.append(rep.fig_rejection(r.rejection))
         r.figures.append(rep.fig_scores(curves.score_histograms(fin, scores), curves.calibration(fin, scores)))
     r.figures.append(rep.fig_val_auc(data.histories))
     if len(data.binning):
@@ -139,11 +140,11 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
 def rejection_bands(fin: pd.DataFrame, scores: dict) -> pd.DataFrame:
     """Rejection curves over seeds and matched cells: all backgrounds, then each one alone."""
     bands = [curves.rejection_bands(fin, scores)]
-    bands += [curves.rejection_bands(fin, scores, b) for b in stats.available_metrics(fin, scores)[1:] for b in [b.removeprefix("auc_vs_")]]
+    bands += [curves.rejection_bands(fin, scores, m.removeprefix("auc_vs_")) for m in stats.available_metrics(fin, scores)[1:]]
     return pd.concat([b for b in bands if len(b)], ignore_index=True) if any(len(b) for b in bands) else bands[0]
 
 
-def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
+def write_pdfs(r: rep.Report, out: Path) -> list[Path]:
     """The thesis figures (vector PDF, mplhep style) under ``out/figures``."""
     from . import thesis_figures as tf
 
@@ -154,9 +155,8 @@ def write_pdfs(r: rep.Report, data: dict, out: Path) -> list[Path]:
         files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf"))
     if len(r.backgrounds):
         files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
-    fin = stats.finished(data.runs, data.scores)
-    if len(fin):
-        files.append(tf.rejection(curves.rejection_bands(fin, data.scores), r.grid, out / "figures" / "rejection.pdf"))
+    if len(r.rejection):  # the page's curves against all backgrounds, not computed again
+        files.append(tf.rejection(r.rejection[r.rejection["background"] == "all"], r.grid, out / "figures" / "rejection.pdf"))
     return files
 
 
@@ -181,7 +181,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
              "effects.csv": r.effects_csv()}
     for name, text in files.items():
         _write(out / name, text)
-    pdfs = write_pdfs(r, data, out)
+    pdfs = write_pdfs(r, out)
     t_build = time.perf_counter() - t1
     with tracking.step_run("report", run_name=f"report-{grid}", tags={"grid.name": grid}):
         tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "n_bootstrap": n_boot, "bootstrap_seed": seed})
