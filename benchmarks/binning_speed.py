@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from thesis_mlflow import synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
+from thesis_mlflow.learn import synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
 
 
 def main() -> None:

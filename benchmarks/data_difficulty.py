@@ -18,8 +18,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from thesis_mlflow import synthetic  # noqa: E402
-from thesis_mlflow.data import Split  # noqa: E402
+from thesis_mlflow.learn import synthetic  # noqa: E402
+from thesis_mlflow.learn.data import Split  # noqa: E402
 
 
 def event_features(s: Split) -> np.ndarray:

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thesis_mlflow import features, metrics, safeload, synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
-from thesis_mlflow.train import TrainConfig, evaluate, fit  # noqa: E402
+from thesis_mlflow.learn import features, metrics, safeload, synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
+from thesis_mlflow.learn.model import Classifier, ModelConfig  # noqa: E402
+from thesis_mlflow.learn.training import TrainConfig, evaluate, fit  # noqa: E402
 
 
 def main() -> int:

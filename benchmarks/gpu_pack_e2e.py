@@ -47,9 +47,9 @@ def main() -> int:
 
     import mlflow
 
-    from thesis_mlflow import upstream
-    from thesis_mlflow.grid import load_grid
-    from thesis_mlflow.gridruns import ensure_children, find_or_create_parent
+    from thesis_mlflow.grid.gridfile import load_grid
+    from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
+    from thesis_mlflow.pipeline import upstream
 
     work = Path(tempfile.mkdtemp(prefix="pack-e2e-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -70,7 +70,7 @@ def main() -> int:
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
     pack = list(children.items())[: a.cells]
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in pack)
-    from thesis_mlflow.driver import prepare
+    from thesis_mlflow.grid.driver import prepare
 
     t = time.perf_counter()
     prepare(g)  # the DAG's prepare node: binning once (not part of the pack's figures)

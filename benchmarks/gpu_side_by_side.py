@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thesis_mlflow import features, synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
-from thesis_mlflow.train import TrainConfig, fit  # noqa: E402
+from thesis_mlflow.learn import features, synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
+from thesis_mlflow.learn.model import Classifier, ModelConfig  # noqa: E402
+from thesis_mlflow.learn.training import TrainConfig, fit  # noqa: E402
 
 GRID_CELLS, GRID_EPOCHS, TRAIN_EVENTS = 108, 50, 241_658  # the thesis grid
 

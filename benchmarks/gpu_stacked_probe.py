@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thesis_mlflow import features, synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
+from thesis_mlflow.learn import features, synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
+from thesis_mlflow.learn.model import Classifier, ModelConfig  # noqa: E402
 
 B, CLIP, LR = 64, 1.0, 1e-4
 

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reference import Reference  # noqa: E402
 
-from thesis_mlflow import features, synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig, init_weights  # noqa: E402
-from thesis_mlflow.streams import RunStream  # noqa: E402
-from thesis_mlflow.train import TrainConfig, build_step, evaluate, lr_lambda, make_optimizer, resolve_step  # noqa: E402
+from thesis_mlflow.learn import features, synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
+from thesis_mlflow.learn.model import Classifier, ModelConfig, init_weights  # noqa: E402
+from thesis_mlflow.learn.streams import RunStream  # noqa: E402
+from thesis_mlflow.learn.training import TrainConfig, build_step, evaluate, lr_lambda, make_optimizer, resolve_step  # noqa: E402
 
 DEV = torch.device("cuda")  # --device cpu only checks this script's plumbing on a machine without a GPU
 THESIS = {"n_train": 241_658, "n_val": 30_207, "epochs": 50, "cells": 108}
@@ -210,7 +210,7 @@ def streams(tr, k: int, bs: int, mode: str, seconds: float) -> float:
 
 def same_science(tr, va, epochs: int, mode: str) -> None:
     """fit() eager against fit() in ``mode`` from the same initial weights: validation AUC per epoch."""
-    from thesis_mlflow.train import fit
+    from thesis_mlflow.learn.training import fit
 
     out = {}
     for m in ("eager", mode):

@@ -59,7 +59,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=108)
     ap.add_argument("--events", type=int, default=30_207)
     a = ap.parse_args()
-    from thesis_mlflow import results, server, summary
+    from thesis_mlflow.report import build as summary
+    from thesis_mlflow.report import results
+    from thesis_mlflow.server import process as server
 
     work = Path(tempfile.mkdtemp(prefix="report-queries-"))
     srv = server.start(work / "srv", auth=False, workers=4)

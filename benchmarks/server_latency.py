@@ -1,5 +1,5 @@
 """Per-call latency of MLflow client calls against a real tracking server, with and without the
-server's start-up code (thesis_mlflow/server_site: TCP_NODELAY, which uvicorn's multi-worker
+server's start-up code (thesis_mlflow/server/site: TCP_NODELAY, which uvicorn's multi-worker
 mode leaves off). One client, kept-alive connections, as a training job talks to the server.
 
     python benchmarks/server_latency.py [--workers 4] [--calls 40]
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thesis_mlflow import server  # noqa: E402
+from thesis_mlflow.server import process as server  # noqa: E402
 
 
 def measure(workers: int, calls: int, hook: bool) -> dict:

@@ -5,7 +5,7 @@ logs 20 params, then a train run's worth of metrics (50 epochs x 6 metrics, one 
 epoch, as ``train`` logs them) and a small artifact, and ends the run. All clients start
 together. Printed per configuration: wall time, metric values written per second, p50/p99
 latency of one epoch's ``log_metrics`` call (a write the overloaded server refused and the job
-sent again counts with its waits, as ``thesis_mlflow.tracking.retrying`` does in a job), jobs
+sent again counts with its waits, as ``thesis_mlflow.tracking.runs.retrying`` does in a job), jobs
 that failed, and metric rows lost or duplicated (read back from the server; must be 0). The
 server runs as ``thesis-mlflow serve`` runs it (login on).
 
@@ -32,7 +32,7 @@ METRICS = ("train_loss", "val_loss", "val_auc", "val_acc", "lr", "events_per_s")
 def client(a) -> None:
     import mlflow
 
-    from thesis_mlflow.tracking import retrying  # a job's own retry of writes an overloaded server refused
+    from thesis_mlflow.tracking.runs import retrying  # a job's own retry of writes an overloaded server refused
 
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name("load").experiment_id
@@ -58,7 +58,8 @@ def client(a) -> None:
 
 
 def measure(backend: str, n: int, workers: int, epochs: int) -> dict:
-    from thesis_mlflow import devdb, server
+    from thesis_mlflow.server import devdb
+    from thesis_mlflow.server import process as server
 
     work = Path(tempfile.mkdtemp(prefix="load-"))
     home = work / "home"

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reference import Reference  # noqa: E402
 
-from thesis_mlflow import features, synthetic  # noqa: E402
-from thesis_mlflow.binning import Binning  # noqa: E402
-from thesis_mlflow.model import Classifier, ModelConfig  # noqa: E402
-from thesis_mlflow.train import TrainConfig, fit, resolve_device  # noqa: E402
+from thesis_mlflow.learn import features, synthetic  # noqa: E402
+from thesis_mlflow.learn.binning import Binning  # noqa: E402
+from thesis_mlflow.learn.model import Classifier, ModelConfig  # noqa: E402
+from thesis_mlflow.learn.training import TrainConfig, fit, resolve_device  # noqa: E402
 
 
 def reference_epoch(tokens, y, bs, device) -> float:

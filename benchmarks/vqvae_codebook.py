@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from thesis_mlflow import features, synthetic  # noqa: E402
-from thesis_mlflow.vqvae import ObjectVQVAE, VQConfig, VQTrainConfig, train_vqvae  # noqa: E402
+from thesis_mlflow.learn import features, synthetic  # noqa: E402
+from thesis_mlflow.learn.vqvae import ObjectVQVAE, VQConfig, VQTrainConfig, train_vqvae  # noqa: E402
 
 
 def main() -> None:

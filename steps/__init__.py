@@ -4,6 +4,6 @@
 ``thesis-mlflow <name>`` (``steps.cli``) is the same command under one console script.
 """
 
-from thesis_mlflow.privacy import telemetry_off
+from thesis_mlflow.tracking.telemetry import telemetry_off
 
 telemetry_off()  # before any step imports MLflow

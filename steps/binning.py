@@ -17,8 +17,8 @@ from thesis_mlflow.spec import DEFAULT_DATA, FIT_ON, PHI_CONVENTIONS
 @click.option("--fit-on", type=choice(*FIT_ON), default="all", show_default=True)
 @user_errors
 def main(input_: str, output: str, n_bins: int, vect: str, phi: str, fit_on: str) -> None:
+    from thesis_mlflow.pipeline.upstream import run_binning
     from thesis_mlflow.spec import BinningSpec
-    from thesis_mlflow.upstream import run_binning
 
     run_id, out = run_binning(BinningSpec(input_, n_bins, int(vect), phi.lower(), fit_on.lower()), output or None)
     click.echo(f"binning run {run_id}: {out}")

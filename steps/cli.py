@@ -35,7 +35,7 @@ def main() -> None:
 @main.command("info", help="Show the tracking store, the experiment and how to open its runs table.")
 @user_errors
 def info() -> None:
-    from thesis_mlflow import tracking
+    from thesis_mlflow.tracking import runs as tracking
 
     exp_id = tracking.ensure_experiment()
     runs = tracking.client().search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=10)
@@ -50,7 +50,8 @@ def info() -> None:
 @click.argument("grid")
 @user_errors
 def views_cmd(grid: str) -> None:
-    from thesis_mlflow import tracking, views
+    from thesis_mlflow.tracking import runs as tracking
+    from thesis_mlflow.tracking import views
 
     views.echo_views(grid, tracking.current_experiment_id(), click.echo)
 
@@ -59,7 +60,7 @@ def views_cmd(grid: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @user_errors
 def validate(path: str) -> None:
-    from thesis_mlflow import data
+    from thesis_mlflow.learn import data
 
     sizes = data.validate_file(path)
     click.echo(f"{path}: OK " + ", ".join(f"{k}={v}" for k, v in sizes.items()))

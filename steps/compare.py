@@ -15,7 +15,7 @@ from steps._common import user_errors
 @click.option("--vect", type=click.Choice(["4", "5"]), default="4", show_default=True, help="Used when ours lacks the attribute.")
 @user_errors
 def main(ours, theirs, raw, n_bins, vect) -> None:
-    from thesis_mlflow.comparison import log_comparison
+    from thesis_mlflow.pipeline.compare import log_comparison
 
     _, summary, m = log_comparison(ours, theirs, raw or None, n_bins, int(vect))
     click.echo(f"theirs: {summary['theirs_layout']}")

@@ -14,9 +14,9 @@ from thesis_mlflow.spec import DEFAULT_DATA
 @click.option("--output", type=click.Path(dir_okay=False), default=DEFAULT_DATA, show_default=True)
 @user_errors
 def main(n_events: int, seed: int, output: str) -> None:
-    from thesis_mlflow import tracking
     from thesis_mlflow.paths import resolve
-    from thesis_mlflow.upstream import run_generate
+    from thesis_mlflow.pipeline.upstream import run_generate
+    from thesis_mlflow.tracking import runs as tracking
 
     run_id = run_generate(n_events, seed, output)
     click.echo(f"generate run {run_id}: {resolve(output)}")

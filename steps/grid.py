@@ -33,7 +33,7 @@ def main() -> None:
               help="Run code with uncommitted changes (refused otherwise); the diff is recorded on the grid's parent run.")
 @user_errors
 def run_cmd(grid_file, backend, scale, jobs, mps, dry_run, allow_dirty) -> None:
-    from thesis_mlflow.driver import run_grid
+    from thesis_mlflow.grid.driver import run_grid
 
     s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower(), allow_dirty=allow_dirty)
     if backend == "local" and not dry_run and not s.complete:
@@ -46,7 +46,7 @@ def run_cmd(grid_file, backend, scale, jobs, mps, dry_run, allow_dirty) -> None:
 @click.option("--watch", type=click.FloatRange(min=1), default=None, help="Refresh every N seconds until every cell is finished or failed.")
 @user_errors
 def status_cmd(grid, scale, watch) -> None:
-    from thesis_mlflow.status import FAILED, FINISHED, grid_status
+    from thesis_mlflow.grid.status import FAILED, FINISHED, grid_status
 
     while True:
         st = grid_status(grid, scale)
@@ -67,10 +67,10 @@ def status_cmd(grid, scale, watch) -> None:
 @click.option("--scale", default="full", show_default=True)
 @user_errors
 def prepare_cmd(grid_file, scale) -> None:
-    from thesis_mlflow import tracking
-    from thesis_mlflow.driver import prepare
-    from thesis_mlflow.grid import load_grid
+    from thesis_mlflow.grid.driver import prepare
+    from thesis_mlflow.grid.gridfile import load_grid
     from thesis_mlflow.paths import ROOT, resolve
+    from thesis_mlflow.tracking import runs as tracking
 
     g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
     tracking.ensure_experiment()
@@ -91,7 +91,7 @@ def prepare_cmd(grid_file, scale) -> None:
               help="cuda: train on the GPU or fail at once when none is visible (the DAG sets it when the job asks for GPUs).")
 @user_errors
 def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device) -> None:
-    from thesis_mlflow.driver import run_pack
+    from thesis_mlflow.grid.driver import run_pack
 
     run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower())  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
 

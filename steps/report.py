@@ -19,7 +19,7 @@ from steps._common import user_errors
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and permutation draws (same runs + seed: same report).")
 @user_errors
 def main(grid: str, out_dir: str | None, n_bootstrap: int, seed: int) -> None:
-    from thesis_mlflow.summary import run_report
+    from thesis_mlflow.report.build import run_report
 
     run_report(grid, out_dir, n_bootstrap, echo=click.echo, seed=seed)
 

@@ -11,7 +11,7 @@ from steps._common import user_errors
 @click.argument("run_id")
 @user_errors
 def main(run_id: str) -> None:
-    from thesis_mlflow.reproduce import reproduce
+    from thesis_mlflow.pipeline.reproduce import reproduce
 
     v = reproduce(run_id)
     for line in v.lines():

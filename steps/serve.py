@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from steps._common import user_errors
-from thesis_mlflow import server
 from thesis_mlflow.paths import resolve
+from thesis_mlflow.server import process as server
 
 
 @click.command("serve", help="Start an mlflow tracking server (SQLite store or PostgreSQL, served artifacts, login) under ROOT.")
@@ -34,7 +34,7 @@ from thesis_mlflow.paths import resolve
 @user_errors
 def main(root, host, port, workers, allowed_hosts, backend_store_uri, backend_store_uri_file, no_auth, tls_cert, tls_key, insecure_http,
          background, stop_) -> None:
-    from thesis_mlflow import logins
+    from thesis_mlflow.server import logins
 
     backend_store_uri = _store_uri(backend_store_uri, backend_store_uri_file)
     root = resolve(root)
@@ -85,7 +85,7 @@ def _store_uri(option: str | None, path: str | None) -> str | None:
         raise click.UsageError(f"--backend-store-uri {server.mask(option)}: a password on the command line is visible to every user "
                                "in `ps`; put it in ~/.pgpass, or pass the URI in THESIS_MLFLOW_BACKEND_STORE_URI or --backend-store-uri-file")
     if path:
-        from thesis_mlflow.private import check_private
+        from thesis_mlflow.permissions import check_private
 
         check_private(Path(path), "backend store URI file")
         if Path(path).stat().st_mode & 0o077:

@@ -48,7 +48,7 @@ D = CellSpec()  # the defaults live in the spec, with the reason for each
 @click.option("--system-metrics", type=BOOL, default="true", show_default=True, help="Log MLflow system metrics (CPU, memory, GPU).")
 @user_errors
 def main(**kw) -> None:
-    from thesis_mlflow.cell import train_cell
+    from thesis_mlflow.pipeline.cell import train_cell
 
     spec = CellSpec.from_options(**{k.rstrip("_"): v for k, v in kw.items()})
     click.echo(f"train run {train_cell(spec)}")

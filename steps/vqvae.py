@@ -20,9 +20,9 @@ from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, VQVAE_EPOCHS
 @click.option("--max-events", type=click.IntRange(min=0), default=0, help="Train on the first N training events only (0 = all).")
 @user_errors
 def main(input_, vect, codebook_size, latent_dim, epochs, seed, batch_size, lr, max_events) -> None:
-    from thesis_mlflow import tracking
+    from thesis_mlflow.pipeline.upstream import run_vqvae
     from thesis_mlflow.spec import VQSpec
-    from thesis_mlflow.upstream import run_vqvae
+    from thesis_mlflow.tracking import runs as tracking
 
     o = VQSpec(input=input_, vect=int(vect), codebook_size=codebook_size, latent_dim=latent_dim, epochs=epochs, seed=seed,
                batch_size=batch_size, lr=lr, max_events=max_events)

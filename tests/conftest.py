@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thesis_mlflow import data, synthetic
+from thesis_mlflow.learn import data, synthetic
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,7 +94,7 @@ def make_event_rows(objs, met=50.0, met_phi=0.1):
 def shared_server(tmp_path_factory):
     """One real tracking server with its login on, as users run it, for the modules whose tests
     can share it; each test uses its own experiment (``server_exp``) and logs in as the jobs do."""
-    from thesis_mlflow import server
+    from thesis_mlflow.server import process as server
 
     s = server.start(tmp_path_factory.mktemp("shared-srv") / "srv", auth=True, workers=2)
     yield s
@@ -108,7 +108,7 @@ def server_exp(shared_server, monkeypatch, request):
     and logs in as the jobs user, with exactly the rights a grid job has."""
     import mlflow
 
-    from thesis_mlflow import logins
+    from thesis_mlflow.server import logins
 
     name = f"t-{request.node.name}"[:200]
     exp_id = logins.provision_jobs_user(shared_server.uri, shared_server.root, name)

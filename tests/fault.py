@@ -29,7 +29,7 @@ def install(epoch: int, cell: str = "", at: str = "metrics", how: str = "kill", 
 
     import mlflow
 
-    from thesis_mlflow import tracking
+    from thesis_mlflow.tracking import runs as tracking
 
     set_attr = patch.setattr if patch is not None else setattr
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from tests.test_stats import simulate
-from thesis_mlflow import report, stats
+from thesis_mlflow.report import stats
+from thesis_mlflow.report import writeup as report
 
 POOL = ["cls", "mean", "max"]
 

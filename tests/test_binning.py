@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import data
-from thesis_mlflow.binning import Binning, phi_bins, read_binned, write_binned
+from thesis_mlflow.learn import data
+from thesis_mlflow.learn.binning import Binning, phi_bins, read_binned, write_binned
 
 from .conftest import make_event_rows
 
@@ -111,7 +111,7 @@ def test_decode_inverts_encode(vect, n_bins):
 
 
 def test_quantile_bins_equally_populated(tiny_splits):
-    from thesis_mlflow import synthetic
+    from thesis_mlflow.learn import synthetic
 
     sp = synthetic.generate(synthetic.GeneratorConfig(n_events=40_000, seed=5))["train"]
     b = Binning(vect=5).fit(sp)
@@ -183,8 +183,8 @@ def test_binning_step_logs_everything(mlflow_env, tiny_raw, tmp_path):
 
 
 def test_binning_reused_not_recomputed(mlflow_env, tiny_raw):
+    from thesis_mlflow.pipeline.upstream import find_or_run
     from thesis_mlflow.spec import BinningSpec
-    from thesis_mlflow.upstream import find_or_run
 
     rid1, p1 = find_or_run(BinningSpec(str(tiny_raw)))
     rid2, p2 = find_or_run(BinningSpec(str(tiny_raw)))
@@ -230,7 +230,7 @@ def test_met_edges_are_fitted_on_events_with_met_only(tiny_splits):
     sp = tiny_splits["train"]
     X = sp.X.copy()
     X[: len(X) // 2, 18] = 0.0  # half the events without MET: their zeros must not pull the edges down
-    from thesis_mlflow.data import Split
+    from thesis_mlflow.learn.data import Split
 
     b = Binning().fit(Split(X=X, y=sp.y))
     met = X[:, 18]

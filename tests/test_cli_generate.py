@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import data
+from thesis_mlflow.learn import data
 
 
 def test_generate_logs_run(mlflow_env, tmp_path):
@@ -50,7 +50,7 @@ def test_validate_command(tiny_raw, tmp_path):
 
 
 def test_log_params_compares_meaning_not_spelling(mlflow_env, tmp_path):
-    from thesis_mlflow import tracking
+    from thesis_mlflow.tracking import runs as tracking
 
     (tmp_path / "data").mkdir()
     with tracking.step_run("generate"):

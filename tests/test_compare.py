@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import compare as cmp
-from thesis_mlflow import data
-from thesis_mlflow.binning import Binning, write_binned
+from thesis_mlflow.learn import data
+from thesis_mlflow.learn import prebinned as cmp
+from thesis_mlflow.learn.binning import Binning, write_binned
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def binned_files(tmp_path_factory, tiny_raw):
 
 
 def test_file_against_itself_agrees_fully(binned_files):
-    from thesis_mlflow.comparison import run_compare
+    from thesis_mlflow.pipeline.compare import run_compare
 
     s, *_ = run_compare(str(binned_files["signed"]), str(binned_files["signed"]), None, 5, 4)
     assert s["distribution"]["tokens"]["overlap"] == pytest.approx(1.0) and s["distribution"]["tokens"]["js"] == pytest.approx(0.0, abs=1e-12)
@@ -50,7 +50,7 @@ def test_file_against_itself_agrees_fully(binned_files):
 
 
 def test_convention_finder_identifies_other_phi(binned_files, tiny_raw):
-    from thesis_mlflow.comparison import run_compare
+    from thesis_mlflow.pipeline.compare import run_compare
 
     s, *_ = run_compare(str(binned_files["signed"]), str(binned_files["combined"]), str(tiny_raw), 5, 4)
     assert s["best_match"]["phi"] == "abs" and s["best_match"]["fit_on"] == "all"
@@ -61,7 +61,7 @@ def test_convention_finder_identifies_other_phi(binned_files, tiny_raw):
 
 
 def test_row_shuffled_copy_same_distribution_not_aligned(binned_files):
-    from thesis_mlflow.comparison import run_compare
+    from thesis_mlflow.pipeline.compare import run_compare
 
     s, *_ = run_compare(str(binned_files["abs"]), str(binned_files["shuffled"]), None, 5, 4)
     assert s["distribution"]["tokens"]["overlap"] == pytest.approx(1.0) and s["distribution"]["tokens"]["js"] == pytest.approx(0.0, abs=1e-12)

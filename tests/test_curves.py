@@ -1,4 +1,4 @@
-"""Curves over seeds and matched cells (thesis_mlflow.curves): known values, matched cells only,
+"""Curves over seeds and matched cells (thesis_mlflow.report.curves): known values, matched cells only,
 the band from the seed spread, and a calibration check on a calibrated model."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thesis_mlflow import curves
-from thesis_mlflow.metrics import roc_curve
+from thesis_mlflow.learn.metrics import roc_curve
+from thesis_mlflow.report import curves
 
 
 def _runs(spec):

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from thesis_mlflow import data
+from thesis_mlflow.learn import data
 
 
 def _write_h5(path, splits, ykeys=("Y_train", "y_val", "y_test"), extra=None, drop=()):

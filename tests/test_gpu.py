@@ -29,11 +29,11 @@ TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", 
 
 @pytest.mark.parametrize("mode", ["graph", "compiled"])
 def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
-    from thesis_mlflow import features
-    from thesis_mlflow.binning import Binning
-    from thesis_mlflow.model import Classifier, ModelConfig
-    from thesis_mlflow.streams import RunStream
-    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
+    from thesis_mlflow.learn import features
+    from thesis_mlflow.learn.binning import Binning
+    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.streams import RunStream
+    from thesis_mlflow.learn.training import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])
@@ -58,7 +58,7 @@ def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
 @pytest.fixture()
 def exact_fp32(monkeypatch):
     """fp32 end to end (no bf16 autocast, no TF32): the step's arithmetic compared, not its rounding."""
-    from thesis_mlflow import train as T
+    from thesis_mlflow.learn import training as T
 
     monkeypatch.setattr(T, "_autocast", lambda device: torch.autocast("cuda", enabled=False))
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -70,11 +70,11 @@ def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp
     the same loss and weights as the eager loop (fp32, dropout 0) to ~1e-6, and the same LR."""
     import math
 
-    from thesis_mlflow import features
-    from thesis_mlflow.binning import Binning
-    from thesis_mlflow.model import Classifier, ModelConfig
-    from thesis_mlflow.streams import RunStream
-    from thesis_mlflow.train import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
+    from thesis_mlflow.learn import features
+    from thesis_mlflow.learn.binning import Binning
+    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.streams import RunStream
+    from thesis_mlflow.learn.training import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])
@@ -113,10 +113,10 @@ def test_resume_is_bit_exact_under_deterministic_algorithms(tiny_splits, tmp_pat
     """With deterministic kernels, an eager CUDA run stopped after epoch 1 and resumed from its
     checkpoint ends with the very weights of an uninterrupted run (dropout included: the run's
     own generator is reseeded from its stream per epoch)."""
-    from thesis_mlflow import features
-    from thesis_mlflow.binning import Binning
-    from thesis_mlflow.model import Classifier, ModelConfig
-    from thesis_mlflow.train import TrainConfig, fit
+    from thesis_mlflow.learn import features
+    from thesis_mlflow.learn.binning import Binning
+    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.training import TrainConfig, fit
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
@@ -153,11 +153,11 @@ def test_captured_cells_side_by_side_equal_alone_with_dropout(tiny_splits, tmp_p
     two threads at once (as a pack runs them, on their own streams): each ends as when trained
     alone (fp32; the tolerance of the padded-epoch test above), and the two differ."""
     from tests.together import at_once
-    from thesis_mlflow import features
-    from thesis_mlflow.binning import Binning
-    from thesis_mlflow.model import Classifier, ModelConfig
+    from thesis_mlflow.learn import features
+    from thesis_mlflow.learn.binning import Binning
+    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.training import TrainConfig, fit
     from thesis_mlflow.spec import CellSpec
-    from thesis_mlflow.train import TrainConfig, fit
 
     b = Binning().fit(tiny_splits["train"])
     tens = {s: features.make_tensors(features.token_inputs(b.transform(tiny_splits[s]), True), tiny_splits[s].y, "4t_vs_bg")

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from steps.cli import main
 from tests.fault import ENV, kill_env
-from thesis_mlflow import devdb, server
-from thesis_mlflow.driver import run_grid, train_command
-from thesis_mlflow.grid import load_grid, write_dag
-from thesis_mlflow.status import grid_status
+from thesis_mlflow.grid.driver import run_grid, train_command
+from thesis_mlflow.grid.gridfile import load_grid, write_dag
+from thesis_mlflow.grid.status import grid_status
+from thesis_mlflow.server import devdb
+from thesis_mlflow.server import process as server
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
@@ -268,7 +269,7 @@ def test_a_cell_that_fails_before_training_is_failed_where_the_user_looks(mlflow
     st = grid_status(str(gfile), "demo")
     assert st.counts()["failed"] == len(ambre) and st.exit_code == 1
     # the grid's parent records the code that drove it (provenance, like every step's run)
-    from thesis_mlflow import provenance
+    from thesis_mlflow.tracking import provenance
 
     (parent,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'grid'", output_format="list")
     assert parent.data.tags["mlflow.source.name"] == "thesis-mlflow grid"

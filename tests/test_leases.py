@@ -17,8 +17,9 @@ import mlflow
 import pytest
 import yaml
 
-from thesis_mlflow import leases, tracking
 from thesis_mlflow.errors import LeaseHeld, LeaseLost
+from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import runs as tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 

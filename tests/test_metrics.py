@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thesis_mlflow import metrics
+from thesis_mlflow.learn import metrics
 
 N = 20_000
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from thesis_mlflow import features, synthetic
-from thesis_mlflow.binning import Binning
-from thesis_mlflow.model import Classifier, ModelConfig
+from thesis_mlflow.learn import features, synthetic
+from thesis_mlflow.learn.binning import Binning
+from thesis_mlflow.learn.model import Classifier, ModelConfig
 
 SMALL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from tests.fault import kill_env
-from thesis_mlflow import packing
-from thesis_mlflow.driver import run_pack
-from thesis_mlflow.grid import load_grid, write_dag
-from thesis_mlflow.gridruns import ensure_children, find_or_create_parent
+from thesis_mlflow.grid import packing
+from thesis_mlflow.grid.driver import run_pack
+from thesis_mlflow.grid.gridfile import load_grid, write_dag
+from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
@@ -239,7 +239,7 @@ def test_a_signalled_pack_stops_its_children(tmp_path):
     code = f"""
 import sys, time
 from pathlib import Path
-from thesis_mlflow import packing
+from thesis_mlflow.grid import packing
 jobs = [packing.Job(f"c{{i}}", [sys.executable, "-c", "import time; time.sleep(120)"], {{}}, Path({str(tmp_path)!r}) / f"c{{i}}.log", Path("."))
         for i in range(2)]
 killed = []

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import provenance
 from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.tracking import provenance
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -70,7 +70,7 @@ def test_a_train_run_records_code_environment_and_device(mlflow_env, tiny_raw):
 
 
 def test_mixed_code_is_flagged_in_grid_status():
-    from thesis_mlflow.status import FINISHED, RUNNING, CellState, GridStatus
+    from thesis_mlflow.grid.status import FINISHED, RUNNING, CellState, GridStatus
 
     cells = [CellState("a", FINISHED, "r1", code="0123456789ab"), CellState("b", RUNNING, "r2", code="0123456789ab"),
              CellState("c", FINISHED, "r3", code="ba9876543210-dirty"), CellState("d", "not started")]
@@ -100,7 +100,7 @@ def test_reproduce_a_cell_from_its_run_id(mlflow_env, tiny_raw, monkeypatch):
     assert len(runs) == 1 and runs[0].data.tags["reproduction.verdict"] == "identical"
     assert runs[0].data.params["rng_stream"] == orig.data.params["rng_stream"]
 
-    from thesis_mlflow import reproduce as R
+    from thesis_mlflow.pipeline import reproduce as R
 
     real = R.spec_of
     monkeypatch.setattr(R, "spec_of", lambda run: real(run).replace(lr=real(run).lr * 3))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from thesis_mlflow.summary import run_report
+from thesis_mlflow.report.build import run_report
 
 GRID_DOC = {"name": "rep", "factors": {"tokenizer": ["direct", "binned"], "pooling": ["mean"], "met": [True], "vect": [4]},
             "scales": {"full": {"seeds": [0, 1]}}}

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from thesis_mlflow import done, grid, safeload
+from thesis_mlflow.grid import gridfile as grid
+from thesis_mlflow.learn import safeload
+from thesis_mlflow.tracking import done
 
 ROOT = Path(__file__).resolve().parents[1]
 

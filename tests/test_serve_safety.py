@@ -20,8 +20,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from thesis_mlflow import devdb, logins, server
-from thesis_mlflow.private import UnsafePath
+from thesis_mlflow.permissions import UnsafePath
+from thesis_mlflow.server import devdb, logins
+from thesis_mlflow.server import process as server
 
 ROOT = Path(__file__).resolve().parents[1]
 

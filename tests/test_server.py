@@ -25,7 +25,10 @@ import psutil
 import pytest
 import yaml
 
-from thesis_mlflow import devdb, leases, server, tracking
+from thesis_mlflow.server import devdb
+from thesis_mlflow.server import process as server
+from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import runs as tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "64", "--warmup-steps", "5", "--lr", "3e-3",
@@ -217,9 +220,10 @@ def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, ti
 
 def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
     """A job killed while it held the claim of a binning (its process is gone) is taken over."""
-    from thesis_mlflow import data, leases
+    from thesis_mlflow.learn import data
+    from thesis_mlflow.pipeline.upstream import find_or_run
     from thesis_mlflow.spec import BinningSpec
-    from thesis_mlflow.upstream import find_or_run
+    from thesis_mlflow.tracking import leases
 
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name("test-exp").experiment_id
@@ -239,7 +243,7 @@ def test_a_dead_claimant_does_not_block(mlflow_env, tiny_raw):
 
 LOGGER = """
 import sys, time
-from thesis_mlflow import tracking
+from thesis_mlflow.tracking import runs as tracking
 with tracking.step_run("train", run_name="outage") as run:
     print(run.info.run_id, flush=True)
     for epoch in range(1, 31):
@@ -301,8 +305,8 @@ def test_bad_upstream_run_id_and_bad_grid_key(mlflow_env, tiny_raw, tmp_path):
 def test_a_failing_claimant_releases_its_claim(mlflow_env, tmp_path):
     """A job whose upstream step fails (here: a broken input) ends its claim FAILED at once, so the
     jobs waiting for it take over without waiting for the heartbeat to go stale."""
+    from thesis_mlflow.pipeline.upstream import find_or_run
     from thesis_mlflow.spec import BinningSpec
-    from thesis_mlflow.upstream import find_or_run
 
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"not an HDF5 file")

@@ -1,4 +1,4 @@
-"""The tracking server's start-up code (thesis_mlflow/server_site): TCP_NODELAY on the
+"""The tracking server's start-up code (thesis_mlflow/server/site): TCP_NODELAY on the
 connections of uvicorn's multi-worker listener, and a shadowed sitecustomize still run.
 test_server.py checks that a real server's processes start with it; the latency it saves is
 measured in benchmarks/server_latency.py."""
@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from thesis_mlflow import server
+from thesis_mlflow.server import process as server
 
 # uvicorn's own listener of the multi-worker mode (Config.bind_socket, proto 0), served by
 # asyncio as each worker serves it: is Nagle's algorithm off on the accepted connection?

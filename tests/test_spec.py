@@ -10,7 +10,7 @@ import pytest
 
 from steps.train import main as train_cmd
 from thesis_mlflow.errors import BadSetting, LeaseHeld, MissingInput
-from thesis_mlflow.grid import load_grid
+from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec, cell_name, cell_tag
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_cli_shows_user_errors_as_one_line_and_bugs_with_their_traceback(monkeyp
     from click.testing import CliRunner
 
     from steps.cli import main
-    from thesis_mlflow import upstream
+    from thesis_mlflow.pipeline import upstream
 
     def boom(*a, **kw):
         raise exc

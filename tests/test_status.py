@@ -14,9 +14,10 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import dagnodes, status
-from thesis_mlflow.grid import load_grid
-from thesis_mlflow.gridruns import ensure_children, find_or_create_parent
+from thesis_mlflow.grid import condor as dagnodes
+from thesis_mlflow.grid import status
+from thesis_mlflow.grid.gridfile import load_grid
+from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
 from thesis_mlflow.paths import ROOT
 
 TINY = {"epochs": 1, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from thesis_mlflow import features, train
-from thesis_mlflow.binning import Binning
-from thesis_mlflow.model import Classifier, ModelConfig
-from thesis_mlflow.train import TrainConfig, fit
+from thesis_mlflow.learn import features
+from thesis_mlflow.learn import training as train
+from thesis_mlflow.learn.binning import Binning
+from thesis_mlflow.learn.model import Classifier, ModelConfig
+from thesis_mlflow.learn.training import TrainConfig, fit
 
 
 class _FakeStatic:

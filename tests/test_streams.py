@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from tests.together import at_once
-from thesis_mlflow import features, synthetic
-from thesis_mlflow.binning import Binning
 from thesis_mlflow.errors import RunConflict
-from thesis_mlflow.model import Classifier, ModelConfig, init_weights
+from thesis_mlflow.learn import features, synthetic
+from thesis_mlflow.learn.binning import Binning
+from thesis_mlflow.learn.model import Classifier, ModelConfig, init_weights
+from thesis_mlflow.learn.streams import SCHEME, RunStream, stream_check
+from thesis_mlflow.learn.training import TrainConfig, fit
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.streams import SCHEME, RunStream, stream_check
-from thesis_mlflow.train import TrainConfig, fit
 
 SMALL = dict(tokenizer="binned", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.2)
 

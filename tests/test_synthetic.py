@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thesis_mlflow import data, synthetic
+from thesis_mlflow.learn import data, synthetic
 
 
 def test_format_and_split(tiny_splits):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from thesis_mlflow import tracking
+from thesis_mlflow.tracking import runs as tracking
 
 
 def _flaky(errors: list[str]):

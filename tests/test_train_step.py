@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from thesis_mlflow import features, synthetic
-from thesis_mlflow.binning import Binning
-from thesis_mlflow.model import Classifier, ModelConfig
-from thesis_mlflow.streams import RunStream
-from thesis_mlflow.train import (
+from thesis_mlflow.learn import features, synthetic
+from thesis_mlflow.learn.binning import Binning
+from thesis_mlflow.learn.model import Classifier, ModelConfig
+from thesis_mlflow.learn.streams import RunStream
+from thesis_mlflow.learn.training import (
     EagerStep,
     StaticStep,
     TrainConfig,

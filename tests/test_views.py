@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
 
-from thesis_mlflow import results, server, views
+from thesis_mlflow.report import results
+from thesis_mlflow.server import process as server
+from thesis_mlflow.tracking import views
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -202,7 +204,7 @@ def test_readme_example_runs(grid_on_server, capsys):
 def test_views_show_every_cell_and_test_auc_first():
     """MLflow's charts plot only the first 10 runs unless told otherwise (a grid has 36 or 108 cells);
     the table puts test AUC before the factors (it was past the right edge at 1600 px)."""
-    from thesis_mlflow import views
+    from thesis_mlflow.tracking import views
 
     for v in views.grid_views("g"):
         assert v.state["runsHiddenMode"] == "SHOW_ALL"
@@ -213,7 +215,7 @@ def test_views_show_every_cell_and_test_auc_first():
 def test_the_view_state_the_browser_test_checked():
     """The exact state MLflow's UI reads (its field names are a contract only the browser test can
     check, and it runs against a server): ids, names, columns, order, grouping, chart mode."""
-    from thesis_mlflow import views
+    from thesis_mlflow.tracking import views
 
     vs = views.grid_views("my grid/1")
     assert [v.id for v in vs] == ["thesis-my_grid_1-cells", "thesis-my_grid_1-by-tokenizer", "thesis-my_grid_1-by-pooling",
@@ -243,7 +245,7 @@ def test_the_view_state_the_browser_test_checked():
 
 
 def test_a_view_longer_than_a_tag_is_refused(monkeypatch):
-    from thesis_mlflow import views
+    from thesis_mlflow.tracking import views
 
     v = views.grid_views("g")[0]
     n = len(views.encode(v, 0))

@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow import features
-from thesis_mlflow.vqvae import ObjectVQVAE, VectorQuantizer, VQConfig, VQTrainConfig, kmeans, train_vqvae, usage_stats
+from thesis_mlflow.learn import features
+from thesis_mlflow.learn.vqvae import ObjectVQVAE, VectorQuantizer, VQConfig, VQTrainConfig, kmeans, train_vqvae, usage_stats
 
 OPTION_GRID = list(itertools.product([True, False], [True, False], [True, False], [0.0, 0.5]))
 
@@ -89,7 +89,7 @@ def _tiny_objects(split, vect=4):
 def test_padding_gets_no_code_and_same_stream_same_codes(tiny_splits):
     """The pre-training's draws are its stream's alone: the same stream gives the same codes
     whatever torch's global generator holds; another seed gives other codes."""
-    from thesis_mlflow.streams import RunStream
+    from thesis_mlflow.learn.streams import RunStream
 
     tr = tiny_splits["train"]
     x = _tiny_objects(tr)

@@ -1,6 +1,6 @@
 """thesis-mlflow: MLflow-tracked tokenization study for four-top-quark classification."""
 
-from .privacy import telemetry_off
+from thesis_mlflow.tracking.telemetry import telemetry_off
 
 telemetry_off()
 

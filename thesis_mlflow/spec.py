@@ -14,7 +14,7 @@ import operator
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from .errors import BadSetting
+from thesis_mlflow.errors import BadSetting
 
 TOKENIZERS = ("direct", "binned", "binned_ambre", "vqvae")
 POOLINGS = ("cls", "mean", "max")
@@ -238,7 +238,7 @@ class CellSpec:
 
     def train_config(self):
         """The training loop's config for this cell (``train.TrainConfig``; imports torch)."""
-        from .train import TrainConfig
+        from thesis_mlflow.learn.training import TrainConfig
 
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                            warmup_steps=self.warmup_steps, seed=self.seed, stream_key=self.stream_key(), device=self.device,

@@ -1,0 +1,404 @@
+"""The grid as MLflow runs: one parent per grid, one child per cell, run locally or on HTCondor.
+
+Re-running the same grid resumes it: FINISHED cells are skipped; FAILED, KILLED and
+never-started cells run again on their own child run id (so training resumes from its
+checkpoint); no cell is ever created twice. Built on ``tracking``; the grid file and the DAG
+are ``thesis_mlflow.grid.gridfile``'s. ``echo`` callbacks carry what a user should see (the steps pass
+``click.echo``); everything else is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from thesis_mlflow.errors import BadSetting, LeaseHeld, StepFailed, Unavailable
+from thesis_mlflow.grid import packing
+from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.gridfile import Grid, load_grid, write_dag
+from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
+from thesis_mlflow.grid.status import WATCHED
+from thesis_mlflow.paths import ROOT, outputs, resolve
+from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking import leases, views
+from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking.done import is_done
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+def _log_echo(msg: str) -> None:
+    log.info("%s", msg)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def prepare(g: Grid) -> dict[str, str]:
+    """The upstream runs, once: binning per vect and VQ-VAE per vect where included."""
+    from thesis_mlflow.pipeline import upstream
+    from thesis_mlflow.spec import BinningSpec, VQSpec
+
+    raw = upstream.ensure_raw(g.data)
+    done = {}
+    for vect in g.factors["vect"]:
+        if "binned" in g.tokenizers:
+            done[f"binning_v{vect}"] = upstream.find_or_run(BinningSpec(input=str(raw), vect=vect, **g.binning))[0]
+        if "vqvae" in g.tokenizers:
+            done[f"vqvae_v{vect}"] = upstream.find_or_run(VQSpec(input=str(raw), vect=vect, **g.vqvae))[0]
+    return done
+
+
+# --------------------------------------------------------------------------- running cells
+
+
+def train_command(cell: CellSpec) -> list[str]:
+    """The command one cell runs: identical for the local backend, a Condor node and a pack."""
+    return [sys.executable, "-m", "steps.train", *cell.cli_args()]
+
+
+def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by_side: bool = False,
+               at_once: int | None = None) -> dict[str, str]:
+    """Train ``todo`` (cell, child run id) in this process: the imports and set-up are paid once.
+
+    ``side_by_side`` (on a GPU): each cell in a thread with its own CUDA stream, its own captured
+    step (compiled one cell at a time), child run, checkpoint and resume: one process keeps the
+    GPU busy without CUDA MPS. Otherwise they train one after another. ``at_once``: at most this many side by side (the next starts as one ends). A
+    cell that fails is marked FAILED (with its error and log) and the others go on. Returns
+    {cell name: FINISHED / FAILED / ELSEWHERE}.
+
+    Side by side, the cells share the process's CUDA random generator: dropout masks then
+    depend on how the streams interleave, so a packed cell is not bit-reproducible (its science
+    is: same model, data order, optimizer, schedule and steps)."""
+
+    from thesis_mlflow.pipeline.cell import train_cell
+
+    result: dict[str, str] = {}
+
+    def one(cell: CellSpec, rid: str) -> None:
+        try:
+            train_cell(cell, rid)
+            result[cell.name] = "FINISHED"
+        except LeaseHeld as e:  # trained by another process: not ours
+            result[cell.name] = "ELSEWHERE"
+            echo(f"{cell.name}: {e}")
+        except Exception as e:  # noqa: BLE001 - one cell's failure stays its own (its run says why)
+            result[cell.name] = "FAILED"
+            log.error("%s failed: %s: %s", cell.name, type(e).__name__, e, exc_info=True)
+        echo(f"{cell.name:<28} {result[cell.name]}")
+
+    if not side_by_side:
+        for cell, rid in todo:
+            one(cell, rid)
+        return result
+    import torch
+
+    def in_stream(cell: CellSpec, rid: str) -> None:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            one(cell, rid)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, at_once or len(todo)), thread_name_prefix="cell") as pool:
+        list(pool.map(lambda cr: in_stream(*cr), todo))
+    return result
+
+
+def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1) -> list[str]:
+    """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
+    runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
+    return [sys.executable, "-m", "steps.grid", "pack", str(g.source), "--scale", g.scale, "--runs", runs, "--mode", mode,
+            "--at-once", str(at_once)]
+
+
+def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: str, echo: Echo = _log_echo,
+              mps: str = "auto", on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Train ``todo`` (cell, child run id) with ``parallel`` worker processes at once on this node;
+    returns {cell name: final status}. Each worker imports and sets up once and trains its share
+    of the cells one after another (each still its own child run, checkpoint and resume); the
+    workers share the node's GPU (under a private MPS daemon where one can be started,
+    ``packing.shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
+    logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
+    parallel = max(1, min(parallel, len(todo) or 1))
+    n_gpus = packing.gpu_count()
+    result: dict[str, str] = {}
+    n_total = len(todo)
+    if n_gpus:  # one worker per GPU, its cells side by side on CUDA streams (no MPS needed)
+        workers, mode, at_once = min(n_gpus, parallel), "threads", -(-parallel // min(n_gpus, parallel))
+    else:  # CPU: `parallel` workers, each training its cells one after another
+        workers, mode, at_once = parallel, "sequential", 1
+    groups = [todo[i::workers] for i in range(workers)]  # round robin: similar cells spread over the workers
+    started = time.perf_counter()
+
+    def report(cell: CellSpec, run, status: str, where: str) -> None:
+        result[cell.name] = status
+        auc = run.data.metrics.get("test_auc") if run is not None else None
+        what = f"AUC {auc:.4f}" if auc is not None else f"see {where}"
+        echo(f"[{len(result)}/{n_total}] {cell.name:<28} {status:<8} {what}  ({time.perf_counter() - started:.0f} s)")
+        if on_progress:
+            on_progress(len(result))
+
+    def ends() -> dict:
+        return gridruns.ended_children(exp_id, g.run_name)
+
+    before = {rid: r.info.end_time for rid, r in ends().items()}  # failed in an earlier pass: not ended in this one
+
+    def poll() -> None:  # cells that ended meanwhile, reported as they end (one query)
+        ended = {rid: r for rid, r in ends().items() if before.get(rid) != r.info.end_time}
+        for cell, rid in todo:
+            if cell.name not in result and rid in ended:
+                r = ended[rid]
+                report(cell, r, "FINISHED" if is_done(r) else r.info.status, str(logs))
+
+    def on_done(job: packing.Job, code: int, seconds: float) -> None:
+        poll()
+        for cell, rid in job.cells:
+            if cell.name in result:
+                continue
+            run = tracking.get_run(rid)
+            holder = leases.holder_of(run)
+            if holder is not None and holder.pid != job.pid and leases.pid_alive(holder) is not False:
+                result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
+                echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
+                continue
+            close_left_running(rid, job.pid)  # the worker died with it
+            report(cell, tracking.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
+
+    def on_interrupt(job: packing.Job) -> None:
+        for _, rid in job.cells:
+            close_left_running(rid, job.pid, "KILLED")
+
+    with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
+        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
+                **packing.thread_env(workers), **gpu_env}
+        base.pop("MLFLOW_RUN_ID", None)
+        jobs = []
+        for i, group in enumerate(groups):
+            env = dict(base)
+            if n_gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # one worker per GPU
+            job = packing.Job(f"worker-{i}", worker_command(g, group, mode, at_once), env, logs / f"worker-{i}.log", ROOT)
+            job.cells = group
+            jobs.append(job)
+        packing.run_jobs(jobs, workers, on_done, on_interrupt, on_poll=poll)
+    return result
+
+
+PACK_MODES = ("threads", "sequential", "processes")
+
+
+def require_cuda(what: str) -> None:
+    """Fail at once, naming what this node shows, when ``what`` asked for a GPU and none is
+    visible (a driver mismatch, a job that got no device): never days of training on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Unavailable(f"{what} asked for a GPU (--device cuda) but none is visible here: torch {torch.__version__} built for "
+                          f"CUDA {torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+                          f"{torch.cuda.device_count()} device(s); nothing was trained")
+
+
+def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
+             at_once: int | None = None, device: str = "auto") -> dict[str, str]:
+    """A Condor pack node (and the local worker): train its cells (``name=run_id,...``); the
+    finished ones are skipped, so a retried node trains only what is left, each cell resuming
+    from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
+    stream each, ``at_once`` at a time; one after another on a CPU); ``sequential``: one after
+    another; ``processes``: one process per cell sharing the GPU, under MPS where it works.
+    Raises when a cell is not finished (DAGMan then retries)."""
+    if mode not in PACK_MODES:
+        raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
+    if device == "cuda":
+        require_cuda("this pack")
+    g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
+    by_name = {c.name: c for c in g.cells()}
+    pairs = [p.split("=", 1) for p in runs.split(",") if p]
+    bad = [p[0] for p in pairs if len(p) != 2 or p[0] not in by_name]
+    if bad or not pairs:
+        raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
+    tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
+    todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
+    on_gpu = device == "cuda" or packing.gpu_count() > 0
+    if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
+        todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
+    side = on_gpu and mode == "threads" and len(todo) > 1
+    how = "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another"
+    echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
+    status = {}
+    if todo:
+        with packing.signals_as_interrupt():
+            if mode == "processes":
+                status = run_cells_processes(g, todo, echo, mps)
+            else:
+                status = train_here(todo, echo, side_by_side=side, at_once=at_once)
+    failed = [name for name, rid in pairs if not is_done(tracking.get_run(rid))]
+    if failed:
+        raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
+    return status
+
+
+def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, mps: str) -> dict[str, str]:
+    """The pack as one process per cell sharing the GPU (under a private MPS daemon when one can
+    be started and a CUDA client can use it): the fallback to threads, where MPS measures faster."""
+    exp_id = tracking.current_experiment_id()
+    result: dict[str, str] = {}
+    logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
+
+    def on_done(job: packing.Job, code: int, seconds: float) -> None:
+        rid = job.env["MLFLOW_RUN_ID"]
+        if code != 0 and code != LeaseHeld.exit_code:
+            close_left_running(rid, job.pid)
+        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else tracking.get_run(rid).info.status
+        echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
+
+    with packing.shared_gpu(mps, len(todo)) as gpu_env:
+        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
+                **packing.thread_env(len(todo)), **gpu_env}
+        jobs = [packing.Job(cell.name, train_command(cell), {**base, "MLFLOW_RUN_ID": rid}, logs / f"{cell.name}.log", ROOT)
+                for cell, rid in todo]
+        packing.run_jobs(jobs, len(todo), on_done)
+    return result
+
+
+# --------------------------------------------------------------------------- condor backend
+
+
+def schedd_available() -> bool:
+    try:
+        import htcondor2
+
+        htcondor2.Schedd()
+        return True
+    except Exception:  # no pool here, or no daemon answering
+        return False
+
+
+def run_condor(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, dry_run: bool, echo: Echo = _log_echo) -> Path:
+    dag_file = write_dag(g, runs, tracking.tracking_uri(), exp_id, ROOT, grid_file)
+    echo(f"DAG written: {dag_file}")
+    for f in sorted(dag_file.parent.iterdir()):
+        echo(f"  {f}")
+    if dry_run:
+        echo(dag_file.read_text())
+        for f in sorted(dag_file.parent.glob("*.sub")):
+            echo(f"--- {f.name}\n{f.read_text()}")
+        return dag_file
+    if tracking.tracking_uri().startswith("sqlite"):
+        echo("warning: jobs would log to a SQLite file: start `thesis-mlflow serve` and export MLFLOW_TRACKING_URI=http://HOST:PORT")
+    cmd = f"condor_submit_dag -batch-name {g.run_name} {dag_file.name}"
+    howto = f"cd {shlex.quote(str(dag_file.parent))} && {cmd}"
+    if not schedd_available():
+        echo(f"no schedd answered here; submit on the cluster with:\n  {howto}")
+        return dag_file
+    import htcondor2
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(dag_file.parent)  # DAGMan resolves the node submit files against its own directory
+        sub = htcondor2.Submit.from_dag(dag_file.name, {"batch-name": g.run_name})
+        cluster = htcondor2.Schedd().submit(sub)
+        echo(f"submitted DAG {dag_file.name} as cluster {cluster.cluster()}; follow it with condor_q -dag -nobatch")
+    except Exception as e:  # e.g. condor_dagman not on PATH on this host
+        echo(f"submitting through the bindings failed ({e}); submit with:\n  {howto}")
+    finally:
+        os.chdir(cwd)
+    return dag_file
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class GridRun:
+    """What a ``grid run`` did: the cells it launched and, for a local pass, how they ended."""
+
+    launched: list[str] = field(default_factory=list)  # cell names started in this pass (none on a dry run)
+    parent: str | None = None  # the parent run's id
+    status: dict[str, str] = field(default_factory=dict)  # local: cell name -> FINISHED, FAILED, KILLED, NOT RUN or ELSEWHERE
+    n_finished: int | None = None  # local: cells finished after this pass (all passes together)
+    n_cells: int | None = None
+    dag: Path | None = None  # condor: the DAG file written
+
+    @property
+    def complete(self) -> bool:
+        """Every cell finished (a local pass); ``grid run`` exits 1 otherwise."""
+        return self.n_cells is not None and self.n_finished == self.n_cells
+
+
+def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto",
+             allow_dirty: bool | None = None) -> GridRun:
+    """Run (or resume) a grid. ``allow_dirty``: run code with uncommitted changes (its diff is then
+    recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused."""
+    from thesis_mlflow.tracking import provenance
+
+    path = resolve(grid_file)
+    g = load_grid(path, scale, base_dir=ROOT)
+    if allow_dirty is None:
+        allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
+    if not dry_run:
+        provenance.check_clean(allow_dirty)  # before any run is created
+    cells = g.cells()
+    t0 = time.perf_counter()
+    exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store
+    echo(f"grid {g.run_name}: {len(cells)} cells ({', '.join(g.tokenizers)}; seeds {g.seeds}), backend {backend}")
+    if dry_run and backend == "condor":
+        parent = gridruns.find_parent(g.run_name, exp_id)
+        existing = gridruns.children_by_cell(parent.info.run_id, exp_id) if parent else {}
+        runs = {c: (existing[c.tag].info.run_id if c.tag in existing else "RUN_ID_CREATED_AT_SUBMIT") for c in cells}
+        return GridRun(dag=run_condor(g, runs, exp_id, path, True, echo))
+    if dry_run:
+        for c in cells:
+            echo(shlex.join(train_command(c)))
+        return GridRun()
+    parent = find_or_create_parent(g, exp_id)
+    pid = parent.info.run_id
+    # one driver per grid at a time (a second `grid run` refuses at once, naming the first)
+    with leases.acquire_run(pid, f"grid {g.run_name} (parent run {pid})").kept():
+        return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0)
+
+
+def _publish(g: Grid) -> None:
+    """The grid's progress on its parent run (metrics and description), for the runs table."""
+    from thesis_mlflow.grid import status
+
+    try:
+        status.publish(status.grid_status(str(g.source) if g.source else g.run_name, g.scale))
+    except Exception as e:  # noqa: BLE001 - progress display must not stop the grid
+        log.warning("could not update the parent's progress: %s", e)
+
+
+def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str,
+           t0: float) -> GridRun:
+    pid = parent.info.run_id
+    gridruns.mark_running(parent)
+    children = ensure_children(g, parent, exp_id)
+    todo = [(cell, r.info.run_id) for cell, r in children.items() if not is_done(r)]
+    echo(f"parent run {pid}: {len(cells) - len(todo)} cells finished, {len(todo)} to run")
+    views.echo_views(g.run_name, exp_id, echo)
+    summary = GridRun(launched=[cell.name for cell, _ in todo], parent=pid, n_cells=len(cells))
+    if backend == "condor":
+        summary.dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
+        gridruns.set_dag_dir(pid, summary.dag.parent)  # where `grid status` finds DAGMan's node status file
+        return summary
+    if todo:
+        echo("preparing upstream runs (binning, VQ-VAE) ...")
+        for k, v in prepare(g).items():
+            echo(f"  {k}: run {v}")
+        summary.status = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
+    final = ensure_children(g, parent, exp_id)
+    n_done = sum(is_done(r) for r in final.values())
+    elsewhere = [k for k, v in summary.status.items() if v == "ELSEWHERE"]
+    gridruns.end_parent(pid, n_done, len(cells), close=not elsewhere)  # cells trained by other processes: it stays RUNNING for them
+    echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s"
+         + (f"; {len(elsewhere)} being trained by other processes" if elsewhere else ""))
+    echo(tracking.ui_hint(exp_id))
+    views.echo_views(g.run_name, exp_id, echo)
+    summary.n_finished = n_done
+    return summary

@@ -1,0 +1,179 @@
+"""A grid's runs in MLflow: one parent per grid, one child per cell, and what is written on them.
+
+Everything the driver, ``grid status`` and the report do to a grid's parent and children goes
+through here: finding or creating them once (also when several drivers start together),
+closing a run a dead process left RUNNING, the parent's progress and its end. ``leases``
+decides who works on a run; ``tracking`` holds the client and the step runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from thesis_mlflow.grid.gridfile import Grid, load_grid
+from thesis_mlflow.paths import ROOT
+from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import runs as tracking
+
+log = logging.getLogger(__name__)
+DAG_DIR_TAG = "condor.dag_dir"  # on a Condor grid's parent: the folder of its DAG and node status file
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+
+
+# --------------------------------------------------------------------------- parent and children
+
+
+def find_parent(grid_name: str, exp_id: str):
+    """The grid's parent run (the oldest with its ``grid.name``), or None."""
+    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
+                                         order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def find_or_create_parent(g: Grid, exp_id: str):
+    """The grid's parent run: found by its ``grid.name`` tag, else created once, also when several
+    drivers (or a driver and ``mlflow run . -e grid``) start together (a claim decides which).
+
+    Under ``mlflow run . -e grid`` the run MLflow made for us becomes the parent the first
+    time; on a resume it is only linked to the existing parent, so no grid has two.
+    """
+    run = find_parent(g.run_name, exp_id)
+    c = tracking.client()
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if run is not None:
+        if env_run and env_run != run.info.run_id:
+            c.set_tag(env_run, "grid.resumed_parent", run.info.run_id)
+        return run
+    tags = {"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale}
+    if env_run:
+        rid = env_run
+        for k, v in {**tags, "mlflow.runName": f"grid-{g.run_name}"}.items():
+            c.set_tag(rid, k, v)
+    else:
+        found, claim = leases.find_or_claim("grid", {"grid": g.run_name}, f"grid-{g.run_name}", find=lambda exp: find_parent(g.run_name, exp))
+        if found is not None:
+            return found
+        rid = claim.run_id
+        for k, v in tags.items():
+            c.set_tag(rid, k, v)
+        claim.release()  # the run is the parent now; the driver takes its own lease on it
+    from thesis_mlflow.tracking import provenance
+
+    for k, v in provenance.tags("grid").items():  # which code drives the grid (its cells record their own)
+        tracking.retrying(c.set_tag, rid, k, v)
+    code = provenance.code()
+    if code.dirty:
+        tracking.retrying(c.log_text, rid, code.diff, provenance.DIFF_ARTIFACT)
+    c.log_param(rid, "grid_file", str(g.source))
+    c.log_param(rid, "scale_name", g.scale)
+    c.log_param(rid, "n_cells", len(g.cells()))
+    c.log_param(rid, "seeds", ",".join(map(str, g.seeds)))
+    c.log_param(rid, "tokenizers", ",".join(g.tokenizers))
+    if g.source:
+        c.log_artifact(rid, str(g.source), "grid")
+    return c.get_run(rid)
+
+
+def children_by_cell(parent_id: str, exp_id: str) -> dict[str, object]:
+    """Existing child runs by ``grid.cell`` tag (oldest first wins: never two runs for a cell)."""
+    runs = tracking.client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
+                                         max_results=5000)
+    out = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get("grid.cell"), r)
+    return out
+
+
+def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
+    """One child run per cell, created once, with readable name, cell tags and factor params."""
+    c = tracking.client()
+    pid = parent.info.run_id
+    existing = children_by_cell(pid, exp_id)
+    out = {}
+    for cell in g.cells():
+        run = existing.get(cell.tag)
+        if run is None:
+            run = c.create_run(exp_id, run_name=cell.name, tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag,
+                                                                 "step": "train"})
+            for k, v in cell.factors().items():
+                c.log_param(run.info.run_id, k, tracking.fmt(v))
+            c.update_run(run.info.run_id, status="SCHEDULED")  # waiting, not running
+            run = c.get_run(run.info.run_id)
+        out[cell] = run
+    return out
+
+
+def ended_children(exp_id: str, grid_name: str) -> dict[str, object]:
+    """The grid's child runs that have ended (FINISHED, FAILED, KILLED), by run id: one query."""
+    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
+    return {r.info.run_id: r for r in runs if r.info.status in ("FINISHED", "FAILED", "KILLED")}
+
+
+def close_left_running(rid: str, pid: int, status: str = "FAILED") -> None:
+    """A child process ``pid`` ended without closing run ``rid`` (killed, crashed): release its
+    lease for the next attempt and close the run as ``status`` if it was left RUNNING."""
+    leases.release_dead(rid, pid)
+    c = tracking.client()
+    if c.get_run(rid).info.status == "RUNNING":
+        c.set_terminated(rid, status)
+
+
+def mark_running(parent) -> None:
+    """A pass of the driver starts: the parent is RUNNING (again, on a resumed grid)."""
+    if parent.info.status != "RUNNING":
+        tracking.client().update_run(parent.info.run_id, status="RUNNING")
+
+
+def end_parent(parent_id: str, n_done: int, n_cells: int, close: bool = True) -> None:
+    """The driver's pass is over: cells finished as a metric; with ``close`` (no cell is trained
+    elsewhere any more) the parent ends, FINISHED when every cell is."""
+    c = tracking.client()
+    c.log_metric(parent_id, "n_finished", n_done)
+    if close:
+        c.set_terminated(parent_id, "FINISHED" if n_done == n_cells else "FAILED")
+
+
+def set_dag_dir(parent_id: str, dag_dir) -> None:
+    tracking.client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
+
+
+def close_parent(data, n_missing: int) -> None:
+    """A parent left RUNNING by a Condor submission is closed once no cell is queued or running
+    (the report is the DAG's final node): FINISHED when nothing is missing, else FAILED."""
+    parent = data.parent
+    if parent is None or parent.info.status != "RUNNING":
+        return
+    if data.runs["status"].isin(["RUNNING", "SCHEDULED"]).any():
+        return
+    tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
+
+
+# --------------------------------------------------------------------------- what the parent knows
+
+
+def expected_cells_of(parent) -> list | None:
+    """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
+    c = tracking.client()
+    try:
+        files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
+        path = tracking.artifact_path(parent.info.run_id, files[0])
+        return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT).cells()
+    except Exception as e:  # noqa: BLE001 - an unreadable grid file: the runs that exist are what is known
+        log.warning("could not read the grid file of parent %s (%s)", parent.info.run_id, e)
+        return None
+
+
+def publish_progress(parent_id: str, counts: dict[str, int], note: str, step: int | None = None) -> None:
+    """``counts`` as metrics of the parent (step = seconds since it started, so the charts show
+    progress over time across resumed passes) and ``note`` as its description."""
+    from mlflow.entities import Metric
+
+    c = tracking.client()
+    ts = int(time.time() * 1000)
+    if step is None:
+        step = max(0, (ts - c.get_run(parent_id).info.start_time) // 1000)
+    tracking.retrying(c.log_batch, parent_id, metrics=[Metric(k, float(v), ts, step) for k, v in counts.items()])
+    tracking.retrying(c.set_tag, parent_id, NOTE_TAG, note)

@@ -1,0 +1,259 @@
+"""A grid's state at a glance: ``thesis-mlflow grid status <grid name or file>``.
+
+One query for the grid's child runs (their latest metrics hold the progress: ``epoch`` and
+``events_per_s`` are logged every epoch), so it stays fast for 108 cells. Cells are counted by
+state (not created, not started, running, finished, failed), running cells show epoch k/N and
+events/s, the grid gets an ETA from the measured rates, and failed cells are grouped by their
+``error.class`` / ``error.message`` tags with the last lines of one log per group. The same
+counts go to the parent run as metrics and a description (the runs table shows progress).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from thesis_mlflow.errors import BadInput
+from thesis_mlflow.grid import condor as dagnodes
+from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.runs import DAG_DIR_TAG
+from thesis_mlflow.tracking import provenance
+from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE
+
+log = logging.getLogger(__name__)
+
+NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
+QUEUED, HELD = "queued", "held"  # from HTCondor (dagnodes): a job waiting for a slot, a job on hold
+ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
+# Set by a local driver for its worker processes: the driver updates the parent's progress itself
+WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"
+
+
+@dataclass(frozen=True)
+class CellState:
+    cell: str
+    state: str
+    run_id: str | None = None
+    epoch: int = 0
+    epochs: int = 0
+    events_per_s: float | None = None
+    n_train_events: int | None = None
+    test_auc: float | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    retries: int = 0  # DAGMan retries of the node that trains this cell (Condor)
+    code: str | None = None  # the commit that trained it (``-dirty``: with uncommitted changes); None before it started
+
+    def seconds_left(self, fallback_epoch_s: float | None) -> float | None:
+        """Training seconds this cell still needs, from its own rate (or the grid's)."""
+        left = max(self.epochs - self.epoch, 0)
+        if self.state in (FINISHED, FAILED, HELD) or left == 0:
+            return 0.0
+        if self.events_per_s and self.n_train_events:
+            return left * self.n_train_events / self.events_per_s
+        return left * fallback_epoch_s if fallback_epoch_s else None
+
+
+@dataclass
+class GridStatus:
+    grid: str
+    cells: list[CellState]
+    parent_id: str | None = None
+    taken: float = field(default_factory=time.time)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ORDER}
+        for c in self.cells:
+            out[c.state] += 1
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        """Non-zero when a cell failed or is held: either needs the user."""
+        n = self.counts()
+        return 1 if n[FAILED] or n[HELD] else 0
+
+    def eta_s(self) -> float | None:
+        """Seconds until every cell not failed is finished, at the measured rates and with as
+        many cells at once as run now (one when none does)."""
+        rates = [c.n_train_events / c.events_per_s for c in self.cells if c.events_per_s and c.n_train_events]
+        epoch_s = sum(rates) / len(rates) if rates else None
+        left = [c.seconds_left(epoch_s) for c in self.cells]  # 0 for a held job: it waits for the user, not the clock
+        if any(x is None for x in left):
+            return None
+        parallel = max(1, self.counts()[RUNNING])
+        return sum(left) / parallel
+
+    def code_versions(self) -> dict[str, list[CellState]]:
+        """The code versions that trained the cells (cells not started yet have none)."""
+        out: dict[str, list[CellState]] = {}
+        for c in self.cells:
+            if c.code:
+                out.setdefault(c.code, []).append(c)
+        return out
+
+    def failed_groups(self) -> dict[tuple[str, str], list[CellState]]:
+        """Failed and held cells grouped by (error class, message): what needs the user, once per cause."""
+        groups: dict[tuple[str, str], list[CellState]] = {}
+        for c in self.cells:
+            if c.state in (FAILED, HELD):
+                groups.setdefault((c.error_class or "unknown", c.error_message or "no error recorded (killed?)"), []).append(c)
+        return groups
+
+    def line(self) -> str:
+        """law-style status line: counts by state and the ETA."""
+        n = self.counts()
+        eta = self.eta_s()
+        parts = [f"{n[s]} {s}" for s in ORDER if n[s]]
+        when = "" if eta is None or not (n[RUNNING] or n[NOT_STARTED] or n[NOT_CREATED]) else f"; ETA {_duration(eta)}"
+        return f"{self.grid}: {len(self.cells)} cells: " + ", ".join(parts) + when
+
+    def markdown(self) -> str:
+        """The parent run's description: counts and the failures."""
+        rows = ["| state | cells |", "|---|---|", *(f"| {s} | {v} |" for s, v in self.counts().items() if v)]
+        for (cls, msg), cells in self.failed_groups().items():
+            rows.append(f"\n**{cls}** ({len(cells)}): {msg}  \n" + ", ".join(c.cell for c in cells))
+        return f"{self.line()}\n\n" + "\n".join(rows) + f"\n\n_updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.taken))}_"
+
+    def render(self, log_lines: int = 5, with_logs: bool = True) -> str:
+        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  error"]
+        for c in self.cells:
+            ep = f"{c.epoch}/{c.epochs}" if c.epochs else str(c.epoch or "-")
+            rate = f"{c.events_per_s:,.0f}" if c.events_per_s and c.state == RUNNING else "-"
+            auc = f"{c.test_auc:.4f}" if c.test_auc is not None else "-"
+            out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {c.error_class or ''}")
+        out.append("")
+        out.append(self.line())
+        versions = self.code_versions()
+        if len(versions) > 1:  # a grid whose cells ran different code looks like one experiment: say so
+            out.append("MIXED CODE: " + ", ".join(f"{v} ({len(cs)} cells: {', '.join(c.cell for c in cs[:3])}"
+                                                   + (" ..." if len(cs) > 3 else "") + ")" for v, cs in versions.items()))
+        for (cls, msg), cells in self.failed_groups().items():
+            out.append(f"\n{cells[0].state.upper()} {cls}: {msg}\n  {len(cells)} cell(s): {', '.join(c.cell for c in cells)}")
+            if with_logs and cells[0].run_id:
+                tail = last_log_lines(cells[0].run_id, log_lines)
+                if tail:
+                    out.append(f"  last lines of {cells[0].cell}'s logs/train.log:")
+                    out += [f"    {ln}" for ln in tail]
+        return "\n".join(out)
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def last_log_lines(run_id: str, n: int) -> list[str]:
+    try:
+        path = tracking.artifact_path(run_id, "logs/train.log")
+        return Path(path).read_text(errors="replace").splitlines()[-n:]
+    except Exception:  # noqa: BLE001 - no log uploaded (killed before its first epoch)
+        return []
+
+
+def _expected(grid_arg: str, scale: str | None):
+    """(grid run name, expected cells or None) from a grid file, or from a grid name (then the
+    cells come from the grid file its parent run logged)."""
+    from thesis_mlflow.grid.gridfile import load_grid
+    from thesis_mlflow.paths import ROOT, resolve
+
+    path = resolve(grid_arg)
+    if path.is_file():
+        g = load_grid(path, scale or "full", base_dir=ROOT)
+        return g.run_name, g.cells()
+    return grid_arg, None
+
+
+def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
+    """The status of a grid given by its YAML file (with ``scale``) or its name (``grid.name`` tag)."""
+    name, cells = _expected(grid_arg, scale)
+    exp_id = tracking.current_experiment_id()
+    parent = gridruns.find_parent(name, exp_id)
+    if parent is None and cells is None:
+        raise BadInput(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()} "
+                         "(give its YAML file, or the name its runs carry in the grid.name tag)")
+    runs = {}
+    if parent is not None:
+        runs = gridruns.children_by_cell(parent.info.run_id, exp_id)
+        if cells is None:
+            cells = gridruns.expected_cells_of(parent)
+    if cells is None:  # the runs that exist are all that is known
+        from thesis_mlflow.spec import CellSpec
+
+        cells = []
+        for tag in runs:
+            kv = dict(p.split("=", 1) for p in (tag or "").split(",") if "=" in p)
+            cells.append(CellSpec(tokenizer=kv["tokenizer"], pooling=kv["pooling"], met=kv["met"] == "true", vect=int(kv["vect"]),
+                                  seed=int(kv["seed"])))
+    out = [_cell_state(cell, runs.get(cell.tag)) for cell in cells]
+    if parent is not None and parent.data.tags.get(DAG_DIR_TAG):
+        out = with_condor(out, dagnodes.cell_states(Path(parent.data.tags[DAG_DIR_TAG])))
+    return GridStatus(name, out, parent.info.run_id if parent else None)
+
+
+def with_condor(cells: list[CellState], nodes: dict) -> list[CellState]:
+    """MLflow's states refined by DAGMan's (``dagnodes.NodeState`` per cell name). The run knows
+    what training did; Condor knows what MLflow cannot: a job still waiting for a slot (queued),
+    a job on hold (held: it stays RUNNING or SCHEDULED in MLflow forever), a node DAGMan gave
+    up on after its retries (failed, with DAGMan's reason when the run recorded none)."""
+    out = []
+    for c in cells:
+        n = nodes.get(c.cell)
+        if n is None or c.state == FINISHED:
+            out.append(replace(c, retries=n.retries) if n else c)
+            continue
+        state, cls, msg = c.state, c.error_class, c.error_message
+        if n.state == "held":
+            state, cls, msg = HELD, cls or "held by HTCondor", msg or (n.details or "see condor_q -hold")
+        elif n.state == "queued" and c.state in (NOT_STARTED, NOT_CREATED):
+            state = QUEUED
+        elif n.state == "error" and c.state != FAILED:
+            state, cls, msg = FAILED, cls or "DAGMan", msg or (n.details or "node failed after its retries")
+        out.append(replace(c, state=state, error_class=cls, error_message=msg, retries=n.retries))
+    return out
+
+
+def _cell_state(cell, r) -> CellState:
+    if r is None:
+        return CellState(cell.name, NOT_CREATED, epochs=cell.epochs)
+    m, p, t = r.data.metrics, r.data.params, r.data.tags
+    status = r.info.status
+    if status == "FINISHED" and "test_auc" in m:
+        state = FINISHED
+    elif status in ("FAILED", "KILLED") or (status == "FINISHED" and "test_auc" not in m):
+        state = FAILED
+    elif status == "RUNNING":
+        state = RUNNING
+    else:
+        state = NOT_STARTED
+    return CellState(cell.name, state, r.info.run_id, int(m.get("epoch", 0)), int(p.get("epochs", cell.epochs) or cell.epochs),
+                     m.get("events_per_s"), int(p["n_train_events"]) if p.get("n_train_events") else None, m.get("test_auc"),
+                     t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE),
+                     code=provenance.label(t) if state != NOT_STARTED else None)
+
+
+def publish_after_cell(run_id: str) -> None:
+    """A grid cell ended (finished or not, on any backend): its parent's progress, recomputed
+    from MLflow. On Condor no driver is watching, so the cells keep the runs table current; under
+    a local driver (``WATCHED`` set) the driver does it and the cell leaves it alone."""
+    if os.environ.get(WATCHED):
+        return
+    r = tracking.get_run(run_id)
+    name = r.data.tags.get("grid.name")
+    if name and r.data.tags.get("mlflow.parentRunId"):
+        publish(grid_status(name))
+
+
+def publish(st: GridStatus, step: int | None = None) -> None:
+    """The counts as metrics of the parent run (``cells_finished``, ``cells_running``,
+    ``cells_failed``, ``cells_not_started``) and the status as its description."""
+    if st.parent_id is None:
+        return
+    n = st.counts()
+    vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED] + n[HELD],
+            "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED] + n[QUEUED]}
+    gridruns.publish_progress(st.parent_id, vals, st.markdown(), step)

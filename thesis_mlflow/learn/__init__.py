@@ -1,0 +1,17 @@
+"""The learning core: events in, scores out. MLflow-free; imports only ``errors``, ``spec``
+and its own modules.
+
+- ``data`` (the raw HDF5 format), ``synthetic`` (the built-in stand-in sample)
+- ``binning`` (Ambre-style tokens), ``prebinned`` (a pre-binned file made elsewhere),
+  ``vqvae`` (per-object VQ-VAE codes), ``features`` (model inputs per tokenizer)
+- ``model`` (the classifier), ``training`` (the loop: ``fit``, ``evaluate``), ``schedule``
+  (learning rate per step), ``streams`` (each run's own random stream), ``metrics`` (figures of
+  merit), ``safeload`` (loading checkpoints without running code)
+
+Public API: ``fit``, ``evaluate``, ``Classifier``, ``RunStream``, ``Binning``.
+"""
+
+from thesis_mlflow._lazy import public
+
+__getattr__, __dir__ = public(__name__, {"fit": "training", "evaluate": "training", "Classifier": "model",
+                                         "RunStream": "streams", "Binning": "binning"})

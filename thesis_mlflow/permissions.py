@@ -1,0 +1,84 @@
+"""Files and folders only their owner may touch, on a machine shared with strangers.
+
+A server root under ``/tmp`` (or any folder others can write) could be prepared by someone
+else: a planted ``server.pid`` that ``--stop`` would signal, a ``server.url`` that jobs would
+send the login to, a symlink where a secret is about to be written. So a root is used only
+when every folder of it that we create is created by us (``mkdir`` fails when it exists), and
+every existing one belongs to us and is writable by nobody else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from thesis_mlflow.errors import UserError
+
+
+class UnsafePath(UserError):
+    """A folder or file another user owns or can write, where a secret or a pid would go."""
+
+
+def check_private(path: Path, what: str = "folder") -> None:
+    """``path`` exists, is no symlink, belongs to this user and is writable by nobody else."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{path} is a symbolic link; the {what} must be a real folder of yours")
+    if st.st_uid != os.getuid():
+        raise UnsafePath(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); choose a {what} of your own")
+    if st.st_mode & 0o022:
+        raise UnsafePath(f"{path} is writable by group or others (mode {oct(st.st_mode & 0o777)}); chmod go-w it or choose another {what}")
+
+
+def secure_dir(path: str | Path, what: str = "root") -> Path:
+    """Create ``path`` (mode 0700, each missing folder by us) or check an existing one; refuse a
+    folder that is not ours or that others can write, naming why."""
+    path = Path(os.path.abspath(path))
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    if missing:
+        parent_st = os.lstat(p)
+        sticky_shared = parent_st.st_mode & stat.S_ISVTX and parent_st.st_mode & 0o002  # /tmp: mkdir there is ours or fails
+        if not sticky_shared:
+            check_private(p, f"{what}'s parent folder")
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)  # fails if someone else made it meanwhile: then it is checked below
+        except FileExistsError:
+            pass
+    check_private(path, what)
+    for d in reversed(missing[1:]):  # intermediate folders we meant to create
+        check_private(d, f"{what}'s parent folder")
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only (0600), atomically, never through a link."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if os.path.lexists(tmp):  # left by a crashed write of ours (same pid)
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Files and folders this thread's code creates meanwhile are its owner's alone (umask 077).
+
+    The umask is process-wide: use it around short writes of one thread (a DAG and its submit
+    files), not around work other threads do at the same time."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)

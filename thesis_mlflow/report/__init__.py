@@ -1,0 +1,17 @@
+"""The PhD summary and the query API: tables from MLflow, statistics over seeds, figures and
+the written answer. May import everything below it (``grid``'s run lookup, ``tracking``,
+``learn``'s metrics, ``spec``); nothing imports ``report`` but ``steps/``.
+
+- ``results``: the study as tables for notebooks (programmatic MLflow queries)
+- ``stats``: seed-aware intervals, contrasts, the omnibus model (no MLflow)
+- ``curves``: rejection curves, score densities, calibration over seeds
+- ``writeup``: the answer's sentences, the HTML page and the TeX tables, from plain tables
+- ``figures``: the main figures as vector PDF
+- ``build``: the ``report`` step (queries -> tables -> writeup -> artifacts)
+
+Public API: ``run_report``, ``grid_runs``, ``cell_table``.
+"""
+
+from thesis_mlflow._lazy import public
+
+__getattr__, __dir__ = public(__name__, {"run_report": "build", "grid_runs": "results", "cell_table": "results"})

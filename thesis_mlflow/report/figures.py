@@ -1,0 +1,124 @@
+"""The report's main figures as vector PDF, in the style particle physicists publish (mplhep).
+
+Same tables as the interactive page (``thesis_mlflow.report.writeup``), drawn with matplotlib's Agg
+backend (no display on a cluster node). Each function writes one file and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thesis_mlflow.spec import TOKENIZERS
+
+TOKENIZER_ORDER = list(TOKENIZERS)
+COLORS = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}  # colour-blind safe (Petroff)
+
+
+def _plt():
+    import logging
+
+    import matplotlib
+
+    # matplotlib's PDF backend subsets fonts with fontTools, which logs every table it touches at
+    # INFO (228 lines per report): the report's own lines are what a user should see
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    plt.style.use(mplhep.style.ROOT)
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 9, "pdf.fonttype": 42})  # 42: editable text
+    return plt
+
+
+def _label(ax, grid: str) -> None:
+    ax.text(1.0, 1.01, f"Simulation · grid {grid}", transform=ax.transAxes, fontsize=9, va="bottom", ha="right")
+
+
+def auc_by_cell(cells: pd.DataFrame, grid: str, path: Path) -> Path:
+    """Test AUC of every cell with its 95% interval, grouped by MET / vect, coloured by tokenizer."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    cells = cells.reset_index(drop=True)
+    x = np.arange(len(cells))
+    for tok in [t for t in TOKENIZER_ORDER if t in set(cells["tokenizer"])]:
+        sel = cells["tokenizer"] == tok
+        c = cells[sel]
+        lo = (c["test_auc_mean"] - c["auc_ci_low"]).fillna(0).clip(lower=0)
+        hi = (c["auc_ci_high"] - c["test_auc_mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(x[sel.to_numpy()], c["test_auc_mean"], yerr=[lo, hi], fmt="o", ms=4, capsize=2, color=COLORS.get(tok), label=tok)
+    ax.set_xticks(x, [f"{r.pooling} {'MET' if r.met else 'no MET'} {r.vect}v" for r in cells.itertuples()], rotation=90, fontsize=7)
+    ax.set_ylabel("test AUC (mean over seeds, 95% CI)")
+    ax.legend(title="tokenizer", ncol=4, loc="lower left", bbox_to_anchor=(0.0, 1.06), frameon=False)
+    _label(ax, grid)
+    return _save(fig, path)
+
+
+def effects_forest(eff: pd.DataFrame, grid: str, path: Path) -> Path:
+    """Every comparison with its interval; filled markers are significant after Holm."""
+    plt = _plt()
+    e = eff[eff["kind"] != "background"].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(e) + 1.4))
+    y = np.arange(len(e))[::-1]
+    for yi, r in zip(y, e.itertuples(), strict=True):
+        ax.errorbar(r.estimate, yi, xerr=[[max(r.estimate - r.ci_low, 0)], [max(r.ci_high - r.estimate, 0)]], fmt="o", ms=4, capsize=2,
+                    color="#3f90da", mfc="#3f90da" if r.significant else "white")
+    ax.axvline(0, ls=":", color="k", lw=1)
+    ax.set_yticks(y, [f"{r.comparison} " + (f"({r.at})" if r.at else f"[{r.factor}]") for r in e.itertuples()], fontsize=7)
+    ax.set_xlabel(r"$\Delta$ test AUC (95% $t$ interval)")
+    _label(ax, grid)
+    return _save(fig, path)
+
+
+def backgrounds(bkg: pd.DataFrame, grid: str, path: Path) -> Path:
+    """AUC of signal against each background alone, per tokenizer, with intervals."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    procs = list(dict.fromkeys(bkg["background"]))
+    toks = [t for t in TOKENIZER_ORDER if t in set(bkg["tokenizer"])]
+    width = 0.8 / max(len(toks), 1)
+    for i, tok in enumerate(toks):
+        s = bkg[bkg["tokenizer"] == tok].set_index("background").reindex(procs)
+        xs = np.arange(len(procs)) + (i - (len(toks) - 1) / 2) * width
+        ax.errorbar(xs, s["auc_mean"], yerr=[(s["auc_mean"] - s["auc_ci_low"]).clip(lower=0), (s["auc_ci_high"] - s["auc_mean"]).clip(lower=0)],
+                    fmt="s", ms=4, capsize=2, color=COLORS.get(tok), label=tok)
+    ax.set_xticks(np.arange(len(procs)), [f"4t vs {p}" for p in procs])
+    ax.set_ylabel("test AUC (95% CI)")
+    ax.legend(title="tokenizer")
+    _label(ax, grid)
+    return _save(fig, path)
+
+
+def rejection(bands: pd.DataFrame, grid: str, path: Path) -> Path:
+    """Background rejection 1/eps_B against signal efficiency per tokenizer, all backgrounds:
+    geometric mean over seeds and matched cells with its 95% band (``curves.rejection_bands``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
+        s = bands[bands["tokenizer"] == tok]
+        ax.plot(s["eff"], s["rejection"], lw=1.5, color=COLORS[tok], label=tok)
+        band = s.dropna(subset=["lo", "hi"])
+        if len(band):
+            ax.fill_between(band["eff"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
+    ax.legend(fontsize=8, title=f"mean over seeds, {int(bands['n_cells'].max()) if len(bands) else 0} matched cells", title_fontsize=7)
+    _label(ax, grid)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path

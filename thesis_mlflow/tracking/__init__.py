@@ -1,0 +1,17 @@
+"""The MLflow boundary: everything that reads or writes the tracking server goes through here
+(``steps/`` aside, which only start runs through ``runs.step_run``). May import ``learn``'s pure
+helpers, ``errors`` and ``spec``; never ``pipeline``, ``grid``, ``report`` or ``server``.
+
+- ``runs``: the client with retries, experiments, runs, reuse of upstream runs, artifacts
+- ``leases``: who works on a run, decided by the server (claims, beats, fencing)
+- ``runlog``: each run's own log; ``done``: when a train run counts as finished (the one rule)
+- ``provenance``: which code, environment and device made a run
+- ``peer``: who answers on a loopback port; ``telemetry``: MLflow's telemetry off
+- ``views``: saved views of the runs table (experiment tags)
+
+Public API: ``client``, ``step_run``, ``retrying``, ``is_done``.
+"""
+
+from thesis_mlflow._lazy import public
+
+__getattr__, __dir__ = public(__name__, {"client": "runs", "step_run": "runs", "retrying": "runs", "is_done": "done"})
