@@ -1,0 +1,174 @@
+"""The seeds of one configuration trained as one stacked model (``learn.stacked``) are each that
+seed trained alone (``training.fit``): same losses, weights and scores within float rounding,
+with dropout on and a last, partial batch. Each per-seed element is then planted shared, and
+the comparison must catch it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thesis_mlflow.learn import features, stacked, synthetic
+from thesis_mlflow.learn.binning import Binning
+from thesis_mlflow.learn.model import Classifier, ModelConfig
+from thesis_mlflow.learn.training import TrainConfig, evaluate, fit
+from thesis_mlflow.spec import CellSpec
+
+SMALL = dict(tokenizer="binned", pooling="cls", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.2)
+SPEC = CellSpec(tokenizer="binned", pooling="cls")
+EPOCHS = 3
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def splits():
+    sp = synthetic.generate(synthetic.GeneratorConfig(n_events=500, seed=11))
+    b = Binning().fit(sp["train"])
+    out = {s: features.make_tensors(features.token_inputs(b.transform(sp[s]), True), sp[s].y, "4t_vs_bg") for s in ("train", "val")}
+    assert len(out["train"]) % 32, "the test needs a last, partial batch"
+    return out
+
+
+def _cfg(seed: int, **kw) -> TrainConfig:
+    base = dict(epochs=EPOCHS, batch_size=32, lr=3e-3, warmup_steps=4, device="cpu", step_mode="eager", grad_clip=0.5)
+    return TrainConfig(**{**base, **kw}, seed=seed, stream_key=SPEC.stream_key())
+
+
+def _model():
+    return Classifier(ModelConfig(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def alone(splits, tmp_path_factory):
+    """Each seed trained alone, the reference; (model, history) per seed."""
+    tmp = tmp_path_factory.mktemp("alone")
+    out = []
+    for s in range(3):
+        m = _model()
+        h = fit(m, splits["train"], splits["val"], _cfg(s), tmp / f"s{s}.pt", progress=False)
+        out.append((m, h))
+    return out
+
+
+def _stack(splits, tmp, seeds=(0, 1, 2), resume=None, **kw):
+    members = [stacked.Member(_model(), _cfg(s), tmp / f"stack{s}.pt", resume_from=(resume or {}).get(s), **kw) for s in seeds]
+    return stacked.fit_stacked(members, splits["train"], splits["val"], progress=False)
+
+
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest weight difference, the attention's key bias aside: a query sees the same shift
+    q.b_k on every key, which softmax cancels, so its gradient is zero in exact arithmetic and
+    rounding noise (1e-10) that Adam scales to LR-sized steps; it changes no output."""
+    out = 0.0
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        d = (x - y).abs()
+        if name.endswith("attn.qkv.bias"):
+            d = torch.cat([d[: len(d) // 3], d[2 * len(d) // 3 :]])
+        out = max(out, d.max().item())
+    return out
+
+
+def _agrees(member, ref, splits) -> bool:
+    model, hist = ref
+    if member.error is not None or len(member.history) != len(hist):
+        return False
+    for a, b in zip(member.history, hist, strict=True):
+        if a["epoch"] != b["epoch"] or any(abs(a["metrics"][k] - b["metrics"][k]) > TOL for k in ("train_loss", "val_loss", "val_auc", "lr")):
+            return False
+    s1 = evaluate(member.model, splits["val"], torch.device("cpu"), 4096)["scores"]
+    s2 = evaluate(model, splits["val"], torch.device("cpu"), 4096)["scores"]
+    return _max_diff(member.model, model) < TOL and float(abs(s1 - s2).max()) < TOL
+
+
+def test_each_stacked_seed_equals_that_seed_alone(splits, alone, tmp_path):
+    members = _stack(splits, tmp_path)
+    for s, m in enumerate(members):
+        assert _agrees(m, alone[s], splits), f"seed {s}"
+    assert _max_diff(members[0].model, members[1].model) > 1e-2  # replicates, not one model three times
+    ck = torch.load(tmp_path / "stack1.pt", weights_only=True)  # the alone format: one seed's checkpoint
+    assert ck["epoch"] == EPOCHS and ck["stream"]["seed"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "history"}
+
+
+def _shared_clip(grads, max_norm):  # one norm over all seeds' gradients
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(coef)
+
+
+def _shared_draw(self, generator, n, B, p, device, _g=[]):  # noqa: B006 - one generator for every seed, as a bug would
+    if not _g:
+        _g.append(torch.Generator().manual_seed(0))
+    return _REAL_DRAW(self, _g[0], n, B, p, device)
+
+
+_REAL_DRAW = stacked._Masks.draw
+
+
+@pytest.mark.parametrize("plant", ["order", "dropout", "clipping", "init"])
+def test_a_shared_per_seed_element_is_caught(splits, alone, tmp_path, monkeypatch, plant):
+    """Plant each per-seed element shared across the stack: at least one seed then differs
+    from itself alone (the comparison above would fail)."""
+    if plant == "order":  # every seed in seed 0's order
+        real = stacked._order
+        monkeypatch.setattr(stacked, "_order", lambda m, n, e: real(stacked.Member(None, _cfg(0), None), n, e))
+    elif plant == "dropout":
+        monkeypatch.setattr(stacked._Masks, "draw", _shared_draw)
+    elif plant == "clipping":
+        monkeypatch.setattr(stacked, "_clip_per_seed", _shared_clip)
+    elif plant == "init":  # every seed starts from seed 0's weights
+        real_init = stacked.init_weights
+        monkeypatch.setattr(stacked, "init_weights", lambda model, g: real_init(model, _cfg(0).stream.torch_generator("init")))
+    members = _stack(splits, tmp_path)
+    assert not all(_agrees(m, alone[s], splits) for s, m in enumerate(members))
+
+
+def test_seeds_at_different_epochs_train_together_and_one_resumes_alone(splits, alone, tmp_path):
+    """A stack stopped after its first epoch; then seed 0 resumes alone, seeds 1 and 2 (1 from
+    its epoch-1 checkpoint, 2 from scratch) resume as a stack: every seed ends as it would alone.
+    The LR schedule and Adam's bias correction are per seed here (plant: shared -> seed 2 off)."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Stop
+
+    first = _stack(splits, tmp_path, on_epoch=stop_after_first)
+    assert all(isinstance(m.error, Stop) for m in first)
+    ck0 = tmp_path / "stack0.pt"
+    assert torch.load(ck0, weights_only=True)["epoch"] == 1  # the checkpoint comes before the metrics
+    m0 = _model()
+    fit(m0, splits["train"], splits["val"], _cfg(0), tmp_path / "solo0.pt", resume_from=ck0, progress=False)
+    assert _max_diff(m0, alone[0][0]) < TOL
+    ck1 = tmp_path / "epoch1_s1.pt"
+    (tmp_path / "stack1.pt").rename(ck1)
+    seen = {1: [], 2: []}
+    members = [stacked.Member(_model(), _cfg(1), tmp_path / "r1.pt", resume_from=ck1, on_epoch=lambda e, m: seen[1].append(e)),
+               stacked.Member(_model(), _cfg(2), tmp_path / "r2.pt", on_epoch=lambda e, m: seen[2].append(e))]
+    stacked.fit_stacked(members, splits["train"], splits["val"], progress=False)
+    assert seen == {1: [1, 2, 3], 2: [1, 2, 3]}  # seed 1's first epoch replayed from its checkpoint, each epoch once
+    for s, m in zip((1, 2), members, strict=True):
+        assert _agrees(m, alone[s], splits), f"seed {s}"
+
+
+def test_a_member_that_fails_leaves_and_the_others_go_on(splits, alone, tmp_path):
+    def lose_lease(epoch, metrics):
+        if epoch == 2:
+            raise RuntimeError("lease lost")
+
+    members = [stacked.Member(_model(), _cfg(0), tmp_path / "a.pt"),
+               stacked.Member(_model(), _cfg(1), tmp_path / "b.pt", on_epoch=lose_lease),
+               stacked.Member(_model(), _cfg(2), tmp_path / "c.pt")]
+    stacked.fit_stacked(members, splits["train"], splits["val"], progress=False)
+    assert str(members[1].error) == "lease lost" and [h["epoch"] for h in members[1].history] == [1, 2]
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 2  # nothing of it saved after it left
+    assert _agrees(members[0], alone[0], splits) and _agrees(members[2], alone[2], splits)
+
+
+def test_a_stack_refuses_other_settings_and_a_shared_stream(tmp_path):
+    with pytest.raises(Exception, match="must share lr"):
+        stacked.check_members([stacked.Member(_model(), _cfg(0), tmp_path / "a"), stacked.Member(_model(), _cfg(1, lr=1e-3), tmp_path / "b")])
+    with pytest.raises(Exception, match="share one random stream"):
+        stacked.check_members([stacked.Member(_model(), _cfg(0), tmp_path / "a"), stacked.Member(_model(), _cfg(0), tmp_path / "b")])
