@@ -14,6 +14,8 @@ import click
 
 from steps._common import choice, user_errors
 
+STACK_HELP = ("Train the seeds of each configuration as one stacked model (each seed keeps its own run, stream, checkpoint "
+              "and metrics); auto: on a GPU, where it pays, not on a CPU.")
 MPS_HELP = "Several cells on one GPU: run them under a private CUDA MPS daemon (auto: where one can be started)."
 
 
@@ -28,14 +30,16 @@ def main() -> None:
 @click.option("--scale", default="full", show_default=True, help="A scale defined in the grid file (demo, full).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="local: cells at once (packed on the GPU).")
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
+@click.option("--stack-seeds", type=choice("auto", "on", "off"), default="auto", show_default=True, help=STACK_HELP)
 @click.option("--dry-run", is_flag=True, help="condor: write and print the DAG and submit files; local: print the commands.")
 @click.option("--allow-dirty", is_flag=True, envvar="THESIS_MLFLOW_ALLOW_DIRTY",
               help="Run code with uncommitted changes (refused otherwise); the diff is recorded on the grid's parent run.")
 @user_errors
-def run_cmd(grid_file, backend, scale, jobs, mps, dry_run, allow_dirty) -> None:
+def run_cmd(grid_file, backend, scale, jobs, mps, stack_seeds, dry_run, allow_dirty) -> None:
     from thesis_mlflow.grid.driver import run_grid
 
-    s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower(), allow_dirty=allow_dirty)
+    s = run_grid(grid_file, backend.lower(), scale, jobs, dry_run, echo=click.echo, mps=mps.lower(), allow_dirty=allow_dirty,
+                 stack_seeds=stack_seeds.lower())
     if backend == "local" and not dry_run and not s.complete:
         sys.exit(1)
 
@@ -89,11 +93,13 @@ def prepare_cmd(grid_file, scale) -> None:
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
 @click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True,
               help="cuda: train on the GPU or fail at once when none is visible (the DAG sets it when the job asks for GPUs).")
+@click.option("--stack-seeds", type=choice("auto", "on", "off"), default="auto", show_default=True, help=STACK_HELP)
 @user_errors
-def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device) -> None:
+def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device, stack_seeds) -> None:
     from thesis_mlflow.grid.driver import run_pack
 
-    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower())  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
+    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
+             stack_seeds=stack_seeds.lower())  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
 
 
 if __name__ == "__main__":

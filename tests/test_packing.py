@@ -18,8 +18,9 @@ import yaml
 
 from tests.fault import kill_env
 from thesis_mlflow.grid import packing
+from thesis_mlflow.grid.condor import write_dag
 from thesis_mlflow.grid.driver import run_pack
-from thesis_mlflow.grid.gridfile import load_grid, write_dag
+from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +39,22 @@ def test_dag_with_packs_covers_every_cell_once(tmp_path):
     p = _grid_file(tmp_path, cells_per_job=8)
     g = load_grid(p, "full", base_dir=ROOT)
     cells = g.cells()
-    assert len(cells) == 108 and [len(x) for x in g.packs()] == [8] * 13 + [4]
-    # the seeds of a configuration side by side share one compiled graph: at most 4 graphs per pack of 8, not 8
+    # whole configurations per pack (their 3 seeds stacked): 2 configurations = 6 cells fit in 8
+    assert len(cells) == 108 and [len(x) for x in g.packs()] == [6] * 18
     configs = [{(c.tokenizer, c.pooling, c.met, c.vect) for c in pack} for pack in g.packs()]
-    assert max(len(x) for x in configs) <= 4 and sum(len(x) for x in configs) <= 36 + 13
+    assert all(len(x) == 2 for x in configs) and len(set().union(*configs)) == 36  # no configuration split over two packs
+    assert [len(x) for x in g.packs(cells[:4])] == [4]  # four configurations with one seed left each fill one pack
+    assert [len(x) for x in load_grid(_grid_file(tmp_path, cells_per_job=2), "full", base_dir=ROOT).packs()] == [3] * 36  # at least one whole configuration
     run_ids = {c: f"{i:032x}" for i, c in enumerate(cells)}
     dag = write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag").read_text()
     nodes = re.findall(r"^JOB (pack\S*) ", dag, re.M)
-    assert len(nodes) == 14 and not re.search(r"^JOB train", dag, re.M)
-    assert len(re.findall(r"^RETRY pack\S* 3", dag, re.M)) == 14
+    assert len(nodes) == 18 and not re.search(r"^JOB train", dag, re.M)
+    assert len(re.findall(r"^RETRY pack\S* 3", dag, re.M)) == 18
     runs = [v for v in re.findall(r'runs="([^"]*)"', dag)]
     pairs = [x.split("=") for r in runs for x in r.split(",")]
     assert sorted(rid for _, rid in pairs) == sorted(run_ids.values())  # each cell in exactly one pack
     assert {name for name, _ in pairs} == {c.name for c in cells}
-    by_node = json.loads((tmp_path / "dag" / "nodes.json").read_text())  # read back by `grid status` (dagnodes)
+    by_node = json.loads((tmp_path / "dag" / "nodes.json").read_text())  # read back by `grid status` (condor)
     assert sorted(by_node) == sorted(nodes) and all(by_node[n] == [x.split("=")[0] for x in r.split(",")] for n, r in zip(nodes, runs, strict=True))
     sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
     assert "-m steps.grid pack" in sub and "--runs $(runs)" in sub and "--scale full" in sub
@@ -63,14 +66,14 @@ def test_cells_per_job_is_validated(tmp_path):
         load_grid(_grid_file(tmp_path, cells_per_job=0), "demo")
 
 
-def _pack(tmp_path, tiny_raw, name: str, poolings: list[str], max_train_events: int):
+def _pack(tmp_path, tiny_raw, name: str, poolings: list[str], max_train_events: int, seeds=(0,)):
     """A tiny grid (direct tokens, the given poolings) whose cells form one pack, with its parent
     and child runs made: (grid file, experiment id, {cell: run}, the pack's --runs value)."""
     doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": poolings, "met": [True], "vect": [4]},
-           "scales": {"demo": {"seeds": [0], "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+           "scales": {"demo": {"seeds": list(seeds), "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
                                                        "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": max_train_events,
                                                        "max_eval_events": 200}}},
-           "condor": {"cells_per_job": len(poolings)}}
+           "condor": {"cells_per_job": len(poolings) * len(seeds)}}
     gfile = tmp_path / f"{name}.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "demo", base_dir=ROOT)
@@ -101,6 +104,34 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
     assert lines == ["pack of 3 cells: 3 finished, 0 to train"]
     with pytest.raises(ValueError, match=r"unknown or malformed: \['nope'\]"):
         run_pack(str(gfile), "demo", "nope=123", echo=lines.append)
+
+
+def test_a_stacked_pack_gives_each_seed_its_own_run_and_the_numbers_of_alone(mlflow_env, tiny_raw, tmp_path):
+    """``grid pack --stack-seeds on``: the three seeds of a configuration train as one stacked
+    model, and each seed still has its own child run with its epochs, checkpoint, log and test
+    metrics, equal (1e-5) to the same seed trained alone (a second grid, stacking off: a run's
+    stream is its configuration and seed, not its grid)."""
+    c = mlflow.MlflowClient()
+    aucs = {}
+    for name, how in (("stk", "on"), ("alone", "off")):
+        gfile, exp, children, runs = _pack(tmp_path, tiny_raw, name, ["max"], max_train_events=300, seeds=(0, 1, 2))
+        lines = []
+        run_pack(str(gfile), "demo", runs, echo=lines.append, stack_seeds=how)
+        stacked = "seeds of a configuration stacked, " if how == "on" else ""
+        assert lines[0] == f"pack of 3 cells: 0 finished, 3 to train ({stacked}one after another)"
+        for cell, r in children.items():
+            run = c.get_run(r.info.run_id)
+            assert run.info.status == "FINISHED" and run.data.tags["step_mode.used"] == ("stacked" if how == "on" else "eager")
+            assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
+            assert run.data.params["seed"] == str(cell.seed)
+            aucs[name, cell.seed] = run.data.metrics["test_auc"]
+            if how == "on":
+                log_text = Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="logs/train.log")).read_text()
+                assert "epoch 2/2" in log_text and "(stacked)" in log_text  # its own epochs, in its own log
+                assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoints")} == {"checkpoints/last.pt"}
+    for seed in (0, 1, 2):
+        assert abs(aucs["stk", seed] - aucs["alone", seed]) < 1e-5, seed
+    assert len({round(aucs["stk", s], 6) for s in (0, 1, 2)}) == 3  # three replicates, not one
 
 
 def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, tmp_path, monkeypatch):
@@ -271,7 +302,7 @@ def test_a_job_that_asked_for_a_gpu_trains_on_it_or_fails_at_once(tmp_path, mlfl
     run_ids = {c: f"{i:032x}" for i, c in enumerate(g.cells())}
     write_dag(g, run_ids, "http://login01:5000", "7", ROOT, p, out_dir=tmp_path / "dag")
     sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
-    assert "--runs $(runs) --device cuda" in sub
+    assert "--runs $(runs) --stack-seeds auto --device cuda" in sub
     p1 = _grid_file(tmp_path, cells_per_job=1)
     write_dag(load_grid(p1, "full", base_dir=ROOT), run_ids, "http://login01:5000", "7", ROOT, p1, out_dir=tmp_path / "dag1")
     assert all("--device cuda" in a for a in re.findall(r'args="([^"]*)"', (tmp_path / "dag1" / "binning_vs_direct.dag").read_text()))

@@ -172,3 +172,36 @@ def test_a_stack_refuses_other_settings_and_a_shared_stream(tmp_path):
         stacked.check_members([stacked.Member(_model(), _cfg(0), tmp_path / "a"), stacked.Member(_model(), _cfg(1, lr=1e-3), tmp_path / "b")])
     with pytest.raises(Exception, match="share one random stream"):
         stacked.check_members([stacked.Member(_model(), _cfg(0), tmp_path / "a"), stacked.Member(_model(), _cfg(0), tmp_path / "b")])
+
+
+def test_seed_stack_waits_for_its_seeds_runs_callbacks_in_their_threads_and_lets_one_leave(splits, alone, tmp_path):
+    """The rendezvous the product uses (``pipeline.stack``): seeds in their own threads join; one
+    leaves without training (finished already, say); the stack trains the two that came, and
+    each seed's callbacks run in that seed's own thread (where its MLflow run is active)."""
+    import threading
+
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    stack = SeedStack(3, "t")
+    seen, out = {}, {}
+
+    def seed(s):
+        if s == 1:
+            stack.leave()
+            stack.leave()  # idempotent
+            return
+        me = threading.get_ident()
+        model = _model()
+        hist = stack.fit(model, splits["train"], splits["val"], _cfg(s), tmp_path / f"q{s}.pt",
+                         on_epoch=lambda e, m: seen.setdefault(s, set()).add(threading.get_ident() == me))
+        out[s] = (model, hist)
+
+    threads = [threading.Thread(target=seed, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(out) == [0, 2] and seen == {0: {True}, 2: {True}}
+    for s in (0, 2):
+        assert _max_diff(out[s][0], alone[s][0]) < TOL
+        assert [h["epoch"] for h in out[s][1]] == [1, 2, 3]

@@ -14,8 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow.grid import condor as dagnodes
-from thesis_mlflow.grid import status
+from thesis_mlflow.grid import condor, status
 from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
 from thesis_mlflow.paths import ROOT
@@ -125,9 +124,9 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     # on hold (its run would stay RUNNING forever), the unstarted one waits in the queue
     dag = tmp_path / "dag"
     dag.mkdir()
-    dagnodes.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
+    condor.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
                                        "pack:1": ["direct-max-met-4v-s1", "direct-mean-met-4v-s1"]})
-    (dag / dagnodes.STATUS_FILE).write_text(NODE_STATUS)
+    (dag / condor.STATUS_FILE).write_text(NODE_STATUS)
     c.set_tag(parent.info.run_id, status.DAG_DIR_TAG, str(dag))
     st = status.grid_status("st-demo")
     by = {x.cell: (x.state, x.retries, x.error_class) for x in st.cells}

@@ -44,3 +44,19 @@ def test_the_retries_end(monkeypatch):
     with pytest.raises(MlflowException, match="database is locked"):
         tracking.retrying(fn)
     assert len(calls) == tracking.WRITE_RETRIES and waits == [1, 2, 4, 8, 16, 30, 30]  # capped at 30 s, ~2 min in all
+
+
+def test_the_grid_modules_client_retries_every_call(monkeypatch):
+    """``retried_client()``: what grid/runs writes with; each call goes through ``retrying``
+    (plant: hand out the raw client -> the overload error reaches the grid driver)."""
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    fn, calls = _flaky(["database is locked"])
+
+    class Fake:
+        set_tag = staticmethod(fn)
+        tracking_uri = "http://x"
+
+    monkeypatch.setattr(tracking, "client", lambda: Fake())
+    c = tracking.retried_client()
+    assert c.set_tag("run", "k", "v") == "stored" and len(calls) == 2
+    assert c.tracking_uri == "http://x"

@@ -21,7 +21,8 @@ from pathlib import Path
 from thesis_mlflow.errors import BadSetting, LeaseHeld, StepFailed, Unavailable
 from thesis_mlflow.grid import packing
 from thesis_mlflow.grid import runs as gridruns
-from thesis_mlflow.grid.gridfile import Grid, load_grid, write_dag
+from thesis_mlflow.grid.condor import run_condor
+from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
 from thesis_mlflow.grid.status import WATCHED
 from thesis_mlflow.paths import ROOT, outputs, resolve
@@ -65,26 +66,26 @@ def train_command(cell: CellSpec) -> list[str]:
 
 
 def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by_side: bool = False,
-               at_once: int | None = None) -> dict[str, str]:
+               at_once: int | None = None, stack_seeds: bool = False) -> dict[str, str]:
     """Train ``todo`` (cell, child run id) in this process: the imports and set-up are paid once.
 
-    ``side_by_side`` (on a GPU): each cell in a thread with its own CUDA stream, its own captured
+    ``stack_seeds``: the seeds of each configuration as one stacked model (``pipeline.stack``),
+    each seed still in its own thread with its own child run, lease, log, checkpoint and resume.
+    ``side_by_side`` (on a GPU): each cell (or stack) in a thread with its own CUDA stream, its own captured
     step (compiled one cell at a time), child run, checkpoint and resume: one process keeps the
-    GPU busy without CUDA MPS. Otherwise they train one after another. ``at_once``: at most this many side by side (the next starts as one ends). A
-    cell that fails is marked FAILED (with its error and log) and the others go on. Returns
-    {cell name: FINISHED / FAILED / ELSEWHERE}.
-
-    Side by side, the cells share the process's CUDA random generator: dropout masks then
-    depend on how the streams interleave, so a packed cell is not bit-reproducible (its science
-    is: same model, data order, optimizer, schedule and steps)."""
+    GPU busy without CUDA MPS. Otherwise they train one after another. ``at_once``: at most this
+    many cells (stacks) side by side (the next starts as one ends). A cell that fails is marked
+    FAILED (with its error and log) and the others go on. Returns {cell name: FINISHED / FAILED /
+    ELSEWHERE}. Every cell draws from its own random stream, so side by side or stacked it
+    trains as it would alone."""
 
     from thesis_mlflow.pipeline.cell import train_cell
 
     result: dict[str, str] = {}
 
-    def one(cell: CellSpec, rid: str) -> None:
+    def one(cell: CellSpec, rid: str, stack=None) -> None:
         try:
-            train_cell(cell, rid)
+            train_cell(cell, rid, stack)
             result[cell.name] = "FINISHED"
         except LeaseHeld as e:  # trained by another process: not ours
             result[cell.name] = "ELSEWHERE"
@@ -94,6 +95,21 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
             log.error("%s failed: %s: %s", cell.name, type(e).__name__, e, exc_info=True)
         echo(f"{cell.name:<28} {result[cell.name]}")
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    if stack_seeds:
+        from thesis_mlflow.pipeline.stack import SeedStack
+
+        def stacked(seeds: list[tuple[CellSpec, str]]) -> None:
+            stack = SeedStack(len(seeds), name=seeds[0][0].name.rsplit("-s", 1)[0])
+            with ThreadPoolExecutor(max_workers=len(seeds), thread_name_prefix="seed") as pool:
+                list(pool.map(lambda cr: one(*cr, stack), seeds))
+
+        configs = list(by_configuration(todo).values())
+        width = max(1, at_once or len(configs)) if side_by_side else 1
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="stack") as pool:
+            list(pool.map(stacked, configs))
+        return result
     if not side_by_side:
         for cell, rid in todo:
             one(cell, rid)
@@ -104,22 +120,38 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
         with torch.cuda.stream(torch.cuda.Stream()):
             one(cell, rid)
 
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=max(1, at_once or len(todo)), thread_name_prefix="cell") as pool:
         list(pool.map(lambda cr: in_stream(*cr), todo))
     return result
 
 
-def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1) -> list[str]:
+def by_configuration(todo: list[tuple[CellSpec, str]]) -> dict[CellSpec, list[tuple[CellSpec, str]]]:
+    """``todo`` grouped by configuration (the cell with seed 0 as key), seeds in order, configurations in the given order."""
+    out: dict[CellSpec, list[tuple[CellSpec, str]]] = {}
+    for cell, rid in todo:
+        out.setdefault(replace(cell, seed=0), []).append((cell, rid))
+    return {k: sorted(v, key=lambda cr: cr[0].seed) for k, v in out.items()}
+
+
+def stacking(stack_seeds: str, on_gpu: bool) -> bool:
+    """``--stack-seeds auto|on|off``: auto stacks on a GPU (where it pays) and not on a CPU."""
+    if stack_seeds not in STACK_SEEDS:
+        raise BadSetting(f"stack_seeds must be one of {', '.join(STACK_SEEDS)}; got {stack_seeds!r}")
+    return stack_seeds == "on" or (stack_seeds == "auto" and on_gpu)
+
+
+STACK_SEEDS = ("auto", "on", "off")
+
+
+def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1, stack_seeds: str = "auto") -> list[str]:
     """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
     runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
     return [sys.executable, "-m", "steps.grid", "pack", str(g.source), "--scale", g.scale, "--runs", runs, "--mode", mode,
-            "--at-once", str(at_once)]
+            "--at-once", str(at_once), "--stack-seeds", stack_seeds]
 
 
 def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: str, echo: Echo = _log_echo,
-              mps: str = "auto", on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+              mps: str = "auto", on_progress: Callable[[int], None] | None = None, stack_seeds: str = "auto") -> dict[str, str]:
     """Train ``todo`` (cell, child run id) with ``parallel`` worker processes at once on this node;
     returns {cell name: final status}. Each worker imports and sets up once and trains its share
     of the cells one after another (each still its own child run, checkpoint and resume); the
@@ -134,7 +166,10 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         workers, mode, at_once = min(n_gpus, parallel), "threads", -(-parallel // min(n_gpus, parallel))
     else:  # CPU: `parallel` workers, each training its cells one after another
         workers, mode, at_once = parallel, "sequential", 1
-    groups = [todo[i::workers] for i in range(workers)]  # round robin: similar cells spread over the workers
+    # whole configurations round robin (a configuration's seeds in one worker, where they can be
+    # stacked): similar configurations spread over the workers
+    configs = list(by_configuration(todo).values())
+    groups = [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
     started = time.perf_counter()
 
     def report(cell: CellSpec, run, status: str, where: str) -> None:
@@ -184,7 +219,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
             env = dict(base)
             if n_gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # one worker per GPU
-            job = packing.Job(f"worker-{i}", worker_command(g, group, mode, at_once), env, logs / f"worker-{i}.log", ROOT)
+            job = packing.Job(f"worker-{i}", worker_command(g, group, mode, at_once, stack_seeds), env, logs / f"worker-{i}.log", ROOT)
             job.cells = group
             jobs.append(job)
         packing.run_jobs(jobs, workers, on_done, on_interrupt, on_poll=poll)
@@ -206,13 +241,14 @@ def require_cuda(what: str) -> None:
 
 
 def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
-             at_once: int | None = None, device: str = "auto") -> dict[str, str]:
+             at_once: int | None = None, device: str = "auto", stack_seeds: str = "auto") -> dict[str, str]:
     """A Condor pack node (and the local worker): train its cells (``name=run_id,...``); the
     finished ones are skipped, so a retried node trains only what is left, each cell resuming
     from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
     stream each, ``at_once`` at a time; one after another on a CPU); ``sequential``: one after
     another; ``processes``: one process per cell sharing the GPU, under MPS where it works.
-    Raises when a cell is not finished (DAGMan then retries)."""
+    ``stack_seeds`` (auto: on a GPU): in ``threads`` mode, the seeds of each configuration as one
+    stacked model (``pipeline.stack``). Raises when a cell is not finished (DAGMan then retries)."""
     if mode not in PACK_MODES:
         raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
     if device == "cuda":
@@ -228,8 +264,10 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     on_gpu = device == "cuda" or packing.gpu_count() > 0
     if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
         todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
+    stack = mode == "threads" and stacking(stack_seeds, on_gpu)
     side = on_gpu and mode == "threads" and len(todo) > 1
-    how = "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another"
+    how = ("seeds of a configuration stacked, " if stack else "") + (
+        "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another")
     echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
     status = {}
     if todo:
@@ -237,7 +275,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
             if mode == "processes":
                 status = run_cells_processes(g, todo, echo, mps)
             else:
-                status = train_here(todo, echo, side_by_side=side, at_once=at_once)
+                status = train_here(todo, echo, side_by_side=side, at_once=at_once, stack_seeds=stack)
     failed = [name for name, rid in pairs if not is_done(tracking.get_run(rid))]
     if failed:
         raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
@@ -267,51 +305,6 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
     return result
 
 
-# --------------------------------------------------------------------------- condor backend
-
-
-def schedd_available() -> bool:
-    try:
-        import htcondor2
-
-        htcondor2.Schedd()
-        return True
-    except Exception:  # no pool here, or no daemon answering
-        return False
-
-
-def run_condor(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, dry_run: bool, echo: Echo = _log_echo) -> Path:
-    dag_file = write_dag(g, runs, tracking.tracking_uri(), exp_id, ROOT, grid_file)
-    echo(f"DAG written: {dag_file}")
-    for f in sorted(dag_file.parent.iterdir()):
-        echo(f"  {f}")
-    if dry_run:
-        echo(dag_file.read_text())
-        for f in sorted(dag_file.parent.glob("*.sub")):
-            echo(f"--- {f.name}\n{f.read_text()}")
-        return dag_file
-    if tracking.tracking_uri().startswith("sqlite"):
-        echo("warning: jobs would log to a SQLite file: start `thesis-mlflow serve` and export MLFLOW_TRACKING_URI=http://HOST:PORT")
-    cmd = f"condor_submit_dag -batch-name {g.run_name} {dag_file.name}"
-    howto = f"cd {shlex.quote(str(dag_file.parent))} && {cmd}"
-    if not schedd_available():
-        echo(f"no schedd answered here; submit on the cluster with:\n  {howto}")
-        return dag_file
-    import htcondor2
-
-    cwd = os.getcwd()
-    try:
-        os.chdir(dag_file.parent)  # DAGMan resolves the node submit files against its own directory
-        sub = htcondor2.Submit.from_dag(dag_file.name, {"batch-name": g.run_name})
-        cluster = htcondor2.Schedd().submit(sub)
-        echo(f"submitted DAG {dag_file.name} as cluster {cluster.cluster()}; follow it with condor_q -dag -nobatch")
-    except Exception as e:  # e.g. condor_dagman not on PATH on this host
-        echo(f"submitting through the bindings failed ({e}); submit with:\n  {howto}")
-    finally:
-        os.chdir(cwd)
-    return dag_file
-
-
 # --------------------------------------------------------------------------- the grid
 
 
@@ -333,11 +326,12 @@ class GridRun:
 
 
 def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto",
-             allow_dirty: bool | None = None) -> GridRun:
+             allow_dirty: bool | None = None, stack_seeds: str = "auto") -> GridRun:
     """Run (or resume) a grid. ``allow_dirty``: run code with uncommitted changes (its diff is then
     recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused."""
     from thesis_mlflow.tracking import provenance
 
+    stacking(stack_seeds, False)  # a bad value refused before anything starts
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT)
     if allow_dirty is None:
@@ -352,7 +346,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         parent = gridruns.find_parent(g.run_name, exp_id)
         existing = gridruns.children_by_cell(parent.info.run_id, exp_id) if parent else {}
         runs = {c: (existing[c.tag].info.run_id if c.tag in existing else "RUN_ID_CREATED_AT_SUBMIT") for c in cells}
-        return GridRun(dag=run_condor(g, runs, exp_id, path, True, echo))
+        return GridRun(dag=run_condor(g, runs, exp_id, path, True, echo, stack_seeds))
     if dry_run:
         for c in cells:
             echo(shlex.join(train_command(c)))
@@ -361,7 +355,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     pid = parent.info.run_id
     # one driver per grid at a time (a second `grid run` refuses at once, naming the first)
     with leases.acquire_run(pid, f"grid {g.run_name} (parent run {pid})").kept():
-        return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0)
+        return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0, stack_seeds)
 
 
 def _publish(g: Grid) -> None:
@@ -375,7 +369,7 @@ def _publish(g: Grid) -> None:
 
 
 def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str,
-           t0: float) -> GridRun:
+           t0: float, stack_seeds: str = "auto") -> GridRun:
     pid = parent.info.run_id
     gridruns.mark_running(parent)
     children = ensure_children(g, parent, exp_id)
@@ -384,14 +378,14 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     views.echo_views(g.run_name, exp_id, echo)
     summary = GridRun(launched=[cell.name for cell, _ in todo], parent=pid, n_cells=len(cells))
     if backend == "condor":
-        summary.dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo)
+        summary.dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo, stack_seeds)
         gridruns.set_dag_dir(pid, summary.dag.parent)  # where `grid status` finds DAGMan's node status file
         return summary
     if todo:
         echo("preparing upstream runs (binning, VQ-VAE) ...")
         for k, v in prepare(g).items():
             echo(f"  {k}: run {v}")
-        summary.status = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g))
+        summary.status = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=lambda _n: _publish(g), stack_seeds=stack_seeds)
     final = ensure_children(g, parent, exp_id)
     n_done = sum(is_done(r) for r in final.values())
     elsewhere = [k for k, v in summary.status.items() if v == "ELSEWHERE"]

@@ -1,4 +1,4 @@
-"""Grid definition: YAML -> cells (``CellSpec``) -> the exact commands a cell runs, and the HTCondor DAG.
+"""Grid definition: YAML -> cells (``CellSpec``) -> the exact commands a cell runs, and its packs.
 
 MLflow-free: the driver (``thesis_mlflow.grid.driver``) creates the runs and hands their ids in here.
 A ``demo`` and a ``full`` scale are selections of one YAML file (``scales:``), not copies.
@@ -7,9 +7,6 @@ A ``demo`` and a ``full`` scale are selections of one YAML file (``scales:``), n
 from __future__ import annotations
 
 import itertools
-import os
-import shlex
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -92,18 +89,27 @@ class Grid:
         return cell.cli_args()
 
     def packs(self, cells: list[CellSpec] | None = None) -> list[list[CellSpec]]:
-        """``cells`` (default: all) grouped ``condor.cells_per_job`` at a time, one GPU job each.
+        """``cells`` (default: all) in packs of ``condor.cells_per_job``, one GPU job each.
 
-        The seeds of one configuration go next to each other (configurations in grid order): they
-        share a compiled graph, so a pack compiles ~k/3 graphs and reads the rest from Inductor's
-        cache instead of compiling k (measured on an H100: ~48 s a cold compile, ~5 s from the cache)."""
+        With more than one cell per job a pack holds whole configurations (all the seeds of each
+        that are in ``cells``), as many as fit in ``cells_per_job`` and at least one: the seeds of a
+        configuration train as one stacked model on the job's GPU (``--stack-seeds``), and the
+        model is compiled once per configuration, not once per seed."""
         k = int(self.condor.get("cells_per_job", 1))
         cells = self.cells() if cells is None else cells
         by_config: dict[CellSpec, list[CellSpec]] = {}  # insertion order: configurations in grid order
         for c in cells:
             by_config.setdefault(replace(c, seed=0), []).append(c)
-        cells = [c for seeds in by_config.values() for c in sorted(seeds, key=lambda c: c.seed)]
-        return [cells[i : i + k] for i in range(0, len(cells), k)]
+        configs = [sorted(seeds, key=lambda c: c.seed) for seeds in by_config.values()]
+        if k <= 1:
+            return [[c] for seeds in configs for c in seeds]
+        packs: list[list[CellSpec]] = []
+        for seeds in configs:
+            if packs and len(packs[-1]) + len(seeds) <= k:
+                packs[-1].extend(seeds)
+            else:
+                packs.append(list(seeds))
+        return packs
 
 
 def _check(keys, allowed, where):
@@ -192,181 +198,3 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
 
 
 # --------------------------------------------------------------------------- HTCondor
-
-
-# `getenv = True` would copy the submitter's whole environment into the job ad, which every user
-# of the pool can read (condor_q -l): a password or token there is public. Jobs get what they
-# need to find Python and the project; MLflow credentials come from ~/.mlflow/credentials.
-GETENV_ALLOW = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_*", "HOME", "USER", "LOGNAME", "LANG", "LC_*",
-                "TZ", "TMPDIR", "CUDA_HOME", "CUDA_PATH")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY", "AUTH", "PASSWD", "CONNECTION_STRING")
-# Names that hold secrets without saying so in every part, which a wildcard could match at submit
-# time even when they are not set now (the DAG may be submitted from another shell).
-KNOWN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN",
-                 "PGPASSWORD", "PGPASSFILE", "HF_TOKEN", "GITHUB_TOKEN", "X509_USER_PROXY", "KRB5CCNAME")
-
-
-def _looks_secret(name: str) -> bool:
-    return name in KNOWN_SECRETS or any(w in name.upper() for w in SECRET_WORDS)
-
-
-def getenv_value(setting, environ: dict | None = None) -> str:
-    """The submit file's ``getenv``: explicit variable names, never one that looks secret.
-
-    ``true`` is the allow-list ``GETENV_ALLOW``. A wildcard (``CONDA_*``) is refused when it could
-    match a known secret name (``MLFLOW_*`` matches MLFLOW_TRACKING_PASSWORD, ``AWS_*`` the AWS
-    keys), and otherwise expanded against the environment now and written as the names it
-    matched: what the job ad gets is decided here, where it is checked, not at submit time.
-    """
-    import fnmatch
-
-    if setting is False or setting is None:
-        return "False"
-    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
-    if names is None:
-        raise BadSetting(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
-    env = os.environ if environ is None else environ
-    bad = [n for n in names if n.strip() in ("*", "") or _looks_secret(n)]
-    bad += [n for n in names if "*" in n or "?" in n
-            for s in (*KNOWN_SECRETS, *(k for k in env if _looks_secret(k))) if fnmatch.fnmatchcase(s, n) and n not in bad]
-    if bad:
-        raise BadSetting(f"condor.getenv would copy {sorted(set(bad))} (or a secret they match) into job ads that every user can read; "
-                         "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
-    out = []
-    for n in names:
-        matched = sorted(k for k in env if fnmatch.fnmatchcase(k, n)) if ("*" in n or "?" in n) else [n]
-        out += [m for m in matched if m not in out]
-    return ", ".join(out) if out else "False"
-
-
-def check_no_credentials(tracking_uri: str) -> None:
-    """A tracking URI with user:password@ would put the password into every job ad."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(tracking_uri)
-    if parts.password or parts.username:
-        raise BadSetting("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
-                         "export the URI without it and put the login in ~/.mlflow/credentials")
-
-
-def _under_outputs(path: str) -> Path:
-    """``dag_dir`` / ``log_dir`` as given, relative ones under the project (``paths.outputs``)."""
-    from thesis_mlflow.paths import outputs
-
-    p = Path(path)
-    return p if p.is_absolute() else outputs() / p
-
-
-def submit_description(grid: Grid, args: str, env: str, log_name: str, project_dir: Path, python: str):
-    """One submit description (``htcondor2.Submit``) with the grid's condor settings."""
-    import htcondor2
-
-    c = grid.condor
-    log_dir = _under_outputs(c["log_dir"])
-    initialdir = Path(c["initialdir"])
-    if not initialdir.is_absolute():
-        initialdir = (project_dir / initialdir).resolve()
-    sub = {
-        "universe": "vanilla",
-        "executable": python,
-        "arguments": args,
-        "initialdir": str(initialdir),
-        "environment": env,
-        "getenv": getenv_value(c["getenv"]),
-        "output": str(log_dir / f"{log_name}.out"),
-        "error": str(log_dir / f"{log_name}.err"),
-        "log": str(log_dir / f"{grid.run_name}.log"),
-        "request_cpus": str(c["request_cpus"]),
-        "request_memory": str(c["request_memory"]),
-        "request_disk": str(c["request_disk"]),
-        "+JobCategory": f'"{c["job_category"]}"',
-        "+UseOS": f'"{c["use_os"]}"',
-        "should_transfer_files": "NO",  # shared filesystem, as on Stoomboot
-        "stream_output": "True",
-        "stream_error": "True",
-    }
-    if c["request_gpus"]:
-        sub["request_gpus"] = str(c["request_gpus"])
-    return htcondor2.Submit(sub)
-
-
-def _env(d: dict) -> str:
-    """Condor's new-style environment string: "A=1 B='x y'"."""
-    return '"' + " ".join(f"{k}='{v}'" if " " in str(v) else f"{k}={v}" for k, v in d.items()) + '"'
-
-
-def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
-              out_dir: Path | None = None) -> Path:
-    """Write the DAGMan workflow: prepare -> train nodes (with retries) -> report.
-
-    A train node is one cell (``python -m steps.train``, the local backend's command) or, with
-    ``condor.cells_per_job`` K > 1, a pack of K cells trained at once on the job's GPU
-    (``python -m steps.grid pack``): a retried pack runs only its cells not yet finished, each
-    resuming from its own checkpoint. The report is DAGMan's FINAL node: it runs even when some
-    cells failed for good, and the report shows them as missing.
-    """
-
-    check_no_credentials(tracking_uri)
-    getenv_value(grid.condor["getenv"])  # refused before anything is written
-    python = grid.condor["python"] or sys.executable
-    from thesis_mlflow.permissions import private_files, secure_dir
-
-    # DAGMan re-reads the submit files at every retry: a groupmate able to edit one would run code
-    # as us, with our login. The folders are ours alone (0700; one others can write is refused, naming
-    # it) and every file is written 0600.
-    out_dir = secure_dir(Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name)), "DAG folder")
-    secure_dir(_under_outputs(grid.condor["log_dir"]), "Condor log folder")
-    with private_files():
-        return _write_dag(grid, run_ids, tracking_uri, experiment_id, project_dir, grid_file, out_dir, python)
-
-
-def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path, out_dir: Path,
-               python: str) -> Path:
-    from htcondor2 import dags
-
-    from thesis_mlflow.tracking.telemetry import telemetry_off
-
-    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
-    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the server's certificate (public), so HTTPS is verified on the nodes
-        base_env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-    from thesis_mlflow.grid import condor as dagnodes
-
-    # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
-    dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / dagnodes.STATUS_FILE, update_time=dagnodes.UPDATE_S))
-    prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
-    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
-                        retries=int(grid.condor["retries"]))
-    cells = list(run_ids)
-    k = int(grid.condor["cells_per_job"])
-    gpu = bool(grid.condor["request_gpus"])  # a job that asked for a GPU trains on it or fails at once, never on the CPU
-    if k == 1:
-        dagnodes.write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
-        env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
-        prepare.child_layer(
-            name="train",
-            submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
-            vars=[{"cell": c.name, "run_id": run_ids[c],
-                   "args": shlex.join(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
-                   **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.factors().items()}} for c in cells],
-            retries=int(grid.condor["retries"]),
-        )
-    else:
-        args = f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs)" + (" --device cuda" if gpu else "")
-        packs = grid.packs(cells)
-        dagnodes.write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
-        prepare.child_layer(
-            name="pack",
-            submit_description=submit_description(grid, args, _env(base_env), "pack-$(pack)", project_dir, python),
-            vars=[{"pack": f"{i:03d}", "cells": " ".join(c.name for c in p), "runs": ",".join(f"{c.name}={run_ids[c]}" for c in p)}
-                  for i, p in enumerate(packs)],
-            retries=int(grid.condor["retries"]),
-        )
-    rep_args = f"-m steps.report --grid {grid.run_name}"
-    report_sub = submit_description(grid, rep_args, _env(base_env), "report", project_dir, python)
-    dag.final(name="report", submit_description=report_sub)
-    dag_file = dags.write_dag(dag, out_dir, dag_file_name=f"{grid.run_name}.dag")
-    # htcondor2.dags writes submit files for layers only; the FINAL node's is written here.
-    (out_dir / "report.sub").write_text(str(report_sub))
-    return dag_file

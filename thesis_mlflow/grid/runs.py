@@ -28,7 +28,7 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 def find_parent(grid_name: str, exp_id: str):
     """The grid's parent run (the oldest with its ``grid.name``), or None."""
-    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
+    runs = tracking.retried_client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
                                          order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
@@ -41,7 +41,7 @@ def find_or_create_parent(g: Grid, exp_id: str):
     time; on a resume it is only linked to the existing parent, so no grid has two.
     """
     run = find_parent(g.run_name, exp_id)
-    c = tracking.client()
+    c = tracking.retried_client()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if run is not None:
         if env_run and env_run != run.info.run_id:
@@ -63,10 +63,10 @@ def find_or_create_parent(g: Grid, exp_id: str):
     from thesis_mlflow.tracking import provenance
 
     for k, v in provenance.tags("grid").items():  # which code drives the grid (its cells record their own)
-        tracking.retrying(c.set_tag, rid, k, v)
+        c.set_tag(rid, k, v)
     code = provenance.code()
     if code.dirty:
-        tracking.retrying(c.log_text, rid, code.diff, provenance.DIFF_ARTIFACT)
+        c.log_text(rid, code.diff, provenance.DIFF_ARTIFACT)
     c.log_param(rid, "grid_file", str(g.source))
     c.log_param(rid, "scale_name", g.scale)
     c.log_param(rid, "n_cells", len(g.cells()))
@@ -79,7 +79,7 @@ def find_or_create_parent(g: Grid, exp_id: str):
 
 def children_by_cell(parent_id: str, exp_id: str) -> dict[str, object]:
     """Existing child runs by ``grid.cell`` tag (oldest first wins: never two runs for a cell)."""
-    runs = tracking.client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
+    runs = tracking.retried_client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
                                          max_results=5000)
     out = {}
     for r in runs:
@@ -89,7 +89,7 @@ def children_by_cell(parent_id: str, exp_id: str) -> dict[str, object]:
 
 def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
     """One child run per cell, created once, with readable name, cell tags and factor params."""
-    c = tracking.client()
+    c = tracking.retried_client()
     pid = parent.info.run_id
     existing = children_by_cell(pid, exp_id)
     out = {}
@@ -108,7 +108,7 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
 
 def ended_children(exp_id: str, grid_name: str) -> dict[str, object]:
     """The grid's child runs that have ended (FINISHED, FAILED, KILLED), by run id: one query."""
-    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
+    runs = tracking.retried_client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
     return {r.info.run_id: r for r in runs if r.info.status in ("FINISHED", "FAILED", "KILLED")}
 
 
@@ -116,7 +116,7 @@ def close_left_running(rid: str, pid: int, status: str = "FAILED") -> None:
     """A child process ``pid`` ended without closing run ``rid`` (killed, crashed): release its
     lease for the next attempt and close the run as ``status`` if it was left RUNNING."""
     leases.release_dead(rid, pid)
-    c = tracking.client()
+    c = tracking.retried_client()
     if c.get_run(rid).info.status == "RUNNING":
         c.set_terminated(rid, status)
 
@@ -124,20 +124,20 @@ def close_left_running(rid: str, pid: int, status: str = "FAILED") -> None:
 def mark_running(parent) -> None:
     """A pass of the driver starts: the parent is RUNNING (again, on a resumed grid)."""
     if parent.info.status != "RUNNING":
-        tracking.client().update_run(parent.info.run_id, status="RUNNING")
+        tracking.retried_client().update_run(parent.info.run_id, status="RUNNING")
 
 
 def end_parent(parent_id: str, n_done: int, n_cells: int, close: bool = True) -> None:
     """The driver's pass is over: cells finished as a metric; with ``close`` (no cell is trained
     elsewhere any more) the parent ends, FINISHED when every cell is."""
-    c = tracking.client()
+    c = tracking.retried_client()
     c.log_metric(parent_id, "n_finished", n_done)
     if close:
         c.set_terminated(parent_id, "FINISHED" if n_done == n_cells else "FAILED")
 
 
 def set_dag_dir(parent_id: str, dag_dir) -> None:
-    tracking.client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
+    tracking.retried_client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
 
 
 def close_parent(data, n_missing: int) -> None:
@@ -148,7 +148,7 @@ def close_parent(data, n_missing: int) -> None:
         return
     if data.runs["status"].isin(["RUNNING", "SCHEDULED"]).any():
         return
-    tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
+    tracking.retried_client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
 
 
 # --------------------------------------------------------------------------- what the parent knows
@@ -156,7 +156,7 @@ def close_parent(data, n_missing: int) -> None:
 
 def expected_cells_of(parent) -> list | None:
     """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
-    c = tracking.client()
+    c = tracking.retried_client()
     try:
         files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
         path = tracking.artifact_path(parent.info.run_id, files[0])
@@ -171,9 +171,9 @@ def publish_progress(parent_id: str, counts: dict[str, int], note: str, step: in
     progress over time across resumed passes) and ``note`` as its description."""
     from mlflow.entities import Metric
 
-    c = tracking.client()
+    c = tracking.retried_client()
     ts = int(time.time() * 1000)
     if step is None:
         step = max(0, (ts - c.get_run(parent_id).info.start_time) // 1000)
-    tracking.retrying(c.log_batch, parent_id, metrics=[Metric(k, float(v), ts, step) for k, v in counts.items()])
-    tracking.retrying(c.set_tag, parent_id, NOTE_TAG, note)
+    c.log_batch(parent_id, metrics=[Metric(k, float(v), ts, step) for k, v in counts.items()])
+    c.set_tag(parent_id, NOTE_TAG, note)

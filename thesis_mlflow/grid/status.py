@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadInput
-from thesis_mlflow.grid import condor as dagnodes
+from thesis_mlflow.grid import condor
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.runs import DAG_DIR_TAG
 from thesis_mlflow.tracking import provenance
@@ -27,7 +27,7 @@ from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE
 log = logging.getLogger(__name__)
 
 NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
-QUEUED, HELD = "queued", "held"  # from HTCondor (dagnodes): a job waiting for a slot, a job on hold
+QUEUED, HELD = "queued", "held"  # from HTCondor (condor): a job waiting for a slot, a job on hold
 ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
 # Set by a local driver for its worker processes: the driver updates the parent's progress itself
 WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"
@@ -191,12 +191,12 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
                                   seed=int(kv["seed"])))
     out = [_cell_state(cell, runs.get(cell.tag)) for cell in cells]
     if parent is not None and parent.data.tags.get(DAG_DIR_TAG):
-        out = with_condor(out, dagnodes.cell_states(Path(parent.data.tags[DAG_DIR_TAG])))
+        out = with_condor(out, condor.cell_states(Path(parent.data.tags[DAG_DIR_TAG])))
     return GridStatus(name, out, parent.info.run_id if parent else None)
 
 
 def with_condor(cells: list[CellState], nodes: dict) -> list[CellState]:
-    """MLflow's states refined by DAGMan's (``dagnodes.NodeState`` per cell name). The run knows
+    """MLflow's states refined by DAGMan's (``condor.NodeState`` per cell name). The run knows
     what training did; Condor knows what MLflow cannot: a job still waiting for a slot (queued),
     a job on hold (held: it stays RUNNING or SCHEDULED in MLflow forever), a node DAGMan gave
     up on after its retries (failed, with DAGMan's reason when the run recorded none)."""

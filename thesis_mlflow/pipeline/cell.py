@@ -32,7 +32,18 @@ CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "bat
            "rng_stream", "rng_scheme")
 
 
-def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
+def train_cell(spec: CellSpec, run_id: str | None = None, stack=None) -> str:
+    """See ``_train_cell``; ``stack`` (a ``pipeline.stack.SeedStack``): train this seed together
+    with the other seeds of its configuration, each in its own thread. A seed that ends without
+    training (finished already, failed before training, trained elsewhere) leaves the stack."""
+    try:
+        return _train_cell(spec, run_id, stack)
+    finally:
+        if stack is not None:
+            stack.leave()
+
+
+def _train_cell(spec: CellSpec, run_id: str | None, stack) -> str:
     """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id.
 
     ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
@@ -68,7 +79,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None) -> str:
                 lease = leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({cell.name})")
                 tracking.add_fence(lease)
             with lease.kept():
-                _train_logged(run.info.run_id, cell.model, cell.tens, tcfg, cell.params, cell.factors, cell.info, cell.name, lease)
+                _train_logged(run.info.run_id, cell.model, cell.tens, tcfg, cell.params, cell.factors, cell.info, cell.name, lease, stack)
                 lease.verify()  # still ours: only now may the run be marked FINISHED
             return run.info.run_id
     finally:
@@ -151,7 +162,7 @@ def _plain(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None) -> str:
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None, stack=None) -> str:
     from thesis_mlflow.learn.training import evaluate, fit, resolve_device
 
     existing = tracking.get_run(run_id)
@@ -195,7 +206,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
             tracking.set_tags(tags)
 
         t0 = time.perf_counter()
-        fit(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
+        (stack.fit if stack is not None else fit)(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
             on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.scaler, "factors": _plain(factors)},
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})

@@ -314,6 +314,26 @@ def retrying(fn, *args, transient: tuple[str, ...] = TRANSIENT, **kwargs):
             time.sleep(wait)
 
 
+class _Retried:
+    """The MLflow client with every call through ``retrying`` (an overloaded server is waited
+    for, not a failed write)."""
+
+    def __init__(self, c):
+        self._c = c
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._c, name)
+        if not callable(fn):
+            return fn
+        return lambda *args, **kwargs: retrying(fn, *args, **kwargs)
+
+
+def retried_client() -> _Retried:
+    """The client for modules above this one that write to MLflow (a grid's parent and children):
+    the same calls as ``client()``, each retried."""
+    return _Retried(client())
+
+
 def get_run(run_id: str):
     return client().get_run(run_id)
 
