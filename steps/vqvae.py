@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from steps._common import choice, user_errors
-from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, VQVAE_EPOCHS
+from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, VECTS, VQVAE_EPOCHS
 
 
 @click.command("vqvae", help="Pre-train the per-object VQ-VAE tokenizer on the training split.")
 @click.option("--input", "input_", default=DEFAULT_DATA, show_default=True, help="Raw 4-top HDF5 file.")
-@click.option("--vect", type=choice(4, 5), default="4", show_default=True)
+@click.option("--vect", type=choice(*VECTS), default="4", show_default=True)
 @click.option("--codebook-size", type=click.IntRange(min=2, max=65536), default=CODEBOOK_SIZE, show_default=True)
 @click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=VQVAE_EPOCHS, show_default=True)

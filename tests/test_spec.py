@@ -160,3 +160,53 @@ def test_cli_args_spell_the_command_a_job_runs():
     amb = CellSpec(tokenizer="binned_ambre", binned_path="/d/a b.h5", system_metrics=False)
     assert amb.cli_args()[-4:] == ["--system-metrics", "false", "--binned-path", "/d/a b.h5"]
     assert amb.cli_args().count("--binned-path") == 1
+
+
+def _typed(value: str, like):
+    """An MLproject default (a string) as the spec's field type."""
+    if isinstance(like, bool):
+        return {"true": True, "false": False}[value]
+    return type(like)(value)
+
+
+def test_train_options_and_mlproject_parameters_are_the_cell_spec():
+    """One source for a cell's settings: the ``train`` command's options and the MLproject's
+    ``train`` parameters are CellSpec's fields, with its defaults, and the MLproject command
+    passes each one on (plant: a default changed in one place -> this fails)."""
+    import dataclasses
+
+    import yaml
+
+    from steps.train import main
+
+    fields = {f.name: f.default for f in dataclasses.fields(CellSpec)}
+    ctx = main.make_context("train", [])
+    opts = {k.rstrip("_"): v for k, v in ctx.params.items()}
+    assert set(opts) == set(fields)
+    assert CellSpec.from_options(**opts) == CellSpec()
+    ep = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train"]
+    assert set(ep["parameters"]) == set(fields)
+    assert {k: _typed(p["default"], fields[k]) for k, p in ep["parameters"].items()} == fields
+    for k in fields:
+        assert f"--{k.replace('_', '-')} {{{k}}}" in ep["command"], k
+
+
+def test_model_and_training_configs_are_derived_from_the_cell():
+    """A cell's ModelConfig and TrainConfig take every field they share with it, by name, and
+    the cell's model and training defaults are theirs (declared once)."""
+    import dataclasses
+
+    from thesis_mlflow.spec import ModelConfig, TrainConfig
+
+    spec = CellSpec(tokenizer="binned", pooling="max", met=False, vect=5, seed=2, d_model=24, n_layers=3, n_heads=4, d_ff=40,
+                    dropout=0.05, epochs=7, batch_size=32, lr=2e-3, weight_decay=0.1, warmup_steps=9, device="cpu", step_mode="eager")
+    m = spec.model_config(2, vocab_size=500)
+    t = spec.train_config()
+    for cfg in (m, t):
+        for f in dataclasses.fields(cfg):
+            if hasattr(spec, f.name) and f.name not in ("vocab_size", "stream_key"):
+                assert getattr(cfg, f.name) == getattr(spec, f.name), f.name
+    assert m.vocab_size == 500 and t.stream_key == spec.stream_key()
+    d = CellSpec()
+    assert all(getattr(d, k) == getattr(ModelConfig(), k) for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout"))
+    assert all(getattr(d, k) == getattr(TrainConfig(), k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps"))

@@ -26,7 +26,10 @@ FIT_ON = ("all", "background")
 DEFAULT_DATA = "data/4tops_synthetic.h5"
 CHOICES = {"tokenizer": TOKENIZERS, "pooling": POOLINGS, "task": TASKS, "step_mode": STEP_MODES, "device": DEVICES,
            "phi": PHI_CONVENTIONS, "fit_on": FIT_ON}  # the settings with a fixed set of values
+VECTS = (4, 5)  # 4: (pT, eta, phi) + ID; 5: (E, pT, eta, phi) + ID
+METS = (True, False)
 FACTORS = ("tokenizer", "pooling", "met", "vect")  # the study's factors; a cell is one level of each, per seed
+LEVELS = {"tokenizer": TOKENIZERS, "pooling": POOLINGS, "met": METS, "vect": VECTS}  # each factor's levels, in display order
 CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's choice, >= 2x the ~200 distinct binned tokens
 VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
 
@@ -40,7 +43,7 @@ def check_binning(n_bins: int, vect: int, phi: str, fit_on: str) -> None:
         n = None
     if n is None or not 2 <= n <= 20:
         raise BadSetting(f"n_bins must be an integer in 2..20; got {n_bins!r}")
-    if vect not in (4, 5):
+    if vect not in VECTS:
         raise BadSetting(f"vect must be 4 or 5; got {vect!r}")
     if phi not in PHI_CONVENTIONS:
         raise BadSetting(f"phi must be one of {', '.join(PHI_CONVENTIONS)}; got {phi!r}")
@@ -73,6 +76,82 @@ def cell_name(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> 
 def cell_tag(tokenizer: str, pooling: str, met: bool, vect: int, seed: int) -> str:
     """The ``grid.cell`` tag: ``tokenizer=binned,pooling=max,met=true,vect=4,seed=0``."""
     return f"tokenizer={tokenizer},pooling={pooling},met={'true' if met else 'false'},vect={vect},seed={seed}"
+
+
+@dataclass
+class ModelConfig:
+    """The classifier's settings (``learn.model.Classifier``); a cell's are derived from its
+    ``CellSpec`` (``CellSpec.model_config``), whose model defaults are these."""
+
+    tokenizer: str = "direct"
+    pooling: str = "cls"
+    met: bool = True
+    vect: int = 4
+    n_classes: int = 2  # 4t vs background; 5 for the multiclass task
+    # The user's ~400k configuration: ~340k in encoder + head, ~64k in an 886-token table.
+    d_model: int = 72
+    n_layers: int = 8
+    n_heads: int = 8  # head dim 9: small, but it is what the thesis runs used
+    d_ff: int = 144  # 2x d_model, as in the user's config (not the usual 4x)
+    dropout: float = 0.1
+    vocab_size: int = 886  # binned / binned_ambre: token vocabulary incl. padding 0
+    codebook_size: int = CODEBOOK_SIZE  # vqvae: number of codes (index 0 is reserved for padding)
+
+    def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise BadSetting(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
+        if self.pooling not in POOLINGS:
+            raise BadSetting(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.vect not in VECTS:
+            raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
+        if self.d_model % self.n_heads:
+            raise BadSetting(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        for k in ("d_model", "n_layers", "n_heads", "d_ff", "n_classes"):
+            if getattr(self, k) < 1:
+                raise BadSetting(f"{k} must be >= 1; got {getattr(self, k)}")
+        if not 0 <= self.dropout < 1:
+            raise BadSetting(f"dropout must be in [0, 1); got {self.dropout}")
+
+    @property
+    def n_cont(self) -> int:
+        return self.vect - 1  # (pT, eta, phi) or (E, pT, eta, phi)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings (``learn.training.fit``); a cell's are derived from its
+    ``CellSpec`` (``CellSpec.train_config``), whose training defaults are these."""
+
+    epochs: int = 50  # fixed budget, no early stopping (the study compares at equal training)
+    batch_size: int = 64  # part of the science (the user's setting), not a speed knob
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+    seed: int = 0
+    # with ``seed``, names the run's random stream; a cell passes its configuration's canonical key
+    # (CellSpec.stream_key) so that cells of one seed draw independently
+    stream_key: str = "adhoc"
+    device: str = "auto"  # cuda when present (bf16 autocast), else cpu
+    eval_batch_size: int = 4096
+    # auto: "compiled" on CUDA (torch.compile + CUDA graph; "graph" without Triton), "eager" on the CPU
+    step_mode: str = "auto"
+
+    def __post_init__(self):
+        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.warmup_steps, self.device, self.step_mode)
+        if self.grad_clip <= 0:
+            raise BadSetting(f"grad_clip must be > 0; got {self.grad_clip}")
+
+    @property
+    def stream(self):
+        """The run's random stream (``learn.streams.RunStream``; numpy imported only here: the CLI
+        validates specs without it)."""
+        from thesis_mlflow.learn.streams import RunStream
+
+        return RunStream(self.stream_key, self.seed)
+
+
+_M, _T = ModelConfig, TrainConfig  # a cell's model and training defaults are theirs, declared once
 
 
 @dataclass(frozen=True)
@@ -137,7 +216,7 @@ class CellSpec:
     pooling: str = "cls"
     met: bool = True  # MET and MET-phi enter the model
     vect: int = 4  # 4: (pT, eta, phi) + ID; 5: (E, pT, eta, phi) + ID
-    seed: int = 0
+    seed: int = _T.seed
     # -- what is learned, from which file
     task: str = "4t_vs_bg"  # 4t against all backgrounds (labels 2-5)
     data: str = DEFAULT_DATA  # raw 4-top HDF5; the built-in dataset is generated when this default is missing
@@ -145,19 +224,19 @@ class CellSpec:
     max_train_events: int = 0  # first N events of a split (demo and test scales); 0 = all
     max_eval_events: int = 0
     # -- the model: the user's ~400k configuration (~340k in encoder + head, ~64k in the 886-token table)
-    d_model: int = 72
-    n_layers: int = 8
-    n_heads: int = 8  # head dim 9: small, but it is what the thesis runs used
-    d_ff: int = 144  # 2x d_model, as in the user's config (not the usual 4x)
-    dropout: float = 0.1
+    d_model: int = _M.d_model
+    n_layers: int = _M.n_layers
+    n_heads: int = _M.n_heads
+    d_ff: int = _M.d_ff
+    dropout: float = _M.dropout
     # -- training: 50 epochs, no early stopping (the study compares at equal training)
-    epochs: int = 50
-    batch_size: int = 64  # part of the science (the user's setting), not a speed knob
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 1000
-    device: str = "auto"  # cuda when present (bf16 autocast), else cpu
-    step_mode: str = "auto"  # how a step runs (eager / CUDA graph / compiled): kernels only, same science
+    epochs: int = _T.epochs
+    batch_size: int = _T.batch_size
+    lr: float = _T.lr
+    weight_decay: float = _T.weight_decay
+    warmup_steps: int = _T.warmup_steps
+    device: str = _T.device
+    step_mode: str = _T.step_mode  # how a step runs (eager / CUDA graph / compiled): kernels only, same science
     system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU): did a cell starve its GPU?
     # -- upstream runs a tokenizer needs (found or made once per settings)
     n_bins: int = 5  # binned: Ambre-style bins per feature
@@ -175,7 +254,7 @@ class CellSpec:
         for k in ("met", "system_metrics"):
             if not isinstance(getattr(self, k), bool):
                 raise BadSetting(f"{k} must be true or false; got {getattr(self, k)!r}")
-        if self.vect not in (4, 5):
+        if self.vect not in VECTS:
             raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         for k in ("seed", "max_train_events", "max_eval_events", "vqvae_max_events"):
             if getattr(self, k) < 0:
@@ -236,13 +315,16 @@ class CellSpec:
             kw["vect"] = int(kw["vect"])
         return cls(**kw)
 
-    def train_config(self):
-        """The training loop's config for this cell (``train.TrainConfig``; imports torch)."""
-        from thesis_mlflow.learn.training import TrainConfig
+    def train_config(self) -> TrainConfig:
+        """The training loop's config for this cell: every ``TrainConfig`` field the cell has,
+        by name, and its stream key (the rest at the loop's defaults)."""
+        return TrainConfig(**_shared(self, TrainConfig), stream_key=self.stream_key())
 
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_steps=self.warmup_steps, seed=self.seed, stream_key=self.stream_key(), device=self.device,
-                           step_mode=self.step_mode)
+    def model_config(self, n_classes: int, **tables: int) -> ModelConfig:
+        """The classifier's config for this cell: every ``ModelConfig`` field the cell has, by
+        name, the number of classes of its task and the embedding tables its inputs need
+        (``vocab_size``, ``codebook_size``: read from the binning or VQ-VAE that made them)."""
+        return ModelConfig(**{k: v for k, v in _shared(self, ModelConfig).items() if k not in tables}, n_classes=n_classes, **tables)
 
     def binning(self, raw: str) -> BinningSpec:
         """The binning run this cell's tokens come from (``binned``), made from ``raw``."""
@@ -271,3 +353,9 @@ class CellSpec:
         if self.binned_path:
             out += ["--binned-path", self.binned_path]
         return out
+
+
+def _shared(spec: CellSpec, cls) -> dict:
+    """``spec``'s values of the fields it has in common with the dataclass ``cls``."""
+    own = {f.name for f in fields(spec)}
+    return {f.name: getattr(spec, f.name) for f in fields(cls) if f.name in own and f.name != "stream_key"}

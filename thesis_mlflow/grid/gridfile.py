@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
-from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, FACTORS, POOLINGS, TASKS, TOKENIZERS, VQVAE_EPOCHS, CellSpec
+from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, FACTORS, METS, POOLINGS, TASKS, TOKENIZERS, VECTS, VQVAE_EPOCHS, CellSpec
 
 TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
@@ -141,7 +141,7 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     _check(sc, {"seeds", "train", "vqvae"}, f"{path}: scales.{scale}")
     f = doc.get("factors") or {}
     _check(f, FACTORS, f"{path}: factors")
-    allowed = {"tokenizer": [t for t in TOKENIZERS if t != "binned_ambre"], "pooling": list(POOLINGS), "met": [True, False], "vect": [4, 5]}
+    allowed = {"tokenizer": [t for t in TOKENIZERS if t != "binned_ambre"], "pooling": list(POOLINGS), "met": list(METS), "vect": list(VECTS)}
     factors = {}
     for k in FACTORS:
         levels = f.get(k, allowed[k])

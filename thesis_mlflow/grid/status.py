@@ -22,6 +22,7 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.runs import DAG_DIR_TAG
 from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking.done import finished
 from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,9 @@ def _cell_state(cell, r) -> CellState:
         return CellState(cell.name, NOT_CREATED, epochs=cell.epochs)
     m, p, t = r.data.metrics, r.data.params, r.data.tags
     status = r.info.status
-    if status == "FINISHED" and "test_auc" in m:
+    if finished(status, m):
         state = FINISHED
-    elif status in ("FAILED", "KILLED") or (status == "FINISHED" and "test_auc" not in m):
+    elif status in ("FAILED", "KILLED", "FINISHED"):  # FINISHED without its test metric: ended before its evaluation
         state = FAILED
     elif status == "RUNNING":
         state = RUNNING

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,37 +48,10 @@ from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.learn.model import init_weights
 from thesis_mlflow.learn.schedule import lr_factor, lr_lambda
 from thesis_mlflow.learn.streams import SCHEME, RunStream, stream_check
-from thesis_mlflow.spec import check_training
+from thesis_mlflow.spec import TrainConfig  # noqa: F401 - declared with the cell's settings; imported from here too
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 50  # fixed budget, no early stopping (the study compares at equal training)
-    batch_size: int = 64  # part of the science (the user's setting), not a speed knob
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 1000
-    grad_clip: float = 1.0
-    seed: int = 0
-    # with ``seed``, names the run's random stream; a cell passes its configuration's canonical key
-    # (CellSpec.stream_key) so that cells of one seed draw independently
-    stream_key: str = "adhoc"
-    device: str = "auto"  # cuda when present (bf16 autocast), else cpu
-    eval_batch_size: int = 4096
-    # auto: "compiled" on CUDA (torch.compile + CUDA graph; "graph" without Triton), "eager" on the CPU
-    step_mode: str = "auto"
-
-    def __post_init__(self):
-        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.warmup_steps, self.device, self.step_mode)
-        if self.grad_clip <= 0:
-            raise BadSetting(f"grad_clip must be > 0; got {self.grad_clip}")
-
-    @property
-    def stream(self) -> RunStream:
-        return RunStream(self.stream_key, self.seed)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,7 +20,7 @@ from torch import nn
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.learn.model import init_weights
 from thesis_mlflow.learn.streams import RunStream
-from thesis_mlflow.spec import CODEBOOK_SIZE, VQVAE_EPOCHS
+from thesis_mlflow.spec import CODEBOOK_SIZE, VECTS, VQVAE_EPOCHS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class VQConfig:
     cosine: bool = False  # compare directions on the unit sphere instead of Euclidean distance
 
     def __post_init__(self):
-        if self.vect not in (4, 5):
+        if self.vect not in VECTS:
             raise BadSetting(f"vect must be 4 or 5; got {self.vect!r}")
         if not 2 <= self.codebook_size <= 65536:
             raise BadSetting(f"codebook_size must be in [2, 65536]; got {self.codebook_size}")

@@ -105,12 +105,10 @@ class Prepared:
 
 
 def _prepare(spec: CellSpec, tcfg) -> Prepared:
-    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.model import Classifier
 
     inp = build_inputs(spec)
-    model = Classifier(ModelConfig(tokenizer=spec.tokenizer, pooling=spec.pooling, met=spec.met, vect=spec.vect,
-                                   n_classes=data.n_classes(spec.task), d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
-                                   d_ff=spec.d_ff, dropout=spec.dropout, **_table_sizes(inp.info)))
+    model = Classifier(spec.model_config(data.n_classes(spec.task), **_table_sizes(inp.info)))
     tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
     factors = _factors(model, inp)
     params = {**spec.settings(), **{k: factors[k] for k in ("tokenizer", "pooling", "met", "vect", "d_model", "n_layers", "n_heads", "d_ff",

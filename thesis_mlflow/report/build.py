@@ -26,6 +26,7 @@ from thesis_mlflow.report import curves, stats
 from thesis_mlflow.report import writeup as rep
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
+from thesis_mlflow.tracking.done import finished_rows
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
     if old:
         r.notes.append(f"{len(old)} of {len(fin)} runs stored no process labels with their test scores (logged before per-background "
                        f"figures): they count in the overall AUC and are left out of the per-background tables.")
-    n_fin = int(((runs["status"] == "FINISHED") & runs["test_auc"].notna()).sum())
+    n_fin = int(finished_rows(runs).sum())
     r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
                    f"{n_boot} bootstrap resamples (seed {seed}); tracking store {tracking.tracking_uri()}.")
     if len(cells):

@@ -26,6 +26,7 @@ from thesis_mlflow import spec
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking.done import finished_rows
 
 FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
 PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode", "rng_stream", "rng_scheme"]
@@ -135,7 +136,7 @@ def scores_of(runs: pd.DataFrame, on_error=None) -> dict[str, dict[str, np.ndarr
     """Test scores of every finished run of ``runs`` (a ``grid_runs`` table) that has them,
     fetched in parallel and cached by run id. A finished run without scores is left out and
     passed to ``on_error(run_id, exception)`` when given."""
-    fin = runs[(runs["status"] == "FINISHED") & runs["test_auc"].notna()]["run_id"].tolist()
+    fin = runs[finished_rows(runs)]["run_id"].tolist()
 
     def one(rid: str):
         try:

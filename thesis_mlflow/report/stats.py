@@ -38,11 +38,10 @@ from scipy import stats as sps
 
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.learn.metrics import BACKGROUNDS
-from thesis_mlflow.spec import FACTORS
+from thesis_mlflow.spec import FACTORS, LEVELS
 
 # contrasts read "later level minus earlier level": binned - direct, max - cls, met in - out, 5 - 4
-CONTRAST_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "pooling": ["cls", "mean", "max"],
-                  "met": [False, True], "vect": [4, 5]}
+CONTRAST_ORDER = {**LEVELS, "met": (False, True)}  # as the spec lists them, but MET contrasts are "with - without"
 INTERACTS_WITH_TOKENIZER = ("pooling", "met", "vect")
 ALPHA = 0.05
 EFFECT_COLUMNS = ["comparison", "kind", "factor", "level_a", "level_b", "at", "metric", "estimate", "ci_low", "ci_high", "se", "df",

@@ -28,9 +28,11 @@ from plotly.subplots import make_subplots
 
 from thesis_mlflow.learn import metrics
 from thesis_mlflow.report import stats
+from thesis_mlflow.spec import LEVELS, METS, VECTS
+from thesis_mlflow.tracking.done import finished_rows
 
 CELL = list(stats.FACTORS)
-FACTOR_ORDER = {"tokenizer": ["direct", "binned", "binned_ambre", "vqvae"], "pooling": ["cls", "mean", "max"], "met": [True, False], "vect": [4, 5]}
+FACTOR_ORDER = {k: list(v) for k, v in LEVELS.items()}
 N_BOOT = 1000  # resamples of the test events: the test-set part of each variance stable to a few percent
 
 
@@ -57,7 +59,7 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, s
 def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """One row per cell over seeds (finished runs only count); with ``scores``, the 95%
     t interval of the cell's mean test AUC (``auc_ci_low``/``auc_ci_high``; seeds and test events)."""
-    fin = runs[runs["status"] == "FINISHED"].dropna(subset=["test_auc"])
+    fin = runs[finished_rows(runs)]
     g = fin.groupby(CELL, dropna=False)
     t = pd.DataFrame({
         "n_seeds": g["test_auc"].count(),
@@ -143,7 +145,7 @@ def overtraining(runs: pd.DataFrame, gap: float = OVERTRAINING_GAP) -> pd.DataFr
     cols = ["name", *CELL, "seed", "train_auc", "test_auc", "gap", "flagged"]
     if "train_auc" not in runs:
         return pd.DataFrame(columns=cols)
-    fin = runs[(runs["status"] == "FINISHED")].dropna(subset=["train_auc", "test_auc"]).copy()
+    fin = runs[finished_rows(runs)].dropna(subset=["train_auc"]).copy()
     fin["gap"] = fin["train_auc"] - fin["test_auc"]
     fin["flagged"] = fin["gap"] > gap
     return fin.sort_values("gap", ascending=False)[cols].reset_index(drop=True)
@@ -343,7 +345,7 @@ def _label(row) -> str:
 
 
 def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
-    combos = list(itertools.product([True, False], [4, 5]))
+    combos = list(itertools.product(METS, VECTS))
     fig = make_subplots(rows=2, cols=2, subplot_titles=[f"MET {'in' if m else 'out'}, {v}-vectors" for m, v in combos], shared_yaxes=True)
     colors = {"cls": "#1f77b4", "mean": "#ff7f0e", "max": "#2ca02c"}
     for i, (met, vect) in enumerate(combos):
