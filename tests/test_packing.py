@@ -59,6 +59,23 @@ def test_dag_with_packs_covers_every_cell_once(tmp_path):
     sub = next((tmp_path / "dag").glob("pack*.sub")).read_text()
     assert "-m steps.grid pack" in sub and "--runs $(runs)" in sub and "--scale full" in sub
     assert "MLFLOW_RUN_ID" not in sub  # each cell's run id travels in --runs, not the job's environment
+    assert "TORCHINDUCTOR_CACHE_DIR=" in sub and "TORCHINDUCTOR_FX_GRAPH_CACHE=1" in sub  # one compile cache for every job
+
+
+def test_compile_is_paid_once_per_configuration(tmp_path, monkeypatch):
+    """The recompile limit fits the configurations a process builds (36 in the local GPU
+    backend's one process; torch's default of 8 would leave 28 uncompiled while their runs say
+    ``compiled``), never lowered; the Inductor cache folder is private (a cached kernel is code)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, 8)
+    assert packing.fit_recompile_limit(36) >= 72 and getattr(cfg, name) >= 72
+    assert packing.fit_recompile_limit(1) == getattr(cfg, name) >= 72  # not lowered by a later, smaller pack
+    env = packing.compile_cache_env(tmp_path / "cache")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache") and env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
 
 
 def test_cells_per_job_is_validated(tmp_path):
@@ -66,11 +83,11 @@ def test_cells_per_job_is_validated(tmp_path):
         load_grid(_grid_file(tmp_path, cells_per_job=0), "demo")
 
 
-def _pack(tmp_path, tiny_raw, name: str, poolings: list[str], max_train_events: int, seeds=(0,)):
+def _pack(tmp_path, tiny_raw, name: str, poolings: list[str], max_train_events: int, seeds=(0,), epochs: int = 2):
     """A tiny grid (direct tokens, the given poolings) whose cells form one pack, with its parent
     and child runs made: (grid file, experiment id, {cell: run}, the pack's --runs value)."""
     doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": poolings, "met": [True], "vect": [4]},
-           "scales": {"demo": {"seeds": list(seeds), "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+           "scales": {"demo": {"seeds": list(seeds), "train": {"epochs": epochs, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
                                                        "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": max_train_events,
                                                        "max_eval_events": 200}}},
            "condor": {"cells_per_job": len(poolings) * len(seeds)}}
@@ -132,6 +149,33 @@ def test_a_stacked_pack_gives_each_seed_its_own_run_and_the_numbers_of_alone(mlf
     for seed in (0, 1, 2):
         assert abs(aucs["stk", seed] - aucs["alone", seed]) < 1e-5, seed
     assert len({round(aucs["stk", s], 6) for s in (0, 1, 2)}) == 3  # three replicates, not one
+
+
+def test_sigterm_stops_a_stacked_pack_within_seconds(mlflow_env, tiny_raw, tmp_path):
+    """Condor evicting a pack (SIGTERM) whose cells train in threads: every cell stops at its next
+    step, ends KILLED with its last checkpoint, and the process exits in seconds, not when the
+    cells would have finished (plant: no stop request to the training threads -> the pack runs
+    on for its 40 epochs and the wait times out)."""
+    gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "sig", ["max"], max_train_events=300, seeds=(0, 1, 2), epochs=40)
+    env = {**os.environ, "MLFLOW_EXPERIMENT_ID": exp}
+    cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "demo", "--runs", runs, "--stack-seeds", "on"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    c = mlflow.MlflowClient()
+    ids = [r.info.run_id for r in children.values()]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(c.get_metric_history(i, "val_auc") for i in ids):
+        time.sleep(0.5)
+    assert p.poll() is None, p.stdout.read()[-2000:]
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=60)[0]
+    assert time.monotonic() - t0 < 30, out[-2000:]
+    assert p.returncode != 0
+    for i in ids:
+        run = c.get_run(i)
+        assert run.info.status == "KILLED", (run.info.status, out[-2000:])
+        assert "test_auc" not in run.data.metrics and 1 <= len(c.get_metric_history(i, "val_auc")) < 40
+        assert {a.path for a in c.list_artifacts(i, "checkpoints")} == {"checkpoints/last.pt"}
 
 
 def test_a_failing_cell_fails_the_pack_not_its_neighbours(mlflow_env, tiny_raw, tmp_path, monkeypatch):

@@ -51,6 +51,12 @@ class LeaseHeld(UserError):
         super().__init__(f"{what} is being worked on by another process ({holder}); not starting a second one")
 
 
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: Condor evicting or removing a pack): raised in
+    every training thread at its next step, so the pack ends in seconds; as a Ctrl-C, each run
+    then ends KILLED and resumes from its last checkpoint."""
+
+
 class LeaseLost(UserError):
     """This process no longer holds its lease (another took over after it looked dead): it stops
     without marking anything finished."""

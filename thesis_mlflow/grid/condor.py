@@ -231,9 +231,11 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
                python: str, stack_seeds: str = "auto") -> Path:
     from htcondor2 import dags
 
+    from thesis_mlflow.grid.packing import compile_cache_env
     from thesis_mlflow.tracking.telemetry import telemetry_off
 
-    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off()}
+    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off(),
+                **compile_cache_env()}  # every job reads and fills one compile cache
     if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the server's certificate (public), so HTTPS is verified on the nodes
         base_env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
 

@@ -82,6 +82,8 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     from thesis_mlflow.pipeline.cell import train_cell
 
     result: dict[str, str] = {}
+    if side_by_side or stack_seeds:  # each configuration of the process compiled, none falling back to eager unsaid
+        packing.fit_recompile_limit(len(by_configuration(todo)))
 
     def one(cell: CellSpec, rid: str, stack=None) -> None:
         try:
@@ -108,7 +110,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
         configs = list(by_configuration(todo).values())
         width = max(1, at_once or len(configs)) if side_by_side else 1
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="stack") as pool:
-            list(pool.map(stacked, configs))
+            _wait_or_stop([pool.submit(stacked, seeds) for seeds in configs])
         return result
     if not side_by_side:
         for cell, rid in todo:
@@ -121,8 +123,24 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
             one(cell, rid)
 
     with ThreadPoolExecutor(max_workers=max(1, at_once or len(todo)), thread_name_prefix="cell") as pool:
-        list(pool.map(lambda cr: in_stream(*cr), todo))
+        _wait_or_stop([pool.submit(in_stream, *cr) for cr in todo])
     return result
+
+
+def _wait_or_stop(futures) -> None:
+    """Wait for the cells trained in threads; on Ctrl-C or a signal (``packing.signals_as_interrupt``)
+    tell every fit of the process to stop at its next step, wait for them (seconds: each run
+    ends KILLED, its last checkpoint kept) and re-raise."""
+    from concurrent.futures import wait
+
+    from thesis_mlflow.learn.training import request_stop
+
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        request_stop()
+        wait(futures)
+        raise
 
 
 def by_configuration(todo: list[tuple[CellSpec, str]]) -> dict[CellSpec, list[tuple[CellSpec, str]]]:
@@ -212,7 +230,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
 
     with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
-                **packing.thread_env(workers), **gpu_env}
+                **packing.thread_env(workers), **gpu_env, **(packing.compile_cache_env() if n_gpus else {})}
         base.pop("MLFLOW_RUN_ID", None)
         jobs = []
         for i, group in enumerate(groups):

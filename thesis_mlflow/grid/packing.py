@@ -56,6 +56,33 @@ def thread_env(parallel: int) -> dict:
     return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "TORCHINDUCTOR_COMPILE_THREADS": t}
 
 
+def compile_cache_env(root: Path | None = None) -> dict:
+    """Inductor's persistent caches in one folder of the project (shared by the jobs of a grid on
+    a shared filesystem): a configuration compiled by one pack is read back by the next (~5 s
+    instead of ~48 s, measured on an H100). The folder is ours alone: a cached kernel is code
+    that every later job would run."""
+    from thesis_mlflow.paths import outputs
+    from thesis_mlflow.permissions import secure_dir
+
+    d = secure_dir(Path(root) if root is not None else outputs() / "outputs" / "inductor-cache", "Inductor cache folder")
+    return {"TORCHINDUCTOR_CACHE_DIR": str(d), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+
+
+def fit_recompile_limit(n_models: int) -> int:
+    """Let torch.compile build ``n_models`` different models in this process: past its recompile
+    limit (8 by default) a model would run uncompiled while its run still says ``compiled``.
+    Returns the limit now set (never lowered)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    limit = max(getattr(cfg, name), 2 * n_models + 8)  # two graphs per model (train step, capture) and room
+    setattr(cfg, name, limit)
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * limit)
+    return limit
+
+
 MPS_PROBE = [sys.executable, "-c", "import torch; x = torch.ones(1, device='cuda'); torch.cuda.synchronize(); assert x.item() == 1"]
 
 

@@ -46,6 +46,7 @@ from thesis_mlflow.learn.training import (
     TrainConfig,
     _atomic_save,
     _autocast,
+    check_stop,
     evaluate,
     make_optimizer,
     resolve_device,
@@ -238,6 +239,7 @@ def fit_stacked(members: list[Member], train: Tensors, val: Tensors, progress: b
         loss_sum = torch.zeros(S, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
+            check_stop()  # a signalled pack stops within a step; each seed resumes from its last checkpoint
             lo = i * B
             n_real = min(B, N - lo)
             idx = padded[:, lo : lo + B]  # (S, B)

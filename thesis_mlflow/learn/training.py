@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from thesis_mlflow.errors import BadSetting, RunConflict, Unavailable
+from thesis_mlflow.errors import BadSetting, RunConflict, Stopped, Unavailable
 from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
 from thesis_mlflow.learn.metrics import binary_metrics
@@ -52,6 +52,21 @@ from thesis_mlflow.spec import TrainConfig  # noqa: F401 - declared with the cel
 
 log = logging.getLogger(__name__)
 
+
+
+# Set when the process is asked to stop (``request_stop``): every fit of the process, in any
+# thread, raises ``Stopped`` at its next step. Signals reach only the main thread, and a pack's
+# cells train in others: without this, SIGTERM waited for every cell to finish (hours).
+STOP = threading.Event()
+
+
+def request_stop() -> None:
+    STOP.set()
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise Stopped("asked to stop (signal): the run resumes from its last checkpoint")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -355,8 +370,9 @@ def fit(
             noise.manual_seed(stream.dropout_seed(epoch))  # masks a function of (stream, epoch): a resume redraws them
             _sync(device)
             t0 = time.perf_counter()
+            check_stop()
             bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
-            loss_sum = stepper.epoch(stream.epoch_order(len(train), epoch), bar.update if bar is not None else _nothing)
+            loss_sum = stepper.epoch(stream.epoch_order(len(train), epoch), _ticking(bar))
             train_loss = loss_sum.item() / len(train)  # the epoch's one host sync
             train_time = time.perf_counter() - t0
         if bar is not None:
@@ -495,8 +511,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
-def _nothing() -> None:
-    pass
+def _ticking(bar) -> Callable[[], None]:
+    """After each step: stop when asked (``STOP``), advance the progress bar."""
+    if bar is None:
+        return check_stop
+
+    def tick() -> None:
+        check_stop()
+        bar.update()
+
+    return tick
 
 
 def _atomic_save(obj, path: Path) -> None:
