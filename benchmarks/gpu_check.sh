@@ -8,8 +8,9 @@
 #   2. benchmarks/gpu_fit_resume.py: a thesis-size run, checkpoint and resume without MLflow;
 #   3. benchmarks/gpu_side_by_side.py: cells side by side on CUDA streams (K=1 and 8), aggregate
 #      events/s over one common window;
-#   4. benchmarks/gpu_pack_e2e.py (needs MLflow): a pack of 8 full-data cells through the real
-#      `grid pack` command, wall time per cell with compile and evaluation, the grid estimate;
+#   4. benchmarks/gpu_pack_e2e.py (needs MLflow): 2 configurations x 3 seeds (stacked) of full data
+#      through the real `grid pack` command; one SUMMARY line: aggregate events/s over one common
+#      window, wall per cell with compile and evaluation, the full-grid estimate;
 #   5. benchmarks/gpu_stacked_probe.py: steady events/s of more streams against seeds stacked
 #      into one vmapped model (the batched-seeds question);
 #   6. benchmarks/gpu_throughput.py: the step modes and batch sizes.
@@ -54,11 +55,11 @@ step() {  # step NAME TIMEOUT CMD...: only the steps named in GPU_STEPS (by thei
   timeout -k 20 "$limit" "$@"
   echo "$name: exit $? in $(( $(date +%s) - t0 )) s"
 }
-step tests "GPU tests" "${GPU_TEST_TIMEOUT:-240}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py tests/test_streams.py
+step tests "GPU tests" "${GPU_TEST_TIMEOUT:-240}" $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_train_step.py tests/test_streams.py tests/test_stacked.py
 step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-120}" $PY benchmarks/gpu_fit_resume.py
 step side "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
 if [ "$have_mlflow" = 1 ]; then
-  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-330}" $PY benchmarks/gpu_pack_e2e.py --cells "${GPU_E2E_CELLS:-6}" --epochs 2
+  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-330}" $PY benchmarks/gpu_pack_e2e.py --configs "${GPU_E2E_CONFIGS:-2}" --seeds 3 --stack-seeds on --epochs 2
 else
   echo "=== gpu_pack_e2e skipped: MLflow is not installed here (carry its wheels, or run on a node with the project's environment)"
 fi

@@ -14,7 +14,7 @@ cells side by side on CUDA streams). Afterwards, from the runs themselves:
 
 Needs MLflow (a SQLite store; no server). Prints one line per figure.
 
-    python benchmarks/gpu_pack_e2e.py [--cells 8] [--epochs 2] [--events 0]   # 0 = the full file
+    python benchmarks/gpu_pack_e2e.py [--configs 2] [--seeds 3] [--stack-seeds auto] [--epochs 2] [--events 0]   # 0 = the full file
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ GRID_CELLS, GRID_EPOCHS, TRAIN_EVENTS = 108, 50, 241_658  # the thesis grid
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cells", type=int, default=8)
+    ap.add_argument("--configs", type=int, default=2, help="configurations in the pack (whole: all their seeds)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--stack-seeds", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--events", type=int, default=0, help="train events per cell (0: all 241,658)")
     ap.add_argument("--data", default="data/4tops_synthetic.h5")
@@ -63,19 +65,23 @@ def main() -> int:
     if a.small:
         train.update({"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_eval_events": 2000})
     doc = {"name": "e2e", "data": str(raw), "factors": {"tokenizer": ["direct", "binned"], "pooling": pools, "met": mets, "vect": vects},
-           "scales": {"bench": {"seeds": [0], "train": train}}, "condor": {"cells_per_job": a.cells}}
+           "scales": {"bench": {"seeds": list(range(a.seeds)), "train": train}}, "condor": {"cells_per_job": a.configs * a.seeds}}
     gfile = work / "e2e.yaml"
     gfile.write_text(yaml.safe_dump(doc))
     g = load_grid(gfile, "bench", base_dir=ROOT)
     children = ensure_children(g, find_or_create_parent(g, exp), exp)
-    pack = list(children.items())[: a.cells]
+    from thesis_mlflow.grid.driver import by_configuration
+
+    configs = list(by_configuration([(c, r) for c, r in children.items()]).values())[: a.configs]
+    pack = [cr for seeds in configs for cr in seeds]  # whole configurations, as the grid packs them
+    a.cells = len(pack)
     runs = ",".join(f"{c.name}={r.info.run_id}" for c, r in pack)
     from thesis_mlflow.grid.driver import prepare
 
     t = time.perf_counter()
     prepare(g)  # the DAG's prepare node: binning once (not part of the pack's figures)
     print(f"prepare (binning): {time.perf_counter() - t:.0f} s")
-    cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "bench", "--runs", runs]
+    cmd = [sys.executable, "-m", "steps.grid", "pack", str(gfile), "--scale", "bench", "--runs", runs, "--stack-seeds", a.stack_seeds]
     t0 = time.time()
     # the pack's log streams through, stamped with seconds since its start: when a time limit
     # stops this benchmark, what the pack had reached (builds, epochs) is still on record
@@ -106,12 +112,17 @@ def main() -> int:
 
     print(f"pack process wall {wall:.0f} s; common window {window:.0f} s; aggregate {agg:,.0f} events/s over it")
     n_packs = math.ceil(GRID_CELLS / a.cells)
-    if "side by side" in res_stdout:  # the pack's rate once built: the cells' last epochs, all at once
-        steady = sum(r.data.metrics.get("events_per_s", 0) for r in done)
-    else:  # one after another (a CPU): one cell's rate at a time
-        steady = sum(r.data.metrics.get("events_per_s", 0) for r in done) / len(done)
+    stacked = "seeds of a configuration stacked" in res_stdout
+    by_cfg: dict[str, list] = {}
+    for r in done:
+        by_cfg.setdefault(r.info.run_name.rsplit("-s", 1)[0], []).append(r.data.metrics.get("events_per_s", 0))
+    # a configuration's rate: a stacked epoch trains all its seeds at once (each seed logs the stack's epoch time)
+    rates = [len(v) * max(v) if stacked else (sum(v) if "side by side" in res_stdout else sum(v) / len(v)) for v in by_cfg.values()]
+    steady = sum(rates) if "side by side" in res_stdout else sum(rates) / len(rates)
     setup = window - n_events / max(steady, 1)  # the window not spent in steady training: imports, data, compile, evaluation
     grid_s = n_packs * (max(setup, 0) + a.cells * GRID_EPOCHS * TRAIN_EVENTS / max(steady, 1))
+    print(f"SUMMARY {'stacked' if stacked else 'unstacked'}: aggregate {agg:,.0f} events/s over the common window, "
+          f"{window / len(done):.0f} s wall per cell with compile and evaluation, full grid ~{grid_s / 3600:.1f} h")
     print(f"full grid estimate: {n_packs} packs of {a.cells} x (set-up {max(setup, 0):.0f} s + 50 epochs at {steady:,.0f} ev/s) = "
           f"{grid_s / 3600:.1f} h on one GPU")
     return 0

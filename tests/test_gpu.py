@@ -7,7 +7,8 @@
   replayed side by side in threads end as each trained alone, and the two runs' masks differ;
 - one cell trains on CUDA end to end through ``train`` (real MLflow store);
 - a run killed after epoch 1 resumes on CUDA with the same metric history and weights within
-  bf16 tolerance of an uninterrupted run.
+  bf16 tolerance of an uninterrupted run;
+- the seeds of a configuration stacked into one model on CUDA each equal that seed alone (fp32).
 """
 
 from __future__ import annotations
@@ -236,3 +237,37 @@ def test_killed_run_resumes_on_cuda(mlflow_env, tiny_raw):
     worst = max(((w[k] - v).abs().max() / v.abs().max().clamp(min=1e-3)).item() for k, v in w_ref.items())
     print(f"resumed vs uninterrupted on CUDA: largest relative weight difference {worst:.2e}")
     assert worst < 2e-2
+
+
+def test_stacked_seeds_on_cuda_equal_each_seed_alone(tiny_splits, tmp_path, exact_fp32, monkeypatch):
+    """The seeds of one configuration as one stacked model on CUDA (``learn.stacked``, as a GPU
+    pack runs them): each seed ends as that seed trained alone on CUDA (fp32, eager), with its
+    dropout masks from its own generator, and the seeds differ."""
+    from tests.test_stacked import _max_diff
+    from thesis_mlflow.learn import features, stacked
+    from thesis_mlflow.learn.binning import Binning
+    from thesis_mlflow.learn.model import Classifier, ModelConfig
+    from thesis_mlflow.learn.training import TrainConfig, fit
+    from thesis_mlflow.spec import CellSpec
+
+    monkeypatch.setattr(stacked, "_autocast", lambda device: torch.autocast("cuda", enabled=False))
+    b = Binning().fit(tiny_splits["train"])
+    tens = {s: features.make_tensors(features.token_inputs(b.transform(tiny_splits[s]), True), tiny_splits[s].y, "4t_vs_bg")
+            for s in ("train", "val")}
+    small = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.2)
+    key = CellSpec(tokenizer="binned", pooling="max").stream_key()
+
+    def cfg(seed):
+        return TrainConfig(epochs=2, batch_size=64, lr=2e-3, warmup_steps=3, device="cuda", step_mode="eager", seed=seed, stream_key=key)
+
+    alone = []
+    for s in range(3):
+        m = Classifier(ModelConfig(**small))
+        fit(m, tens["train"], tens["val"], cfg(s), tmp_path / f"a{s}.pt", progress=False)
+        alone.append(m.cpu())
+    members = [stacked.Member(Classifier(ModelConfig(**small)), cfg(s), tmp_path / f"s{s}.pt") for s in range(3)]
+    stacked.fit_stacked(members, tens["train"], tens["val"], progress=False)
+    for s, m in enumerate(members):
+        assert m.error is None
+        assert _max_diff(m.model.cpu(), alone[s]) < 1e-4, s
+    assert _max_diff(alone[0], alone[1]) > 1e-2

@@ -151,6 +151,13 @@ def by_configuration(todo: list[tuple[CellSpec, str]]) -> dict[CellSpec, list[tu
     return {k: sorted(v, key=lambda cr: cr[0].seed) for k, v in out.items()}
 
 
+def split_over_workers(todo: list[tuple[CellSpec, str]], workers: int) -> list[list[tuple[CellSpec, str]]]:
+    """``todo`` shared among ``workers``: whole configurations (a configuration's seeds in one
+    worker, where they can be stacked), round robin so that similar configurations spread."""
+    configs = list(by_configuration(todo).values())
+    return [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
+
+
 def stacking(stack_seeds: str, on_gpu: bool) -> bool:
     """``--stack-seeds auto|on|off``: auto stacks on a GPU (where it pays) and not on a CPU."""
     if stack_seeds not in STACK_SEEDS:
@@ -184,10 +191,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
         workers, mode, at_once = min(n_gpus, parallel), "threads", -(-parallel // min(n_gpus, parallel))
     else:  # CPU: `parallel` workers, each training its cells one after another
         workers, mode, at_once = parallel, "sequential", 1
-    # whole configurations round robin (a configuration's seeds in one worker, where they can be
-    # stacked): similar configurations spread over the workers
-    configs = list(by_configuration(todo).values())
-    groups = [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
+    groups = split_over_workers(todo, workers)
     started = time.perf_counter()
 
     def report(cell: CellSpec, run, status: str, where: str) -> None:

@@ -1,0 +1,90 @@
+"""The cell path in the quick loop (``make test-fast``, and so the mutation check): one cell
+trained in-process against a local SQLite store (no server, browser or subprocess), the inputs
+of each tokenizer with their upstream runs, and the driver's bookkeeping."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+
+from thesis_mlflow.grid import driver
+from thesis_mlflow.learn.metrics import binary_metrics
+from thesis_mlflow.pipeline.cell import train_cell
+from thesis_mlflow.pipeline.inputs import build_inputs
+from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking.done import is_done
+
+TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=64, warmup_steps=5, lr=3e-3, max_train_events=300,
+            max_eval_events=200, epochs=1, system_metrics=False, device="cpu")
+
+
+@pytest.fixture()
+def local_store(tmp_path, monkeypatch, template_store):
+    """A SQLite store in this test's folder, in-process (what ``mlflow_env`` is, kept in the quick loop)."""
+    shutil.copyfile(template_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for k, v in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "fast"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient(uri).create_experiment("fast", artifact_location=(tmp_path / "artifacts").as_uri())
+    yield mlflow.MlflowClient(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_one_cell_trains_logs_and_is_done(local_store, tiny_raw):
+    spec = CellSpec(tokenizer="direct", pooling="mean", data=str(tiny_raw), **TINY)
+    rid = train_cell(spec)
+    run = local_store.get_run(rid)
+    assert run.info.status == "FINISHED" and is_done(run)
+    p = run.data.params
+    assert (p["tokenizer"], p["pooling"], p["met"], p["vect"]) == ("direct", "mean", "true", "4") and int(p["n_params"]) > 0
+    assert p["rng_key"] == spec.stream_key() and p["step_mode"] == "eager"
+    assert [m.step for m in local_store.get_metric_history(rid, "val_auc")] == [1]
+    s = np.load(mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="eval/test_scores.npz"))
+    assert len(s["scores"]) == int(p["n_test_events"]) and set(np.unique(s["process"])) <= {1, 2, 3, 4, 5}
+    assert binary_metrics(s["labels"].astype(bool), s["scores"])["auc"] == pytest.approx(run.data.metrics["test_auc"], abs=1e-6)
+    assert train_cell(spec, rid) == rid  # done: nothing retrained, nothing logged twice
+    assert [m.step for m in local_store.get_metric_history(rid, "val_auc")] == [1]
+
+
+@pytest.mark.parametrize("tokenizer", ["direct", "binned", "vqvae"])
+def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw, tokenizer):
+    spec = CellSpec(tokenizer=tokenizer, data=str(tiny_raw), vqvae_epochs=1, vqvae_max_events=300, codebook_size=16, **TINY)
+    inp = build_inputs(spec)
+    keys = {"direct": {"cont", "ids", "valid", "met"}, "binned": {"tokens", "valid"}, "vqvae": {"tokens", "valid", "met"}}[tokenizer]
+    assert set(inp.arrays["train"]) == keys
+    assert len(inp.labels["train"]) == 300 and len(inp.labels["test"]) == 200
+    upstream = {"binned": "binning_run_id", "vqvae": "vqvae_run_id"}.get(tokenizer)
+    if upstream is None:
+        assert inp.info.scaler is not None and inp.info.binning_run_id is None and inp.info.vqvae_run_id is None
+        return
+    rid = getattr(inp.info, upstream)
+    assert local_store.get_run(rid).info.status == "FINISHED"
+    assert getattr(build_inputs(spec).info, upstream) == rid  # found and reused, not made again
+    if tokenizer == "binned":
+        assert inp.info.vocab_size > 5 and inp.info.vect == 4
+    else:
+        assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16
+
+
+def test_driver_bookkeeping():
+    cells = [CellSpec(tokenizer=t, pooling=p, seed=s) for s in (0, 1, 2) for t in ("direct", "binned") for p in ("cls", "max")]
+    todo = [(c, f"r{i}") for i, c in enumerate(cells)]
+    groups = driver.by_configuration(todo)
+    assert len(groups) == 4 and all([c.seed for c, _ in v] == [0, 1, 2] for v in groups.values())
+    assert list(groups)[0] == CellSpec(tokenizer="direct", pooling="cls")  # configurations in the order given
+    workers = driver.split_over_workers(todo, 3)
+    assert sorted(len(w) for w in workers) == [3, 3, 6] and sum(map(len, workers)) == 12
+    for w in workers:  # a configuration's seeds never split over two workers
+        assert all(len([c for c, _ in w if c.replace(seed=0) == k]) in (0, 3) for k in groups)
+    assert driver.stacking("auto", True) and not driver.stacking("auto", False) and driver.stacking("on", False)
+    assert not driver.stacking("off", True)
+    with pytest.raises(ValueError, match="stack_seeds must be one of auto, on, off"):
+        driver.stacking("yes", True)
