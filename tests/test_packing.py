@@ -70,9 +70,13 @@ def test_compile_is_paid_once_per_configuration(tmp_path, monkeypatch):
 
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(cfg, name, 8)
-    assert packing.fit_recompile_limit(36) >= 72 and getattr(cfg, name) >= 72
-    assert packing.fit_recompile_limit(1) == getattr(cfg, name) >= 72  # not lowered by a later, smaller pack
+    before = getattr(cfg, name)  # (not monkeypatch: undoing an alias of torch's config module left it broken)
+    try:
+        setattr(cfg, name, 8)
+        assert packing.fit_recompile_limit(36) >= 72 and getattr(cfg, name) >= 72
+        assert packing.fit_recompile_limit(1) == getattr(cfg, name) >= 72  # not lowered by a later, smaller pack
+    finally:
+        setattr(cfg, name, before)
     env = packing.compile_cache_env(tmp_path / "cache")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache") and env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
