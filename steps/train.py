@@ -48,10 +48,12 @@ D = CellSpec()  # the defaults live in the spec, with the reason for each
 @click.option("--system-metrics", type=BOOL, default=str(D.system_metrics).lower(), show_default=True, help="Log MLflow system metrics (CPU, memory, GPU).")
 @user_errors
 def main(**kw) -> None:
+    from thesis_mlflow.grid.status import publish_after_cell
     from thesis_mlflow.pipeline.cell import train_cell
 
     spec = CellSpec.from_options(**{k.rstrip("_"): v for k, v in kw.items()})
-    click.echo(f"train run {train_cell(spec)}")
+    # a grid's cell (a Condor node, `mlflow run` on a child) keeps its parent's progress current
+    click.echo(f"train run {train_cell(spec, on_end=publish_after_cell)}")
 
 
 if __name__ == "__main__":

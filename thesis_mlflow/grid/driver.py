@@ -24,7 +24,7 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
-from thesis_mlflow.grid.status import WATCHED
+from thesis_mlflow.grid.status import WATCHED, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import leases, views
@@ -87,7 +87,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
 
     def one(cell: CellSpec, rid: str, stack=None) -> None:
         try:
-            train_cell(cell, rid, stack)
+            train_cell(cell, rid, stack, on_end=publish_after_cell)
             result[cell.name] = "FINISHED"
         except LeaseHeld as e:  # trained by another process: not ours
             result[cell.name] = "ELSEWHERE"

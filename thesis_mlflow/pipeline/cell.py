@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from thesis_mlflow.errors import Diverged, RunConflict
 from thesis_mlflow.learn import data, features, metrics
+from thesis_mlflow.learn.model import Classifier
+from thesis_mlflow.learn.training import evaluate, fit, resolve_device, resolve_step
 from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import CellSpec, cell_name, cell_tag
 from thesis_mlflow.tracking import leases, runlog
@@ -32,18 +35,20 @@ CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "bat
            "rng_stream", "rng_scheme")
 
 
-def train_cell(spec: CellSpec, run_id: str | None = None, stack=None) -> str:
+def train_cell(spec: CellSpec, run_id: str | None = None, stack=None, on_end: Callable[[str], None] | None = None) -> str:
     """See ``_train_cell``; ``stack`` (a ``pipeline.stack.SeedStack``): train this seed together
     with the other seeds of its configuration, each in its own thread. A seed that ends without
-    training (finished already, failed before training, trained elsewhere) leaves the stack."""
+    training (finished already, failed before training, trained elsewhere) leaves the stack.
+    ``on_end(run_id)``: once the run has ended, finished or not (the grid keeps its parent's
+    progress current with it; its failure is logged, never the cell's)."""
     try:
-        return _train_cell(spec, run_id, stack)
+        return _train_cell(spec, run_id, stack, on_end)
     finally:
         if stack is not None:
             stack.leave()
 
 
-def _train_cell(spec: CellSpec, run_id: str | None, stack) -> str:
+def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
     """Train ``spec``'s cell, evaluate it on the test split and log everything; returns the run id.
 
     ``run_id``: the (child) run to train in, else ``MLFLOW_RUN_ID``, else a new run. Several
@@ -52,8 +57,6 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack) -> str:
     A new run is created only once the inputs are known good (bad input: no run at all). A run
     that already exists (a grid's child, `mlflow run`'s) is where the user looks: any failure,
     building the inputs included, is recorded on it (FAILED, ``error.class``, its log)."""
-    from thesis_mlflow.learn.training import resolve_device, resolve_step
-
     tcfg = spec.train_config()
     resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
     given = run_id or os.environ.get("MLFLOW_RUN_ID")
@@ -86,8 +89,11 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack) -> str:
         if lease is not None:
             lease.stop()
             tracking.drop_fence(lease)
-        if ours is not None:
-            _publish_progress(ours)
+        if ours is not None and on_end is not None:
+            try:
+                on_end(ours)
+            except Exception as e:  # noqa: BLE001 - the progress display must never fail a cell
+                log.warning("after run %s: %s", ours, e)
 
 
 @dataclass
@@ -105,8 +111,6 @@ class Prepared:
 
 
 def _prepare(spec: CellSpec, tcfg) -> Prepared:
-    from thesis_mlflow.learn.model import Classifier
-
     inp = build_inputs(spec)
     model = Classifier(spec.model_config(data.n_classes(spec.task), **_table_sizes(inp.info)))
     tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
@@ -127,15 +131,6 @@ def check_scores(scores: np.ndarray, name: str) -> None:
     bad = int((~np.isfinite(scores)).sum())
     if bad:
         raise Diverged(f"{name}: {bad} of {len(scores)} test scores are NaN or infinite (training diverged); no test metrics logged")
-
-
-def _publish_progress(run_id: str) -> None:
-    from thesis_mlflow.grid import status
-
-    try:
-        status.publish_after_cell(run_id)
-    except Exception as e:  # noqa: BLE001 - the progress display must never fail a cell
-        log.warning("could not update the grid's progress after run %s: %s", run_id, e)
 
 
 def _table_sizes(info) -> dict:
@@ -161,8 +156,6 @@ def _plain(d: dict) -> dict:
 
 
 def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None, stack=None) -> str:
-    from thesis_mlflow.learn.training import evaluate, fit, resolve_device
-
     existing = tracking.get_run(run_id)
     if has_results(existing):
         log.info("run %s already has its test metrics and scores: nothing to do", run_id)
