@@ -210,3 +210,15 @@ def test_model_and_training_configs_are_derived_from_the_cell():
     d = CellSpec()
     assert all(getattr(d, k) == getattr(ModelConfig(), k) for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout"))
     assert all(getattr(d, k) == getattr(TrainConfig(), k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps"))
+
+
+def test_the_query_api_keeps_its_old_name_with_a_warning():
+    """Notebooks written before the package was grouped by role import ``thesis_mlflow.results``."""
+    import thesis_mlflow
+    from thesis_mlflow.report import results
+
+    with pytest.warns(DeprecationWarning, match="now thesis_mlflow.report.results"):
+        from thesis_mlflow import results as old
+    assert old is results
+    with pytest.raises(AttributeError):
+        thesis_mlflow.nothing_here  # noqa: B018
