@@ -8,7 +8,7 @@
 #   2. benchmarks/gpu_fit_resume.py: a thesis-size run, checkpoint and resume without MLflow;
 #   3. benchmarks/gpu_side_by_side.py: cells side by side on CUDA streams (K=1 and 8), aggregate
 #      events/s over one common window;
-#   4. benchmarks/gpu_pack_e2e.py (needs MLflow): 2 configurations x 3 seeds (stacked) of full data
+#   4. benchmarks/gpu_pack_e2e.py (needs MLflow): 2 configurations x 3 seeds (stacked; GPU_E2E_STACK=off: not) of full data
 #      through the real `grid pack` command; one SUMMARY line: aggregate events/s over one common
 #      window, wall per cell with compile and evaluation, the full-grid estimate;
 #   5. benchmarks/gpu_stacked_probe.py: steady events/s of more streams against seeds stacked
@@ -59,7 +59,7 @@ step tests "GPU tests" "${GPU_TEST_TIMEOUT:-240}" $PY -m pytest -q -s -p no:cach
 step resume "gpu_fit_resume" "${GPU_RESUME_TIMEOUT:-120}" $PY benchmarks/gpu_fit_resume.py
 step side "gpu_side_by_side" "${GPU_SIDE_TIMEOUT:-420}" $PY benchmarks/gpu_side_by_side.py --k 1,8
 if [ "$have_mlflow" = 1 ]; then
-  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-330}" $PY benchmarks/gpu_pack_e2e.py --configs "${GPU_E2E_CONFIGS:-2}" --seeds 3 --stack-seeds on --epochs 2
+  step e2e "gpu_pack_e2e" "${GPU_E2E_TIMEOUT:-330}" $PY benchmarks/gpu_pack_e2e.py --configs "${GPU_E2E_CONFIGS:-2}" --seeds 3 --stack-seeds "${GPU_E2E_STACK:-on}" --epochs 2
 else
   echo "=== gpu_pack_e2e skipped: MLflow is not installed here (carry its wheels, or run on a node with the project's environment)"
 fi
