@@ -201,9 +201,9 @@ def test_system_metrics_of_train_runs(mlflow_env, tiny_raw, monkeypatch, on):
 def test_diverged_run_is_failed_and_named_not_ranked(mlflow_env, tiny_raw, monkeypatch):
     """NaN test scores (a diverged run) are refused before any test metric is logged: the run is
     FAILED with the reason in its error tags, and the command says which cell."""
-    from thesis_mlflow.learn import training as T
+    from thesis_mlflow.pipeline import cell as C
 
-    real = T.evaluate
+    real = C.evaluate  # the test evaluation the cell runs (fit's validation evaluations are the loop's own)
 
     def diverged(model, data, device, batch_size):
         out = real(model, data, device, batch_size)
@@ -212,7 +212,7 @@ def test_diverged_run_is_failed_and_named_not_ranked(mlflow_env, tiny_raw, monke
             out["scores"][:3] = np.nan
         return out
 
-    monkeypatch.setattr(T, "evaluate", diverged)
+    monkeypatch.setattr(C, "evaluate", diverged)
     res = CliRunner().invoke(main, ["train", "--tokenizer", "direct", "--pooling", "max", "--epochs", "1", "--data", str(tiny_raw), *TINY])
     assert res.exit_code == 1 and "direct-max-met-4v-s0: 3 of 200 test scores are NaN or infinite" in res.output, res.output
     (r,) = _runs("train")
