@@ -21,7 +21,7 @@ fi
 "$BIN/thesis-mlflow" grid run "$GRID" --backend local --scale demo --jobs "$JOBS" --allow-dirty
 "$BIN/thesis-mlflow" report --grid binning_vs_direct-demo
 
-exp_id=$("$BIN/python" -c "from thesis_mlflow import tracking; print(tracking.ensure_experiment())")
+exp_id=$("$BIN/python" -c "from thesis_mlflow.tracking import runs; print(runs.ensure_experiment())")
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s (wall time)."
 echo "MLflow UI (runs table): $MLFLOW_TRACKING_URI/#/experiments/$exp_id/runs"

@@ -146,7 +146,7 @@ class TrainConfig:
     def stream(self):
         """The run's random stream (``learn.streams.RunStream``; numpy imported only here: the CLI
         validates specs without it)."""
-        from thesis_mlflow.learn.streams import RunStream
+        from thesis_mlflow.learn.streams import RunStream  # lazy: numpy; the CLI validates specs without it
 
         return RunStream(self.stream_key, self.seed)
 

@@ -22,7 +22,11 @@ from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid.gridfile import Grid
+from thesis_mlflow.grid.packing import compile_cache_env
+from thesis_mlflow.paths import ROOT, outputs
+from thesis_mlflow.permissions import private_files, secure_dir
 from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking.telemetry import telemetry_off
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +161,6 @@ def check_no_credentials(tracking_uri: str) -> None:
 
 def _under_outputs(path: str) -> Path:
     """``dag_dir`` / ``log_dir`` as given, relative ones under the project (``paths.outputs``)."""
-    from thesis_mlflow.paths import outputs
-
     p = Path(path)
     return p if p.is_absolute() else outputs() / p
 
@@ -216,7 +218,6 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     check_no_credentials(tracking_uri)
     getenv_value(grid.condor["getenv"])  # refused before anything is written
     python = grid.condor["python"] or sys.executable
-    from thesis_mlflow.permissions import private_files, secure_dir
 
     # DAGMan re-reads the submit files at every retry: a groupmate able to edit one would run code
     # as us, with our login. The folders are ours alone (0700; one others can write is refused, naming
@@ -231,8 +232,6 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
                python: str, stack_seeds: str = "auto") -> Path:
     from htcondor2 import dags
 
-    from thesis_mlflow.grid.packing import compile_cache_env
-    from thesis_mlflow.tracking.telemetry import telemetry_off
 
     base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off(),
                 **compile_cache_env()}  # every job reads and fills one compile cache
@@ -295,8 +294,7 @@ def schedd_available() -> bool:
 def run_condor(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, dry_run: bool, echo: Callable[[str], None] = log.info,
                stack_seeds: str = "auto") -> Path:
     """Write the grid's DAG and submit it (through the bindings, or print how where no schedd answers)."""
-    from thesis_mlflow.paths import ROOT
-    from thesis_mlflow.tracking import runs as tracking  # the DAG's jobs log to this server
+    from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow, only to submit (writing the DAG needs none)
 
     dag_file = write_dag(g, runs, tracking.tracking_uri(), exp_id, ROOT, grid_file, stack_seeds=stack_seeds)
     echo(f"DAG written: {dag_file}")

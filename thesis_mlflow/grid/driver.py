@@ -24,10 +24,12 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
-from thesis_mlflow.grid.status import WATCHED, publish_after_cell
+from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
-from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases, views
+from thesis_mlflow.pipeline import upstream
+from thesis_mlflow.pipeline.stack import SeedStack
+from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec
+from thesis_mlflow.tracking import leases, provenance, views
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import is_done
 
@@ -44,9 +46,6 @@ def _log_echo(msg: str) -> None:
 
 def prepare(g: Grid) -> dict[str, str]:
     """The upstream runs, once: binning per vect and VQ-VAE per vect where included."""
-    from thesis_mlflow.pipeline import upstream
-    from thesis_mlflow.spec import BinningSpec, VQSpec
-
     raw = upstream.ensure_raw(g.data)
     done = {}
     for vect in g.factors["vect"]:
@@ -79,7 +78,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     ELSEWHERE}. Every cell draws from its own random stream, so side by side or stacked it
     trains as it would alone."""
 
-    from thesis_mlflow.pipeline.cell import train_cell
+    from thesis_mlflow.pipeline.cell import train_cell  # lazy: torch, only where cells train in this process (not for a Condor submission)
 
     result: dict[str, str] = {}
     if side_by_side or stack_seeds:  # each configuration of the process compiled, none falling back to eager unsaid
@@ -100,8 +99,6 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     from concurrent.futures import ThreadPoolExecutor
 
     if stack_seeds:
-        from thesis_mlflow.pipeline.stack import SeedStack
-
         def stacked(seeds: list[tuple[CellSpec, str]]) -> None:
             stack = SeedStack(len(seeds), name=seeds[0][0].name.rsplit("-s", 1)[0])
             with ThreadPoolExecutor(max_workers=len(seeds), thread_name_prefix="seed") as pool:
@@ -133,7 +130,7 @@ def _wait_or_stop(futures) -> None:
     ends KILLED, its last checkpoint kept) and re-raise."""
     from concurrent.futures import wait
 
-    from thesis_mlflow.learn.training import request_stop
+    from thesis_mlflow.learn.training import request_stop  # lazy: torch, only on an interrupt
 
     try:
         wait(futures)
@@ -361,8 +358,6 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
              allow_dirty: bool | None = None, stack_seeds: str = "auto") -> GridRun:
     """Run (or resume) a grid. ``allow_dirty``: run code with uncommitted changes (its diff is then
     recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused."""
-    from thesis_mlflow.tracking import provenance
-
     stacking(stack_seeds, False)  # a bad value refused before anything starts
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT)
@@ -392,10 +387,8 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
 
 def _publish(g: Grid) -> None:
     """The grid's progress on its parent run (metrics and description), for the runs table."""
-    from thesis_mlflow.grid import status
-
     try:
-        status.publish(status.grid_status(str(g.source) if g.source else g.run_name, g.scale))
+        publish(grid_status(str(g.source) if g.source else g.run_name, g.scale))
     except Exception as e:  # noqa: BLE001 - progress display must not stop the grid
         log.warning("could not update the parent's progress: %s", e)
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting, Unavailable
+from thesis_mlflow.paths import outputs
+from thesis_mlflow.permissions import secure_dir
 
 log = logging.getLogger(__name__)
 MPS_MODES = ("auto", "on", "off")
@@ -61,9 +63,6 @@ def compile_cache_env(root: Path | None = None) -> dict:
     a shared filesystem): a configuration compiled by one pack is read back by the next (~5 s
     instead of ~48 s, measured on an H100). The folder is ours alone: a cached kernel is code
     that every later job would run."""
-    from thesis_mlflow.paths import outputs
-    from thesis_mlflow.permissions import secure_dir
-
     d = secure_dir(Path(root) if root is not None else outputs() / "outputs" / "inductor-cache", "Inductor cache folder")
     return {"TORCHINDUCTOR_CACHE_DIR": str(d), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 

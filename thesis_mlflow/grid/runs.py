@@ -15,7 +15,7 @@ import time
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import leases, provenance
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ def find_or_create_parent(g: Grid, exp_id: str):
         for k, v in tags.items():
             c.set_tag(rid, k, v)
         claim.release()  # the run is the parent now; the driver takes its own lease on it
-    from thesis_mlflow.tracking import provenance
 
     for k, v in provenance.tags("grid").items():  # which code drives the grid (its cells record their own)
         c.set_tag(rid, k, v)

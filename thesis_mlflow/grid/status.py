@@ -19,7 +19,10 @@ from pathlib import Path
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import condor
 from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import DAG_DIR_TAG
+from thesis_mlflow.paths import ROOT, resolve
+from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import finished
@@ -159,9 +162,6 @@ def last_log_lines(run_id: str, n: int) -> list[str]:
 def _expected(grid_arg: str, scale: str | None):
     """(grid run name, expected cells or None) from a grid file, or from a grid name (then the
     cells come from the grid file its parent run logged)."""
-    from thesis_mlflow.grid.gridfile import load_grid
-    from thesis_mlflow.paths import ROOT, resolve
-
     path = resolve(grid_arg)
     if path.is_file():
         g = load_grid(path, scale or "full", base_dir=ROOT)
@@ -183,7 +183,6 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
         if cells is None:
             cells = gridruns.expected_cells_of(parent)
     if cells is None:  # the runs that exist are all that is known
-        from thesis_mlflow.spec import CellSpec
 
         cells = []
         for tag in runs:

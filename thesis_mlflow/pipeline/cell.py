@@ -185,7 +185,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                 return
             tracking.log_metrics({**values, "epoch": epoch}, step=epoch)  # "epoch": the latest value is the progress (grid status)
             logged_epochs.add(epoch)
-            runlog.upload_current()  # the log so far, one click away while the cell runs
+            tracking.upload_current_log()  # the log so far, one click away while the cell runs
 
         def on_step_mode(mode: str, fallback: str | None) -> None:
             """The step mode that actually runs: the param (docs/design.md) when not logged yet, and a tag

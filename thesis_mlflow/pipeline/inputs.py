@@ -16,6 +16,8 @@ import numpy as np
 
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.learn import data, features
+from thesis_mlflow.learn import prebinned as compare
+from thesis_mlflow.learn.binning import read_binned
 from thesis_mlflow.paths import resolve
 from thesis_mlflow.pipeline import upstream
 from thesis_mlflow.spec import CellSpec
@@ -69,8 +71,6 @@ def infer_vect(X: dict, attrs: dict, requested: int) -> int:
 def read_ambre(path: Path, raw_path: str, seed: int) -> tuple[dict, dict, dict, str]:
     """The colleague's file through the compare reader; a combined split is split like the raw
     file when its rows align with it, else by a seeded 80/10/10 split (which one is logged)."""
-    from thesis_mlflow.learn import prebinned as compare
-
     tf = compare.read_tokens(path)
     raw_p = resolve(raw_path)
     if tf.combined and raw_p.is_file():
@@ -97,8 +97,6 @@ def build_inputs(spec: CellSpec) -> Inputs:
 
 
 def _token_inputs(spec: CellSpec) -> Inputs:
-    from thesis_mlflow.learn.binning import read_binned
-
     if spec.tokenizer == "binned":
         raw = upstream.ensure_raw(spec.data)
         run_id, path = upstream.find_or_run(spec.binning(str(raw)))

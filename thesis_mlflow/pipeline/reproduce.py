@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from thesis_mlflow.errors import BadInput
+from thesis_mlflow.pipeline.cell import train_cell
+from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,6 @@ class Verdict:
 
 def spec_of(run) -> object:
     """The ``CellSpec`` a train run was made with, from its params (and its upstream runs)."""
-    from thesis_mlflow.spec import CellSpec
-
     p = run.data.params
     missing = [k for k in ("tokenizer", "pooling", "met", "vect", "seed", "data", "rng_stream") if k not in p]
     if missing:
@@ -90,9 +91,6 @@ def _scores(run_id: str) -> np.ndarray:
 
 
 def reproduce(run_id: str) -> Verdict:
-    from thesis_mlflow.pipeline.cell import train_cell
-    from thesis_mlflow.tracking import provenance
-
     old = tracking.require_run(run_id, "train")
     spec = spec_of(old)
     if old.data.params.get("rng_stream") != spec.train_config().stream.id:

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.learn.stacked import Member, fit_stacked
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -41,8 +42,6 @@ class SeedStack:
     def fit(self, model, train, val, cfg, checkpoint_path: Path, resume_from: Path | None = None, on_epoch=None,
             on_checkpoint=None, progress: bool = True, extra_state: dict | None = None, on_step_mode=None) -> list[dict]:
         """``training.fit``'s signature: this seed's training, done together with the others'."""
-        from thesis_mlflow.learn.stacked import Member
-
         me = threading.get_ident()
         inbox: queue.Queue = queue.Queue()
         member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.seed, cfg.epochs),
@@ -91,8 +90,6 @@ class SeedStack:
         threading.Thread(target=self._run, name=f"{self.name}-coordinator", daemon=True).start()
 
     def _run(self) -> None:
-        from thesis_mlflow.learn.stacked import fit_stacked
-
         train, val = self._data
         try:
             log.info("%s: %d seed(s) trained as one stacked model", self.name, len(self._members))

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from thesis_mlflow.errors import MissingInput
-from thesis_mlflow.learn import data
+from thesis_mlflow.learn import data, synthetic
+from thesis_mlflow.learn.binning import Binning, write_binned
+from thesis_mlflow.learn.streams import RunStream
 from thesis_mlflow.paths import ROOT, resolve
 from thesis_mlflow.spec import DEFAULT_DATA, BinningSpec, VQSpec
 from thesis_mlflow.tracking import leases
@@ -33,8 +35,6 @@ FULL_SIZE = 302072  # events of the built-in dataset (the real file's total)
 
 def run_generate(n_events: int, seed: int, output: str, use_env: bool = True) -> str:
     """Generate the built-in dataset, write it atomically with its data card, log; return the run id."""
-    from thesis_mlflow.learn import synthetic
-
     cfg = synthetic.GeneratorConfig(n_events=n_events, seed=seed)
     out = resolve(output)
     with tracking.step_run("generate", run_name=f"generate-n{n_events}-s{seed}", use_env=use_env) as run:
@@ -86,8 +86,6 @@ def run_binning(o: BinningSpec, output: str | None = None, use_env: bool = True,
                 lease=None) -> tuple[str, Path]:
     """Validate, fit on train, tokenise all splits, write atomically, log. Returns (run id, file).
     ``run_id``: a claim run to log into (``find_or_run``)."""
-    from thesis_mlflow.learn.binning import Binning, write_binned
-
     inp = resolve(o.input)
     b = Binning(n_bins=o.n_bins, vect=o.vect, phi_convention=o.phi, fit_on=o.fit_on)
     splits = data.read_raw(inp)  # validates before anything is written
@@ -147,9 +145,8 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
     """Validate, train, log. Returns (run id, local model file). ``run_id``: a claim run to log into."""
     import torch
 
-    from thesis_mlflow.learn import features
-    from thesis_mlflow.learn.streams import RunStream
-    from thesis_mlflow.learn.vqvae import ObjectVQVAE, VQConfig, VQTrainConfig, save_payload, train_vqvae
+    from thesis_mlflow.learn import features  # lazy: torch, only for a VQ-VAE (generate and binning stay light)
+    from thesis_mlflow.learn.vqvae import ObjectVQVAE, VQConfig, VQTrainConfig, save_payload, train_vqvae  # lazy: torch, only for a VQ-VAE
 
     cfg = VQConfig(vect=o.vect, codebook_size=o.codebook_size, latent_dim=o.latent_dim)
     tcfg = VQTrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
@@ -209,9 +206,9 @@ _RUN = {"binning": run_binning, "vqvae": run_vqvae}
 
 def load_vqvae(run_id: str):
     """(model, scaler) of a vqvae run; a clear error when the run does not exist or is no vqvae run."""
-    from thesis_mlflow.learn import safeload
-    from thesis_mlflow.learn.features import Scaler
-    from thesis_mlflow.learn.vqvae import load_payload
+    from thesis_mlflow.learn import safeload  # lazy: torch, only for a VQ-VAE
+    from thesis_mlflow.learn.features import Scaler  # lazy: torch, only for a VQ-VAE
+    from thesis_mlflow.learn.vqvae import load_payload  # lazy: torch, only for a VQ-VAE
 
     tracking.require_run(run_id, "vqvae")
     payload = safeload.load(tracking.artifact_path(run_id, VQVAE_ARTIFACT))

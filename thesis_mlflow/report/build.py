@@ -21,8 +21,9 @@ import pandas as pd
 
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.runs import expected_cells_of
 from thesis_mlflow.paths import outputs
-from thesis_mlflow.report import curves, stats
+from thesis_mlflow.report import curves, results, stats
 from thesis_mlflow.report import writeup as rep
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
@@ -46,8 +47,6 @@ class ReportData:
 
 def collect(grid: str) -> ReportData:
     """Everything the report needs, through the public query API (``thesis_mlflow.report.results``)."""
-    from thesis_mlflow.report import results
-
     exp = tracking.current_experiment_id()
     runs = results.grid_runs(grid, exp)
     parent = gridruns.find_parent(grid, exp)
@@ -75,8 +74,6 @@ def collect(grid: str) -> ReportData:
 
 def _expected_cells(parent) -> list[dict]:
     """The cells the grid asked for (``gridruns.expected_cells_of``), as the report's dicts."""
-    from thesis_mlflow.grid.runs import expected_cells_of
-
     cells = expected_cells_of(parent) or []  # unreadable grid file: missing cells are those never created
     return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
 
@@ -150,7 +147,7 @@ def rejection_bands(fin: pd.DataFrame, scores: dict) -> pd.DataFrame:
 
 def write_pdfs(r: rep.Report, out: Path) -> list[Path]:
     """The thesis figures (vector PDF, mplhep style) under ``out/figures``."""
-    from thesis_mlflow.report import figures as tf
+    from thesis_mlflow.report import figures as tf  # lazy: matplotlib, only when the PDFs are written
 
     files = []
     if len(r.cells):

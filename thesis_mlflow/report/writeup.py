@@ -27,6 +27,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from thesis_mlflow.learn import metrics
+from thesis_mlflow.learn.streams import SCHEME
 from thesis_mlflow.report import stats
 from thesis_mlflow.spec import LEVELS, METS, VECTS
 from thesis_mlflow.tracking.done import finished_rows
@@ -318,8 +319,6 @@ def omnibus_sentences(table: pd.DataFrame, comps: dict) -> list[str]:
 
 
 def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
-    from thesis_mlflow.learn.streams import SCHEME
-
     out = [METHOD.format(scheme=SCHEME, n=len(eff))]
     if streams and streams[0]:
         out.append(f"Warning: {streams[0]} of {streams[1]} runs carry no random-stream id (trained before scheme {SCHEME}): their "

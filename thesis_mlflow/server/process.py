@@ -44,6 +44,7 @@ from thesis_mlflow.errors import Unavailable, UserError
 from thesis_mlflow.permissions import check_private, secure_dir, write_private
 from thesis_mlflow.server import logins
 from thesis_mlflow.server.logins import AUTH_INI, CREDENTIALS, credentials, ensure_auth_config, install_client_credentials  # noqa: F401 (re-exported)
+from thesis_mlflow.tracking.telemetry import telemetry_off
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     (root / "artifacts").mkdir(exist_ok=True)
     beyond_loopback = host not in LOOPBACK
     if beyond_loopback and tls is None and not insecure_http:
-        from thesis_mlflow.server.tls import ensure_cert
+        from thesis_mlflow.server.tls import ensure_cert  # lazy: cryptography, only beyond loopback
 
         tls = ensure_cert(root, host)
     scheme = "https" if tls else "http"
@@ -219,7 +220,6 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     uri = f"{scheme}://{local}:{port}"
     public = f"{scheme}://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{port}"
     cafile = Path(tls[0]) if tls else None
-    from thesis_mlflow.tracking.telemetry import telemetry_off
 
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # MLflow's job runner (8 huey consumers, ~1 GB): GenAI features we do not use
            # each worker's connection pool: SQLAlchemy's 5 + 10 ran out with 36 jobs on one worker
@@ -244,7 +244,7 @@ def start(root: str | Path, host: str = "127.0.0.1", port: int = 0, workers: int
     (root / "server.url").write_text(public if beyond_loopback else uri)  # what jobs export (not trusted by running())
     srv = Server(proc, uri, proc.pid, root, public, cafile)
     if auth:
-        from thesis_mlflow.tracking.runs import DEFAULT_EXPERIMENT
+        from thesis_mlflow.tracking.runs import DEFAULT_EXPERIMENT  # lazy: MLflow's client, not needed to start or stop a server
 
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         try:

@@ -16,7 +16,7 @@ FINAL_METRIC = "test_auc"
 
 
 def has_scores(run_id: str) -> bool:
-    from thesis_mlflow.tracking import runs as tracking
+    from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow; the writeup uses finished_rows on plain tables
 
     return tracking.has_artifact(run_id, SCORES)
 

@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from thesis_mlflow.errors import BadSetting
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,8 +127,6 @@ def label(tags: dict) -> str:
 def check_clean(allow_dirty: bool, root: Path = ROOT) -> Code:
     """A grid's code must be committed, so every cell says which code made it; with
     ``allow_dirty`` the diff is recorded instead. Raises ``BadSetting`` naming the files."""
-    from thesis_mlflow.errors import BadSetting
-
     c = code(root)
     if c.dirty and not allow_dirty:
         shown = ", ".join(c.changed[:5]) + (f" and {len(c.changed) - 5} more" if len(c.changed) > 5 else "")

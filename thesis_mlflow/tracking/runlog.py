@@ -1,8 +1,9 @@
 """Each run keeps its own log: a failed cell's cause is one click away in the MLflow UI.
 
-While a step's run is active, every log record of the process (the library's and MLflow's)
-is also written to a file that is uploaded as ``logs/<step>.log``: when the caller asks
-(each epoch of a train run), and at the end, FAILED or not. A failure adds its traceback to
+While a step's run is active, every log record of its thread (the library's and MLflow's)
+is also written to a file that ``runs`` uploads as ``logs/<step>.log``: when the caller asks
+(``runs.upload_current_log``, each epoch of a train run), and at the end, FAILED or not. This
+module only keeps the file; it does not talk to MLflow. A failure adds its traceback to
 the log and tags the run ``error.class`` and a one-line ``error.message``; ``grid status``
 groups failed cells by them.
 """
@@ -40,30 +41,6 @@ class RunLog:
             root.setLevel(logging.INFO)
         root.addHandler(self.handler)
 
-    def upload(self) -> None:
-        """The log so far as ``logs/<step>.log`` of the active run (never fails the step, except
-        with ``LeaseLost``: a run fenced to another process gets no upload)."""
-        from thesis_mlflow.errors import LeaseLost
-        from thesis_mlflow.tracking import runs as tracking
-
-        try:
-            self.handler.flush()
-            tracking.log_artifact(self.path, "logs")
-        except LeaseLost:
-            raise
-        except Exception as e:  # noqa: BLE001 - a log upload must not take the training down
-            log.debug("log upload failed: %s", e)
-
-    def failed(self, e: BaseException) -> None:
-        """Traceback into the log, error tags on the run."""
-        from thesis_mlflow.tracking import runs as tracking
-
-        self.traceback(e)
-        try:
-            tracking.set_tags({ERROR_CLASS: type(e).__name__, ERROR_MESSAGE: one_line(e)})
-        except Exception as err:  # noqa: BLE001
-            log.debug("could not tag the failure: %s", err)
-
     def __enter__(self) -> RunLog:
         return self
 
@@ -97,9 +74,3 @@ def stack() -> list[RunLog]:
     if not hasattr(_local, "stack"):
         _local.stack = []
     return _local.stack
-
-
-def upload_current() -> None:
-    """Upload the innermost active step's log of this thread (a train run calls it every epoch)."""
-    if stack():
-        stack()[-1].upload()

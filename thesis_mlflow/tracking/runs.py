@@ -23,8 +23,9 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from thesis_mlflow.errors import BadInput, RunConflict
+from thesis_mlflow.errors import BadInput, LeaseLost, RunConflict
 from thesis_mlflow.tracking import peer, provenance
+from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE, RunLog, one_line, stack
 
 log = logging.getLogger(__name__)
 peer.install()  # every new loopback connection of this process is checked before the login goes out on it
@@ -113,8 +114,6 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     ``lease`` (``leases.Lease``): verified before the run is marked FINISHED; when this process
     lost it (``LeaseLost``) the run is left as it is, for the process that holds it now.
     """
-    from thesis_mlflow.errors import LeaseLost
-
     client()  # sets the tracking URI
     if use_env:  # an upstream step started from inside another step makes its own run
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
@@ -144,8 +143,6 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         except BaseException:
             _restore_run_id(saved)
             raise
-    from thesis_mlflow.tracking.runlog import RunLog, stack
-
     runlog = RunLog(step)  # logs/<step>.log of this run: uploaded at the end whatever happens
     stack().append(runlog)
     rid = run.info.run_id
@@ -158,7 +155,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
                 retrying(mlflow.log_text, code.diff, provenance.DIFF_ARTIFACT)
             yield run
             fence(rid)  # still ours: only now may the run be marked FINISHED
-            runlog.upload()
+            upload_log(runlog)
             mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     except LeaseLost:
         detach_run()  # another process holds the run now: not one more byte from this one
@@ -177,16 +174,14 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
 def _end_failed(run_id: str, runlog, e: BaseException, status) -> bool:
     """Record a failure on the run (error tags, log, status) only while this process may write
     it; False (nothing written) when a fence says another process holds it now."""
-    from thesis_mlflow.errors import LeaseLost
-
     try:
         fence(run_id)
     except LeaseLost:
         return False
     except Exception as err:  # noqa: BLE001 - the server is unreachable: try the writes anyway (they retry)
         log.debug("could not check the lease before recording a failure: %s", err)
-    runlog.failed(e)
-    runlog.upload()
+    log_failure(runlog, e)
+    upload_log(runlog)
     mlflow.end_run(RunStatus.to_string(status))
     return True
 
@@ -239,12 +234,37 @@ def fence(run_id: str | None = None) -> None:
         lease.verify(max_age=FENCE_BATCH_S)
 
 
+def upload_log(rl) -> None:
+    """A run log (``runlog.RunLog``) so far as ``logs/<step>.log`` of the active run (never fails
+    the step, except with ``LeaseLost``: a run fenced to another process gets no upload)."""
+    try:
+        rl.handler.flush()
+        log_artifact(rl.path, "logs")
+    except LeaseLost:
+        raise
+    except Exception as e:  # noqa: BLE001 - a log upload must not take the training down
+        log.debug("log upload failed: %s", e)
+
+
+def upload_current_log() -> None:
+    """This thread's innermost active step log, uploaded (a train run calls it every epoch)."""
+    if stack():
+        upload_log(stack()[-1])
+
+
+def log_failure(rl, e: BaseException) -> None:
+    """Traceback into the run log, error tags on the active run."""
+    rl.traceback(e)
+    try:
+        set_tags({ERROR_CLASS: type(e).__name__, ERROR_MESSAGE: one_line(e)})
+    except Exception as err:  # noqa: BLE001
+        log.debug("could not tag the failure: %s", err)
+
+
 def record_failure(run_id: str, e: BaseException, runlog) -> None:
     """A failure before the run could be started here (building a cell's inputs): recorded on the
     existing run as a failure inside it would be (FAILED, ``error.class`` / ``error.message``, its
     log), so a grid's cell never fails where nobody looks. Fenced like every write."""
-    from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE, one_line
-
     fence(run_id)
     c = client()
     runlog.traceback(e)
