@@ -205,3 +205,40 @@ def test_seed_stack_waits_for_its_seeds_runs_callbacks_in_their_threads_and_lets
     for s in (0, 2):
         assert _max_diff(out[s][0], alone[s][0]) < TOL
         assert [h["epoch"] for h in out[s][1]] == [1, 2]
+
+
+def test_a_seed_with_other_events_trains_alone_and_the_stack_goes_on(splits, alone, tmp_path):
+    """A seed whose inputs differ from the stack's (a pre-binned file split per seed) cannot share
+    its batches: it trains alone in its own thread and the other seeds stack without it (plant:
+    refuse it instead -> that seed fails)."""
+    import threading
+
+    from thesis_mlflow.learn.features import Tensors
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    tr = splits["train"]
+    keep = torch.arange(len(tr) - 7)
+    other = Tensors({k: v[keep] for k, v in tr.inputs.items()}, tr.y[keep], tr.labels[keep.numpy()])
+    stack, out, modes = SeedStack(3, "t"), {}, {}
+
+    def seed(s):
+        model = _model()
+        data = other if s == 2 else tr
+        hist = stack.fit(model, data, splits["val"], _cfg(s), tmp_path / f"o{s}.pt",
+                         on_step_mode=lambda mode, why: modes.__setitem__(s, mode))
+        out[s] = (model, hist)
+
+    threads = [threading.Thread(target=seed, args=(s,)) for s in range(3)]
+    for t in threads[:2]:
+        t.start()
+    while len(stack._members) < 2:  # the stack's events are those of the first seed to join: seeds 0 and 1 here
+        threading.Event().wait(0.01)
+    threads[2].start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(out) == [0, 1, 2] and modes == {0: "stacked", 1: "stacked", 2: "eager"}
+    for s in (0, 1):
+        assert _max_diff(out[s][0], alone[s][0]) < TOL
+    solo = _model()
+    fit(solo, other, splits["val"], _cfg(2), tmp_path / "solo2.pt", progress=False)
+    assert _max_diff(out[2][0], solo) == 0

@@ -18,8 +18,8 @@ import queue
 import threading
 from pathlib import Path
 
-from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.learn.stacked import Member, fit_stacked
+from thesis_mlflow.learn.training import fit
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -46,17 +46,27 @@ class SeedStack:
         inbox: queue.Queue = queue.Queue()
         member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.seed, cfg.epochs),
                         self._relay(inbox, on_checkpoint), extra_state)
-        if on_step_mode:
-            on_step_mode("stacked", None)
         with self._lock:
+            alone = False
             if self._data is None:
                 self._data = (train, val)
-            elif len(train) != len(self._data[0]) or not (train.y == self._data[0].y).all():
-                raise BadSetting(f"{self.name}: seeds of one configuration must train on the same events")
-            self._members.append(member)
-            self._inbox[id(member)] = inbox
-            self._joined.add(me)
-            self._maybe_start()
+            elif not _same_events(train, self._data[0]) or not _same_events(val, self._data[1]):
+                alone = True  # e.g. a pre-binned file split per seed: this seed trains on its own
+            if alone:
+                self._joined.add(me)
+                self._left += 1
+                self._maybe_start()
+            else:
+                self._members.append(member)
+                self._inbox[id(member)] = inbox
+                self._joined.add(me)
+                self._maybe_start()
+        if alone:
+            log.warning("%s: seed %d trains on other events than the stack's; it trains alone", self.name, cfg.seed)
+            return fit(model, train, val, cfg, checkpoint_path, resume_from=resume_from, on_epoch=on_epoch,
+                       on_checkpoint=on_checkpoint, progress=progress, extra_state=extra_state, on_step_mode=on_step_mode)
+        if on_step_mode:
+            on_step_mode("stacked", None)
         while True:  # serve this seed's callbacks in its own thread until the stack is done
             item = inbox.get()
             if item is _DONE:
@@ -133,6 +143,12 @@ class SeedStack:
                 raise box["error"]
 
         return on_epoch
+
+
+def _same_events(a, b) -> bool:
+    """Two splits with the same events (the seeds of a configuration read the same file)."""
+    return len(a) == len(b) and bool((a.y == b.y).all()) and all(
+        k in b.inputs and a.inputs[k].shape == b.inputs[k].shape and bool((a.inputs[k] == b.inputs[k]).all()) for k in a.inputs)
 
 
 class _cuda_stream:
