@@ -46,6 +46,7 @@ from thesis_mlflow.learn.training import (
     TrainConfig,
     _atomic_save,
     _autocast,
+    _set_scheduled_lr,
     check_stop,
     evaluate,
     make_optimizer,
@@ -235,7 +236,7 @@ def fit_stacked(members: list[Member], train: Tensors, val: Tensors, progress: b
             else:
                 perms.append(torch.arange(N))
         padded = torch.stack([pm[torch.arange(steps_per_epoch * B) % N] for pm in perms]).to(device)  # (S, steps*B)
-        act = torch.tensor(active, device=device)
+        act = torch.tensor(active)  # (S,) on the host, where the step counts are
         loss_sum = torch.zeros(S, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
@@ -256,8 +257,8 @@ def fit_stacked(members: list[Member], train: Tensors, val: Tensors, progress: b
             with torch.no_grad():
                 _clip_per_seed(grads, cfg0.grad_clip)
                 lr = torch.tensor([m.cfg.lr * schedule(int(steps[s])) for s, m in enumerate(members)], dtype=torch.float64)
-                _adamw(params, grads, exp_avg, exp_avg_sq, steps, lr, cfg0.weight_decay, act.cpu())
-                steps += act.cpu().double()
+                _adamw(params, grads, exp_avg, exp_avg_sq, steps, lr, cfg0.weight_decay, act)
+                steps += act.double()
                 loss_sum += loss.detach().double() * n_real
         train_time = time.perf_counter() - t0
         losses = loss_sum.cpu().tolist()
@@ -266,10 +267,9 @@ def fit_stacked(members: list[Member], train: Tensors, val: Tensors, progress: b
                 continue
             e = epochs[s]
             _unstack(m, s, names, params, exp_avg, exp_avg_sq, steps)
-            m._sched.last_epoch = int(steps[s])
-            m._sched._last_lr = [m.cfg.lr * schedule(int(steps[s]))]
-            for g in m._opt.param_groups:
-                g["lr"] = m._sched._last_lr[0]
+            m._sched.last_epoch = int(steps[s])  # the scheduler's bookkeeping as fit's eager loop leaves it
+            _set_scheduled_lr(m._opt, m._sched)
+            m._sched._last_lr = [g["lr"] for g in m._opt.param_groups]
             ev = evaluate(m.model, val, device, m.cfg.eval_batch_size)
             metrics = {"train_loss": losses[s] / N, "val_loss": ev["loss"], "val_auc": ev["auc"], "val_acc": ev["acc"],
                        "lr": float(m._sched._last_lr[0]), "events_per_s": N / train_time}
@@ -320,18 +320,19 @@ def _adamw(params, grads, exp_avg, exp_avg_sq, steps, lr, weight_decay: float, a
     a seed not ``active`` keeps its weights and moments."""
     b1, b2 = BETAS
     t = steps + 1  # (S,) this update's step number
-    bc1 = 1 - b1**t
-    bc2_sqrt = (1 - b2**t).sqrt()
-    step_size = lr / bc1
+    like = next(iter(params.values()))  # every stacked weight has one dtype and device
+    # the per-seed factors in float64, rounded once to the weights' dtype, as AdamW's Python scalars are
+    decay, bc2_sqrt, step_size = (x.to(like.dtype).to(like.device) for x in (1 - lr * weight_decay, (1 - b2**t).sqrt(), lr / (1 - b1**t)))
+    active = active.to(like.device)
     for n, p in params.items():
         shape = (-1, *([1] * (p.dim() - 1)))
-        a = active.view(shape).to(p.device)
+        a = active.view(shape)
         g = grads[n]
-        new_p = p * (1 - lr * weight_decay).view(shape).to(p.dtype).to(p.device)
+        new_p = p * decay.view(shape)
         m = exp_avg[n].lerp(g, 1 - b1)
         v = torch.addcmul(exp_avg_sq[n] * b2, g, g, value=1 - b2)
-        denom = v.sqrt() / bc2_sqrt.view(shape).to(p.dtype).to(p.device) + EPS
-        new_p = new_p - step_size.view(shape).to(p.dtype).to(p.device) * (m / denom)
+        denom = v.sqrt() / bc2_sqrt.view(shape) + EPS
+        new_p = new_p - step_size.view(shape) * (m / denom)
         p.copy_(torch.where(a, new_p, p))
         exp_avg[n].copy_(torch.where(a, m, exp_avg[n]))
         exp_avg_sq[n].copy_(torch.where(a, v, exp_avg_sq[n]))
@@ -345,5 +346,5 @@ def _unstack(m: Member, s: int, names, params, exp_avg, exp_avg_sq, steps) -> No
         p.copy_(params[n][s])
         st = m._opt.state.setdefault(p, {})
         st["step"] = torch.tensor(float(steps[s]), dtype=torch.float32)
-        st["exp_avg"] = exp_avg[n][s].detach().clone().cpu() if p.device.type == "cpu" else exp_avg[n][s].detach().clone()
-        st["exp_avg_sq"] = exp_avg_sq[n][s].detach().clone().cpu() if p.device.type == "cpu" else exp_avg_sq[n][s].detach().clone()
+        st["exp_avg"] = exp_avg[n][s].detach().clone()  # on the weight's device, as fit's optimizer keeps it
+        st["exp_avg_sq"] = exp_avg_sq[n][s].detach().clone()

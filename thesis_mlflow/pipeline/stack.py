@@ -13,10 +13,13 @@ callback fails (its lease lost) leaves the stack with that error while the other
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 from pathlib import Path
+
+import torch
 
 from thesis_mlflow.learn.stacked import Member, fit_stacked
 from thesis_mlflow.learn.training import fit
@@ -44,7 +47,7 @@ class SeedStack:
         """``training.fit``'s signature: this seed's training, done together with the others'."""
         me = threading.get_ident()
         inbox: queue.Queue = queue.Queue()
-        member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.seed, cfg.epochs),
+        member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.epochs),
                         self._relay(inbox, on_checkpoint), extra_state)
         with self._lock:
             alone = False
@@ -53,9 +56,7 @@ class SeedStack:
             elif not _same_events(train, self._data[0]) or not _same_events(val, self._data[1]):
                 alone = True  # e.g. a pre-binned file split per seed: this seed trains on its own
             if alone:
-                self._joined.add(me)
-                self._left += 1
-                self._maybe_start()
+                self._leave(me)
             else:
                 self._members.append(member)
                 self._inbox[id(member)] = inbox
@@ -86,11 +87,13 @@ class SeedStack:
         others need not wait for it. Idempotent; a no-op once the thread has joined."""
         me = threading.get_ident()
         with self._lock:
-            if me in self._joined:
-                return
-            self._joined.add(me)
-            self._left += 1
-            self._maybe_start()
+            if me not in self._joined:
+                self._leave(me)
+
+    def _leave(self, me: int) -> None:  # under the lock
+        self._joined.add(me)
+        self._left += 1
+        self._maybe_start()
 
     # ------------------------------------------------------------------ the coordinator
     def _maybe_start(self) -> None:
@@ -114,10 +117,19 @@ class SeedStack:
                 self._inbox[id(m)].put(_DONE)
 
     @staticmethod
-    def _relay(inbox: queue.Queue, fn, seed: int | None = None, epochs: int | None = None):
-        """``fn`` run in the seed's own thread; its exception comes back to the caller."""
+    def _relay(inbox: queue.Queue, fn, epochs: int | None = None):
+        """``fn`` run in the seed's own thread; its exception comes back to the caller. With
+        ``epochs`` (an ``on_epoch``), the epoch's line goes into the seed's own log first, as fit
+        writes it alone."""
         if fn is None:
             return None
+        if epochs is not None:
+            on_epoch = fn
+
+            def fn(e, m):
+                log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f (stacked)", e, epochs, m["train_loss"],
+                         m["val_loss"], m["val_auc"])
+                return on_epoch(e, m)
 
         def call(*args):
             box = {"event": threading.Event()}
@@ -127,22 +139,7 @@ class SeedStack:
                 raise box["error"]
             return box.get("value")
 
-        if epochs is None:
-            return call
-
-        def on_epoch(epoch, metrics):  # the epoch's line in this seed's own log, as fit writes it alone
-            def logged(e, m):
-                log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f (stacked)", e, epochs, m["train_loss"],
-                         m["val_loss"], m["val_auc"])
-                return fn(e, m)
-
-            box = {"event": threading.Event()}
-            inbox.put((logged, (epoch, metrics), box))
-            box["event"].wait()
-            if "error" in box:
-                raise box["error"]
-
-        return on_epoch
+        return call
 
 
 def _same_events(a, b) -> bool:
@@ -151,22 +148,8 @@ def _same_events(a, b) -> bool:
         k in b.inputs and a.inputs[k].shape == b.inputs[k].shape and bool((a.inputs[k] == b.inputs[k]).all()) for k in a.inputs)
 
 
-class _cuda_stream:
+def _cuda_stream(device: str):
     """The coordinator's own CUDA stream on a GPU (other stacks train on theirs); nothing on a CPU."""
-
-    def __init__(self, device: str):
-        self.ctx = None
-        if device in ("cuda", "auto"):
-            import torch
-
-            if torch.cuda.is_available():
-                self.ctx = torch.cuda.stream(torch.cuda.Stream())
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.stream(torch.cuda.Stream())
+    return contextlib.nullcontext()
