@@ -81,7 +81,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     from thesis_mlflow.pipeline.cell import train_cell  # lazy: torch, only where cells train in this process (not for a Condor submission)
 
     result: dict[str, str] = {}
-    if side_by_side or stack_seeds:  # each configuration of the process compiled, none falling back to eager unsaid
+    if side_by_side:  # cells compiled side by side (the stacked step is not compiled): none falls back to eager unsaid
         packing.fit_recompile_limit(len(by_configuration(todo)))
 
     def one(cell: CellSpec, rid: str, stack=None) -> None:
