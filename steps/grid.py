@@ -15,7 +15,7 @@ import click
 from steps._common import choice, user_errors
 
 STACK_HELP = ("Train the seeds of each configuration as one stacked model (each seed keeps its own run, stream, checkpoint "
-              "and metrics). auto: the path measured faster here; off until the stacked step is measured on a GPU.")
+              "and metrics). auto: stacked on a GPU (one compiled step per configuration), not on a CPU.")
 MPS_HELP = "Several cells on one GPU: run them under a private CUDA MPS daemon (auto: where one can be started)."
 
 

@@ -84,7 +84,7 @@ def test_driver_bookkeeping():
     assert sorted(len(w) for w in workers) == [3, 3, 6] and sum(map(len, workers)) == 12
     for w in workers:  # a configuration's seeds never split over two workers
         assert all(len([c for c, _ in w if c.replace(seed=0) == k]) in (0, 3) for k in groups)
-    assert driver.stacking("auto", True) is driver.STACK_ON_GPU_BY_DEFAULT and not driver.stacking("auto", False)
+    assert driver.stacking("auto", True) and not driver.stacking("auto", False)  # auto: stacked on a GPU, not on a CPU
     assert driver.stacking("on", False)
     assert not driver.stacking("off", True)
     with pytest.raises(ValueError, match="stack_seeds must be one of auto, on, off"):

@@ -50,9 +50,9 @@ def alone(splits, tmp_path_factory):
     return out
 
 
-def _stack(splits, tmp, seeds=(0, 1, 2), resume=None, **kw):
+def _stack(splits, tmp, seeds=(0, 1, 2), resume=None, backend=None, **kw):
     members = [stacked.Member(_model(), _cfg(s), tmp / f"stack{s}.pt", resume_from=(resume or {}).get(s), **kw) for s in seeds]
-    return stacked.fit_stacked(members, splits["train"], splits["val"], progress=False)
+    return stacked.fit_stacked(members, splits["train"], splits["val"], progress=False, compile_backend=backend)
 
 
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -87,6 +87,36 @@ def test_each_stacked_seed_equals_that_seed_alone(splits, alone, tmp_path):
     assert _max_diff(members[0].model, members[1].model) > 1e-2  # replicates, not one model three times
     ck = torch.load(tmp_path / "stack1.pt", weights_only=True)  # the alone format: one seed's checkpoint
     assert ck["epoch"] == EPOCHS and ck["stream"]["seed"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "history"}
+
+
+def test_the_compiled_stacked_step_gives_the_same_numbers(splits, alone, tmp_path):
+    """The step as one torch.compile'd function (forward, backward, per-seed clipping and AdamW):
+    traced here with the ``aot_eager`` backend (the graph the GPU compiles, without generating
+    kernels on this CPU), each seed still equals itself alone, and each seed's run is told the
+    mode that ran."""
+    told = {}
+    members = _stack(splits, tmp_path, backend="aot_eager", on_step_mode=lambda mode, why: told.setdefault("modes", []).append((mode, why)))
+    assert told["modes"] == [("stacked-compiled", None)] * 3
+    for s, m in enumerate(members):
+        assert _agrees(m, alone[s], splits), f"seed {s}"
+    assert torch.load(tmp_path / "stack2.pt", weights_only=True)["train_config"]["step_mode"] == "stacked-compiled"
+
+
+def test_a_stacked_step_that_fails_to_compile_runs_eagerly_and_says_why(splits, alone, tmp_path, monkeypatch):
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no working compiler here\nmore detail")
+        return run
+
+    monkeypatch.setattr(stacked.torch, "compile", broken)
+    told = []
+    members = _stack(splits, tmp_path, seeds=(0, 1), backend="inductor", on_step_mode=lambda mode, why: told.append((mode, why)))
+    assert told == [("stacked", "torch.compile failed (RuntimeError: no working compiler here)")] * 2
+    for s, m in enumerate(members):
+        assert _agrees(m, alone[s], splits), f"seed {s}"
+    assert stacked.resolve_stacked_step("auto", torch.device("cpu")) == "stacked"
+    assert stacked.resolve_stacked_step("auto", torch.device("cuda")) == "stacked-compiled"
+    assert stacked.resolve_stacked_step("eager", torch.device("cuda")) == "stacked"
 
 
 def _shared_clip(grads, max_norm):  # one norm over all seeds' gradients

@@ -81,7 +81,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     from thesis_mlflow.pipeline.cell import train_cell  # lazy: torch, only where cells train in this process (not for a Condor submission)
 
     result: dict[str, str] = {}
-    if side_by_side:  # cells compiled side by side (the stacked step is not compiled): none falls back to eager unsaid
+    if side_by_side:  # cells (or stacks) compiled side by side: none falls back to eager unsaid
         packing.fit_recompile_limit(len(by_configuration(todo)))
 
     def one(cell: CellSpec, rid: str, stack=None) -> None:
@@ -155,12 +155,12 @@ def split_over_workers(todo: list[tuple[CellSpec, str]], workers: int) -> list[l
     return [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
 
 
-# Whether ``auto`` stacks on a GPU. The stacked step runs eagerly (vmap, per-seed masks and
-# AdamW as separate kernels), and it has not been measured on a GPU against the compiled,
-# captured step of each cell side by side (~100k events/s for 8 cells on an H100): until
-# benchmarks/gpu_check.sh shows it faster, ``auto`` keeps the measured path and stacking is
-# asked for with ``on``.
-STACK_ON_GPU_BY_DEFAULT = False
+# Whether ``auto`` stacks on a GPU: yes. The stacked step is compiled there (learn.stacked: one
+# fused function per configuration, compiled once, not per seed), and the stacked probe reached
+# 169-185k events/s on an H100 against ~100k for compiled cells side by side
+# (benchmarks/RESULTS.md). The product's stacked path has not been timed on a GPU yet:
+# benchmarks/gpu_check.sh measures it; ``--stack-seeds off`` keeps the per-cell path.
+STACK_ON_GPU_BY_DEFAULT = True
 
 
 def stacking(stack_seeds: str, on_gpu: bool) -> bool:

@@ -68,18 +68,10 @@ def compile_cache_env(root: Path | None = None) -> dict:
 
 
 def fit_recompile_limit(n_models: int) -> int:
-    """Let torch.compile build ``n_models`` different models in this process: past its recompile
-    limit (8 by default) a model would run uncompiled while its run still says ``compiled``.
-    Returns the limit now set (never lowered)."""
-    import torch._dynamo
+    """``learn.training.raise_recompile_limit`` for a pack of ``n_models`` configurations."""
+    from thesis_mlflow.learn.training import raise_recompile_limit  # lazy: torch, only where a pack trains here
 
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    limit = max(getattr(cfg, name), 2 * n_models + 8)  # two graphs per model (train step, capture) and room
-    setattr(cfg, name, limit)
-    if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * limit)
-    return limit
+    return raise_recompile_limit(n_models)
 
 
 MPS_PROBE = [sys.executable, "-c", "import torch; x = torch.ones(1, device='cuda'); torch.cuda.synchronize(); assert x.item() == 1"]

@@ -88,6 +88,21 @@ def resolve_step(step: str, device: torch.device) -> str:
     return step
 
 
+def raise_recompile_limit(n_models: int) -> int:
+    """Let torch.compile build ``n_models`` different models in this process: past its recompile
+    limit (8 by default) a model would run uncompiled while its run still says ``compiled``.
+    Returns the limit now set (never lowered)."""
+    import torch._dynamo  # lazy: only where something is compiled
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    limit = max(getattr(cfg, name), 2 * n_models + 8)  # two graphs per model (train step, capture) and room
+    setattr(cfg, name, limit)
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * limit)
+    return limit
+
+
 def signal_scores(logits: torch.Tensor) -> torch.Tensor:
     """Signal (4t) probability: class 1 of the binary tasks, class 0 (label 1) of multiclass."""
     p = torch.softmax(logits.float(), dim=-1)

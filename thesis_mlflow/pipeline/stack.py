@@ -48,7 +48,7 @@ class SeedStack:
         me = threading.get_ident()
         inbox: queue.Queue = queue.Queue()
         member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.epochs),
-                        self._relay(inbox, on_checkpoint), extra_state)
+                        self._relay(inbox, on_checkpoint), extra_state, self._relay(inbox, on_step_mode))
         with self._lock:
             alone = False
             if self._data is None:
@@ -66,8 +66,6 @@ class SeedStack:
             log.warning("%s: seed %d trains on other events than the stack's; it trains alone", self.name, cfg.seed)
             return fit(model, train, val, cfg, checkpoint_path, resume_from=resume_from, on_epoch=on_epoch,
                        on_checkpoint=on_checkpoint, progress=progress, extra_state=extra_state, on_step_mode=on_step_mode)
-        if on_step_mode:
-            on_step_mode("stacked", None)
         while True:  # serve this seed's callbacks in its own thread until the stack is done
             item = inbox.get()
             if item is _DONE:
