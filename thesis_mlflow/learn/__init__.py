@@ -4,9 +4,10 @@ and its own modules.
 - ``data`` (the raw HDF5 format), ``synthetic`` (the built-in stand-in sample)
 - ``binning`` (Ambre-style tokens), ``prebinned`` (a pre-binned file made elsewhere),
   ``vqvae`` (per-object VQ-VAE codes), ``features`` (model inputs per tokenizer)
-- ``model`` (the classifier), ``training`` (the loop: ``fit``, ``evaluate``), ``schedule``
-  (learning rate per step), ``streams`` (each run's own random stream), ``metrics`` (figures of
-  merit), ``safeload`` (loading checkpoints without running code)
+- ``model`` (the classifier), ``training`` (the loop: ``fit``, ``evaluate``, the learning rate
+  per step), ``stacked`` (the seeds of a configuration as one model), ``streams`` (each run's own
+  random stream), ``metrics`` (figures of merit), ``safeload`` (loading checkpoints without
+  running code)
 
 Public API: ``fit``, ``evaluate``, ``Classifier``, ``RunStream``, ``Binning``.
 """

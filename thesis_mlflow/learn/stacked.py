@@ -53,7 +53,6 @@ from thesis_mlflow.errors import BadSetting, RunConflict
 from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
 from thesis_mlflow.learn.model import Dropout, init_weights
-from thesis_mlflow.learn.schedule import lr_lambda
 from thesis_mlflow.learn.streams import stream_check
 from thesis_mlflow.learn.training import (
     _GATE,
@@ -64,6 +63,7 @@ from thesis_mlflow.learn.training import (
     check_stop,
     evaluate,
     first_line,
+    lr_lambda,
     make_optimizer,
     raise_recompile_limit,
     resolve_device,

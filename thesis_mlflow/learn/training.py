@@ -46,12 +46,38 @@ from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.learn.model import init_weights
-from thesis_mlflow.learn.schedule import lr_factor, lr_lambda
 from thesis_mlflow.learn.streams import SCHEME, RunStream, stream_check
 from thesis_mlflow.spec import TrainConfig  # noqa: F401 - declared with the cell's settings; imported from here too
 
 log = logging.getLogger(__name__)
 
+
+
+# --------------------------------------------------------------------------- the LR schedule
+# The learning rate per optimizer step: linear warm-up, then cosine to zero. Both functions are
+# the same formula: ``lr_lambda`` for ``LambdaLR`` (eager loop, the checkpoint's scheduler state),
+# ``lr_factor`` on a float64 device tensor inside a captured CUDA graph. Tests pin them to values
+# at named steps, not only to each other. (Each epoch's event order is the run's random stream's:
+# ``streams.RunStream.epoch_order``.)
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total`` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def lr_factor(step: torch.Tensor, warmup: int, total: int) -> torch.Tensor:
+    """``lr_lambda`` on a device tensor (float64), so a captured graph computes its own LR."""
+    warm = (step + 1) / max(warmup, 1)
+    progress = ((step - warmup) / max(1, total - warmup)).clamp(max=1.0)
+    return torch.where(step < warmup, warm, 0.5 * (1 + torch.cos(math.pi * progress)))
 
 
 # Set when the process is asked to stop (``request_stop``): every fit of the process, in any

@@ -24,7 +24,7 @@ from thesis_mlflow.learn.model import Classifier
 from thesis_mlflow.learn.training import evaluate, fit, resolve_device, resolve_step
 from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import CellSpec, cell_name, cell_tag
-from thesis_mlflow.tracking import leases, runlog
+from thesis_mlflow.tracking import leases
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import has_results
 
@@ -69,7 +69,7 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
         if lease is None:
             cell = _prepare(spec, tcfg)  # standalone: bad input is refused before any run exists
         else:
-            with runlog.RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
+            with tracking.RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
                 try:
                     cell = _prepare(spec, tcfg)
                 except Exception as e:

@@ -2,9 +2,10 @@
 (``steps/`` aside, which only start runs through ``runs.step_run``). May import ``learn``'s pure
 helpers, ``errors`` and ``spec``; never ``pipeline``, ``grid``, ``report`` or ``server``.
 
-- ``runs``: the client with retries, experiments, runs, reuse of upstream runs, artifacts
+- ``runs``: the client with retries, experiments, runs and each run's own log, reuse of upstream
+  runs, artifacts
 - ``leases``: who works on a run, decided by the server (claims, beats, fencing)
-- ``runlog``: each run's own log; ``done``: when a train run counts as finished (the one rule)
+- ``done``: when a train run counts as finished (the one rule)
 - ``provenance``: which code, environment and device made a run
 - ``peer``: who answers on a loopback port; ``telemetry``: MLflow's telemetry off
 - ``views``: saved views of the runs table (experiment tags)
