@@ -164,9 +164,9 @@ STACK_ON_GPU_BY_DEFAULT = True
 
 
 def stacking(stack_seeds: str, on_gpu: bool) -> bool:
-    """``--stack-seeds auto|on|off``: ``on`` stacks, ``off`` does not; ``auto`` takes the path
-    measured faster on this kind of device (never stacking on a CPU; on a GPU see
-    ``STACK_ON_GPU_BY_DEFAULT``)."""
+    """``--stack-seeds auto|on|off``: ``on`` stacks, ``off`` does not; ``auto`` stacks on a GPU
+    (``STACK_ON_GPU_BY_DEFAULT``), never on a CPU (the stacked step runs eagerly there; cells
+    train one after another in each worker)."""
     if stack_seeds not in STACK_SEEDS:
         raise BadSetting(f"stack_seeds must be one of {', '.join(STACK_SEEDS)}; got {stack_seeds!r}")
     return stack_seeds == "on" or (stack_seeds == "auto" and on_gpu and STACK_ON_GPU_BY_DEFAULT)
