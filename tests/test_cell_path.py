@@ -61,17 +61,29 @@ def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw,
     keys = {"direct": {"cont", "ids", "valid", "met"}, "binned": {"tokens", "valid"}, "vqvae": {"tokens", "valid", "met"}}[tokenizer]
     assert set(inp.arrays["train"]) == keys
     assert len(inp.labels["train"]) == 300 and len(inp.labels["test"]) == 200
+    # the cell's own factors reach its arrays: MET in or out, 4- or 5-vectors
+    other = build_inputs(spec.replace(met=False, vect=5))
+    width = {"direct": ("cont", -1, 3, 4), "binned": ("tokens", 1, 20, 18), "vqvae": ("tokens", 1, 18, 18)}[tokenizer]
+    key, axis, with_met_4v, without_met_5v = width
+    assert inp.arrays["train"][key].shape[axis] == with_met_4v and other.arrays["train"][key].shape[axis] == without_met_5v
+    assert ("met" in other.arrays["train"]) is False and ("met" in inp.arrays["train"]) is (tokenizer != "binned")
+    assert other.info.vect in (None, 5) and inp.info.vect in (None, 4)
+    # what the train run logs as where its inputs came from: only this tokenizer's own
+    assert set(inp.info.params()) == {"direct": set(), "binned": {"binning_run_id", "binned_file", "vocab_size"},
+                                      "vqvae": {"vqvae_run_id", "codebook_size"}}[tokenizer]
+    assert all(v is not None for v in inp.info.params().values())
     upstream = {"binned": "binning_run_id", "vqvae": "vqvae_run_id"}.get(tokenizer)
     if upstream is None:
         assert inp.info.scaler is not None and inp.info.binning_run_id is None and inp.info.vqvae_run_id is None
         return
+    assert getattr(other.info, upstream) != getattr(inp.info, upstream)  # another vect: another upstream run
     rid = getattr(inp.info, upstream)
     assert local_store.get_run(rid).info.status == "FINISHED"
     assert getattr(build_inputs(spec).info, upstream) == rid  # found and reused, not made again
     if tokenizer == "binned":
         assert inp.info.vocab_size > 5 and inp.info.vect == 4
     else:
-        assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16
+        assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16 and inp.info.scaler is not None
 
 
 def test_driver_bookkeeping():
