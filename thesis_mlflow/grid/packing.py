@@ -67,13 +67,6 @@ def compile_cache_env(root: Path | None = None) -> dict:
     return {"TORCHINDUCTOR_CACHE_DIR": str(d), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
-def fit_recompile_limit(n_models: int) -> int:
-    """``learn.training.raise_recompile_limit`` for a pack of ``n_models`` configurations."""
-    from thesis_mlflow.learn.training import raise_recompile_limit  # lazy: torch, only where a pack trains here
-
-    return raise_recompile_limit(n_models)
-
-
 MPS_PROBE = [sys.executable, "-c", "import torch; x = torch.ones(1, device='cuda'); torch.cuda.synchronize(); assert x.item() == 1"]
 
 
