@@ -38,7 +38,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request):
-    """The backend store of the server under test: its own SQLite file, or a throwaway PostgreSQL."""
+    """The backend store of the server under test: the session's shared server (SQLite), or a
+    server of this test on a throwaway PostgreSQL."""
     if request.param == "sqlite":
         yield None
         return
@@ -66,14 +67,20 @@ def _stop_servers(monkeypatch):
 
 def _serve(tmp_path, monkeypatch, backend=None, auth=True, port=0, name="srv"):
     """A real server with login; this test's HOME holds the client credentials, as a user's would."""
+    srv = server.start(tmp_path / name, port=port, backend_store_uri=backend, auth=auth)
+    return _as_its_admin(srv, tmp_path, monkeypatch, auth)
+
+
+def _as_its_admin(srv, tmp_path, monkeypatch, auth=True, experiment="srv-test"):
+    """The client of this test is the user who started ``srv``: its admin login in this test's
+    ``~/.mlflow/credentials`` (nothing in the environment), experiment ``experiment``."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
-    srv = server.start(tmp_path / name, port=port, backend_store_uri=backend, auth=auth)
     if auth:
-        server.install_client_credentials(tmp_path / name, home)
+        server.install_client_credentials(srv.root, home)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "srv-test")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
     for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(k, raising=False)
     mlflow.set_tracking_uri(srv.uri)
@@ -91,9 +98,12 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
         return e.code, {k.lower(): v for k, v in e.headers.items()}
 
 
-def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
-    srv = _serve(tmp_path, monkeypatch)
-    root = tmp_path / "srv"
+def test_login_required_and_secrets_kept_private(shared_server, tmp_path, monkeypatch):
+    """On the session's server (started by ``server.start``, as ``serve`` does): what its files,
+    processes and answers give away, and the login in a browser."""
+    name = "srv-login"
+    srv = _as_its_admin(shared_server, tmp_path, monkeypatch, experiment=name)
+    root = srv.root
     user, password = server.credentials(root)
     for f in (root / server.AUTH_INI, root / server.CREDENTIALS, tmp_path / "home" / ".mlflow" / "credentials"):
         assert f.stat().st_mode & 0o777 == 0o600, f
@@ -112,7 +122,7 @@ def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
     assert status == 401 and headers.get("www-authenticate", "").lower().startswith("basic")
     # the client authenticates through ~/.mlflow/credentials, nothing in its environment
     c = mlflow.MlflowClient()
-    exp = c.create_experiment("srv-test")
+    exp = c.create_experiment(name)
     rid = c.create_run(exp, run_name="r").info.run_id
     c.log_metric(rid, "val_auc", 0.7, step=1)
     assert [m.value for m in c.get_metric_history(rid, "val_auc")] == [0.7]
@@ -125,13 +135,17 @@ def test_login_required_and_secrets_kept_private(tmp_path, monkeypatch):
         dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
                               "--virtual-time-budget=15000", "--dump-dom", u], capture_output=True, text=True, timeout=120)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom.stdout, flags=re.S)))
-    assert "srv-test" in text and " r " in text and "1 matching run " in text and "admin" in text, text[:2000]
-    # a second start reuses the password; a file readable by others is refused
-    srv.stop()
-    assert server.ensure_auth_config(root) and server.credentials(root) == (user, password)
-    (root / server.AUTH_INI).chmod(0o644)
+    assert name in text and " r " in text and "1 matching run " in text and "admin" in text, text[:2000]
+    # a second start reuses the password (the restart test starts a server twice on one root);
+    # a login file readable by others is refused (on a root of its own: the shared server's stays private)
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    assert server.ensure_auth_config(other)
+    first = server.credentials(other)
+    assert server.ensure_auth_config(other) and server.credentials(other) == first and first[1] != password
+    (other / server.AUTH_INI).chmod(0o644)
     with pytest.raises(PermissionError, match="readable by others"):
-        server.ensure_auth_config(root)
+        server.ensure_auth_config(other)
 
 
 @contextmanager
@@ -189,12 +203,16 @@ def test_client_credentials_file_of_the_user_is_left_alone(tmp_path):
     assert server.install_client_credentials(root, home)[1] == "already there"
 
 
-def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, tiny_raw, store):
+def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, tiny_raw, store, request):
     """Train jobs at the same moment on a fresh store, all needing the same upstream run (a
     binning on SQLite, a VQ-VAE on PostgreSQL: one find-or-run serves both) and logging the same
     dataset: all finish, and one upstream run per settings exists. (Two jobs suffice for the
     race; test_leases races more, in threads.)"""
-    _serve(tmp_path, monkeypatch, backend=store)
+    if store:
+        _serve(tmp_path, monkeypatch, backend=store)
+    else:  # the shared server, logged in as the grid's jobs are (EDIT on this experiment, no delete)
+        request.getfixturevalue("server_exp")
+    experiment = os.environ["MLFLOW_EXPERIMENT_NAME"]
     env = {**os.environ}
     toks = ["vqvae"] if store else ["binned"]
     cmds = [[sys.executable, "-m", "steps.train", "--tokenizer", tok, "--seed", str(seed), "--data", str(tiny_raw), *TINY,
@@ -204,7 +222,7 @@ def test_jobs_starting_together_share_one_upstream_run(tmp_path, monkeypatch, ti
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    every = mlflow.search_runs(experiment_names=["srv-test"], output_format="list")
+    every = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     runs = [r for r in every if r.data.tags.get("claim.result") != "lost"]  # a claim that lost the race: ended, kept (no delete right)
     assert all(r.info.status == "KILLED" for r in every if r not in runs)
     by_step = {s: [r for r in runs if r.data.tags.get("step") == s] for s in ("binning", "vqvae", "train")}

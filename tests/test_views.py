@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import configparser
 import itertools
 import json
 import os
@@ -29,15 +30,16 @@ AUC = {("direct", 0): 0.80, ("direct", 1): 0.82, ("binned", 0): 0.76, ("binned",
 
 
 @pytest.fixture(scope="module")
-def filled_server(tmp_path_factory):
-    """A real mlflow server (with its login) holding a grid of 12 finished cells (3 tokenizers x 2 poolings x 2 seeds):
-    more than the 10 runs MLflow's charts show by default."""
+def filled_server(shared_server, tmp_path_factory):
+    """The session's real mlflow server (with its login), an experiment of this module holding a grid of 12 finished
+    cells (3 tokenizers x 2 poolings x 2 seeds): more than the 10 runs MLflow's charts show by default. The
+    client is the server's admin, through ``~/.mlflow/credentials``, as the user who started it."""
     tmp = tmp_path_factory.mktemp("views")
     home = tmp / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
-        srv = server.start(tmp / "srv")
-        server.install_client_credentials(tmp / "srv", home)
+        srv = shared_server
+        server.install_client_credentials(srv.root, home)
         mlflow.set_tracking_uri(srv.uri)
         c = mlflow.MlflowClient(srv.uri)
         exp = c.create_experiment("views-test")
@@ -61,7 +63,6 @@ def filled_server(tmp_path_factory):
             names.append(name)
         c.create_run(exp, run_name="binning-v4", tags={"step": "binning"})  # not a cell: never in the views
     yield srv, exp, names, home
-    srv.stop()
 
 
 @pytest.fixture()
@@ -82,7 +83,9 @@ def _dom_text(url: str, tmp_path: Path, ready: str, width: int = 1900) -> str:
     from .test_server import _logged_in_browser_proxy
 
     srv_uri = url.split("/#/")[0]
-    user, password = server.credentials(Path(os.environ["HOME"]).parent / "srv")
+    login = configparser.ConfigParser()
+    login.read(Path(os.environ["HOME"]) / ".mlflow" / "credentials")  # the login the client uses: the browser's answer to its prompt
+    user, password = login["mlflow"]["mlflow_tracking_username"], login["mlflow"]["mlflow_tracking_password"]
     with _logged_in_browser_proxy(srv_uri, user, password) as base:
         return _dom_text_direct(url.replace(srv_uri, base), tmp_path, ready, width)
 
