@@ -90,6 +90,19 @@ def test_weighted_auc_matches_sklearn_with_ties_and_resamples():
         assert got[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
 
 
+def test_weighted_auc_of_a_thesis_sized_test_set_is_the_same_with_float32_counts():
+    """The report hands the resamples' counts over as float32 (exact integers, half the memory);
+    the sums of products stay float64 on both paths (ties, no ties), so nothing moves."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 30000)
+    w = stats.bootstrap_weights(30000, 4, 2)
+    for s in (rng.random(30000) + 0.3 * y, np.round(rng.random(30000) + 0.3 * y, 3)):  # no ties; ties
+        exact = stats.weighted_auc(s, y, w)
+        assert np.array_equal(stats.weighted_auc(s, y, w.astype(np.float32)), exact)
+        idx = np.repeat(np.arange(30000), w[0].astype(int))
+        assert exact[0] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+
+
 def test_holm_known_values():
     p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
     # sorted 0.005, 0.01, 0.03, 0.04 with m = 4: 0.02, 0.03, 0.06, 0.06 (monotone)

@@ -59,19 +59,22 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
     """
     order = np.argsort(scores, kind="stable")
     s, y = np.asarray(scores)[order], np.asarray(labels)[order].astype(bool)
-    w = np.atleast_2d(weights)[:, order]
+    w = np.atleast_2d(weights)
     if len(s) == 0:
         return np.full(w.shape[0], np.nan)
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first event of each group of tied scores
     if len(starts) == len(s):  # no ties (continuous scores): each positive beats the background below it
         if y.all() or not y.any():  # one class only: no pair to rank
             return np.full(w.shape[0], np.nan)
-        neg_cum = np.cumsum(w[:, ~y], axis=1)  # (B, n_bkg)
-        n_below = np.cumsum(~y)[y]  # backgrounds sorted below each signal event
-        below = np.where(n_below > 0, neg_cum[:, np.maximum(n_below - 1, 0)], 0.0)  # (B, n_sig)
-        num = (w[:, y] * below).sum(1)
-        den = w[:, y].sum(1) * neg_cum[:, -1]
+        # each class's weights gathered once, in score order (not the whole (B, n) array first: half the memory traffic)
+        w_neg, w_pos = w[:, order[~y]], w[:, order[y]]  # (B, n_bkg), (B, n_sig)
+        neg_cum = np.zeros((w.shape[0], w_neg.shape[1] + 1))
+        np.cumsum(w_neg, axis=1, out=neg_cum[:, 1:])  # (B, 1 + n_bkg): background weight below, from none to all
+        below = neg_cum[:, np.cumsum(~y)[y]]  # (B, n_sig): of the backgrounds sorted below each signal event
+        num = np.einsum("ij,ij->i", w_pos, below)
+        den = w_pos.sum(1) * neg_cum[:, -1]
     else:
+        w = w[:, order].astype(np.float64, copy=False)  # sums of products: in float64 whatever the weights' type
         neg_g = np.add.reduceat(np.where(y, 0.0, w), starts, axis=1)  # (B, groups) background weight per score value
         pos_g = np.add.reduceat(np.where(y, w, 0.0), starts, axis=1)
         below = np.cumsum(neg_g, axis=1) - neg_g
@@ -144,7 +147,7 @@ def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: 
         for i, s in zip(members, sc, strict=True):
             auc[i] = weighted_auc(s, lab, np.ones(n))[0]
         for lo in range(0, n_boot, chunk):  # (chunk, n) weights at a time: memory stays small for 30k-event test sets
-            w = bootstrap_weights(n, min(chunk, n_boot - lo), rng)
+            w = bootstrap_weights(n, min(chunk, n_boot - lo), rng).astype(np.float32)  # counts: exact, half the memory traffic
             for i, s in zip(members, sc, strict=True):
                 boot[i, lo : lo + len(w)] = weighted_auc(s, lab, w)
     return auc, boot
