@@ -289,7 +289,13 @@ def test_a_pid_is_judged_only_where_it_means_one_process(monkeypatch):
         child.kill()
         child.wait()
     old = leases.Holder.parse(f"{me.host}:{me.pid}:abc")  # written before identities: parsed, judged the old way
-    assert old is not None and old.ident == "" and leases.pid_alive(old) is True
+    assert old is not None and old.ident == "" and leases.pid_alive(old) is True  # (also where pytest-xdist retitled this process)
+    other = subprocess.Popen(["sleep", "30"])  # its pid now used by a process that is not Python: the old holder is dead
+    try:
+        assert leases.pid_alive(leases.Holder.parse(f"{me.host}:{other.pid}:abc")) is False
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_the_stale_limit_covers_the_clients_worst_case(monkeypatch):

@@ -178,6 +178,10 @@ def pid_alive(h: Holder) -> bool | None:
         return False  # cannot signal is not alive: another user's process under a reused pid
     if h.ident:
         return start_ticks(h.pid) == start
+    try:  # the executable, not the command line: a process may retitle itself (setproctitle, as pytest-xdist does)
+        return "python" in os.path.basename(os.readlink(f"/proc/{h.pid}/exe")).lower()
+    except OSError:
+        pass
     try:
         with open(f"/proc/{h.pid}/cmdline", "rb") as f:
             return b"python" in f.read().lower()
