@@ -43,8 +43,8 @@ from _reference import Reference  # noqa: E402
 from thesis_mlflow.learn import features, synthetic  # noqa: E402
 from thesis_mlflow.learn.binning import Binning  # noqa: E402
 from thesis_mlflow.learn.model import Classifier, ModelConfig, init_weights  # noqa: E402
-from thesis_mlflow.learn.streams import RunStream  # noqa: E402
 from thesis_mlflow.learn.training import TrainConfig, build_step, evaluate, lr_lambda, make_optimizer, resolve_step  # noqa: E402
+from thesis_mlflow.spec import RunStream  # noqa: E402
 
 DEV = torch.device("cuda")  # --device cpu only checks this script's plumbing on a machine without a GPU
 THESIS = {"n_train": 241_658, "n_val": 30_207, "epochs": 50, "cells": 108}

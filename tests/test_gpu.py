@@ -34,8 +34,8 @@ def test_captured_step_first_batch_loss_equals_eager(tiny_splits, mode):
     from thesis_mlflow.learn import features
     from thesis_mlflow.learn.binning import Binning
     from thesis_mlflow.learn.model import Classifier, ModelConfig
-    from thesis_mlflow.learn.streams import RunStream
     from thesis_mlflow.learn.training import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
+    from thesis_mlflow.spec import RunStream
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])
@@ -75,8 +75,8 @@ def test_graph_epoch_equals_eager_with_a_padded_last_batch(tiny_splits, exact_fp
     from thesis_mlflow.learn import features
     from thesis_mlflow.learn.binning import Binning
     from thesis_mlflow.learn.model import Classifier, ModelConfig
-    from thesis_mlflow.learn.streams import RunStream
     from thesis_mlflow.learn.training import EagerStep, StaticStep, TrainConfig, lr_lambda, make_optimizer
+    from thesis_mlflow.spec import RunStream
 
     dev = torch.device("cuda")
     b = Binning().fit(tiny_splits["train"])

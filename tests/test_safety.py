@@ -17,7 +17,7 @@ import torch
 
 from thesis_mlflow.grid import condor as grid
 from thesis_mlflow.learn import safeload
-from thesis_mlflow.tracking import done
+from thesis_mlflow.tracking import runs as done  # the rule of a finished cell lives with the runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,8 @@ from thesis_mlflow.errors import RunConflict
 from thesis_mlflow.learn import features, synthetic
 from thesis_mlflow.learn.binning import Binning
 from thesis_mlflow.learn.model import Classifier, ModelConfig, init_weights
-from thesis_mlflow.learn.streams import SCHEME, RunStream, stream_check
 from thesis_mlflow.learn.training import TrainConfig, fit
-from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.spec import SCHEME, CellSpec, RunStream, stream_check
 
 SMALL = dict(tokenizer="binned", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.2)
 

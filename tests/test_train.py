@@ -48,7 +48,7 @@ def test_train_direct_logs_everything(mlflow_env, tiny_raw):
         assert np.isfinite(r.data.metrics[k]), k
     assert 0.5 < r.data.metrics["test_auc"] <= 1.0
     # its random stream: named by the configuration's key and the seed, never the bare seed
-    from thesis_mlflow.learn.streams import SCHEME, RunStream
+    from thesis_mlflow.spec import SCHEME, RunStream
 
     key = "cell:task=4t_vs_bg,tokenizer=direct,pooling=max,met=false,vect=5"
     assert (p["rng_key"], p["rng_stream"], p["rng_scheme"]) == (key, RunStream(key, 0).id, str(SCHEME))
@@ -89,10 +89,10 @@ def test_train_binned_reuses_binning_run(mlflow_env, tiny_raw):
     assert len(trains) == 2 and {r.data.params["binning_run_id"] for r in trains} == {binning[0].info.run_id}
     assert {r.data.params["vocab_size"] for r in trains} == {"886"}
     # the upstream run says which code, environment and device made it, like the train runs
-    from thesis_mlflow.tracking import provenance
+    from thesis_mlflow.tracking import runs as tracking
 
     t = binning[0].data.tags
-    assert t["mlflow.source.name"] == "thesis-mlflow binning" and t.get("mlflow.source.git.commit") == provenance.code().commit
+    assert t["mlflow.source.name"] == "thesis-mlflow binning" and t.get("mlflow.source.git.commit") == tracking.code_state().commit
     assert {"code.dirty", "env.torch", "env.mlflow", "device", "host", "mlflow.user"} <= set(t)
 
 

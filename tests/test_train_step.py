@@ -11,7 +11,6 @@ import torch
 from thesis_mlflow.learn import features, synthetic
 from thesis_mlflow.learn.binning import Binning
 from thesis_mlflow.learn.model import Classifier, ModelConfig
-from thesis_mlflow.learn.streams import RunStream
 from thesis_mlflow.learn.training import (
     EagerStep,
     StaticStep,
@@ -24,6 +23,7 @@ from thesis_mlflow.learn.training import (
     restore_state,
     saved_state,
 )
+from thesis_mlflow.spec import RunStream
 
 STREAM = RunStream("test", 0)
 SMALL = dict(tokenizer="binned", pooling="max", d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)

@@ -89,7 +89,7 @@ def _tiny_objects(split, vect=4):
 def test_padding_gets_no_code_and_same_stream_same_codes(tiny_splits):
     """The pre-training's draws are its stream's alone: the same stream gives the same codes
     whatever torch's global generator holds; another seed gives other codes."""
-    from thesis_mlflow.learn.streams import RunStream
+    from thesis_mlflow.spec import RunStream
 
     tr = tiny_splits["train"]
     x = _tiny_objects(tr)

@@ -29,9 +29,9 @@ from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream
 from thesis_mlflow.pipeline.stack import SeedStack
 from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec
-from thesis_mlflow.tracking import leases, provenance, views
+from thesis_mlflow.tracking import leases, views
 from thesis_mlflow.tracking import runs as tracking
-from thesis_mlflow.tracking.done import is_done
+from thesis_mlflow.tracking.runs import is_done
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -365,7 +365,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     if allow_dirty is None:
         allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
     if not dry_run:
-        provenance.check_clean(allow_dirty)  # before any run is created
+        tracking.check_clean(allow_dirty)  # before any run is created
     cells = g.cells()
     t0 = time.perf_counter()
     exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store

@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases, provenance
+from thesis_mlflow.tracking import leases
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ def find_or_create_parent(g: Grid, exp_id: str):
             c.set_tag(rid, k, v)
         claim.release()  # the run is the parent now; the driver takes its own lease on it
 
-    for k, v in provenance.tags("grid").items():  # which code drives the grid (its cells record their own)
+    for k, v in tracking.provenance_tags("grid").items():  # which code drives the grid (its cells record their own)
         c.set_tag(rid, k, v)
-    code = provenance.code()
+    code = tracking.code_state()
     if code.dirty:
-        c.log_text(rid, code.diff, provenance.DIFF_ARTIFACT)
+        c.log_text(rid, code.diff, tracking.DIFF_ARTIFACT)
     c.log_param(rid, "grid_file", str(g.source))
     c.log_param(rid, "scale_name", g.scale)
     c.log_param(rid, "n_cells", len(g.cells()))

@@ -5,14 +5,15 @@ and its own modules.
 - ``binning`` (Ambre-style tokens), ``prebinned`` (a pre-binned file made elsewhere),
   ``vqvae`` (per-object VQ-VAE codes), ``features`` (model inputs per tokenizer)
 - ``model`` (the classifier), ``training`` (the loop: ``fit``, ``evaluate``, the learning rate
-  per step), ``stacked`` (the seeds of a configuration as one model), ``streams`` (each run's own
-  random stream), ``metrics`` (figures of merit), ``safeload`` (loading checkpoints without
-  running code)
+  per step), ``stacked`` (the seeds of a configuration as one model), ``metrics`` (figures of
+  merit), ``safeload`` (loading checkpoints without running code)
 
-Public API: ``fit``, ``evaluate``, ``Classifier``, ``RunStream``, ``Binning``.
+Each run's random stream, from which all its draws come, is ``spec.RunStream``.
+
+Public API: ``fit``, ``evaluate``, ``Classifier``, ``Binning``.
 """
 
 from thesis_mlflow._lazy import public
 
 __getattr__, __dir__ = public(__name__, {"fit": "training", "evaluate": "training", "Classifier": "model",
-                                         "RunStream": "streams", "Binning": "binning"})
+                                         "Binning": "binning"})

@@ -8,7 +8,7 @@ Mask convention (fixed at the data boundary, ``thesis_mlflow.learn.data``): ``va
 for real tokens and False for padding. It is the only mask passed around here.
 
 Randomness: the model draws from generators its run owns, never from torch's process-wide
-ones (``thesis_mlflow.learn.streams``): ``init_weights(model, g)`` sets every parameter from the
+ones (``thesis_mlflow.spec.RunStream``): ``init_weights(model, g)`` sets every parameter from the
 run's ``init`` generator, and ``set_noise(g)`` hands every dropout site the run's dropout
 generator. Training with dropout and no generator set is refused rather than silently drawing
 from a generator that other runs in the process share.

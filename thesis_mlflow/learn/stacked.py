@@ -53,7 +53,6 @@ from thesis_mlflow.errors import BadSetting, RunConflict
 from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
 from thesis_mlflow.learn.model import Dropout, init_weights
-from thesis_mlflow.learn.streams import stream_check
 from thesis_mlflow.learn.training import (
     _GATE,
     TrainConfig,
@@ -70,6 +69,7 @@ from thesis_mlflow.learn.training import (
     restore_state,
     saved_state,
 )
+from thesis_mlflow.spec import stream_check
 
 log = logging.getLogger(__name__)
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which the alone loop uses

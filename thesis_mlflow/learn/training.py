@@ -6,7 +6,7 @@ metrics. A resumed run replays the metric history stored in the checkpoint throu
 ``on_epoch`` so the caller can log exactly the epochs it has not logged yet.
 
 Randomness: ``fit`` owns every random draw of the run, all from the run's own stream
-(``cfg.stream``, see ``thesis_mlflow.learn.streams``): the initial weights (unless resuming), each
+(``cfg.stream``, see ``thesis_mlflow.spec.RunStream``): the initial weights (unless resuming), each
 epoch's event order, and dropout through a generator owned by the run (reseeded from the stream
 at each epoch's start, registered with the captured graph). Nothing here seeds or reads torch's,
 numpy's or Python's process-wide generators, so cells trained side by side in threads give the
@@ -46,8 +46,12 @@ from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.learn.model import init_weights
-from thesis_mlflow.learn.streams import SCHEME, RunStream, stream_check
-from thesis_mlflow.spec import TrainConfig  # noqa: F401 - declared with the cell's settings; imported from here too
+from thesis_mlflow.spec import (
+    SCHEME,
+    RunStream,
+    TrainConfig,  # noqa: F401 - declared with the cell's settings; imported from here too
+    stream_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ log = logging.getLogger(__name__)
 # the same formula: ``lr_lambda`` for ``LambdaLR`` (eager loop, the checkpoint's scheduler state),
 # ``lr_factor`` on a float64 device tensor inside a captured CUDA graph. Tests pin them to values
 # at named steps, not only to each other. (Each epoch's event order is the run's random stream's:
-# ``streams.RunStream.epoch_order``.)
+# ``spec.RunStream.epoch_order``.)
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:

@@ -19,8 +19,7 @@ from torch import nn
 
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.learn.model import init_weights
-from thesis_mlflow.learn.streams import RunStream
-from thesis_mlflow.spec import CODEBOOK_SIZE, VECTS, VQVAE_EPOCHS
+from thesis_mlflow.spec import CODEBOOK_SIZE, VECTS, VQVAE_EPOCHS, RunStream
 
 log = logging.getLogger(__name__)
 

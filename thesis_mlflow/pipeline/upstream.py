@@ -19,9 +19,8 @@ import numpy as np
 from thesis_mlflow.errors import MissingInput
 from thesis_mlflow.learn import data, synthetic
 from thesis_mlflow.learn.binning import Binning, write_binned
-from thesis_mlflow.learn.streams import RunStream
 from thesis_mlflow.paths import ROOT, resolve
-from thesis_mlflow.spec import DEFAULT_DATA, BinningSpec, VQSpec
+from thesis_mlflow.spec import DEFAULT_DATA, BinningSpec, RunStream, VQSpec
 from thesis_mlflow.tracking import leases
 from thesis_mlflow.tracking import runs as tracking
 

@@ -27,7 +27,7 @@ from thesis_mlflow.report import curves, results, stats
 from thesis_mlflow.report import writeup as rep
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
-from thesis_mlflow.tracking.done import finished_rows
+from thesis_mlflow.tracking.runs import finished_rows
 
 log = logging.getLogger(__name__)
 

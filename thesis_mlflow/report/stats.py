@@ -2,7 +2,7 @@
 
 The model of a run's test AUC: the cell's true AUC + training noise (the seed: init, data
 order, dropout; independent across runs because each run draws from its own random stream,
-``thesis_mlflow.learn.streams``) + test-set noise (the finite test sample, shared by every run
+``thesis_mlflow.spec.RunStream``) + test-set noise (the finite test sample, shared by every run
 because they all score the same test events). A comparison is a *matched contrast*: runs that
 differ in one factor (or, for an interaction, in two) and agree on every other factor and the
 seed; its units are the matched sets, one per stratum (the other factors) and seed.

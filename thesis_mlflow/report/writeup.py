@@ -27,10 +27,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from thesis_mlflow.learn import metrics
-from thesis_mlflow.learn.streams import SCHEME
 from thesis_mlflow.report import stats
-from thesis_mlflow.spec import LEVELS, METS, VECTS
-from thesis_mlflow.tracking.done import finished_rows
+from thesis_mlflow.spec import LEVELS, METS, SCHEME, VECTS
+from thesis_mlflow.tracking.runs import finished_rows
 
 CELL = list(stats.FACTORS)
 FACTOR_ORDER = {k: list(v) for k, v in LEVELS.items()}
