@@ -10,7 +10,9 @@ import mlflow
 import numpy as np
 import pytest
 
+from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import driver
+from thesis_mlflow.learn import prebinned
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.pipeline.cell import train_cell
 from thesis_mlflow.pipeline.inputs import build_inputs
@@ -82,8 +84,61 @@ def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw,
     assert getattr(build_inputs(spec).info, upstream) == rid  # found and reused, not made again
     if tokenizer == "binned":
         assert inp.info.vocab_size > 5 and inp.info.vect == 4
-    else:
-        assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16 and inp.info.scaler is not None
+        return
+    assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16 and inp.info.scaler is not None
+    # a VQ-VAE run named by the user (here one with 8 codes): used as it is, and refused for the other vect
+    from thesis_mlflow.pipeline import upstream
+
+    rid8, _ = upstream.find_or_run(spec.replace(codebook_size=8).vqvae(inp.info.data))
+    given = build_inputs(spec.replace(vqvae_run_id=rid8))
+    assert rid8 != rid and given.info.vqvae_run_id == rid8 and given.info.codebook_size == 8
+    assert given.arrays["test"]["tokens"].max() <= 8 and given.info.params() == {"vqvae_run_id": rid8, "codebook_size": 8}
+    assert np.array_equal(build_inputs(spec.replace(vqvae_run_id=rid)).arrays["test"]["tokens"], inp.arrays["test"]["tokens"])
+    with pytest.raises(BadInput, match=f"vqvae run {rid8} was trained with vect=4, but vect=5 was requested"):
+        build_inputs(spec.replace(vqvae_run_id=rid8, vect=5))
+
+
+@pytest.fixture(scope="module")
+def colleague_files(tmp_path_factory, tiny_raw):
+    """The colleague's pre-binned file as it comes: one combined split, other key names, tokens
+    stored as floats, no attributes; once in the raw file's row order, once shuffled."""
+    import h5py
+
+    from thesis_mlflow.learn import data
+    from thesis_mlflow.learn.binning import Binning, write_binned
+
+    d = tmp_path_factory.mktemp("colleague")
+    raw = data.read_raw(tiny_raw)
+    write_binned(d / "ours.h5", Binning().fit(raw["train"]), raw, "x")
+    x, y = prebinned.read_tokens(d / "ours.h5").stacked()
+    with h5py.File(d / "combined.h5", "w") as f:
+        f["tokens"], f["labels"] = x.astype(np.float32), y.astype(np.float32)
+    perm = np.random.default_rng(0).permutation(len(y))
+    with h5py.File(d / "shuffled.h5", "w") as f:
+        f["data"], f["y"] = x[perm], y[perm]
+    return d
+
+
+@pytest.mark.parametrize("which, how", [("combined", "aligned_with_raw"), ("shuffled", "seeded_80_10_10_seed0")])
+def test_inputs_from_the_colleagues_file(colleague_files, tiny_raw, which, how):
+    """binned_ambre: no upstream run; the file is split (like the raw file when its rows align
+    with it), cut to the cell's limits, its vect inferred, and that vect checked."""
+    path = colleague_files / f"{which}.h5"
+    spec = CellSpec(tokenizer="binned_ambre", binned_path=str(path), data=str(tiny_raw), **TINY)
+    inp = build_inputs(spec)
+    assert inp.info.params() == {"binned_file": str(path), "vocab_size": inp.info.vocab_size, "ambre_split": how}
+    assert inp.info.data == str(path) and inp.info.vect == 4 and 5 < inp.info.vocab_size <= 886
+    assert set(inp.arrays["train"]) == {"tokens", "valid"} and inp.arrays["train"]["tokens"].shape[1] == 20
+    assert len(inp.labels["train"]) == 300 and len(inp.labels["val"]) == len(inp.labels["test"]) == 200  # the cell's limits
+    assert all(len(inp.labels[s]) == len(inp.arrays[s]["tokens"]) for s in ("train", "val", "test"))
+    if which == "combined":  # aligned: the raw file's own splits and labels, row for row
+        from thesis_mlflow.learn import data
+
+        raw = data.read_raw(tiny_raw)
+        assert all(np.array_equal(inp.labels[s], raw[s].y[: len(inp.labels[s])]) for s in ("train", "val", "test"))
+    assert build_inputs(spec.replace(met=False)).arrays["train"]["tokens"].shape[1] == 18  # MET in or out
+    with pytest.raises(BadInput, match=f"binned file {path} was made with vect=4, but vect=5 was requested"):
+        build_inputs(spec.replace(vect=5))
 
 
 def test_driver_bookkeeping():
