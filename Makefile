@@ -44,12 +44,13 @@ postgres:
 	  echo "installing Debian's postgresql for the server tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-# two workers, a test file each at a time (its module's server and fixtures stay in one worker;
-# --dist loadgroup, tried, interleaved modules and restarted their servers: 429 s against 380 s):
-# the suite waits on servers and subprocesses as much as it computes
+# two workers, a group of tests each at a time: a test file, or all the files that share the
+# session's tracking server (tests/conftest.py makes the groups, longest first; its module's
+# server and fixtures stay in one worker): the suite waits on servers and subprocesses as much
+# as it computes
 TEST_WORKERS ?= 2
 test: setup chromium postgres
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # the quick loop while editing: no tracking store, server, browser or subprocess (pytest -m "not slow")
 test-fast: setup

@@ -39,10 +39,27 @@ SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "fi
                  "binned_files"}
 
 
+# `make test` runs two workers with --dist loadgroup: one group per test file (what loadfile
+# does: a module's fixtures and servers stay in one worker), except that every file using the
+# session's shared server is one group, so that server starts once (each start is 15-20 s
+# here); and the groups go out longest first, so both workers stay busy to the end.
+SHARED_SERVER = {"shared_server", "server_exp"}
+LONGEST_FIRST = ("test_serve_safety.py", "test_stacked.py", "test_grid.py", "test_train.py", "test_stats.py", "test_packing.py",
+                 "test_answer.py", "test_report.py", "test_streams.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    shared = {item.path for item in items if SHARED_SERVER & set(getattr(item, "fixturenames", ()))}
+    order = {}
+    for item in items:
+        group = "shared-server" if item.path in shared else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+        rank = 0 if group == "shared-server" else 1 + LONGEST_FIRST.index(group) if group in LONGEST_FIRST else 1 + len(LONGEST_FIRST)
+        order.setdefault(group, (rank, len(order)))
+    items.sort(key=lambda it: order["shared-server" if it.path in shared else it.path.name])  # stable: a file's own order kept
 
 
 @pytest.fixture(scope="session")
