@@ -69,7 +69,7 @@ def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw,
     key, axis, with_met_4v, without_met_5v = width
     assert inp.arrays["train"][key].shape[axis] == with_met_4v and other.arrays["train"][key].shape[axis] == without_met_5v
     assert ("met" in other.arrays["train"]) is False and ("met" in inp.arrays["train"]) is (tokenizer != "binned")
-    assert other.info.vect in (None, 5) and inp.info.vect in (None, 4)
+    assert (inp.info.vect, other.info.vect) == ((None, None) if tokenizer == "direct" else (4, 5))
     # what the train run logs as where its inputs came from: only this tokenizer's own
     assert set(inp.info.params()) == {"direct": set(), "binned": {"binning_run_id", "binned_file", "vocab_size"},
                                       "vqvae": {"vqvae_run_id", "codebook_size"}}[tokenizer]
@@ -116,7 +116,22 @@ def colleague_files(tmp_path_factory, tiny_raw):
     perm = np.random.default_rng(0).permutation(len(y))
     with h5py.File(d / "shuffled.h5", "w") as f:
         f["data"], f["y"] = x[perm], y[perm]
+    with h5py.File(d / "labelled.h5", "w") as f:  # its attributes say vect 5 and 5000 tokens: believed over what the tokens look like
+        f["tokens"], f["labels"] = x, y
+        f.attrs["vect"], f.attrs["vocab_size"] = 5, 5000
     return d
+
+
+def test_the_vect_of_a_token_file_without_attributes():
+    """Up to 886 tokens (the 4-vector binning's table) is a 4-vector file, more a 5-vector one;
+    the file's own ``vocab_size`` attribute when it has one; nothing to go by: the vect asked for."""
+    from thesis_mlflow.pipeline.inputs import infer_vect
+
+    assert infer_vect({"all": np.array([[3, 885]])}, {}, 5) == 4  # 886 tokens
+    assert infer_vect({"all": np.array([[3, 886]]), "b": np.array([[1]])}, {}, 4) == 5  # 887 tokens
+    assert infer_vect({"all": np.array([[3, 10]])}, {"vocab_size": 4386}, 4) == 5 and infer_vect({"all": np.array([[4386]])}, {"vocab_size": 20}, 5) == 4
+    assert infer_vect({"all": np.array([[0]])}, {"vocab_size": 0}, 5) == 4  # one token (the padding): vocab 1
+    assert infer_vect({"all": np.array([[-1]])}, {}, 5) == 5 and infer_vect({"all": np.array([[-1]])}, {}, 4) == 4  # no tokens: as asked
 
 
 @pytest.mark.parametrize("which, how", [("combined", "aligned_with_raw"), ("shuffled", "seeded_80_10_10_seed0")])
@@ -139,6 +154,15 @@ def test_inputs_from_the_colleagues_file(colleague_files, tiny_raw, which, how):
     assert build_inputs(spec.replace(met=False)).arrays["train"]["tokens"].shape[1] == 18  # MET in or out
     with pytest.raises(BadInput, match=f"binned file {path} was made with vect=4, but vect=5 was requested"):
         build_inputs(spec.replace(vect=5))
+    if which == "shuffled":
+        return
+    # without the raw file to align with: the seeded split
+    assert build_inputs(spec.replace(data=str(colleague_files / "absent.h5"))).info.ambre_split == "seeded_80_10_10_seed0"
+    # a file whose attributes name its vect and token table: they are believed
+    labelled = spec.replace(binned_path=str(colleague_files / "labelled.h5"), vect=5)
+    assert (build_inputs(labelled).info.vect, build_inputs(labelled).info.vocab_size) == (5, 5000)
+    with pytest.raises(BadInput, match="was made with vect=5, but vect=4 was requested"):
+        build_inputs(labelled.replace(vect=4))
 
 
 def test_driver_bookkeeping():
