@@ -53,13 +53,18 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     shared = {item.path for item in items if SHARED_SERVER & set(getattr(item, "fixturenames", ()))}
-    order = {}
+
+    def group(item) -> str:
+        return "shared-server" if item.path in shared else item.path.name
+
+    def rank(g: str) -> int:
+        return 0 if g == "shared-server" else 1 + (LONGEST_FIRST.index(g) if g in LONGEST_FIRST else len(LONGEST_FIRST))
+
+    first_seen = {}
     for item in items:
-        group = "shared-server" if item.path in shared else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-        rank = 0 if group == "shared-server" else 1 + LONGEST_FIRST.index(group) if group in LONGEST_FIRST else 1 + len(LONGEST_FIRST)
-        order.setdefault(group, (rank, len(order)))
-    items.sort(key=lambda it: order["shared-server" if it.path in shared else it.path.name])  # stable: a file's own order kept
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+        first_seen.setdefault(group(item), len(first_seen))
+    items.sort(key=lambda it: (rank(group(it)), first_seen[group(it)]))  # stable: a file's own order kept
 
 
 @pytest.fixture(scope="session")
