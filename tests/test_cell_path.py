@@ -54,6 +54,34 @@ def test_one_cell_trains_logs_and_is_done(local_store, tiny_raw):
     assert binary_metrics(s["labels"].astype(bool), s["scores"])["auc"] == pytest.approx(run.data.metrics["test_auc"], abs=1e-6)
     assert train_cell(spec, rid) == rid  # done: nothing retrained, nothing logged twice
     assert [m.step for m in local_store.get_metric_history(rid, "val_auc")] == [1]
+    # where the user finds it: its name and grid tag, the file it read, its log
+    assert run.info.run_name == spec.name == "direct-mean-met-4v-s0" and run.data.tags["grid.cell"] == spec.tag
+    assert p["data"] == str(tiny_raw) and run.data.tags["step"] == "train" and run.inputs.dataset_inputs
+    assert "logs/train.log" in {a.path for a in local_store.list_artifacts(rid, "logs")}
+
+
+def test_a_cell_trains_in_the_run_it_is_given(local_store, tiny_raw, monkeypatch):
+    """A grid's child (``run_id``) or `mlflow run`'s run (``MLFLOW_RUN_ID``): trained there, no
+    new run; a given run whose inputs fail is FAILED where the user looks, with the cause."""
+    exp = local_store.get_experiment_by_name("fast").experiment_id
+    spec = CellSpec(tokenizer="direct", pooling="max", met=False, vect=5, seed=1, data=str(tiny_raw), **TINY)
+    child = local_store.create_run(exp, run_name=spec.name, tags={"step": "train", "grid.cell": spec.tag}).info.run_id
+    assert train_cell(spec, child) == child and is_done(local_store.get_run(child))
+    mine = local_store.create_run(exp, run_name="mlflow-run", tags={"step": "train"}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", mine)
+    assert train_cell(spec.replace(seed=2)) == mine and is_done(local_store.get_run(mine))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # (MLflow drops it once that run ended)
+    assert len(local_store.search_runs([exp])) == 2  # nothing else was created
+    for by_env in (False, True):  # a grid's child; `mlflow run`'s run
+        broken = local_store.create_run(exp, run_name=f"broken-{by_env}", tags={"step": "train"}).info.run_id
+        if by_env:
+            monkeypatch.setenv("MLFLOW_RUN_ID", broken)
+        with pytest.raises(Exception, match="absent.h5"):
+            train_cell(spec.replace(data=str(tiny_raw.parent / "absent.h5")), None if by_env else broken)
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        r = local_store.get_run(broken)
+        assert r.info.status == "FAILED" and r.data.tags["error.class"] and "absent.h5" in r.data.tags["error.message"], by_env
+        assert "logs/train.log" in {a.path for a in local_store.list_artifacts(broken, "logs")}
 
 
 @pytest.mark.parametrize("tokenizer", ["direct", "binned", "vqvae"])
