@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import configparser
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -77,15 +75,13 @@ def grid_on_server(filled_server, monkeypatch):
     return srv, exp, names
 
 
-def _dom_text(url: str, tmp_path: Path, ready: str, width: int = 1900) -> str:
-    """The rendered page's text, as a browser that has the login sees it (``ready``: a text the
-    rendered page has, see ``_dom_text_direct``)."""
+def _dom_text(url: str, tmp_path: Path, ready: str, root: Path, width: int = 1900) -> str:
+    """The rendered page's text, as a browser that has the login of the server at ``root`` (its
+    admin's) sees it (``ready``: a text the rendered page has, see ``_dom_text_direct``)."""
     from .test_server import _logged_in_browser_proxy
 
     srv_uri = url.split("/#/")[0]
-    login = configparser.ConfigParser()
-    login.read(Path(os.environ["HOME"]) / ".mlflow" / "credentials")  # the login the client uses: the browser's answer to its prompt
-    user, password = login["mlflow"]["mlflow_tracking_username"], login["mlflow"]["mlflow_tracking_password"]
+    user, password = server.credentials(root)
     with _logged_in_browser_proxy(srv_uri, user, password) as base:
         return _dom_text_direct(url.replace(srv_uri, base), tmp_path, ready, width)
 
@@ -117,7 +113,7 @@ def test_views_open_in_a_real_browser(grid_on_server, tmp_path):
     # all cells, the factor columns and test AUC, without a click
     # at 1600 px (a laptop; MLflow's assistant panel takes a quarter): the runs table draws only
     # the columns in view, so test AUC and its values being in the DOM means they are on screen
-    text = _dom_text(by_name["cells by test AUC"], tmp_path, "12 matching runs", width=1600)
+    text = _dom_text(by_name["cells by test AUC"], tmp_path, "12 matching runs", srv.root, width=1600)
     assert "cells by test AUC" in text and "Sort: test_auc" in text
     assert sorted(set(re.findall(r"(?:direct|binned|vqvae)-(?:mean|max)-met-4v-s[01]", text))) == sorted(names)
     assert "binning-v4" not in text and f"grid-{GRID}" not in text  # the grid's cells only
@@ -125,14 +121,14 @@ def test_views_open_in_a_real_browser(grid_on_server, tmp_path):
         assert re.search(rf"\b{col}\b", text), col
     assert "0.82" in text and "0.73" in text and "12 matching runs" in text
     # grouped by tokenizer: one group per level, each with its average
-    text = _dom_text(by_name["mean by tokenizer"], tmp_path, "Group by: tokenizer")
+    text = _dom_text(by_name["mean by tokenizer"], tmp_path, "Group by: tokenizer", srv.root)
     assert re.findall(r"Group: (\w+) (\d+)", text) == [("direct", "4"), ("binned", "4"), ("vqvae", "4")]
     assert "0.81 (average)" in text and "0.77 (average)" in text and "0.74 (average)" in text
-    text = _dom_text(by_name["mean by pooling"], tmp_path, "Group by: pooling")
+    text = _dom_text(by_name["mean by pooling"], tmp_path, "Group by: pooling", srv.root)
     assert sorted(re.findall(r"Group: (\w+) 6", text)) == ["max", "mean"]
     # charts: test AUC per cell and val_auc against epoch, every one of the 12 cells (MLflow's
     # default would show the first 10 only)
-    text = _dom_text(by_name["charts (test AUC, val AUC per epoch)"], tmp_path, "Parallel Coordinates")
+    text = _dom_text(by_name["charts (test AUC, val AUC per epoch)"], tmp_path, "Parallel Coordinates", srv.root)
     assert "test_auc" in text and "val_auc" in text and "Step" in text
     # our section first: validation AUC per epoch, test AUC per cell, the factors' parallel coordinates
     # to test AUC; MLflow's generated charts of the other metrics after it
