@@ -102,6 +102,23 @@ def mlflow_env(tmp_path, monkeypatch, template_store):
         mlflow.end_run()
 
 
+def write_colleague_layouts(binned, d):
+    """The colleague's pre-binned file as it comes, made from our binned file ``binned``: one
+    combined split, other key names, no attributes. ``combined.h5`` keeps the raw file's row
+    order (tokens and labels stored as floats, as some scripts do); ``shuffled.h5`` does not."""
+    import h5py
+
+    from thesis_mlflow.learn import prebinned
+
+    x, y = prebinned.read_tokens(binned).stacked()
+    with h5py.File(d / "combined.h5", "w") as f:
+        f["tokens"], f["labels"] = x.astype(np.float32), y.astype(np.float32)
+    perm = np.random.default_rng(0).permutation(len(y))
+    with h5py.File(d / "shuffled.h5", "w") as f:
+        f["data"], f["y"] = x[perm], y[perm]
+    return d / "combined.h5", d / "shuffled.h5"
+
+
 def make_event_rows(objs, met=50.0, met_phi=0.1):
     """One raw row from a list of (id, E, pT, eta, phi)."""
     row = np.zeros(data.WIDTH, np.float32)

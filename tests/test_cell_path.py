@@ -12,12 +12,13 @@ import pytest
 
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import driver
-from thesis_mlflow.learn import prebinned
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.pipeline.cell import train_cell
 from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking.runs import is_done
+
+from .conftest import write_colleague_layouts
 
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=64, warmup_steps=5, lr=3e-3, max_train_events=300,
             max_eval_events=200, epochs=1, system_metrics=False, device="cpu")
@@ -128,8 +129,8 @@ def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw,
 
 @pytest.fixture(scope="module")
 def colleague_files(tmp_path_factory, tiny_raw):
-    """The colleague's pre-binned file as it comes: one combined split, other key names, tokens
-    stored as floats, no attributes; once in the raw file's row order, once shuffled."""
+    """The colleague's pre-binned file as it comes (``write_colleague_layouts``: combined in the
+    raw file's row order, shuffled), and once with attributes naming its vect and token table."""
     import h5py
 
     from thesis_mlflow.learn import data
@@ -138,14 +139,9 @@ def colleague_files(tmp_path_factory, tiny_raw):
     d = tmp_path_factory.mktemp("colleague")
     raw = data.read_raw(tiny_raw)
     write_binned(d / "ours.h5", Binning().fit(raw["train"]), raw, "x")
-    x, y = prebinned.read_tokens(d / "ours.h5").stacked()
-    with h5py.File(d / "combined.h5", "w") as f:
-        f["tokens"], f["labels"] = x.astype(np.float32), y.astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(y))
-    with h5py.File(d / "shuffled.h5", "w") as f:
-        f["data"], f["y"] = x[perm], y[perm]
-    with h5py.File(d / "labelled.h5", "w") as f:  # its attributes say vect 5 and 5000 tokens: believed over what the tokens look like
-        f["tokens"], f["labels"] = x, y
+    combined, _ = write_colleague_layouts(d / "ours.h5", d)
+    shutil.copyfile(combined, d / "labelled.h5")
+    with h5py.File(d / "labelled.h5", "a") as f:  # its attributes say vect 5 and 5000 tokens: believed over what the tokens look like
         f.attrs["vect"], f.attrs["vocab_size"] = 5, 5000
     return d
 

@@ -15,6 +15,8 @@ from thesis_mlflow.learn import data
 from thesis_mlflow.learn import prebinned as cmp
 from thesis_mlflow.learn.binning import Binning, write_binned
 
+from .conftest import write_colleague_layouts
+
 
 @pytest.fixture(scope="module")
 def binned_files(tmp_path_factory, tiny_raw):
@@ -25,17 +27,8 @@ def binned_files(tmp_path_factory, tiny_raw):
         b = Binning(phi_convention=phi).fit(raw["train"])
         out[phi] = d / f"{phi}.h5"
         write_binned(out[phi], b, raw, "x")
-    # the colleague-like layout: one combined split, other key names, no attributes, rows in raw order
-    sig = cmp.read_tokens(out["abs"])
-    x, y = sig.stacked()
-    with h5py.File(d / "combined.h5", "w") as f:
-        f["tokens"] = x.astype(np.float32)  # stored as floats, as some scripts do
-        f["labels"] = y.astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(y))
-    with h5py.File(d / "shuffled.h5", "w") as f:
-        f["data"] = x[perm]
-        f["y"] = y[perm]
-    out["combined"], out["shuffled"], out["dir"] = d / "combined.h5", d / "shuffled.h5", d
+    out["combined"], out["shuffled"] = write_colleague_layouts(out["abs"], d)
+    out["dir"] = d
     return out
 
 
