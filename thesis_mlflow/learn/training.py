@@ -56,7 +56,6 @@ from thesis_mlflow.spec import (
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------- the LR schedule
 # The learning rate per optimizer step: linear warm-up, then cosine to zero. Both functions are
 # the same formula: ``lr_lambda`` for ``LambdaLR`` (eager loop, the checkpoint's scheduler state),
