@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.paths import ROOT
@@ -63,16 +63,14 @@ def find_or_create_parent(g: Grid, exp_id: str):
             c.set_tag(rid, k, v)
         claim.release()  # the run is the parent now; the driver takes its own lease on it
 
-    for k, v in tracking.provenance_tags("grid").items():  # which code drives the grid (its cells record their own)
-        c.set_tag(rid, k, v)
+    # which code drives the grid (its cells record their own) and what the grid is: one batch
+    params = {"grid_file": str(g.source), "scale_name": g.scale, "n_cells": len(g.cells()), "seeds": ",".join(map(str, g.seeds)),
+              "tokenizers": ",".join(g.tokenizers)}
+    c.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in tracking.provenance_tags("grid").items()])
     code = tracking.code_state()
     if code.dirty:
         c.log_text(rid, code.diff, tracking.DIFF_ARTIFACT)
-    c.log_param(rid, "grid_file", str(g.source))
-    c.log_param(rid, "scale_name", g.scale)
-    c.log_param(rid, "n_cells", len(g.cells()))
-    c.log_param(rid, "seeds", ",".join(map(str, g.seeds)))
-    c.log_param(rid, "tokenizers", ",".join(g.tokenizers))
     if g.source:
         c.log_artifact(rid, str(g.source), "grid")
     return c.get_run(rid)
