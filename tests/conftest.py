@@ -79,27 +79,40 @@ def template_store(tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def mlflow_env(tmp_path, monkeypatch, template_store):
-    """A fresh SQLite tracking store and experiment for one test; no leaking run ids."""
+def sqlite_store(tmp_path, monkeypatch, template_store, experiment: str) -> str:
+    """A fresh SQLite tracking store in ``tmp_path`` with one experiment, this process pointed at
+    it (no leaking run ids; the working directory is ``tmp_path``); returns its URI. Used by the
+    fixtures ``mlflow_env`` (integration tests) and ``local_store`` (the quick loop)."""
     import shutil
+
+    import mlflow
 
     shutil.copyfile(template_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-exp")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
-    import mlflow
-
     mlflow.set_tracking_uri(uri)
     # created here with its artifacts under this test's folder: a process started in the checkout
     # (cwd=ROOT) would otherwise make it with ./mlruns there
-    mlflow.MlflowClient(uri).create_experiment("test-exp", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield uri
+    mlflow.MlflowClient(uri).create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri
+
+
+def end_active_runs() -> None:
+    import mlflow
+
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture()
+def mlflow_env(tmp_path, monkeypatch, template_store):
+    """A fresh SQLite tracking store and experiment ``test-exp`` for one test; its URI."""
+    yield sqlite_store(tmp_path, monkeypatch, template_store, "test-exp")
+    end_active_runs()
 
 
 def write_colleague_layouts(binned, d):

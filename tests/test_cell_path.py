@@ -18,7 +18,7 @@ from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking.runs import is_done
 
-from .conftest import write_colleague_layouts
+from .conftest import end_active_runs, sqlite_store, write_colleague_layouts
 
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=64, warmup_steps=5, lr=3e-3, max_train_events=300,
             max_eval_events=200, epochs=1, system_metrics=False, device="cpu")
@@ -26,19 +26,10 @@ TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=64, warmup_st
 
 @pytest.fixture()
 def local_store(tmp_path, monkeypatch, template_store):
-    """A SQLite store in this test's folder, in-process (what ``mlflow_env`` is, kept in the quick loop)."""
-    shutil.copyfile(template_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for k, v in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "fast"}.items():
-        monkeypatch.setenv(k, v)
-    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    mlflow.MlflowClient(uri).create_experiment("fast", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield mlflow.MlflowClient(uri)
-    while mlflow.active_run():
-        mlflow.end_run()
+    """A SQLite store in this test's folder, in-process: ``mlflow_env``'s store, kept in the quick
+    loop (not marked slow); its client."""
+    yield mlflow.MlflowClient(sqlite_store(tmp_path, monkeypatch, template_store, "fast"))
+    end_active_runs()
 
 
 def test_one_cell_trains_logs_and_is_done(local_store, tiny_raw):
@@ -83,6 +74,72 @@ def test_a_cell_trains_in_the_run_it_is_given(local_store, tiny_raw, monkeypatch
         r = local_store.get_run(broken)
         assert r.info.status == "FAILED" and r.data.tags["error.class"] and "absent.h5" in r.data.tags["error.message"], by_env
         assert "logs/train.log" in {a.path for a in local_store.list_artifacts(broken, "logs")}
+
+
+def test_a_retried_cell_resumes_from_its_checkpoint_and_refuses_other_settings(local_store, tiny_raw, monkeypatch, caplog):
+    """A cell retried in its run after failing (1) after epoch 1's metrics, (2) between epoch 2's
+    checkpoint upload and its metrics: each retry resumes from the last checkpoint, trains only
+    what is left, logs each epoch once and its data input once, and the run ends as an
+    uninterrupted one does. A retry with other settings is refused and logs nothing; params
+    that `mlflow run` logged in its own spelling are kept, not a clash."""
+    import logging
+
+    import torch
+
+    from thesis_mlflow.errors import RunConflict
+
+    from . import fault
+
+    exp = local_store.get_experiment_by_name("fast").experiment_id
+    spec = CellSpec(tokenizer="direct", pooling="cls", data=str(tiny_raw), **{**TINY, "epochs": 2})
+    ref = train_cell(spec)
+    rid = local_store.create_run(exp, run_name="mlflow-run", tags={"step": "train"}).info.run_id
+    for k, v in {"lr": "3e-3", "epochs": "2", "met": "True", "data": f"{tiny_raw.parent}/./{tiny_raw.name}", "step_mode": "auto"}.items():
+        local_store.log_param(rid, k, v)  # as `mlflow run -P ...` logs them: the user's spelling
+
+    def attempt(fail_at=None):
+        caplog.clear()
+        with monkeypatch.context() as m, caplog.at_level(logging.INFO, logger="thesis_mlflow"):
+            if fail_at is None:
+                return train_cell(spec, rid)
+            fault.install(1, at=fail_at, how="raise", patch=m)  # the first epoch this attempt trains
+            with pytest.raises(fault.PlantedFailure):
+                train_cell(spec, rid)
+
+    def trained():  # the epochs this attempt trained to the end (fit logs a line for each)
+        return [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("epoch ")]
+
+    def steps(key="val_auc"):
+        return [m.step for m in local_store.get_metric_history(rid, key)]
+
+    def settings(run):  # each attempt takes the run's lease anew (a lease.g<N> param): not a setting
+        return {k: v for k, v in run.data.params.items() if not k.startswith("lease.")}
+
+    attempt("metrics")
+    r = local_store.get_run(rid)
+    assert r.info.status == "FAILED" and steps() == [1] and trained() == ["1/2"]
+    for other in (dict(lr=1e-3), dict(seed=1), dict(epochs=3), dict(pooling="max")):
+        with pytest.raises(RunConflict, match=f"refusing to resume: .*'{next(iter(other))}'"):
+            train_cell(spec.replace(**other), rid)
+    assert settings(local_store.get_run(rid)) == settings(r) and steps() == [1]
+    attempt("checkpoint")
+    assert "resumed from epoch 1" in caplog.text and steps() == [1]  # epoch 2's checkpoint is up, its metrics not
+    assert attempt() == rid
+    assert "resumed from epoch 2" in caplog.text and trained() == []  # both epochs in the checkpoint: nothing trained again
+    done, want = local_store.get_run(rid), local_store.get_run(ref)
+    assert done.info.status == "FINISHED" and is_done(done)
+    for k in ("val_auc", "train_loss", "epoch"):  # epoch 2 replayed from the checkpoint's history, each epoch once
+        assert steps(k) == [1, 2], k
+    assert {m.step: m.value for m in local_store.get_metric_history(rid, "val_auc")} == \
+        {m.step: m.value for m in local_store.get_metric_history(ref, "val_auc")}
+    assert done.data.metrics["test_auc"] == want.data.metrics["test_auc"]
+    w = [torch.load(mlflow.artifacts.download_artifacts(run_id=x, artifact_path="checkpoints/last.pt"), weights_only=True) for x in (ref, rid)]
+    for k, v in w[0]["model"].items():
+        torch.testing.assert_close(w[1]["model"][k], v, rtol=0, atol=0, msg=k)
+    assert len(done.inputs.dataset_inputs) == 1 and done.data.params["step_mode"] == "auto" and done.data.tags["step_mode.used"] == "eager"
+    assert done.data.params["lr"] == "3e-3" and done.data.params["n_params"] == want.data.params["n_params"]
+    assert local_store.get_metric_history(rid, "train_seconds") and "model/scaler.json" in {
+        a.path for a in local_store.list_artifacts(rid, "model")}
 
 
 @pytest.mark.parametrize("tokenizer", ["direct", "binned", "vqvae"])
