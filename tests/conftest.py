@@ -48,6 +48,7 @@ LONGEST_FIRST = ("test_serve_safety.py", "test_stacked.py", "test_grid.py", "tes
                  "test_answer.py", "test_report.py", "test_streams.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids: after it they would be ignored
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -66,6 +67,20 @@ def pytest_collection_modifyitems(config, items):
         first_seen.setdefault(group(item), len(first_seen))
     items.sort(key=lambda it: (rank(group(it)), first_seen[group(it)]))  # stable: a file's own order kept
 
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """xdist carries each test's group to its scheduler as an ``@group`` suffix of the test id;
+    pytest 9.2 ignores that write (pytest-xdist#1386, open; constraints.txt pins 9.1.1). The
+    tests are then dealt out one by one and each worker sets up every module's fixtures and
+    servers again: said, not silently slower."""
+    import warnings
+
+    if getattr(session.config.option, "loadgroup", False) and session.items and not any("@" in it.nodeid for it in session.items):
+        warnings.warn(f"--dist loadgroup has no effect with pytest {pytest.__version__} (pytest-xdist#1386): each worker sets up "
+                      "every module's fixtures and servers again; install the pins: pip install -c constraints.txt -e '.[dev]'",
+                      pytest.PytestConfigWarning, stacklevel=1)
 
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory):

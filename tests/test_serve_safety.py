@@ -69,6 +69,38 @@ def test_a_foreign_listener_on_the_port_is_an_error_before_any_login_is_written(
     assert _Impostor.seen == []
 
 
+def test_a_listener_gone_as_a_job_connects_is_retried_and_a_stranger_is_not(impostor, monkeypatch):
+    """A server killed or restarting just as a job connects: the connection reached a listening
+    socket that closed before the check could see whose it was. Nothing was sent and nobody can
+    read that connection: it is a refused connection, retried (and the next one checked again),
+    so the job rides out the restart. A stranger's listener still ends the request at once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import MlflowHostCreds
+    from mlflow.utils.rest_utils import http_request
+
+    from thesis_mlflow.tracking import peer
+
+    peer.install()
+    monkeypatch.delenv("THESIS_MLFLOW_TRUST_LOOPBACK", raising=False)
+    real, checks = peer.describe_peer, []
+
+    def first_gone(port):
+        checks.append(port)
+        if len(checks) == 1:
+            raise peer.ListenerGone(f"no socket listens on port {port} any more")
+        return real(port)
+
+    monkeypatch.setattr(peer, "describe_peer", first_gone)
+    host = MlflowHostCreds(f"http://127.0.0.1:{impostor}")  # the listener is this process's own: ours
+    res = http_request(host, "/health", "GET", max_retries=3, backoff_factor=0, backoff_jitter=0)
+    assert res.status_code == 200 and checks == [impostor, impostor]  # refused once, then checked again and sent
+    checks.clear()
+    monkeypatch.setattr(peer, "describe_peer", lambda port: (checks.append(port), (False, "pid 1 (squatter) of uid 65534"))[1])
+    with pytest.raises(MlflowException, match="is answered by pid 1 .squatter. of uid 65534, not by a process of yours: nothing was sent"):
+        http_request(host, "/health", "GET", max_retries=3, backoff_factor=0, backoff_jitter=0)
+    assert checks == [impostor]  # a stranger is not asked again
+
+
 @pytest.mark.parametrize("case", ["777", "not-mine", "group-writable-parent", "symlink"])
 def test_a_root_others_could_prepare_is_refused(tmp_path, case):
     if case == "777":

@@ -78,12 +78,9 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
     ELSEWHERE}. Every cell draws from its own random stream, so side by side or stacked it
     trains as it would alone."""
 
-    from thesis_mlflow.learn.training import raise_recompile_limit  # lazy: torch, as train_cell
     from thesis_mlflow.pipeline.cell import train_cell  # lazy: torch, only where cells train in this process (not for a Condor submission)
 
     result: dict[str, str] = {}
-    if side_by_side:  # cells (or stacks) compiled side by side: none falls back to eager unsaid
-        raise_recompile_limit(len(by_configuration(todo)))
 
     def one(cell: CellSpec, rid: str, stack=None) -> None:
         try:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,7 +63,7 @@ from thesis_mlflow.learn.training import (
     first_line,
     lr_lambda,
     make_optimizer,
-    raise_recompile_limit,
+    one_more_compiled,
     resolve_device,
     restore_state,
     saved_state,
@@ -116,8 +115,6 @@ def resolve_stacked_step(step_mode: str, device: torch.device) -> str:
     return "stacked-compiled" if device.type == "cuda" and step_mode != "eager" else "stacked"
 
 
-_COMPILED = [0]  # stacked steps compiled in this process (each configuration is one more graph)
-_COMPILED_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------- dropout masks
@@ -355,9 +352,7 @@ class _Step:
     def __call__(self, *args):  # inside ``gate()``
         if self._built:
             return self.fn(*args)
-        with _COMPILED_LOCK:
-            _COMPILED[0] += 1
-            raise_recompile_limit(_COMPILED[0])
+        one_more_compiled()
         t0 = time.perf_counter()
         try:
             compiled = torch.compile(self.fn, backend=self.backend or "inductor", dynamic=False)

@@ -132,6 +132,19 @@ def raise_recompile_limit(n_models: int) -> int:
     return limit
 
 
+_COMPILED = [0]  # models torch.compile has been handed in this process (each cell or stack is one more)
+_COMPILED_LOCK = threading.Lock()
+
+
+def one_more_compiled() -> int:
+    """Count one more model about to be compiled in this process and keep the recompile limit
+    above the count: called by every path that compiles (the per-cell ``StaticStep``, the
+    stacked step), so no driver has to know up front how many models a process will build."""
+    with _COMPILED_LOCK:
+        _COMPILED[0] += 1
+        return raise_recompile_limit(_COMPILED[0])
+
+
 def signal_scores(logits: torch.Tensor) -> torch.Tensor:
     """Signal (4t) probability: class 1 of the binary tasks, class 0 (label 1) of multiclass."""
     p = torch.softmax(logits.float(), dim=-1)
@@ -230,6 +243,8 @@ class StaticStep:
         assert torch.is_tensor(self.lr), "StaticStep needs an optimizer whose lr is a tensor"
         self.base_lr = cfg.lr
         self.params = list(model.parameters())
+        if compile_model:
+            one_more_compiled()
         self.forward = torch.compile(model, dynamic=False) if compile_model else model
         self.mode = "compiled" if compile_model else "graph"
         self.graph = None

@@ -8,7 +8,8 @@ checked right after ``connect`` and before anything is sent: the socket at the o
 belong to a process of this user (the server ``serve`` started, an ``mlflow ui`` of one's own,
 one's own ``ssh -L`` tunnel). Another user's process, or one whose owner we cannot see (which is
 what another user's looks like to a non-root process), gets the connection closed and the
-request fails at once (not retried) naming what answers there. The threat is the other users
+request fails at once (not retried) naming what answers there. A listener that is gone by the time we
+look (the server killed or restarting as we connected) is a refused connection: retried, and checked again. The threat is the other users
 of a shared machine; a process of one's own could read the credentials file anyway. Beyond loopback the server speaks HTTPS and the jobs verify its certificate
 (``MLFLOW_TRACKING_SERVER_CERT_PATH``, see ``thesis_mlflow.server.tls``): the same promise by TLS.
 
@@ -34,17 +35,24 @@ class NotOurServer(Exception):
     stranger); this one ends the request at once."""
 
 
+class ListenerGone(Exception):
+    """The listener our connection reached closed before we could see whose it was: the server
+    was stopping or crashing as we connected. Nothing was sent; the caller retries as after a
+    refused connection, and that new connection is checked again."""
+
+
 def describe_peer(port: int) -> tuple[bool, str]:
     """(ours, what answers) for the loopback ``port`` just connected to, judged by its listening
     socket: our connection waits in that socket's queue (a connection not yet accepted belongs to
     no process), and the kernel lets only sockets of one user share a port (SO_REUSEPORT), so its
-    owner is who will read what we send."""
+    owner is who will read what we send. ``ListenerGone`` when no socket listens there any more
+    (the connection is dead with it: no stranger can read it)."""
     import psutil
 
     owners = {c.pid for c in psutil.net_connections(kind="tcp")
               if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in ("127.0.0.1", "0.0.0.0", "::", "::1")}
     if not owners:
-        return False, f"no listener we can see (port {port})"
+        raise ListenerGone(f"no socket listens on port {port} any more")
     if None in owners:  # a listener whose process is not visible to us: another user's
         return False, f"a process of another user (port {port}; its owner is hidden from us)"
     what = []
@@ -62,6 +70,7 @@ def describe_peer(port: int) -> tuple[bool, str]:
 def install() -> None:
     """Check every new loopback HTTP connection of this process (idempotent)."""
     from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.exceptions import NewConnectionError
 
     if getattr(HTTPConnection.connect, "_thesis_peer_check", False):
         return
@@ -74,6 +83,10 @@ def install() -> None:
         sock = self.sock
         try:
             ours, what = describe_peer(sock.getpeername()[1])
+        except ListenerGone as e:  # a server stopping or restarting: a failed connection, retried like a refused one
+            sock.close()
+            self.sock = None
+            raise NewConnectionError(self, f"{self.host}:{self.port}: {e} (a server stopping or restarting); nothing was sent") from e
         except Exception as e:  # noqa: BLE001 - cannot tell who answers: do not send the login
             ours, what = False, f"an unidentifiable listener ({type(e).__name__})"
         if not ours:
