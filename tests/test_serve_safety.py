@@ -204,7 +204,8 @@ def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path
         with pytest.raises(logins.OtherServersLogin, match="another running server"):
             logins.install_client_credentials(b_root, home, uri=b_uri, alive=server.answers)
         assert path.read_text().count(a.uri) == 1
-        a.stop()
+        a.stop()  # while this process keeps TLS connections to it open (MLflow's client pool)
+        assert "Finished server process" in (a.root / "server.log").read_text()  # it ended by itself, not SIGKILLed after 20 s
         assert logins.install_client_credentials(b_root, home, uri=b_uri, alive=server.answers)[1] == "written"
         assert b_uri in path.read_text() and jobs[1] not in path.read_text()
     finally:

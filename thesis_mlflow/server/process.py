@@ -87,6 +87,9 @@ def has_password(uri: str) -> bool:
     return mask(uri) != uri
 
 
+GRACE_S = 5  # seconds a stopping server gives the requests in flight
+
+
 def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None, auth: bool = True,
                    tls: tuple[Path, Path] | None = None) -> list[str]:
     """The server's command line: paths and options only (the backend URI travels in the environment)."""
@@ -98,9 +101,13 @@ def server_command(root: Path, host: str, port: int, workers: int = 1, allowed_h
         cmd += ["--allowed-hosts", allowed_hosts]
     if auth:
         cmd += ["--app-name", "basic-auth"]
+    # uvicorn waits without end for kept-alive TLS connections (every job's and browser's) to
+    # close before it exits: a stop then took the full 20 s and a SIGKILL. A request in flight
+    # gets GRACE_S to finish; a job whose request is cut retries it against the restarted server.
+    opts = f"--timeout-graceful-shutdown {GRACE_S}"
     if tls:
-        cmd += ["--uvicorn-opts", f"--ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"]
-    return cmd
+        opts += f" --ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"
+    return cmd + ["--uvicorn-opts", opts]
 
 
 @dataclass
