@@ -125,6 +125,31 @@ def test_a_root_others_could_prepare_is_refused(tmp_path, case):
     assert not (root / logins.AUTH_INI).exists() or case == "symlink"
 
 
+def test_a_stopped_server_left_unreaped_counts_as_stopped():
+    """``serve --stop`` run by another process than the one that started the server (or under a
+    container's init that never reaps): the server's processes exit and stay zombies, which
+    ``kill(0)`` still finds. Stopping waits for running processes only, so it returns at once
+    rather than after its 20 s timeout."""
+    import signal
+    import time
+
+    import psutil
+
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)  # a child of ours we do not reap: a zombie once it ends
+    try:
+        assert server._group_alive(live.pid)
+        os.killpg(live.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while psutil.Process(live.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "sleep did not end on SIGTERM"
+            time.sleep(0.05)
+        os.killpg(live.pid, 0)  # the zombie still answers a signal check ...
+        assert not server._group_alive(live.pid)  # ... but runs no more
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_planted_state_is_not_believed_nor_signalled(tmp_path):
     root = tmp_path / "srv"
     root.mkdir(mode=0o700)

@@ -309,6 +309,21 @@ def running(root: str | Path) -> Server | None:
     return Server(None, uri, pid, root, st.get("public_uri") or uri, cafile)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group ``pgid`` still runs. A zombie does not: it has exited and
+    waits for its parent to reap it (the process that started the server, when that is not the
+    one stopping it; or a container's init that never reaps), yet ``killpg(pgid, 0)`` succeeds on it."""
+    import psutil
+
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
 def stop_pid(pid: int, timeout: float = 20) -> None:
     """Stop the server's whole process group (uvicorn workers included)."""
     try:
@@ -321,9 +336,7 @@ def stop_pid(pid: int, timeout: float = 20) -> None:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, or it lingers as a zombie
         except ChildProcessError:
             pass
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+        if not _group_alive(pid):
             return
         time.sleep(0.2)
     try:
