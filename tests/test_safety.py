@@ -120,6 +120,16 @@ def test_a_run_is_done_only_with_test_metrics_and_scores(mlflow_env, tmp_path):
     c.log_artifact(other, str(f), "eval")
     c.set_terminated(other, "FINISHED")
     assert not done.is_done(c.get_run(other))  # scores without metrics
+    running = c.create_run(exp).info.run_id
+    c.log_metric(running, "test_auc", 0.8)
+    c.log_artifact(running, str(f), "eval")
+    unscored = c.create_run(exp).info.run_id
+    c.log_metric(unscored, "test_auc", 0.8)
+    c.set_terminated(unscored, "FINISHED")
+    # many runs at once (the grid driver), their artifacts listed side by side: the same rule, in order
+    runs = [c.get_run(r) for r in (rid, other, running, unscored, rid)]
+    assert done.are_done(runs) == [done.is_done(r) for r in runs] == [True, False, False, False, True]
+    assert done.are_done([]) == []
 
 
 def test_conda_env_lists_exactly_the_package_requirements():

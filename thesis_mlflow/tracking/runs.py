@@ -750,3 +750,15 @@ def finished_rows(runs):
 def is_done(run) -> bool:
     """A finished cell: FINISHED with its results (nothing left to train or log)."""
     return finished(run.info.status, run.data.metrics) and has_scores(run.info.run_id)
+
+
+def are_done(runs) -> list[bool]:
+    """``is_done`` of each of ``runs``, their artifacts listed side by side: one listing takes
+    ~130 ms against a server with its login, and a grid's 36 one after another took ~5 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = list(runs)
+    check = [r.info.run_id for r in runs if finished(r.info.status, r.data.metrics)]
+    with ThreadPoolExecutor(max_workers=min(8, len(check) or 1), thread_name_prefix="are-done") as pool:
+        scores = dict(zip(check, pool.map(has_scores, check), strict=True))
+    return [scores.get(r.info.run_id, False) for r in runs]
