@@ -19,13 +19,11 @@ if [ ! -f data/4tops_synthetic.h5 ]; then
 fi
 # --allow-dirty: a demo of code being edited is fine (the diff is recorded on the grid's parent run)
 "$BIN/thesis-mlflow" grid run "$GRID" --backend local --scale demo --jobs "$JOBS" --allow-dirty
+# the report ends with the runs table's address and the saved views (no second process to print them)
 "$BIN/thesis-mlflow" report --grid binning_vs_direct-demo
 
-exp_id=$("$BIN/python" -c "from thesis_mlflow.tracking import runs; print(runs.ensure_experiment())")
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s (wall time)."
-echo "MLflow UI (runs table): $MLFLOW_TRACKING_URI/#/experiments/$exp_id/runs"
+echo "Summary: dashboards/binning_vs_direct-demo/summary.html; the MLflow UI: the links above"
 [ -f mlflow-server/credentials ] && echo "  the browser asks for the login: user admin, password in mlflow-server/credentials"
-"$BIN/thesis-mlflow" views binning_vs_direct-demo
-echo "Summary: dashboards/binning_vs_direct-demo/summary.html"
 echo "The server keeps running for the UI; stop it with: $BIN/thesis-mlflow serve --root mlflow-server --stop"

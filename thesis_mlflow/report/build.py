@@ -197,5 +197,7 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
         echo(f"  {line}")
     echo(f"  {out / 'summary.html'}  (effects.csv, summary.tex, figures/*.pdf beside it)")
     if len(data.runs):
-        views.echo_views(grid, tracking.current_experiment_id(), echo)
+        exp_id = tracking.current_experiment_id()
+        echo(tracking.ui_hint(exp_id))
+        views.echo_views(grid, exp_id, echo)
     return out
