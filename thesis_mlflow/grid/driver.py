@@ -391,9 +391,9 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0, stack_seeds)
 
 
-# The parent's progress is a whole status query (every child, its metrics, its scores): ~0.7 s
-# of server work at 36 cells. Published after every cell, it took a fifth of the demo grid's
-# time on 2 cores from the cells themselves; the runs table is as current at this pace.
+# The parent's progress is a whole status query (every child, its metrics, its scores): ~0.7 s,
+# mostly the server's work, at 36 cells. Published after every cell it came to ~26 s of the
+# demo grid's 140 s on 2 cores, beside the cells; the runs table is current enough at this pace.
 PUBLISH_EVERY_S = 10.0
 
 

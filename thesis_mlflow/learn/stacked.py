@@ -115,8 +115,6 @@ def resolve_stacked_step(step_mode: str, device: torch.device) -> str:
     return "stacked-compiled" if device.type == "cuda" and step_mode != "eager" else "stacked"
 
 
-
-
 # --------------------------------------------------------------------------- dropout masks
 
 
