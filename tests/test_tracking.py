@@ -60,3 +60,43 @@ def test_the_grid_modules_client_retries_every_call(monkeypatch):
     c = tracking.retried_client()
     assert c.set_tag("run", "k", "v") == "stored" and len(calls) == 2
     assert c.tracking_uri == "http://x"
+
+
+def test_run_logs_open_in_threads_leave_the_callers_log_level_as_it_was():
+    """Run logs of two threads (cells side by side, upstream runs two at a time) opened A, B and
+    closed A, B: the root logger is at INFO while either is open, each file holds its own
+    thread's records only, and the caller's level is back once both are closed."""
+    import logging
+    import threading
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        opened, proceed, closed, texts = [threading.Event(), threading.Event()], threading.Event(), [threading.Event(), threading.Event()], {}
+
+        def step(i: int) -> None:
+            runlog = tracking.RunLog(f"step{i}")
+            opened[i].set()
+            if i == 0:
+                opened[1].wait(10)
+            logging.getLogger("thesis_mlflow.test").info("from thread %d", i)
+            if i == 1:
+                proceed.wait(10)  # B closes after A
+            texts[i] = runlog.path.read_text()
+            runlog.close()
+            closed[i].set()
+
+        threads = [threading.Thread(target=step, args=(i,)) for i in (0, 1)]
+        threads[0].start()
+        opened[0].wait(10)
+        threads[1].start()
+        closed[0].wait(10)
+        assert root.level == logging.INFO  # B still open
+        proceed.set()
+        for t in threads:
+            t.join(10)
+        assert root.level == logging.WARNING
+        assert "from thread 0" in texts[0] and "from thread 1" not in texts[0] and "from thread 1" in texts[1]
+    finally:
+        root.setLevel(before)

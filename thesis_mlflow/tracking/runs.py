@@ -55,6 +55,12 @@ ERROR_MESSAGE = "error.message"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# Run logs open in several threads at once (cells side by side, upstream runs two at a time)
+# share the root logger's level: counted, so the last to close restores the caller's.
+_ROOT_LEVEL = {"open": 0, "old": logging.NOTSET}
+_ROOT_LEVEL_LOCK = threading.Lock()
+
+
 class RunLog:
     """The log file of one step's run, and its uploads."""
 
@@ -68,9 +74,12 @@ class RunLog:
         thread = threading.get_ident()  # cells trained side by side in threads: each run logs its own thread's records
         self.handler.addFilter(lambda record: record.thread == thread)
         root = logging.getLogger()
-        self._old_level = root.level
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
+        with _ROOT_LEVEL_LOCK:  # INFO while any run log is open; the caller's level back once the last closes
+            if _ROOT_LEVEL["open"] == 0:
+                _ROOT_LEVEL["old"] = root.level
+            _ROOT_LEVEL["open"] += 1
+            if root.level > logging.INFO or root.level == logging.NOTSET:
+                root.setLevel(logging.INFO)
         root.addHandler(self.handler)
 
     def __enter__(self) -> RunLog:
@@ -87,7 +96,10 @@ class RunLog:
     def close(self) -> None:
         root = logging.getLogger()
         root.removeHandler(self.handler)
-        root.setLevel(self._old_level)
+        with _ROOT_LEVEL_LOCK:
+            _ROOT_LEVEL["open"] -= 1
+            if _ROOT_LEVEL["open"] == 0:
+                root.setLevel(_ROOT_LEVEL["old"])
         self.handler.close()
         self.dir.cleanup()
 
