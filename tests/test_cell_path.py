@@ -140,6 +140,11 @@ def test_a_retried_cell_resumes_from_its_checkpoint_and_refuses_other_settings(l
     assert done.data.params["lr"] == "3e-3" and done.data.params["n_params"] == want.data.params["n_params"]
     assert local_store.get_metric_history(rid, "train_seconds") and "model/scaler.json" in {
         a.path for a in local_store.list_artifacts(rid, "model")}
+    # what a reader of the run finds: the input's role, the checkpoint's scaler and factors, the model's config
+    assert {t.key: t.value for t in done.inputs.dataset_inputs[0].tags}["mlflow.data.context"] == "training"
+    assert w[1]["scaler"] == w[0]["scaler"] and w[1]["scaler"] and w[1]["factors"]["tokenizer"] == "direct"
+    cfg = mlflow.artifacts.load_dict(f"runs:/{rid}/model/config.json")
+    assert cfg["model_config"]["d_model"] == TINY["d_model"] and cfg["factors"]["pooling"] == "cls"
 
 
 @pytest.mark.parametrize("tokenizer", ["direct", "binned", "vqvae"])
