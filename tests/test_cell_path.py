@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from thesis_mlflow.errors import BadInput
+from thesis_mlflow.errors import BadInput, MissingInput
 from thesis_mlflow.grid import driver
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.pipeline.cell import train_cell
@@ -34,10 +34,13 @@ def local_store(tmp_path, monkeypatch, template_store):
 
 def test_one_cell_trains_logs_and_is_done(local_store, tiny_raw):
     spec = CellSpec(tokenizer="direct", pooling="mean", data=str(tiny_raw), **TINY)
-    rid = train_cell(spec)
+    ended = []
+    rid = train_cell(spec, on_end=ended.append)
     run = local_store.get_run(rid)
-    assert run.info.status == "FINISHED" and is_done(run)
+    assert run.info.status == "FINISHED" and is_done(run) and ended == [rid]  # the grid's progress hook: once, when the run ended
     p = run.data.params
+    assert (p["n_train_events"], p["n_val_events"], p["n_test_events"]) == ("300", "200", "200")
+    assert {"test_auc_vs_ttH", "test_auc_vs_ttZ", "test_rej50_vs_ttW"} <= set(run.data.metrics)  # per background: the labels reached it
     assert (p["tokenizer"], p["pooling"], p["met"], p["vect"]) == ("direct", "mean", "true", "4") and int(p["n_params"]) > 0
     assert p["rng_key"] == spec.stream_key() and p["step_mode"] == "eager"
     assert [m.step for m in local_store.get_metric_history(rid, "val_auc")] == [1]
@@ -46,6 +49,9 @@ def test_one_cell_trains_logs_and_is_done(local_store, tiny_raw):
     assert binary_metrics(s["labels"].astype(bool), s["scores"])["auc"] == pytest.approx(run.data.metrics["test_auc"], abs=1e-6)
     assert train_cell(spec, rid) == rid  # done: nothing retrained, nothing logged twice
     assert [m.step for m in local_store.get_metric_history(rid, "val_auc")] == [1]
+    with pytest.raises(MissingInput):  # bad input: no run, so no progress hook either
+        train_cell(spec.replace(data=str(tiny_raw.parent / "absent.h5")), on_end=ended.append)
+    assert ended == [rid]
     # where the user finds it: its name and grid tag, the file it read, its log
     assert run.info.run_name == spec.name == "direct-mean-met-4v-s0" and run.data.tags["grid.cell"] == spec.tag
     assert p["data"] == str(tiny_raw) and run.data.tags["step"] == "train" and run.inputs.dataset_inputs
@@ -175,6 +181,10 @@ def test_inputs_of_each_tokenizer_and_their_upstream_runs(local_store, tiny_raw,
     assert getattr(build_inputs(spec).info, upstream) == rid  # found and reused, not made again
     if tokenizer == "binned":
         assert inp.info.vocab_size > 5 and inp.info.vect == 4
+        from thesis_mlflow.pipeline.cell import _prepare
+
+        five = spec.replace(met=False, vect=5)  # the model's table fits the binning (vect 4's happens to be the default size)
+        assert _prepare(five, five.train_config()).model.cfg.vocab_size == other.info.vocab_size != inp.info.vocab_size
         return
     assert inp.info.codebook_size == 16 and inp.arrays["train"]["tokens"].max() <= 16 and inp.info.scaler is not None
     # a VQ-VAE run named by the user (here one with 8 codes): used as it is, and refused for the other vect
