@@ -68,7 +68,6 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: (rank(group(it)), first_seen[group(it)]))  # stable: a file's own order kept
 
 
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session):
     """xdist carries each test's group to its scheduler as an ``@group`` suffix of the test id;
@@ -78,9 +77,10 @@ def pytest_collection_finish(session):
     import warnings
 
     if getattr(session.config.option, "loadgroup", False) and session.items and not any("@" in it.nodeid for it in session.items):
-        warnings.warn(f"--dist loadgroup has no effect with pytest {pytest.__version__} (pytest-xdist#1386): each worker sets up "
-                      "every module's fixtures and servers again; install the pins: pip install -c constraints.txt -e '.[dev]'",
-                      pytest.PytestConfigWarning, stacklevel=1)
+        warnings.warn(f"--dist loadgroup: the test groups did not take (pytest {pytest.__version__}; with 9.2 see pytest-xdist#1386): "
+                      "each worker sets up every module's fixtures and servers again; install the pins: "
+                      "pip install -c constraints.txt -e '.[dev]'", pytest.PytestConfigWarning, stacklevel=1)
+
 
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory):
