@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def prepare(g: Grid) -> dict[str, str]:
     """The upstream runs, once: binning per vect and VQ-VAE per vect where included. They do not
     depend on each other: two at a time, each in its own thread with its own run and log (the
     demo's four took ~20 s one after another on 2 cores). A failure is raised once all have ended."""
-    from concurrent.futures import ThreadPoolExecutor
-
     raw = upstream.ensure_raw(g.data)
     specs = {}
     for vect in g.factors["vect"]:
@@ -102,8 +101,6 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
             log.error("%s failed: %s: %s", cell.name, type(e).__name__, e, exc_info=True)
         echo(f"{cell.name:<28} {result[cell.name]}")
 
-    from concurrent.futures import ThreadPoolExecutor
-
     if stack_seeds:
         def stacked(seeds: list[tuple[CellSpec, str]]) -> None:
             stack = SeedStack(len(seeds), name=seeds[0][0].name.rsplit("-s", 1)[0])
@@ -134,8 +131,6 @@ def _wait_or_stop(futures) -> None:
     """Wait for the cells trained in threads; on Ctrl-C or a signal (``packing.signals_as_interrupt``)
     tell every fit of the process to stop at its next step, wait for them (seconds: each run
     ends KILLED, its last checkpoint kept) and re-raise."""
-    from concurrent.futures import wait
-
     from thesis_mlflow.learn.training import request_stop  # lazy: torch, only on an interrupt
 
     try:
