@@ -80,18 +80,18 @@ def install() -> None:
         plain_connect(self)
         if isinstance(self, HTTPSConnection) or self.host not in LOOPBACK or os.environ.get("THESIS_MLFLOW_TRUST_LOOPBACK") == "1":
             return  # HTTPS verifies the certificate; other hosts are not on this machine
-        sock = self.sock
+        sock, gone = self.sock, None
         try:
             ours, what = describe_peer(sock.getpeername()[1])
         except ListenerGone as e:  # a server stopping or restarting: a failed connection, retried like a refused one
-            sock.close()
-            self.sock = None
-            raise NewConnectionError(self, f"{self.host}:{self.port}: {e} (a server stopping or restarting); nothing was sent") from e
+            ours, what, gone = False, str(e), e
         except Exception as e:  # noqa: BLE001 - cannot tell who answers: do not send the login
             ours, what = False, f"an unidentifiable listener ({type(e).__name__})"
         if not ours:
             sock.close()
             self.sock = None
+            if gone is not None:
+                raise NewConnectionError(self, f"{self.host}:{self.port}: {what} (a server stopping or restarting); nothing was sent") from gone
             raise NotOurServer(f"{self.host}:{self.port} is answered by {what}, not by a process of yours: nothing was sent "
                                "(no login). Is the server running? `thesis-mlflow serve --root ROOT` restarts it, and refuses "
                                "while a stranger holds its port")
