@@ -94,6 +94,20 @@ def template_store(tmp_path_factory):
     return path
 
 
+@pytest.fixture()
+def recompile_limit():
+    """torch.compile's recompile limit at its default of 8 for one test, and a reader of it; put
+    back afterwards (not monkeypatch: undoing an alias of torch's config module left it broken)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    before = getattr(cfg, name)
+    setattr(cfg, name, 8)
+    yield lambda: getattr(cfg, name)
+    setattr(cfg, name, before)
+
+
 def sqlite_store(tmp_path, monkeypatch, template_store, experiment: str) -> str:
     """A fresh SQLite tracking store in ``tmp_path`` with one experiment, this process pointed at
     it (no leaking run ids; the working directory is ``tmp_path``); returns its URI. Used by the

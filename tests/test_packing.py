@@ -62,23 +62,14 @@ def test_dag_with_packs_covers_every_cell_once(tmp_path):
     assert "TORCHINDUCTOR_CACHE_DIR=" in sub and "TORCHINDUCTOR_FX_GRAPH_CACHE=1" in sub  # one compile cache for every job
 
 
-def test_compile_is_paid_once_per_configuration(tmp_path, monkeypatch):
+def test_compile_is_paid_once_per_configuration(tmp_path, recompile_limit):
     """The recompile limit fits the configurations a process builds (36 in the local GPU
     backend's one process; torch's default of 8 would leave 28 uncompiled while their runs say
     ``compiled``), never lowered; the Inductor cache folder is private (a cached kernel is code)."""
-    import torch._dynamo
-
     from thesis_mlflow.learn.training import raise_recompile_limit
 
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    before = getattr(cfg, name)  # (not monkeypatch: undoing an alias of torch's config module left it broken)
-    try:
-        setattr(cfg, name, 8)
-        assert raise_recompile_limit(36) >= 72 and getattr(cfg, name) >= 72
-        assert raise_recompile_limit(1) == getattr(cfg, name) >= 72  # not lowered by a later, smaller pack
-    finally:
-        setattr(cfg, name, before)
+    assert raise_recompile_limit(36) >= 72 and recompile_limit() >= 72
+    assert raise_recompile_limit(1) == recompile_limit() >= 72  # not lowered by a later, smaller pack
     env = packing.compile_cache_env(tmp_path / "cache")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache") and env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700

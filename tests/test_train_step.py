@@ -182,25 +182,16 @@ def test_optimizer_state_moves_between_step_modes(tokens):
     assert torch.is_tensor(static.opt.param_groups[0]["lr"]) and static.opt.param_groups[0]["lr"] is static.lr
 
 
-def test_every_compiled_model_is_counted_under_the_recompile_limit(tokens, monkeypatch):
+def test_every_compiled_model_is_counted_under_the_recompile_limit(tokens, monkeypatch, recompile_limit):
     """Each model handed to torch.compile in a process (the per-cell step here; the stacked step
     calls the same counter) keeps torch's recompile limit above the count: the 36 cells of the
     local GPU backend's one process would otherwise leave all but 8 uncompiled while their runs
     say ``compiled``. No driver has to know the count up front."""
-    import torch._dynamo
-
     from thesis_mlflow.learn import training
 
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    before = getattr(cfg, name)  # (not monkeypatch: undoing an alias of torch's config module left it broken)
-    try:
-        setattr(cfg, name, 8)
-        monkeypatch.setattr(training, "_COMPILED", [35])  # 35 models compiled in this process before this one
-        (_, eager), (b, static) = _pair(tokens, TrainConfig(epochs=1, batch_size=48))
-        assert training._COMPILED[0] == 35 and getattr(cfg, name) == 8  # neither step compiles anything
-        compiled = StaticStep(b, static.opt, static.sched, tokens, TrainConfig(epochs=1, batch_size=48), torch.device("cpu"),
-                              compile_model=True, capture=False)
-        assert compiled.mode == "compiled" and training._COMPILED[0] == 36 and getattr(cfg, name) >= 72
-    finally:
-        setattr(cfg, name, before)
+    monkeypatch.setattr(training, "_COMPILED", [35])  # 35 models compiled in this process before this one
+    _, (b, static) = _pair(tokens, TrainConfig(epochs=1, batch_size=48))
+    assert training._COMPILED[0] == 35 and recompile_limit() == 8  # neither step compiles anything
+    compiled = StaticStep(b, static.opt, static.sched, tokens, TrainConfig(epochs=1, batch_size=48), torch.device("cpu"),
+                          compile_model=True, capture=False)
+    assert compiled.mode == "compiled" and training._COMPILED[0] == 36 and recompile_limit() >= 72
