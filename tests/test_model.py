@@ -159,3 +159,26 @@ def test_vect_changes_computation(split):
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ModelConfig(**kw)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_dropout_masks_drop_at_the_set_rate_independently(p):
+    """``keep_mask`` makes four 16-bit uniforms of each 64-bit draw: each kept with probability
+    1-p, and no lane or neighbour tied to another. Planted: a threshold off by one lane's range,
+    the top bit of an int64 left at 0 (``random_()`` without range: one lane biased), or one
+    draw reused for two lanes, each fails it. Bounds: 5 standard errors over 2^20 draws."""
+    from thesis_mlflow.learn.model import keep_mask
+
+    g = torch.Generator().manual_seed(7)
+    n = 2**20
+    keep = keep_mask((n // 4, 4), p, g).numpy().astype(bool)
+    assert keep.dtype == bool and keep.shape == (n // 4, 4)
+    tol = lambda q, m: 5 * np.sqrt(q * (1 - q) / m)  # noqa: E731
+    for lane in range(4):  # each 16-bit lane of a draw, the top one included
+        assert abs(keep[:, lane].mean() - (1 - p)) < tol(1 - p, n // 4), lane
+    flat = keep.ravel()
+    both = (~flat[:-1] & ~flat[1:]).mean()  # neighbours (lanes of one draw, and across draws) dropped together
+    assert abs(both - p * p) < tol(p * p, n)
+    again = keep_mask((n // 4, 4), p, torch.Generator().manual_seed(7)).numpy().astype(bool)
+    assert (again == keep).all()  # the generator alone decides
+    assert keep_mask((3, 5, 7), p, g).shape == (3, 5, 7)  # sizes that are not a multiple of 4

@@ -101,6 +101,25 @@ class CodeEmbedding(nn.Module):
 # --------------------------------------------------------------------------- block
 
 
+def keep_mask(shape: tuple[int, ...], p: float, generator: torch.Generator, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """A dropout keep mask (1 = kept) of ``shape`` with keep probability ``1 - p``, drawn from
+    ``generator`` alone: the one draw every dropout site makes, alone (``Dropout``) or for a
+    stacked seed (``learn.stacked``), so both give the same masks from the same generator.
+
+    On the CPU, ``bernoulli_`` costs one Mersenne-Twister draw per element (~15% of a small
+    model's training step). Here one 64-bit draw gives four 16-bit uniforms, each kept when
+    below ``round((1-p) 2^16)``: ``p`` is quantized to 1/65536 (0.1 -> 0.100006), and the step
+    trains ~1.2x faster. CUDA's Philox ``bernoulli_`` is cheap and graph-safe: kept there.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p, generator=generator)
+    n = math.prod(shape)
+    words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None, generator=generator)  # all 64 bits uniform
+    below = round((1 - p) * 65536) - 32768  # P(int16 < below) = round((1-p) 2^16) / 2^16
+    return (words.view(torch.int16)[:n] < below).view(shape).to(dtype)
+
+
 class Dropout(nn.Module):
     """Inverted dropout drawing from the run's own generator (``Classifier.set_noise``).
 
@@ -129,8 +148,7 @@ class Dropout(nn.Module):
             return x
         if self.generator is None:
             raise RuntimeError("training with dropout needs the run's own generator: call model.set_noise(generator) first")
-        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
-        return x * keep / (1 - self.p)
+        return x * keep_mask(x.shape, self.p, self.generator, x.dtype, x.device) / (1 - self.p)
 
 
 class Attention(nn.Module):

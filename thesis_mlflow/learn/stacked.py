@@ -51,7 +51,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from thesis_mlflow.errors import BadSetting, RunConflict
 from thesis_mlflow.learn import safeload
 from thesis_mlflow.learn.features import Tensors
-from thesis_mlflow.learn.model import Dropout, init_weights
+from thesis_mlflow.learn.model import Dropout, init_weights, keep_mask
 from thesis_mlflow.learn.training import (
     _GATE,
     TrainConfig,
@@ -150,7 +150,7 @@ class _Masks:
         """A seed's keep masks for a batch of ``n`` real events padded to ``B`` (ones after ``n``)."""
         out = []
         for shape, dtype in self.shapes:
-            keep = torch.empty((n, *shape[1:]), dtype=dtype, device=device).bernoulli_(1 - p, generator=generator)
+            keep = keep_mask((n, *shape[1:]), p, generator, dtype, device)
             if n < B:
                 keep = torch.cat([keep, keep.new_ones((B - n, *shape[1:]))])
             out.append(keep)
