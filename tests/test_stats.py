@@ -404,6 +404,25 @@ def test_per_background_run_aucs_and_chunking_leave_the_answer_alone():
     assert not np.array_equal(other, boot)  # the seed decides the resamples
 
 
+def test_runs_side_by_side_in_threads_give_the_resamples_of_one_thread(monkeypatch):
+    """A thesis-sized test set computes the runs of each resample chunk in threads: the same
+    numbers, run by run, as one thread (each run's row its own, the weights drawn once per chunk
+    in order). Planted: ``weighted_auc`` writing into the chunk's weights that all runs share (one
+    thread's write then lands in another's sum at a time that varies) fails it."""
+    rng = np.random.default_rng(4)
+    labels = (rng.random(1500) < 0.4).astype(int)
+    scores = {f"r{i}": {"labels": labels, "process": None, "scores": rng.normal(labels * (0.3 + 0.2 * i), 1)} for i in range(5)}
+    ids = list(scores)
+    assert 1500 * 100 >= stats._THREADED_FROM  # this size takes the threaded path
+    monkeypatch.setattr(stats, "_CORES", 3)
+    auc, threaded = stats._run_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
+    monkeypatch.setattr(stats, "_THREADED_FROM", float("inf"))
+    auc1, inline = stats._run_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
+    np.testing.assert_array_equal(auc, auc1)
+    np.testing.assert_array_equal(threaded, inline)
+    assert len({tuple(row[:5]) for row in threaded}) == 5  # every run its own row
+
+
 def test_sign_flip_exact_up_to_its_budget_and_monte_carlo_beyond():
     units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
     auc = np.array([0.1, 0.2, 0.3])
