@@ -210,6 +210,13 @@ def test_condor_run_creates_runs_and_prints_submit_command(mlflow_env, tiny_raw,
     assert "condor_submit_dag -batch-name cdr cdr.dag" in text  # no schedd here: the exact command to run
     children = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")
     assert len(children) == 4 and {r.info.status for r in children} == {"SCHEDULED"}
+    # created side by side, listed as the grid file orders the cells (the UI sorts by start time)
+    by_start = [r.info.run_name for r in sorted(children, key=lambda r: r.info.start_time)]
+    assert by_start == [c.name for c in load_grid(str(gfile)).cells()]
+    starts = sorted(r.info.start_time for r in children)
+    assert starts == list(range(starts[0], starts[0] + 4))  # by construction, not by which thread came first
+    assert all(r.data.params["pooling"] in ("mean", "max") for r in children)  # each its own factors
+    assert {r.data.params["pooling"] for r in children} == {"mean", "max"}
     dag = (tmp_path / "dag" / "cdr" / "cdr.dag").read_text()
     assert {r.info.run_id for r in children} == set(re.findall(r'run_id="(\w+)"', dag))
     # submitting again creates no second set of runs

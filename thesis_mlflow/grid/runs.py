@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from mlflow.entities import Metric, Param, RunTag
 
@@ -91,14 +92,21 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
     c = tracking.retried_client()
     pid = parent.info.run_id
     existing = children_by_cell(pid, exp_id)
-    created = []
-    for cell in g.cells():
-        if cell.tag not in existing:  # three calls per new cell (a grid of 108 on a shared server: ~300, not ~900)
-            rid = c.create_run(exp_id, run_name=cell.name, tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag,
-                                                                 "step": "train"}).info.run_id
-            c.log_batch(rid, params=[Param(k, tracking.fmt(v)) for k, v in cell.factors().items()])
-            c.update_run(rid, status="SCHEDULED")  # waiting, not running
-            created.append(rid)
+    new = [cell for cell in g.cells() if cell.tag not in existing]
+    t0 = int(time.time() * 1000)
+
+    def create(i: int, cell: CellSpec) -> str:  # three calls per new cell (a grid of 108 on a shared server: ~300, not ~900)
+        # start times one ms apart in the grid's order: the UI lists the children as the grid file does,
+        # although they are created side by side
+        rid = c.create_run(exp_id, start_time=t0 + i, run_name=cell.name,
+                           tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag, "step": "train"}).info.run_id
+        c.log_batch(rid, params=[Param(k, tracking.fmt(v)) for k, v in cell.factors().items()])
+        c.update_run(rid, status="SCHEDULED")  # waiting, not running
+        return rid
+
+    # side by side: each call waits on the server (36 cells one after another: ~6 s of the demo, ~1 s so)
+    with ThreadPoolExecutor(max_workers=min(8, len(new) or 1), thread_name_prefix="create") as pool:
+        created = list(pool.map(create, range(len(new)), new))
     if created:  # read back in one query, as they are now
         existing = children_by_cell(pid, exp_id)
         missing = set(created) - {r.info.run_id for r in existing.values()}
