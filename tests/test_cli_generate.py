@@ -79,3 +79,36 @@ def test_mlflow_run_generate(mlflow_env, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (r,) = mlflow.search_runs(experiment_names=["test-exp"], output_format="list")
     assert r.info.status == "FINISHED" and r.data.params["output_sha256"] == data.sha256(out)
+
+
+def test_a_generated_file_is_logged_again_only_as_it_is(mlflow_env, tmp_path):
+    """`generate --no-log` writes the file and its data card and logs nothing; `generate` with the
+    same settings then logs that very file (same digest, not rewritten, tagged reused). Other
+    settings, or a file changed after its card was written, are generated anew. Planted: reuse
+    without comparing the digest, or without comparing the settings, each fails it."""
+    out = tmp_path / "d" / "gen.h5"
+    gen = lambda *a: CliRunner().invoke(main, ["generate", "--n-events", "400", "--output", str(out), *a])  # noqa: E731
+    res = gen("--seed", "3", "--no-log")
+    assert res.exit_code == 0 and "not logged" in res.output, res.output
+    assert mlflow.search_runs(experiment_names=["test-exp"], output_format="list") == []
+    first = data.sha256(out)
+    stamp = out.stat().st_mtime_ns
+    res = gen("--seed", "3")
+    assert res.exit_code == 0, res.output
+    (r,) = mlflow.search_runs(experiment_names=["test-exp"], output_format="list")
+    assert r.data.tags["generate.reused"] == "true" and r.data.params["output_sha256"] == first
+    assert out.stat().st_mtime_ns == stamp and "generate_seconds" not in r.data.metrics and r.data.metrics["n_train"] == 320
+    # other settings: generated anew (the seed changes the events)
+    assert gen("--seed", "4").exit_code == 0
+    runs = mlflow.search_runs(experiment_names=["test-exp"], order_by=["attributes.start_time DESC"], output_format="list")
+    assert runs[0].data.tags["generate.reused"] == "false" and runs[0].data.params["output_sha256"] != first
+    # a file changed after its card was written: not trusted, generated anew
+    with open(out, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert gen("--seed", "4").exit_code == 0
+    runs = mlflow.search_runs(experiment_names=["test-exp"], order_by=["attributes.start_time DESC"], output_format="list")
+    assert runs[0].data.tags["generate.reused"] == "false"
+    assert runs[0].data.params["output_sha256"] == data.sha256(out) == json.loads(out.with_suffix(".card.json").read_text())["sha256"]

@@ -22,6 +22,7 @@ charges, correlated kinematics), not that any distribution matches ATLAS.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -379,5 +380,10 @@ def data_card(splits: dict[str, Split], cfg: GeneratorConfig | None = None) -> d
         "per_class": per_class,
     }
     if cfg is not None:
-        card["config"] = {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}) for k, v in asdict(cfg).items()}
+        card["config"] = card_config(cfg)
     return card
+
+
+def card_config(cfg: GeneratorConfig) -> dict:
+    """The generator's settings as its data card records them (JSON: string keys, lists)."""
+    return json.loads(json.dumps({k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}) for k, v in asdict(cfg).items()}))

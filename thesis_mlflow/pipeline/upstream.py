@@ -32,28 +32,59 @@ FULL_SIZE = 302072  # events of the built-in dataset (the real file's total)
 # --------------------------------------------------------------------------- dataset
 
 
-def run_generate(n_events: int, seed: int, output: str, use_env: bool = True) -> str:
-    """Generate the built-in dataset, write it atomically with its data card, log; return the run id."""
+def run_generate(n_events: int, seed: int, output: str, use_env: bool = True, log_run: bool = True) -> str | None:
+    """Generate the built-in dataset, write it atomically with its data card, log; return the run id.
+
+    A file already at ``output`` whose data card records these generator settings and its digest
+    is logged as it is, not generated again (``generate.reused`` tag). ``log_run=False``: write
+    the file and its card only, no MLflow run (``make demo`` does so while its server starts)."""
     cfg = synthetic.GeneratorConfig(n_events=n_events, seed=seed)
     out = resolve(output)
+    if not log_run:
+        if generated_before(cfg, out) is None:
+            write_generated(cfg, out)
+        return None
     with tracking.step_run("generate", run_name=f"generate-n{n_events}-s{seed}", use_env=use_env) as run:
         tracking.log_params({"n_events": n_events, "seed": seed, "output": output, "output_file": str(out)})
-        t0 = time.perf_counter()
-        splits = synthetic.generate(cfg)
-        data.write_raw(out, splits, attrs={"generator": "thesis_mlflow.learn.synthetic", "seed": seed, "n_events": n_events})
-        elapsed = time.perf_counter() - t0
-        card = synthetic.data_card(splits, cfg)
-        digest = data.sha256(out)
-        card["sha256"] = digest
-        card_path = out.with_suffix(".card.json")
-        with data.atomic_path(card_path) as tmp:
-            tmp.write_text(json.dumps(card, indent=2))
-        tracking.log_params({"output_sha256": digest})
-        tracking.log_file_input(out, digest, name=out.name, context="output")
-        tracking.log_artifact(card_path, "data")
-        tracking.log_metrics({"generate_seconds": elapsed, **{f"n_{k}": v for k, v in card["split_sizes"].items()}})
-        log.info("wrote %s (%d events, %.1f s), data card %s", out, n_events, elapsed, card_path)
+        card, elapsed = generated_before(cfg, out), None
+        if card is None:
+            card, elapsed = write_generated(cfg, out)
+        tracking.set_tags({"generate.reused": str(elapsed is None).lower()})
+        tracking.log_params({"output_sha256": card["sha256"]})
+        tracking.log_file_input(out, card["sha256"], name=out.name, context="output")
+        tracking.log_artifact(out.with_suffix(".card.json"), "data")
+        tracking.log_metrics({**({"generate_seconds": elapsed} if elapsed is not None else {}),
+                              **{f"n_{k}": v for k, v in card["split_sizes"].items()}})
+        if elapsed is None:
+            log.info("%s already holds this dataset (its data card: same settings, same digest): logged, not generated again", out)
+        else:
+            log.info("wrote %s (%d events, %.1f s), data card %s", out, n_events, elapsed, out.with_suffix(".card.json"))
         return run.info.run_id
+
+
+def write_generated(cfg: synthetic.GeneratorConfig, out: Path) -> tuple[dict, float]:
+    """Generate, write the file and then its data card (with the file's digest); (card, seconds)."""
+    t0 = time.perf_counter()
+    splits = synthetic.generate(cfg)
+    data.write_raw(out, splits, attrs={"generator": "thesis_mlflow.learn.synthetic", "seed": cfg.seed, "n_events": cfg.n_events})
+    elapsed = time.perf_counter() - t0
+    card = synthetic.data_card(splits, cfg)
+    card["sha256"] = data.sha256(out)
+    with data.atomic_path(out.with_suffix(".card.json")) as tmp:
+        tmp.write_text(json.dumps(card, indent=2))
+    return card, elapsed
+
+
+def generated_before(cfg: synthetic.GeneratorConfig, out: Path) -> dict | None:
+    """The data card of ``out`` when it records ``cfg`` and the file's present digest; else None
+    (no card, other settings, or a file changed since the card was written)."""
+    try:
+        card = json.loads(out.with_suffix(".card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(card, dict) or card.get("config") != synthetic.card_config(cfg) or not out.is_file():
+        return None
+    return card if data.sha256(out) == card.get("sha256") else None
 
 
 def ensure_raw(path: str) -> Path:
