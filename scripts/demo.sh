@@ -13,9 +13,9 @@ export MLFLOW_EXPERIMENT_NAME=${MLFLOW_EXPERIMENT_NAME:-4t-tokenization}
 # The server starts in the background while the dataset is generated (numpy on one core, the
 # server's imports on the other: ~15 s each); the dataset is logged once the server is up (the
 # second generate finds the file its card describes and logs it without generating it again).
-# two server processes for two jobs (serve's default of 4 is for a grid's worth of jobs at once;
-# on 2 cores their start-up alone took ~6 s longer)
-"$BIN/thesis-mlflow" serve --root mlflow-server --port "$PORT" --background --workers "$JOBS" &
+# (serve's default of 4 workers even for 2 jobs: with 2, the cells waited on the server and the
+# grid took 149 s instead of 128 s, more than the 6 s their start-up saves)
+"$BIN/thesis-mlflow" serve --root mlflow-server --port "$PORT" --background &
 SERVE=$!
 NEW_DATA=0
 if [ ! -f data/4tops_synthetic.h5 ]; then
