@@ -332,3 +332,40 @@ def test_a_failing_claimant_releases_its_claim(mlflow_env, tmp_path):
         find_or_run(BinningSpec(str(bad)))
     runs = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'binning'", output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"] and leases.CLAIM_TAG in runs[0].data.tags
+
+
+def test_a_runs_artifacts_are_listed_and_fetched_at_its_own_location(server_exp, tmp_path, monkeypatch):
+    """Against a real server with its login: listing a run's artifacts is one request once the
+    run's artifact location is known (MLflow's ``list_artifacts(run_id)`` goes through ``runs:/``:
+    the run fetched again and its logged models searched, three requests), and a download is a
+    listing and the file. Planted: ``artifact_paths`` through ``MlflowClient.list_artifacts``
+    (3 requests a listing), or ``artifact_path`` through ``download_artifacts(run_id=...)``,
+    each fails it."""
+    import requests.sessions
+
+    c = mlflow.MlflowClient()
+    run = c.create_run(c.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id)
+    rid = run.info.run_id
+    f = tmp_path / "test_scores.npz"
+    f.write_bytes(b"scores")
+    c.log_artifact(rid, str(f), "eval")
+    calls = []
+    real = requests.sessions.Session.request
+
+    def counted(self, method, url, *a, **k):
+        calls.append(url.split("/api/", 1)[-1].split("?")[0])
+        return real(self, method, url, *a, **k)
+
+    monkeypatch.setattr(requests.sessions.Session, "request", counted)
+    assert tracking.artifact_paths(rid, "eval", run.info.artifact_uri) == ["eval/test_scores.npz"]
+    assert tracking.has_scores(rid, run.info.artifact_uri) and not tracking.has_artifact(rid, "eval/other.npz", run.info.artifact_uri)
+    assert len(calls) == 3 and not any("logged-models" in u for u in calls), calls
+    calls.clear()
+    assert tracking.artifact_paths(rid, "eval") == ["eval/test_scores.npz"]  # by id: the location asked once, then kept
+    assert tracking.artifact_paths(rid) == ["eval"]
+    assert len(calls) == 3, calls
+    calls.clear()
+    got = tracking.artifact_path(rid, "eval/test_scores.npz", dst=tmp_path / "dl")
+    assert got.read_bytes() == b"scores" and got.parent.parent == tmp_path / "dl"
+    # a listing and the file (and MLflow's own server-info, asked once per process before a first download)
+    assert len([u for u in calls if "server-info" not in u]) == 2 and not any("logged-models" in u or "runs/get" in u for u in calls), calls
