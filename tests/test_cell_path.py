@@ -74,11 +74,13 @@ def test_a_cell_trains_in_the_run_it_is_given(local_store, tiny_raw, monkeypatch
         broken = local_store.create_run(exp, run_name=f"broken-{by_env}", tags={"step": "train"}).info.run_id
         if by_env:
             monkeypatch.setenv("MLFLOW_RUN_ID", broken)
+        ended = []
         with pytest.raises(Exception, match="absent.h5"):
-            train_cell(spec.replace(data=str(tiny_raw.parent / "absent.h5")), None if by_env else broken)
+            train_cell(spec.replace(data=str(tiny_raw.parent / "absent.h5")), None if by_env else broken, on_end=ended.append)
         monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
         r = local_store.get_run(broken)
         assert r.info.status == "FAILED" and r.data.tags["error.class"] and "absent.h5" in r.data.tags["error.message"], by_env
+        assert ended == [broken]  # it ended (FAILED): the grid's progress hook hears of it, once
         assert "logs/train.log" in {a.path for a in local_store.list_artifacts(broken, "logs")}
 
 

@@ -64,6 +64,7 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
     lease = leases.acquire_run(given, f"train run {given} ({spec.name})") if given else None
     ours = None
     if lease is not None:
+        ours = given  # ours from the lease on: if its inputs fail, it ends FAILED here and on_end hears of it
         tracking.add_fence(lease)  # every write to the run checks the lease first, its final status included
     try:
         if lease is None:
