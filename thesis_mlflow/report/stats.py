@@ -29,6 +29,7 @@ power, seed luck shared across cells).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -151,31 +152,17 @@ def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: 
         # the runs of one resample chunk side by side: numpy's sorts, gathers and sums release the GIL
         # (the demo's report: 12.6 s -> 7 s on 2 cores); small test sets stay in this thread
         threads = min(len(members), _CORES) if n * chunk >= _THREADED_FROM else 1
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="auc") if threads > 1 else _Inline() as pool:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="auc") if threads > 1 else contextlib.nullcontext() as pool:
+            each = pool.map if pool is not None else map
             for lo in range(0, n_boot, chunk):  # (chunk, n) weights at a time: memory stays small for 30k-event test sets
                 w = bootstrap_weights(n, min(chunk, n_boot - lo), rng).astype(np.float32)  # counts: exact, half the memory traffic
-                for i, b in zip(members, pool.map(lambda s, w=w, lab=lab: weighted_auc(s, lab, w), sc), strict=True):
+                for i, b in zip(members, each(lambda s, w=w, lab=lab: weighted_auc(s, lab, w), sc), strict=True):
                     boot[i, lo : lo + len(w)] = b
     return auc, boot
 
 
 _CORES = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 _THREADED_FROM = 100_000  # events x resamples per call below which a thread hand-off costs more than it saves
-
-
-class _Inline:
-    """``ThreadPoolExecutor``'s ``map`` in the calling thread."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
-
 
 # --------------------------------------------------------------------------- contrasts
 
