@@ -100,3 +100,76 @@ def test_run_logs_open_in_threads_leave_the_callers_log_level_as_it_was():
         assert "from thread 0" in texts[0] and "from thread 1" not in texts[0] and "from thread 1" in texts[1]
     finally:
         root.setLevel(before)
+
+
+# --------------------------------------------------------------------------- a step's whole life under overload
+
+_WRITES = ("create_run", "update_run_info", "set_tag", "log_param", "log_batch", "create_experiment")
+
+
+@pytest.fixture()
+def overloaded(tmp_path, monkeypatch, template_store):
+    """A local SQLite store whose every write (the store's methods in ``_WRITES``, which the
+    client and the fluent API end in, as a server's requests do) is refused once with the pool's
+    overload error before it succeeds: a retried call takes exactly two attempts, so a call made
+    without the retry always fails."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from .conftest import end_active_runs, sqlite_store
+
+    monkeypatch.setenv("THESIS_MLFLOW_LEASE_BEAT_S", "3600")  # no periodic beats (unretried on purpose) mid-test
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    store = mlflow.MlflowClient(sqlite_store(tmp_path, monkeypatch, template_store, "overload"))
+    refused = dict.fromkeys(_WRITES, 0)
+    calls = dict.fromkeys(_WRITES, 0)
+
+    def flaky(name, real):
+        def call(self, *a, **kw):
+            calls[name] += 1
+            if calls[name] % 2:
+                refused[name] += 1
+                raise MlflowException("(psycopg2.errors) QueuePool limit of size 5 overflow 10 reached")
+            return real(self, *a, **kw)
+        return call
+
+    for name in _WRITES:
+        monkeypatch.setattr(SqlAlchemyStore, name, flaky(name, getattr(SqlAlchemyStore, name)))
+    yield store, refused
+    end_active_runs()
+
+
+def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
+    """Claiming an upstream step, its run, a train run's lease, a failing step and a new
+    experiment, every write refused once: all done as without overload, no run twice (plant:
+    any of those writes made without ``retrying`` -- the run's end through ``mlflow.end_run``,
+    a lease's claim run or first beat on the raw client -- and the step fails on the refusal)."""
+    from thesis_mlflow.tracking import leases
+
+    store, refused = overloaded
+    me = leases.Holder("node", 1)
+    run, lease = leases.find_or_claim("binning", {"x": "1"}, "binning-x", poll_s=0.01, holder=me)
+    assert run is None and lease is not None
+    with leases.claimed(lease), tracking.step_run("binning", run_id=lease.run_id, lease=lease, use_env=False):
+        tracking.log_params({"x": "1"})
+        tracking.log_metrics({"m": 1.0})
+    found, again = leases.find_or_claim("binning", {"x": "1"}, "binning-x", poll_s=0.01, holder=me)
+    assert again is None and found.info.run_id == lease.run_id and found.info.status == "FINISHED"
+
+    exp_id = tracking.current_experiment_id()
+    grid = tracking.retried_client()  # as a grid makes its cells: created, then waiting
+    rid = grid.create_run(exp_id, tags={"step": "train"}).info.run_id
+    grid.update_run(rid, status="SCHEDULED")
+    train = leases.acquire_run(rid, holder=me)
+    with train.kept(), tracking.step_run("train", run_id=rid, lease=train, use_env=False):
+        tracking.log_metrics({"test_auc": 0.8}, step=1)
+    with pytest.raises(ValueError, match="bad input"), tracking.step_run("compare", use_env=False):
+        raise ValueError("bad input")
+
+    assert tracking.ensure_experiment("overload-2") != exp_id
+    runs = {r.info.run_id: r for r in store.search_runs([exp_id])}
+    assert runs[rid].info.status == "FINISHED" and runs[rid].data.metrics["test_auc"] == 0.8
+    assert runs[rid].data.tags[leases.ENDED] == "1" and runs[lease.run_id].data.tags[leases.ENDED] == "1"
+    failed = [r for r in runs.values() if r.data.tags.get("step") == "compare"]
+    assert [(r.info.status, r.data.tags[tracking.ERROR_CLASS]) for r in failed] == [("FAILED", "ValueError")]
+    assert len(runs) == 3 and all(refused.values()), (len(runs), refused)  # nothing created twice; every kind of write was refused

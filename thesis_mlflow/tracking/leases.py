@@ -142,9 +142,9 @@ def generations(params: dict) -> dict[int, str]:
 def write_once(run_id: str, key: str, value: str) -> bool:
     """Write param ``key`` = ``value`` unless the run already has another value: True when the
     run holds ``value`` afterwards (this writer won, or wrote it before)."""
-    c = tracking.client()
+    c = tracking.retried_client()
     try:
-        tracking.retrying(c.log_param, run_id, key, value)
+        c.log_param(run_id, key, value)
         return True
     except mlflow.exceptions.MlflowException:
         current = c.get_run(run_id).data.params.get(key)
@@ -192,7 +192,7 @@ def pid_alive(h: Holder) -> bool | None:
 def _watch(run_id: str, beat: str | None, gen: int, poll_s: float) -> bool:
     """Watch a holder elsewhere: True as soon as its beat changes (alive) or its generation
     ends; False when the beat stays unchanged for ``stale_s()`` on this process's clock."""
-    c = tracking.client()
+    c = tracking.retried_client()
     t0 = time.monotonic()
     while time.monotonic() - t0 < stale_s():
         time.sleep(min(poll_s, stale_s()))
@@ -224,9 +224,12 @@ class Lease:
     def __repr__(self) -> str:
         return f"Lease({self.run_id}, g{self.gen}, {self.holder})"
 
-    def beat(self) -> None:
+    def beat(self, retry: bool = True) -> None:
+        """Bump ``lease.beat``; the beat thread's own beats are not retried under overload (its
+        next beat is the retry, and a beat held in backoff would keep beating after a release)."""
         self._count += 1
-        tracking.client().set_tag(self.run_id, BEAT, f"{self.gen}.{self._count}.{self.holder.token}")
+        c = tracking.retried_client() if retry else tracking.client()
+        c.set_tag(self.run_id, BEAT, f"{self.gen}.{self._count}.{self.holder.token}")
 
     def start(self) -> Lease:
         self.beat()
@@ -241,12 +244,12 @@ class Lease:
                     self._lost = True
                     log.error("lease on run %s was taken over by another process; stopping", self.run_id)
                     return
-                self.beat()
-            except Exception as e:  # a server restart: the next beat tries again
+                self.beat(retry=False)
+            except Exception as e:  # a server restart or overload: the next beat tries again
                 log.debug("lease beat of %s failed: %s", self.run_id, e)
 
     def holds(self) -> bool:
-        r = tracking.client().get_run(self.run_id)
+        r = tracking.retried_client().get_run(self.run_id)
         gens = generations(r.data.params)
         return max(gens, default=0) == self.gen and gens[self.gen] == str(self.holder) and r.data.tags.get(LOST) != str(self.gen) \
             and r.info.lifecycle_stage != "deleted"
@@ -285,7 +288,7 @@ class Lease:
         self.stop()
         if not self._lost:
             try:
-                tracking.client().set_tag(self.run_id, ENDED, str(self.gen))
+                tracking.retried_client().set_tag(self.run_id, ENDED, str(self.gen))
             except Exception as e:  # the next process waits for the beat to go stale instead
                 log.warning("could not release the lease on %s: %s", self.run_id, e)
 
@@ -307,7 +310,7 @@ def acquire_run(run_id: str, what: str | None = None, poll_s: float = 2.0, holde
     """The lease on ``run_id`` (a train run, a grid's parent), or ``LeaseHeld`` naming the live
     holder. A holder on this host is judged by its pid (at once), one elsewhere by its beat
     (within one beat period when alive, after ``stale_s()`` when dead)."""
-    c = tracking.client()
+    c = tracking.retried_client()
     me = holder or Holder.here()
     what = what or f"run {run_id}"
     while True:
@@ -327,7 +330,7 @@ def acquire_run(run_id: str, what: str | None = None, poll_s: float = 2.0, holde
 
 def release_dead(run_id: str, pid: int) -> None:
     """A child process of ours died holding ``run_id``'s lease: release it for the next attempt."""
-    c = tracking.client()
+    c = tracking.retried_client()
     r = c.get_run(run_id)
     gens = generations(r.data.params)
     if gens:
@@ -357,7 +360,7 @@ def claim_key(step: str, params: dict) -> str:
 
 
 def _claims(key: str, exp_id: str) -> list:
-    c = tracking.client()
+    c = tracking.retried_client()
     return c.search_runs([exp_id], f"tags.`{CLAIM_TAG}` = '{key}'", max_results=1000)
 
 
@@ -376,7 +379,7 @@ def _winner(claims: list, gen: int):
 def _compete(mine: str, me: Holder, gen: int, key: str, exp_id: str) -> bool:
     """Write ``me`` as generation ``gen`` on every live claim run, in run-id order, stopping at
     the first refusal; record the outcome on our own run."""
-    c = tracking.client()
+    c = tracking.retried_client()
     c.set_tag(mine, f"{TRY}{gen}", "1")
     live = sorted({r.info.run_id for r in _claims(key, exp_id) if _is_live(r)} | {mine})
     won = all(write_once(rid, f"{PREFIX}{gen}", str(me)) for rid in live)
@@ -393,7 +396,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
     Losing a race, waiting, and taking over a silent holder are not failures; a holder whose
     run ended FAILED by itself is, and after ``MAX_FAILED_HOLDERS`` of them this job gives up.
     ``find(exp_id)``: what counts as already there (default: a FINISHED run of ``step`` with ``params``)."""
-    c = tracking.client()
+    c = tracking.retried_client()
     exp_id = tracking.current_experiment_id()
     key = claim_key(step, params)
     me = holder or Holder.here()
@@ -488,15 +491,15 @@ def end_claim(run_id: str, done=None) -> None:
     does, would also let a job change who may read the study). An upstream step's losers are
     nested under the run that did the work (the UI folds them away); a grid's are left flat
     (its parent's children are its cells)."""
-    c = tracking.client()
+    c = tracking.retried_client()
     tags = {CLAIM_RESULT: "lost"}
     if done is not None and done.data.tags.get("step") in ("binning", "vqvae"):
         tags["mlflow.parentRunId"] = done.info.run_id
         tags["claim.served_by"] = done.info.run_id
     try:
         for k, v in tags.items():
-            tracking.retrying(c.set_tag, run_id, k, v)
-        tracking.retrying(c.set_terminated, run_id, "KILLED")
+            c.set_tag(run_id, k, v)
+        c.set_terminated(run_id, "KILLED")
     except Exception as e:  # noqa: BLE001 - a leftover claim is untidy, not wrong: it is not RUNNING-and-beating
         log.warning("could not end claim run %s: %s", run_id, e)
 
@@ -513,8 +516,9 @@ def claimed(lease: Lease | None) -> Iterator[None]:
     except LeaseLost:
         raise
     except BaseException:
-        if tracking.client().get_run(lease.run_id).info.status == "RUNNING":
-            tracking.client().set_terminated(lease.run_id, "FAILED")
+        c = tracking.retried_client()
+        if c.get_run(lease.run_id).info.status == "RUNNING":
+            c.set_terminated(lease.run_id, "FAILED")
         raise
     finally:
         lease.release()

@@ -168,7 +168,7 @@ def ensure_experiment(name: str | None = None) -> str:
     can race on schema creation.
     """
     name = name or experiment_name()
-    c = client()
+    c = retried_client()
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -210,12 +210,12 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     tags = {"step": step, **(tags or {})}
     # An upstream step inside another (`mlflow run`'s) must neither take nor consume the outer
-    # step's MLFLOW_RUN_ID (mlflow.end_run() unsets it; start_run() without an id would adopt it):
+    # step's MLFLOW_RUN_ID (ending a run unsets it; start_run() without an id would adopt it):
     # it is set aside and put back when this run ends.
     saved = os.environ.pop("MLFLOW_RUN_ID", None) if not (use_env and run_id) else None
     if run_id:
         try:
-            run = mlflow.start_run(run_id=run_id, log_system_metrics=log_system_metrics)
+            run = retrying(mlflow.start_run, run_id=run_id, log_system_metrics=log_system_metrics)
         except BaseException:
             _restore_run_id(saved)
             raise
@@ -230,7 +230,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
             )
     else:
         try:
-            run = mlflow.start_run(experiment_id=current_experiment_id(), run_name=run_name, log_system_metrics=log_system_metrics)
+            run = retrying(mlflow.start_run, experiment_id=current_experiment_id(), run_name=run_name, log_system_metrics=log_system_metrics)
         except BaseException:
             _restore_run_id(saved)
             raise
@@ -247,7 +247,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
             yield run
             fence(rid)  # still ours: only now may the run be marked FINISHED
             upload_log(runlog)
-            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            end_run(rid, RunStatus.FINISHED)
     except LeaseLost:
         detach_run()  # another process holds the run now: not one more byte from this one
         raise
@@ -273,8 +273,16 @@ def _end_failed(run_id: str, runlog, e: BaseException, status) -> bool:
         log.debug("could not check the lease before recording a failure: %s", err)
     log_failure(runlog, e)
     upload_log(runlog)
-    mlflow.end_run(RunStatus.to_string(status))
+    end_run(run_id, status)
     return True
+
+
+def end_run(run_id: str, status) -> None:
+    """End the active run ``run_id`` with ``status`` (a ``RunStatus``), the write retried under
+    overload. Not ``mlflow.end_run``: it leaves the run before writing its status, so a write the
+    server refused could not be sent again, and the failure's own tags would then start a new run."""
+    retrying(client().set_terminated, run_id, RunStatus.to_string(status))
+    detach_run()
 
 
 # --------------------------------------------------------------------------- fencing, logging and queries
@@ -367,8 +375,9 @@ def record_failure(run_id: str, e: BaseException, runlog) -> None:
 
 
 def detach_run() -> None:
-    """Leave the active run without touching its status (another process holds it now): MLflow's
-    own end_run (also registered at exit) would mark it FINISHED."""
+    """Leave the active run without touching its status (another process holds it now, or
+    ``end_run`` has written it): MLflow's own end_run (also registered at exit) would mark it
+    FINISHED."""
     from mlflow.tracking import fluent
 
     stack = fluent._active_run_stack.get()  # MLflow's private stack of active runs: no public way to leave one untouched
