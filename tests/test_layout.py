@@ -1,0 +1,144 @@
+"""The layout's rules, read from the source (nothing is imported): each role's package imports
+only what its ``__init__`` says it may, modules import each other without a circle, MLflow is
+imported only at its boundary, and an import inside a function is there only to defer a heavy
+library, saying so on its line (``# lazy: ...``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "thesis_mlflow"
+
+# What each part of the library may import from the others: the "May import" sentence of each
+# package's __init__ (a change here is a change of the design: docs/design.md section 2 too).
+MAY_IMPORT = {
+    "": {"tracking"},  # the package itself: telemetry off before anything else
+    "learn": {"errors", "spec", "_lazy"},
+    "tracking": {"learn", "errors", "spec", "_lazy"},
+    "pipeline": {"learn", "tracking", "errors", "spec", "paths", "_lazy"},
+    "grid": {"pipeline", "tracking", "learn", "errors", "spec", "paths", "permissions", "_lazy"},
+    "report": {"grid", "tracking", "learn", "errors", "spec", "paths", "_lazy"},
+    "server": {"tracking", "errors", "permissions", "_lazy"},
+    "spec": {"errors"},
+    "permissions": {"errors"},
+    "errors": set(),
+    "paths": set(),
+    "_lazy": set(),
+}
+# MLflow itself only behind its boundary; elsewhere only its plain record classes
+MLFLOW_MAY_BE_IMPORTED_IN = {"tracking", "server"}
+MLFLOW_RECORDS = "mlflow.entities"
+
+
+def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules(root: Path = PACKAGE) -> dict[str, ast.Module]:
+    return {_module_name(p, root): ast.parse(p.read_text(), str(p)) for p in sorted(root.rglob("*.py"))}
+
+
+def _part(module: str) -> str:
+    """``thesis_mlflow.grid.runs`` -> ``grid``; ``thesis_mlflow.spec`` -> ``spec``; the package -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports(tree: ast.Module, names: set[str], top_only: bool) -> list[tuple[ast.stmt, str]]:
+    """(statement, module imported) for each of the package's modules a file imports; ``from x
+    import y`` names the module ``x.y`` when that is one."""
+    nodes = tree.body if top_only else list(ast.walk(tree))
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out += [(node, a.name) for a in node.names if a.name.split(".")[0] == "thesis_mlflow"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "thesis_mlflow":
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.append((node, sub if sub in names else node.module))
+    return out
+
+
+def _check(modules: dict[str, ast.Module], sources: dict[str, list[str]]) -> list[str]:
+    """Every breach of the rules above, one line each (empty: the layout holds)."""
+    names = set(modules)
+    wrong = []
+    graph: dict[str, set[str]] = {m: set() for m in names}
+    for m, tree in modules.items():
+        top = {id(n) for n in tree.body}
+        for node, target in _imports(tree, names, top_only=False):
+            mine, theirs = _part(m), _part(target)
+            if theirs != mine and theirs not in MAY_IMPORT[mine]:
+                wrong.append(f"{m}:{node.lineno} imports {target}: {mine or 'the package'} may not import {theirs}")
+            if id(node) in top:
+                graph[m].add(target)
+            elif "# lazy:" not in sources[m][node.lineno - 1]:
+                wrong.append(f"{m}:{node.lineno} imports {target} inside a function without '# lazy: <what it defers>'")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for mod in mods:
+                    if mod.split(".")[0] == "mlflow" and _part(m) not in MLFLOW_MAY_BE_IMPORTED_IN \
+                            and not mod.startswith(MLFLOW_RECORDS):
+                        wrong.append(f"{m}:{node.lineno} imports {mod}: MLflow is imported only in tracking/ and server/")
+    # a circle among the imports made at import time (a package's module counts as importing the package)
+    for m in names:
+        if "." in m.removeprefix("thesis_mlflow."):
+            graph[m].add(m.rsplit(".", 1)[0])
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                wrong.append("import circle: " + " -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(names):
+        if m not in state:
+            visit(m, [m])
+    return wrong
+
+
+def _load(root: Path = PACKAGE):
+    modules = _modules(root)
+    sources = {_module_name(p, root): p.read_text().splitlines() for p in root.rglob("*.py")}
+    return modules, sources
+
+
+def test_the_library_keeps_its_layout():
+    assert _check(*_load()) == []
+
+
+def test_every_part_of_the_library_has_its_rule():
+    parts = {_part(m) for m in _modules()}
+    assert parts == set(MAY_IMPORT), parts ^ set(MAY_IMPORT)
+
+
+@pytest.mark.parametrize("file, line, found", [
+    # a step's work reaching up to the grid that runs it
+    ("pipeline/cell.py", "from thesis_mlflow.grid import driver", "pipeline may not import grid"),
+    # the bottom's spec importing the learning core above it
+    ("spec.py", "from thesis_mlflow.learn import model", "spec may not import learn"),
+    # a circle inside one part: the model importing the training loop that imports it
+    ("learn/model.py", "from thesis_mlflow.learn import training", "import circle: thesis_mlflow.learn.model -> thesis_mlflow.learn.training"),
+    # an import hidden in a function with no reason given
+    ("pipeline/inputs.py", "def _late():\n    from thesis_mlflow.learn import model\n    return model", "inside a function without"),
+    # MLflow's client outside its boundary
+    ("report/stats.py", "import mlflow", "MLflow is imported only in tracking/ and server/"),
+])
+def test_a_planted_breach_is_named(tmp_path, file, line, found):
+    import shutil
+
+    root = tmp_path / "thesis_mlflow"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    path = root / file
+    path.write_text(path.read_text() + "\n" + line + "\n")
+    wrong = _check(*_load(root))
+    assert any(found in w for w in wrong), wrong
