@@ -1,4 +1,5 @@
-"""The overload retry every write goes through (tracking.retrying), with a fake server call."""
+"""The overload retry every call to MLflow goes through (tracking.retrying), with a fake server
+call, and a step's whole life against a store that refuses every write once."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def test_the_retries_end(monkeypatch):
     assert len(calls) == tracking.WRITE_RETRIES and waits == [1, 2, 4, 8, 16, 30, 30]  # capped at 30 s, ~2 min in all
 
 
-def test_the_grid_modules_client_retries_every_call(monkeypatch):
-    """``retried_client()``: what grid/runs writes with; each call goes through ``retrying``
-    (plant: hand out the raw client -> the overload error reaches the grid driver)."""
+def test_the_client_retries_every_call(monkeypatch):
+    """``client()``: what every module reads and writes with; each call goes through ``retrying``
+    (plant: hand out the raw client -> the overload error reaches the caller)."""
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     fn, calls = _flaky(["database is locked"])
 
@@ -56,8 +57,8 @@ def test_the_grid_modules_client_retries_every_call(monkeypatch):
         set_tag = staticmethod(fn)
         tracking_uri = "http://x"
 
-    monkeypatch.setattr(tracking, "client", lambda: Fake())
-    c = tracking.retried_client()
+    monkeypatch.setattr(tracking, "raw_client", lambda: Fake())
+    c = tracking.client()
     assert c.set_tag("run", "k", "v") == "stored" and len(calls) == 2
     assert c.tracking_uri == "http://x"
 
@@ -105,14 +106,17 @@ def test_run_logs_open_in_threads_leave_the_callers_log_level_as_it_was():
 # --------------------------------------------------------------------------- a step's whole life under overload
 
 _WRITES = ("create_run", "update_run_info", "set_tag", "log_param", "log_batch", "create_experiment")
+_READS = ("get_run", "_search_runs", "get_experiment", "get_experiment_by_name")
 
 
 @pytest.fixture()
 def overloaded(tmp_path, monkeypatch, template_store):
-    """A local SQLite store whose every write (the store's methods in ``_WRITES``, which the
-    client and the fluent API end in, as a server's requests do) is refused once with the pool's
-    overload error before it succeeds: a retried call takes exactly two attempts, so a call made
-    without the retry always fails."""
+    """A local SQLite store that refuses calls with the pool's overload error, as an overloaded
+    server does (its methods, which the client and the fluent API end in): every write once
+    before it succeeds (a retried write takes exactly two attempts, so one made without the
+    retry always fails), and the first read of each thing (run, experiment). Not every read:
+    MLflow's fluent ``start_run`` reads the run twice around its write, and refusing reads and
+    writes in turn would refuse one of its three calls on every attempt."""
     import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -121,19 +125,25 @@ def overloaded(tmp_path, monkeypatch, template_store):
     monkeypatch.setenv("THESIS_MLFLOW_LEASE_BEAT_S", "3600")  # no periodic beats (unretried on purpose) mid-test
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     store = mlflow.MlflowClient(sqlite_store(tmp_path, monkeypatch, template_store, "overload"))
-    refused = dict.fromkeys(_WRITES, 0)
+    refused = dict.fromkeys(_WRITES + _READS, 0)
     calls = dict.fromkeys(_WRITES, 0)
+    read = set()
 
     def flaky(name, real):
         def call(self, *a, **kw):
-            calls[name] += 1
-            if calls[name] % 2:
+            if name in calls:
+                calls[name] += 1
+                refuse = calls[name] % 2 == 1
+            else:
+                refuse = (name, repr(a[:1])) not in read
+                read.add((name, repr(a[:1])))
+            if refuse:
                 refused[name] += 1
                 raise MlflowException("(psycopg2.errors) QueuePool limit of size 5 overflow 10 reached")
             return real(self, *a, **kw)
         return call
 
-    for name in _WRITES:
+    for name in _WRITES + _READS:
         monkeypatch.setattr(SqlAlchemyStore, name, flaky(name, getattr(SqlAlchemyStore, name)))
     yield store, refused
     end_active_runs()
@@ -141,9 +151,10 @@ def overloaded(tmp_path, monkeypatch, template_store):
 
 def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
     """Claiming an upstream step, its run, a train run's lease, a failing step and a new
-    experiment, every write refused once: all done as without overload, no run twice (plant:
-    any of those writes made without ``retrying`` -- the run's end through ``mlflow.end_run``,
-    a lease's claim run or first beat on the raw client -- and the step fails on the refusal)."""
+    experiment, every read and write refused once: all done as without overload, no run twice
+    (plant: any of those calls made without ``retrying`` -- the run's end through
+    ``mlflow.end_run``, a lease's claim run or first beat on the raw client, a fence's read --
+    and the step fails on the refusal)."""
     from thesis_mlflow.tracking import leases
 
     store, refused = overloaded
@@ -157,7 +168,7 @@ def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
     assert again is None and found.info.run_id == lease.run_id and found.info.status == "FINISHED"
 
     exp_id = tracking.current_experiment_id()
-    grid = tracking.retried_client()  # as a grid makes its cells: created, then waiting
+    grid = tracking.client()  # as a grid makes its cells: created, then waiting
     rid = grid.create_run(exp_id, tags={"step": "train"}).info.run_id
     grid.update_run(rid, status="SCHEDULED")
     train = leases.acquire_run(rid, holder=me)
@@ -172,4 +183,4 @@ def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
     assert runs[rid].data.tags[leases.ENDED] == "1" and runs[lease.run_id].data.tags[leases.ENDED] == "1"
     failed = [r for r in runs.values() if r.data.tags.get("step") == "compare"]
     assert [(r.info.status, r.data.tags[tracking.ERROR_CLASS]) for r in failed] == [("FAILED", "ValueError")]
-    assert len(runs) == 3 and all(refused.values()), (len(runs), refused)  # nothing created twice; every kind of write was refused
+    assert len(runs) == 3 and all(refused.values()), (len(runs), refused)  # nothing created twice; every kind of call was refused

@@ -31,7 +31,7 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 def find_parent(grid_name: str, exp_id: str):
     """The grid's parent run (the oldest with its ``grid.name``), or None."""
-    runs = tracking.retried_client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
+    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
                                          order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
@@ -44,7 +44,7 @@ def find_or_create_parent(g: Grid, exp_id: str):
     time; on a resume it is only linked to the existing parent, so no grid has two.
     """
     run = find_parent(g.run_name, exp_id)
-    c = tracking.retried_client()
+    c = tracking.client()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if run is not None:
         if env_run and env_run != run.info.run_id:
@@ -79,7 +79,7 @@ def find_or_create_parent(g: Grid, exp_id: str):
 
 def children_by_cell(parent_id: str, exp_id: str) -> dict[str, object]:
     """Existing child runs by ``grid.cell`` tag (oldest first wins: never two runs for a cell)."""
-    runs = tracking.retried_client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
+    runs = tracking.client().search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"],
                                          max_results=5000)
     out = {}
     for r in runs:
@@ -89,7 +89,7 @@ def children_by_cell(parent_id: str, exp_id: str) -> dict[str, object]:
 
 def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
     """One child run per cell, created once, with readable name, cell tags and factor params."""
-    c = tracking.retried_client()
+    c = tracking.client()
     pid = parent.info.run_id
     existing = children_by_cell(pid, exp_id)
     new = [cell for cell in g.cells() if cell.tag not in existing]
@@ -116,7 +116,7 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
 
 def ended_children(exp_id: str, grid_name: str) -> dict[str, object]:
     """The grid's child runs that have ended (FINISHED, FAILED, KILLED), by run id: one query."""
-    runs = tracking.retried_client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
+    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
     return {r.info.run_id: r for r in runs if r.info.status in ("FINISHED", "FAILED", "KILLED")}
 
 
@@ -124,7 +124,7 @@ def close_left_running(rid: str, pid: int, status: str = "FAILED") -> None:
     """A child process ``pid`` ended without closing run ``rid`` (killed, crashed): release its
     lease for the next attempt and close the run as ``status`` if it was left RUNNING."""
     leases.release_dead(rid, pid)
-    c = tracking.retried_client()
+    c = tracking.client()
     if c.get_run(rid).info.status == "RUNNING":
         c.set_terminated(rid, status)
 
@@ -132,20 +132,20 @@ def close_left_running(rid: str, pid: int, status: str = "FAILED") -> None:
 def mark_running(parent) -> None:
     """A pass of the driver starts: the parent is RUNNING (again, on a resumed grid)."""
     if parent.info.status != "RUNNING":
-        tracking.retried_client().update_run(parent.info.run_id, status="RUNNING")
+        tracking.client().update_run(parent.info.run_id, status="RUNNING")
 
 
 def end_parent(parent_id: str, n_done: int, n_cells: int, close: bool = True) -> None:
     """The driver's pass is over: cells finished as a metric; with ``close`` (no cell is trained
     elsewhere any more) the parent ends, FINISHED when every cell is."""
-    c = tracking.retried_client()
+    c = tracking.client()
     c.log_metric(parent_id, "n_finished", n_done)
     if close:
         c.set_terminated(parent_id, "FINISHED" if n_done == n_cells else "FAILED")
 
 
 def set_dag_dir(parent_id: str, dag_dir) -> None:
-    tracking.retried_client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
+    tracking.client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
 
 
 def close_parent(data, n_missing: int) -> None:
@@ -156,7 +156,7 @@ def close_parent(data, n_missing: int) -> None:
         return
     if data.runs["status"].isin(["RUNNING", "SCHEDULED"]).any():
         return
-    tracking.retried_client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
+    tracking.client().set_terminated(parent.info.run_id, "FINISHED" if n_missing == 0 else "FAILED")
 
 
 # --------------------------------------------------------------------------- what the parent knows
@@ -164,7 +164,7 @@ def close_parent(data, n_missing: int) -> None:
 
 def expected_cells_of(parent) -> list | None:
     """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
-    c = tracking.retried_client()
+    c = tracking.client()
     try:
         files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
         path = tracking.artifact_path(parent.info.run_id, files[0])
@@ -177,7 +177,7 @@ def expected_cells_of(parent) -> list | None:
 def publish_progress(parent_id: str, counts: dict[str, int], note: str, step: int | None = None) -> None:
     """``counts`` as metrics of the parent (step = seconds since it started, so the charts show
     progress over time across resumed passes) and ``note`` as its description."""
-    c = tracking.retried_client()
+    c = tracking.client()
     ts = int(time.time() * 1000)
     if step is None:
         step = max(0, (ts - c.get_run(parent_id).info.start_time) // 1000)

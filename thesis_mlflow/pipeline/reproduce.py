@@ -105,7 +105,7 @@ def reproduce(run_id: str) -> Verdict:
         torch.set_num_threads(int(threads))
     log.info("reproducing run %s (%s)", run_id, spec.name)
     new_id = train_cell(spec)
-    tracking.retried_client().set_tag(new_id, "reproduction.of", run_id)
+    tracking.client().set_tag(new_id, "reproduction.of", run_id)
     a, b = _scores(run_id), _scores(new_id)
     if a.shape != b.shape:
         raise BadInput(f"run {run_id} scored {a.shape[0]} test events, its reproduction {b.shape[0]}: not the same test set")
@@ -114,5 +114,5 @@ def reproduce(run_id: str) -> Verdict:
     now = tracking.provenance_tags("train")
     differs = {k: (old.data.tags.get(k), now.get(k)) for k in COMPARED if old.data.tags.get(k) != now.get(k)}
     v = Verdict(run_id, new_id, verdict, diff, differs)
-    tracking.retried_client().set_tag(new_id, "reproduction.verdict", verdict)
+    tracking.client().set_tag(new_id, "reproduction.verdict", verdict)
     return v

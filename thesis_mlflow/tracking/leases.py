@@ -142,7 +142,7 @@ def generations(params: dict) -> dict[int, str]:
 def write_once(run_id: str, key: str, value: str) -> bool:
     """Write param ``key`` = ``value`` unless the run already has another value: True when the
     run holds ``value`` afterwards (this writer won, or wrote it before)."""
-    c = tracking.retried_client()
+    c = tracking.client()
     try:
         c.log_param(run_id, key, value)
         return True
@@ -192,7 +192,7 @@ def pid_alive(h: Holder) -> bool | None:
 def _watch(run_id: str, beat: str | None, gen: int, poll_s: float) -> bool:
     """Watch a holder elsewhere: True as soon as its beat changes (alive) or its generation
     ends; False when the beat stays unchanged for ``stale_s()`` on this process's clock."""
-    c = tracking.retried_client()
+    c = tracking.client()
     t0 = time.monotonic()
     while time.monotonic() - t0 < stale_s():
         time.sleep(min(poll_s, stale_s()))
@@ -228,7 +228,7 @@ class Lease:
         """Bump ``lease.beat``; the beat thread's own beats are not retried under overload (its
         next beat is the retry, and a beat held in backoff would keep beating after a release)."""
         self._count += 1
-        c = tracking.retried_client() if retry else tracking.client()
+        c = tracking.client() if retry else tracking.raw_client()
         c.set_tag(self.run_id, BEAT, f"{self.gen}.{self._count}.{self.holder.token}")
 
     def start(self) -> Lease:
@@ -249,7 +249,7 @@ class Lease:
                 log.debug("lease beat of %s failed: %s", self.run_id, e)
 
     def holds(self) -> bool:
-        r = tracking.retried_client().get_run(self.run_id)
+        r = tracking.client().get_run(self.run_id)
         gens = generations(r.data.params)
         return max(gens, default=0) == self.gen and gens[self.gen] == str(self.holder) and r.data.tags.get(LOST) != str(self.gen) \
             and r.info.lifecycle_stage != "deleted"
@@ -288,7 +288,7 @@ class Lease:
         self.stop()
         if not self._lost:
             try:
-                tracking.retried_client().set_tag(self.run_id, ENDED, str(self.gen))
+                tracking.client().set_tag(self.run_id, ENDED, str(self.gen))
             except Exception as e:  # the next process waits for the beat to go stale instead
                 log.warning("could not release the lease on %s: %s", self.run_id, e)
 
@@ -310,7 +310,7 @@ def acquire_run(run_id: str, what: str | None = None, poll_s: float = 2.0, holde
     """The lease on ``run_id`` (a train run, a grid's parent), or ``LeaseHeld`` naming the live
     holder. A holder on this host is judged by its pid (at once), one elsewhere by its beat
     (within one beat period when alive, after ``stale_s()`` when dead)."""
-    c = tracking.retried_client()
+    c = tracking.client()
     me = holder or Holder.here()
     what = what or f"run {run_id}"
     while True:
@@ -330,7 +330,7 @@ def acquire_run(run_id: str, what: str | None = None, poll_s: float = 2.0, holde
 
 def release_dead(run_id: str, pid: int) -> None:
     """A child process of ours died holding ``run_id``'s lease: release it for the next attempt."""
-    c = tracking.retried_client()
+    c = tracking.client()
     r = c.get_run(run_id)
     gens = generations(r.data.params)
     if gens:
@@ -360,7 +360,7 @@ def claim_key(step: str, params: dict) -> str:
 
 
 def _claims(key: str, exp_id: str) -> list:
-    c = tracking.retried_client()
+    c = tracking.client()
     return c.search_runs([exp_id], f"tags.`{CLAIM_TAG}` = '{key}'", max_results=1000)
 
 
@@ -379,7 +379,7 @@ def _winner(claims: list, gen: int):
 def _compete(mine: str, me: Holder, gen: int, key: str, exp_id: str) -> bool:
     """Write ``me`` as generation ``gen`` on every live claim run, in run-id order, stopping at
     the first refusal; record the outcome on our own run."""
-    c = tracking.retried_client()
+    c = tracking.client()
     c.set_tag(mine, f"{TRY}{gen}", "1")
     live = sorted({r.info.run_id for r in _claims(key, exp_id) if _is_live(r)} | {mine})
     won = all(write_once(rid, f"{PREFIX}{gen}", str(me)) for rid in live)
@@ -396,7 +396,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
     Losing a race, waiting, and taking over a silent holder are not failures; a holder whose
     run ended FAILED by itself is, and after ``MAX_FAILED_HOLDERS`` of them this job gives up.
     ``find(exp_id)``: what counts as already there (default: a FINISHED run of ``step`` with ``params``)."""
-    c = tracking.retried_client()
+    c = tracking.client()
     exp_id = tracking.current_experiment_id()
     key = claim_key(step, params)
     me = holder or Holder.here()
@@ -491,7 +491,7 @@ def end_claim(run_id: str, done=None) -> None:
     does, would also let a job change who may read the study). An upstream step's losers are
     nested under the run that did the work (the UI folds them away); a grid's are left flat
     (its parent's children are its cells)."""
-    c = tracking.retried_client()
+    c = tracking.client()
     tags = {CLAIM_RESULT: "lost"}
     if done is not None and done.data.tags.get("step") in ("binning", "vqvae"):
         tags["mlflow.parentRunId"] = done.info.run_id
@@ -516,7 +516,7 @@ def claimed(lease: Lease | None) -> Iterator[None]:
     except LeaseLost:
         raise
     except BaseException:
-        c = tracking.retried_client()
+        c = tracking.client()
         if c.get_run(lease.run_id).info.status == "RUNNING":
             c.set_terminated(lease.run_id, "FAILED")
         raise

@@ -157,6 +157,14 @@ def experiment_name() -> str:
 
 
 def client() -> MlflowClient:
+    """The MLflow client of this process, every call through ``retrying``: an overloaded server's
+    refusal is waited for, a read's as a write's."""
+    return _Retried(raw_client())  # type: ignore[return-value] - MlflowClient's calls, each retried
+
+
+def raw_client() -> MlflowClient:
+    """The client without the overload retry: only for a call whose next repetition is its retry
+    (a lease's periodic beat)."""
     mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient(tracking_uri())
 
@@ -168,7 +176,7 @@ def ensure_experiment(name: str | None = None) -> str:
     can race on schema creation.
     """
     name = name or experiment_name()
-    c = retried_client()
+    c = client()
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -205,7 +213,7 @@ def step_run(step: str, run_name: str | None = None, tags: dict | None = None, r
     ``lease`` (``leases.Lease``): verified before the run is marked FINISHED; when this process
     lost it (``LeaseLost``) the run is left as it is, for the process that holds it now.
     """
-    client()  # sets the tracking URI
+    raw_client()  # sets the tracking URI
     if use_env:  # an upstream step started from inside another step makes its own run
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     tags = {"step": step, **(tags or {})}
@@ -281,7 +289,7 @@ def end_run(run_id: str, status) -> None:
     """End the active run ``run_id`` with ``status`` (a ``RunStatus``), the write retried under
     overload. Not ``mlflow.end_run``: it leaves the run before writing its status, so a write the
     server refused could not be sent again, and the failure's own tags would then start a new run."""
-    retrying(client().set_terminated, run_id, RunStatus.to_string(status))
+    client().set_terminated(run_id, RunStatus.to_string(status))
     detach_run()
 
 
@@ -368,10 +376,10 @@ def record_failure(run_id: str, e: BaseException, runlog) -> None:
     c = client()
     runlog.traceback(e)
     runlog.handler.flush()
-    retrying(c.set_tag, run_id, ERROR_CLASS, type(e).__name__)
-    retrying(c.set_tag, run_id, ERROR_MESSAGE, one_line(e))
-    retrying(c.log_artifact, run_id, str(runlog.path), "logs")
-    retrying(c.set_terminated, run_id, "FAILED")
+    c.set_tag(run_id, ERROR_CLASS, type(e).__name__)
+    c.set_tag(run_id, ERROR_MESSAGE, one_line(e))
+    c.log_artifact(run_id, str(runlog.path), "logs")
+    c.set_terminated(run_id, "FAILED")
 
 
 def detach_run() -> None:
@@ -448,12 +456,6 @@ class _Retried:
         return lambda *args, **kwargs: retrying(fn, *args, **kwargs)
 
 
-def retried_client() -> _Retried:
-    """The client for modules above this one that write to MLflow (a grid's parent and children):
-    the same calls as ``client()``, each retried."""
-    return _Retried(client())
-
-
 def get_run(run_id: str):
     return client().get_run(run_id)
 
@@ -509,7 +511,7 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
 
 
 def set_experiment_tag(experiment_id: str, key: str, value: str) -> None:
-    retrying(client().set_experiment_tag, experiment_id, key, value)
+    client().set_experiment_tag(experiment_id, key, value)
 
 
 def has_artifact(run_id: str, path: str, artifact_uri: str | None = None) -> bool:
@@ -523,7 +525,7 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     run_id = mlflow.active_run().info.run_id
     batch = [mlflow.entities.Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
     fence(run_id)
-    retrying(client().log_batch, run_id, metrics=batch)
+    client().log_batch(run_id, metrics=batch)
 
 
 def set_tags(tags: dict) -> None:
