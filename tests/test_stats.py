@@ -459,3 +459,194 @@ def test_interaction_and_background_contrasts_are_the_differences_they_name():
     bkg = df[(df["kind"] == "background") & (df["at"] == "ttZ")].iloc[0]
     assert bkg["factor"] == "tokenizer" and bkg["metric"] == "auc_vs_ttZ"
     assert bkg["estimate"] == pytest.approx(np.mean([auc_of[("binned", m)] - auc_of[("direct", m)] for m in (True, False)]), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- pinned by hand
+# The survivors of a mutation run of report.stats (2026-12-02, 1104 mutants, fast tests): each
+# test below names the planted change it fails on.
+
+
+def test_weighted_auc_of_a_resample_without_one_class_is_no_value():
+    """One pair ranked: 1 (a denominator of exactly 1 is a value, plant ``den > 1``); a resample
+    that drew no signal event has no AUC, not 0 (plant ``den >= 0``)."""
+    s, y = np.array([0.1, 0.2]), np.array([0, 1])
+    assert stats.weighted_auc(s, y, np.array([[1.0, 1.0]]))[0] == 1.0
+    assert np.isnan(stats.weighted_auc(s, y, np.array([[2.0, 0.0]]))[0])
+    tied = np.array([0.1, 0.1, 0.2])  # the tied path: the same rule
+    assert np.isnan(stats.weighted_auc(tied, np.array([0, 1, 1]), np.array([[3.0, 0.0, 0.0]]))[0])
+
+
+def test_finished_keeps_finished_runs_with_scores_once():
+    """A FAILED run with scores and a FINISHED run without them are out (plant ``|`` for ``&``);
+    two runs of one cell and seed count once, the first (plant ``drop_duplicates()`` over
+    every column)."""
+    base = {"tokenizer": "direct", "pooling": "cls", "met": True, "vect": 4, "seed": 0}
+    runs = pd.DataFrame([{**base, "run_id": "a", "status": "FINISHED"}, {**base, "run_id": "b", "status": "FINISHED"},
+                         {**base, "seed": 1, "run_id": "c", "status": "FAILED"}, {**base, "seed": 2, "run_id": "d", "status": "FINISHED"}])
+    scores = {"a": {}, "b": {}, "c": {}}
+    fin = stats.finished(runs, scores)
+    assert fin["run_id"].tolist() == ["a"] and fin.index.tolist() == [0]
+
+
+def test_available_metrics_join_the_backgrounds_of_every_run():
+    """ttH only in one run's test set, ttZ only in another's: both metrics (plant: the last run's
+    backgrounds only)."""
+    fin = pd.DataFrame({"run_id": ["a", "b"]})
+    scores = {"a": {"process": np.array([1, 2])}, "b": {"process": np.array([1, 5])}}
+    assert stats.available_metrics(fin, scores) == ["auc", "auc_vs_ttH", "auc_vs_ttZ"]
+
+
+def test_a_units_stratum_is_its_other_factors():
+    """Units share a stratum exactly when they agree on every factor outside the contrast
+    (plants: one stratum for all, or strata that forget the last factor)."""
+    runs = pd.DataFrame([{"run_id": f"{t}{p}{v}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": v, "seed": s, "status": "FINISHED"}
+                         for t in ("direct", "binned") for p in ("cls", "max") for v in (4, 5) for s in (0, 1)])
+    units = stats.contrast_units(runs, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
+    assert len(units) == 8 and len(set(units.strata.tolist())) == 4
+    for i, j in itertools.combinations(range(len(units)), 2):
+        ri, rj = runs.iloc[np.flatnonzero(units.coef[i] > 0)[0]], runs.iloc[np.flatnonzero(units.coef[j] > 0)[0]]
+        assert (units.strata[i] == units.strata[j]) == ((ri.pooling, ri.vect) == (rj.pooling, rj.vect))
+
+
+def test_holm_never_passes_one():
+    # 2 x 0.6 = 1.2: capped at 1 (plant: a cap of 2)
+    assert stats.holm(np.array([0.6, 0.9])).tolist() == [1.0, 1.0]
+
+
+def _iv(v, strata, boot, seeds=None, **kw):
+    units = stats.Units(np.eye(len(v)), np.asarray(strata), np.asarray(seeds if seeds is not None else np.arange(len(v))))
+    return stats.t_interval(units, np.asarray(v, float), np.asarray(boot, float), **kw)
+
+
+def test_t_interval_test_part_is_the_spread_of_the_estimate_over_resamples():
+    """Three strata of 3, 2 and 1 units, each with its own test-set shift: the test-set part is
+    the variance over resamples of the mean over strata of each stratum's mean (plant: each
+    stratum's complement, which is the same number with two strata only)."""
+    rng = np.random.default_rng(1)
+    v = np.array([0.80, 0.82, 0.81, 0.70, 0.72, 0.60])
+    strata = np.array([0, 0, 0, 1, 1, 2])
+    shift = rng.normal(0, 0.01, (3, 300))
+    boot = v[:, None] + shift[strata]
+    iv = _iv(v, strata, boot)
+    est_b = (boot[:3].mean(0) + boot[3:5].mean(0) + boot[5]) / 3
+    assert iv.test_var == pytest.approx(est_b.var(ddof=1), rel=1e-12)
+
+
+def test_t_interval_with_one_or_two_resamples():
+    """Two resamples: their variance (plant: more than two needed); one: no test-set part
+    (plants: a variance of one value, or 1 in its place)."""
+    v = np.array([0.80, 0.82])
+    two = _iv(v, [0, 0], np.array([[0.80, 0.84], [0.82, 0.86]]))
+    assert two.test_var == pytest.approx(np.var([0.81, 0.85], ddof=1))
+    one = _iv(v, [0, 0], np.array([[0.80], [0.82]]))
+    assert one.test_var == 0.0 and np.isfinite(one.se)
+
+
+def test_the_seed_part_leaves_out_each_runs_own_test_set_error():
+    """Each run scored with its own test-set error as well as its seed's: that error, measured by
+    the resamples (their variance across units, ddof 1, averaged over resamples), is taken out of
+    the seeds' spread (plants: added instead; ddof 0)."""
+    rng = np.random.default_rng(2)
+    v = np.array([0.80, 0.83, 0.81, 0.86])
+    noise = rng.normal(0, 0.008, (4, 500))
+    boot = v[:, None] + noise
+    iv = _iv(v, [0, 0, 0, 0], boot)
+    own = np.mean(np.var(boot - v[:, None], axis=0, ddof=1))
+    assert iv.seed_var == pytest.approx(max(v.var(ddof=1) - own, 0) / 4, rel=1e-9)
+    assert own > 1e-5  # the test reaches the subtraction
+
+
+def test_strata_with_one_seed_borrow_what_every_other_stratum_pools():
+    """Strata of 3 and 2 seeds pool their variances (df 2 + 1); two one-seed strata borrow it, each
+    as 1/S^2 of it, and the degrees of freedom count the borrowed term (plants: pooling only the
+    last stratum, dividing by the number of borrowers, dropping or squaring wrongly the borrowed
+    term in Satterthwaite's denominator)."""
+    v = np.array([0.80, 0.83, 0.81, 0.70, 0.74, 0.60, 0.65])
+    strata = np.array([0, 0, 0, 1, 1, 2, 3])
+    iv = _iv(v, strata, np.repeat(v[:, None], 40, axis=1))
+    S = 4
+    s0, s1 = v[:3].var(ddof=1), v[3:5].var(ddof=1)
+    pooled = (2 * s0 + 1 * s1) / 3
+    parts = [s0 / (3 * S**2), s1 / (2 * S**2)]
+    borrowed = pooled * 2 / S**2
+    assert iv.n_single == 2 and iv.seed_var == pytest.approx(sum(parts) + borrowed, rel=1e-12)
+    denom = parts[0] ** 2 / 2 + parts[1] ** 2 / 1 + borrowed**2 / 3
+    assert iv.df == pytest.approx((sum(parts) + borrowed) ** 2 / denom, rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+def test_one_seed_everywhere_uses_the_normal_quantile_at_alpha(alpha):
+    """No seed variance to estimate (one seed): df is infinite and the half-width is the normal
+    quantile at 1 - alpha/2 times the test-set se (plant: 1 - 2 alpha)."""
+    rng = np.random.default_rng(3)
+    v = np.array([0.80, 0.76])
+    iv = _iv(v, [0, 1], v[:, None] + rng.normal(0, 0.01, (2, 300)), seeds=[0, 0], alpha=alpha)
+    assert not iv.seed_var_known and iv.df == float("inf")
+    q = __import__("scipy").stats.norm.ppf(1 - alpha / 2)
+    assert iv.ci_high - iv.estimate == pytest.approx(q * iv.se, rel=1e-12)
+
+
+def test_no_spread_at_all_calls_only_an_exact_zero_no_difference():
+    """Two runs, no seed spread, identical resamples: se 0; a zero contrast has p 1, any other
+    p 0 (plant: the t statistic divided by a zero se, NaN)."""
+    units = stats.Units(np.array([[1.0, -1.0]]), np.zeros(1, int), np.zeros(1))
+    for auc, p in ((np.array([0.80, 0.80]), 1.0), (np.array([0.82, 0.80]), 0.0)):
+        iv = stats.t_interval(units, auc, np.repeat(auc[:, None], 5, axis=1))
+        assert iv.se == 0 and iv.p_value == p
+
+
+def test_sign_flip_of_one_unit_and_of_none():
+    units = stats.Units(np.eye(1), np.zeros(1, int), np.zeros(1))
+    assert stats.sign_flip_p(units, np.array([0.2])) == 1.0  # both signs reach |0.2| (plant: no value for one unit)
+    empty = stats.Units(np.zeros((0, 1)), np.zeros(0, int), np.zeros(0))
+    assert np.isnan(stats.sign_flip_p(empty, np.array([0.2])))
+
+
+def test_sign_flip_draws_plus_and_minus_one():
+    """Beyond its budget the test draws sign patterns of +-1 (plants: a 2 or a -2 among them)."""
+    units = stats.Units(np.eye(12), np.zeros(12, int), np.arange(12))
+    auc = np.random.default_rng(5).normal(0.01, 0.02, 12)
+    p = stats.sign_flip_p(units, auc, n_flips=200, seed=3)
+    flips = np.random.default_rng(3).choice((1.0, -1.0), size=(200, 12))
+    hits = int((np.abs((flips * auc).mean(1)) >= abs(auc.mean()) - 1e-12).sum())
+    assert p == (1 + hits) / 201 and 0.02 < p < 0.98
+
+
+def test_effects_rows_carry_their_interval_and_their_alpha():
+    """A row is its contrast's ``t_interval`` at the table's alpha and seed, column by column
+    (plants: any column renamed, alpha or the seed not passed on, the default seed or number of
+    resamples changed); a table of nothing has the table's columns."""
+    rng = np.random.default_rng(8)
+    runs, scores, _ = simulate(rng, n_seeds=2, n_events=200)
+    runs = runs[runs["pooling"] == "cls"].reset_index(drop=True)
+    df = stats.effects(runs, scores, alpha=0.2, metrics=["auc"])
+    row = _main(df)
+    fin = stats.finished(runs, scores)
+    auc, boot = stats.run_aucs(scores, fin["run_id"].tolist(), "auc", 1000, 0)
+    units = stats.contrast_units(fin, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
+    iv = stats.t_interval(units, auc, boot, 0.2)
+    assert (row["level_a"], row["level_b"], row["at"], row["metric"]) == ("binned", "direct", "", "auc")
+    for col in ("estimate", "ci_low", "ci_high", "se", "df", "p_value", "n_single", "seed_var_known"):
+        assert row[col] == pytest.approx(getattr(iv, col), rel=1e-12), col
+    assert (row["n_pairs"], row["n_seeds"]) == (len(units), 2)
+    assert (df[df["kind"] == "main"]["at"] == "").all()
+    met = df[(df["kind"] == "main") & (df["factor"] == "met")].iloc[0]
+    assert (met["comparison"], met["level_a"], met["level_b"]) == ("true - false", "true", "false")  # levels as the UI spells them
+    again = stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"])  # a new dict: computed again, the same draws
+    pd.testing.assert_frame_equal(again, df)
+    other = _main(stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"], seed=1))
+    assert other["se"] != row["se"]  # the seed decides the resamples
+    none = stats.effects(runs.assign(status="FAILED"), scores)
+    assert none.columns.tolist() == stats.EFFECT_COLUMNS and len(none) == 0
+
+
+def test_a_contrast_without_units_leaves_the_next_ones():
+    """Every binned run diverged: no tokenizer row, and the pooling, MET rows after it are all
+    still there (plant: the table stops at the first empty contrast)."""
+    rng = np.random.default_rng(9)
+    runs, scores, _ = simulate(rng, n_seeds=2, n_events=200)
+    for r in runs.run_id[runs.tokenizer == "binned"]:
+        scores[r] = {**scores[r], "scores": np.full(200, np.nan)}
+    df = stats.effects(runs, scores, n_boot=50, metrics=["auc"])
+    assert not df["factor"].str.startswith("tokenizer").any()
+    assert sorted(df[df["kind"] == "main"]["factor"]) == ["met", "pooling", "pooling", "pooling"]
