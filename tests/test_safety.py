@@ -82,12 +82,14 @@ def test_no_telemetry_thread_in_a_train_process(tmp_path, tiny_raw):
         "    return _start(self, *a, **k)\n"
         "threading.Thread.start = start\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST")}
-    env.update(PYTHONPATH=str(hook), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", MLFLOW_EXPERIMENT_NAME="t")
+    # in tmp_path: the experiment this run creates keeps its artifacts in ./mlruns (the checkout's, run from there)
+    env.update(PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", MLFLOW_EXPERIMENT_NAME="t")
     cmd = [sys.executable, "-m", "steps.train", "--tokenizer", "direct", "--epochs", "1", "--data", str(tiny_raw), "--d-model", "16",
            "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--max-train-events", "200", "--max-eval-events", "100",
            "--system-metrics", "false"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "mlruns").is_dir()  # its artifacts here, not in the checkout
     names = record.read_text().split() if record.exists() else []
     assert not [n for n in names if "elemetry" in n], names
 
