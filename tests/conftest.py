@@ -204,3 +204,43 @@ def server_exp(shared_server, monkeypatch, request):
     yield exp_id
     while mlflow.active_run():
         mlflow.end_run()
+
+
+# --------------------------------------------------------------------------- nothing into the checkout
+# Every test writes under pytest's temporary folders. What a test run leaves in the checkout
+# (git's view, ignored files included: ./mlruns, mlflow.db, outputs/) fails the run, naming it:
+# a user's next `make demo` or `git status` would otherwise find a stranger's runs there.
+_CHECKOUT = __import__("pathlib").Path(__file__).resolve().parents[1]
+_EXPECTED = (".pytest_cache/", "__pycache__/")  # pytest's own cache; byte code
+
+
+def _checkout_entries() -> set[str] | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], cwd=_CHECKOUT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None  # not a git checkout (an unpacked sdist): nothing to compare
+    return {ln[3:] for ln in out.stdout.splitlines() if ln[:2] in ("??", "!!") and not ln[3:].endswith(_EXPECTED)}
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist) compares once
+        session.config.stash[_BEFORE] = _checkout_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    after = _checkout_entries() or set()
+    left = sorted(after - before)
+    if left:
+        session.config.get_terminal_writer().line(f"tests left files in the checkout {_CHECKOUT}: {', '.join(left)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
