@@ -330,3 +330,41 @@ def test_one_cell_enters_few_modules_and_climbs_back_up_only_through_its_callbac
     assert len(outside) <= 10, outside
     assert set(climbs) <= {("training", "cell", "on_epoch"), ("training", "cell", "on_step_mode"), ("training", "cell", "<lambda>")}, climbs
     assert sum(climbs.values()) <= 3, climbs
+
+
+def test_an_interrupt_stops_every_fit_in_its_thread_then_lets_the_process_train_again(monkeypatch):
+    """Ctrl-C or a signal while cells train in threads: each fit stops at its next step
+    (``Stopped``), the driver waits for them and re-raises; afterwards a fit of the same process
+    (a notebook's next grid) trains again (plant: the stop never lifted -> the check raises)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from thesis_mlflow.errors import Stopped
+    from thesis_mlflow.learn import training
+
+    started = threading.Barrier(3)
+    interrupted = []
+
+    def wait_interrupted(fs):
+        if not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt
+        return driver.__dict__["_real_wait"](fs)
+
+    def fit():
+        started.wait(10)
+        while True:
+            training.check_stop()
+            time.sleep(0.005)
+
+    monkeypatch.setitem(driver.__dict__, "_real_wait", driver.wait)
+    monkeypatch.setattr(driver, "wait", wait_interrupted)
+    with ThreadPoolExecutor(2) as pool:
+        fs = [pool.submit(fit) for _ in range(2)]
+        started.wait(10)
+        with pytest.raises(KeyboardInterrupt):
+            driver._wait_or_stop(fs)
+    lifted = not training.STOP.is_set()
+    training.STOP.clear()  # (for the next tests of this worker, whatever the answer)
+    assert all(isinstance(f.exception(), Stopped) for f in fs) and lifted

@@ -130,14 +130,17 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
 def _wait_or_stop(futures) -> None:
     """Wait for the cells trained in threads; on Ctrl-C or a signal (``packing.signals_as_interrupt``)
     tell every fit of the process to stop at its next step, wait for them (seconds: each run
-    ends KILLED, its last checkpoint kept) and re-raise."""
-    from thesis_mlflow.learn.training import request_stop  # lazy: torch, only on an interrupt
-
+    ends KILLED, its last checkpoint kept), lift the stop and re-raise."""
     try:
         wait(futures)
     except KeyboardInterrupt:
+        from thesis_mlflow.learn.training import clear_stop, request_stop  # lazy: torch, only on an interrupt
+
         request_stop()
-        wait(futures)
+        try:
+            wait(futures)
+        finally:
+            clear_stop()  # all of them stopped: the process (a notebook, a test session) may train again
         raise
 
 

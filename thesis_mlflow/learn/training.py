@@ -93,6 +93,12 @@ def request_stop() -> None:
     STOP.set()
 
 
+def clear_stop() -> None:
+    """Every fit that was asked to stop has: a later fit of this process (a notebook's next grid)
+    trains again."""
+    STOP.clear()
+
+
 def check_stop() -> None:
     if STOP.is_set():
         raise Stopped("asked to stop (signal): the run resumes from its last checkpoint")
