@@ -272,3 +272,48 @@ def test_a_seed_with_other_events_trains_alone_and_the_stack_goes_on(splits, alo
     solo = _model()
     fit(solo, other, splits["val"], _cfg(2), tmp_path / "solo2.pt", progress=False)
     assert _max_diff(out[2][0], solo) == 0
+
+
+def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(splits, alone, tmp_path, caplog):
+    """Through the rendezvous as the cell path calls it: a seed resuming from its epoch-1
+    checkpoint trains only epoch 2 (plant: its resume point dropped -> both epochs again); each
+    seed's checkpoints are written to its own path, announced in its own thread, and carry the
+    state the cell adds (its scaler; plants: the checkpoint hook or the extra state dropped);
+    each epoch's line goes to the log in the seed's thread, as fit writes it alone (plant: no line)."""
+    import logging
+    import threading
+
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Stop
+
+    _stack(splits, tmp_path, seeds=(1,), on_epoch=stop_after_first)
+    ck1 = tmp_path / "stack1.pt"
+    stack, out, saved = SeedStack(2, "t"), {}, {0: [], 1: []}
+
+    def seed(s):
+        me = threading.get_ident()
+        model = _model()
+        hist = stack.fit(model, splits["train"], splits["val"], _cfg(s), tmp_path / f"x{s}.pt", resume_from=ck1 if s == 1 else None,
+                         on_checkpoint=lambda path: saved[s].append((threading.get_ident() == me, path.name,
+                                                                      torch.load(path, weights_only=True)["epoch"])),
+                         extra_state={"scaler": f"scaler of seed {s}"}, on_epoch=lambda e, m: None)
+        out[s] = (model, hist)
+
+    threads = [threading.Thread(target=seed, args=(s,), name=f"seed{s}") for s in range(2)]
+    with caplog.at_level(logging.INFO, logger="thesis_mlflow.pipeline.stack"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert saved == {0: [(True, "x0.pt", 1), (True, "x0.pt", 2)], 1: [(True, "x1.pt", 2)]}, saved
+    lines = sorted((r.threadName, r.getMessage().split(" train_loss")[0]) for r in caplog.records if "(stacked)" in r.getMessage())
+    assert lines == [("seed0", "epoch 1/2"), ("seed0", "epoch 2/2"), ("seed1", "epoch 1/2"), ("seed1", "epoch 2/2")], lines
+    for s in (0, 1):
+        assert torch.load(tmp_path / f"x{s}.pt", weights_only=True)["scaler"] == f"scaler of seed {s}"
+        assert _max_diff(out[s][0], alone[s][0]) < TOL
