@@ -5,6 +5,9 @@ the comparison must catch it."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -217,8 +220,8 @@ def test_seed_stack_waits_for_its_seeds_runs_callbacks_in_their_threads_and_lets
 
     def seed(s):
         if s == 1:
-            stack.leave()
-            stack.leave()  # idempotent
+            stack.leave(1)
+            stack.leave(1)  # idempotent
             return
         me = threading.get_ident()
         model = _model()
@@ -317,3 +320,71 @@ def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(split
     for s in (0, 1):
         assert torch.load(tmp_path / f"x{s}.pt", weights_only=True)["scaler"] == f"scaler of seed {s}"
         assert _max_diff(out[s][0], alone[s][0]) < TOL
+
+
+def test_a_seed_that_trains_alone_keeps_its_resume_point_hooks_and_extra_state(splits, tmp_path):
+    """The seed with other events trains through ``fit`` with everything the cell gave it: it
+    resumes from its epoch-1 checkpoint (only epoch 2 is checkpointed again), its epochs and
+    checkpoints reach its hooks, its checkpoint carries the cell's state (plants: any of them
+    dropped on the way to fit)."""
+    import threading
+
+    from thesis_mlflow.learn.features import Tensors
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Stop
+
+    tr = splits["train"]
+    keep = torch.arange(len(tr) - 7)
+    other = Tensors({k: v[keep] for k, v in tr.inputs.items()}, tr.y[keep], tr.labels[keep.numpy()])
+    with pytest.raises(Stop):
+        fit(_model(), other, splits["val"], _cfg(1), tmp_path / "first1.pt", on_epoch=stop_after_first, progress=False)
+    stack, epochs, saved = SeedStack(2, "t"), {0: [], 1: []}, {0: [], 1: []}
+
+    def seed(s):
+        stack.fit(_model(), other if s == 1 else tr, splits["val"], _cfg(s, epochs=2), tmp_path / f"a{s}.pt",
+                  resume_from=tmp_path / "first1.pt" if s == 1 else None, on_epoch=lambda e, m: epochs[s].append(e),
+                  on_checkpoint=lambda p: saved[s].append(torch.load(p, weights_only=True)["epoch"]),
+                  extra_state={"scaler": f"of seed {s}"})
+
+    t0 = threading.Thread(target=seed, args=(0,))
+    t0.start()
+    while len(stack._members) < 1:  # seed 0's events are the stack's; seed 1's differ
+        threading.Event().wait(0.01)
+    t1 = threading.Thread(target=seed, args=(1,))
+    t1.start()
+    for t in (t0, t1):
+        t.join(timeout=120)
+    assert saved == {0: [1, 2], 1: [2]} and epochs == {0: [1, 2], 1: [1, 2]}, (saved, epochs)
+    assert torch.load(tmp_path / "a1.pt", weights_only=True)["scaler"] == "of seed 1"
+
+
+def test_a_stack_whose_other_seeds_all_left_trains_the_one_that_came():
+    """Three seeds expected, two leave (finished already, say), one after the other in the same
+    pool thread, as a ``ThreadPoolExecutor`` hands an idle thread the next seed: the one that
+    joins trains, not waits for ever (plants: the leavers counted as one; seeds told apart by
+    their thread, as they were, which counted the second leaver as the first leaving again)."""
+    import threading
+
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    sp = synthetic.generate(synthetic.GeneratorConfig(n_events=200, seed=3))
+    b = Binning().fit(sp["train"])
+    data = {s: features.make_tensors(features.token_inputs(b.transform(sp[s]), True), sp[s].y, "4t_vs_bg") for s in ("train", "val")}
+    stack, out = SeedStack(3, "t"), {}
+
+    def join():
+        out["history"] = stack.fit(_model(), data["train"], data["val"], _cfg(0, epochs=1), Path(tempfile.mkdtemp()) / "j.pt", progress=False)
+
+    one_thread = threading.Thread(target=lambda: (stack.leave(1), stack.leave(2)))
+    one_thread.start()
+    one_thread.join()
+    joiner = threading.Thread(target=join, daemon=True)
+    joiner.start()
+    joiner.join(timeout=60)
+    assert not joiner.is_alive() and [h["epoch"] for h in out["history"]] == [1]

@@ -45,7 +45,7 @@ def train_cell(spec: CellSpec, run_id: str | None = None, stack=None, on_end: Ca
         return _train_cell(spec, run_id, stack, on_end)
     finally:
         if stack is not None:
-            stack.leave()
+            stack.leave(spec.seed)
 
 
 def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:

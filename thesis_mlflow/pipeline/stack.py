@@ -38,14 +38,15 @@ class SeedStack:
         self._inbox: dict[int, queue.Queue] = {}
         self._data = None
         self._left = 0
-        self._joined: set[int] = set()  # thread idents that joined or left
+        # seeds (not threads: a pool thread may run one seed that leaves, then another) that joined or left
+        self._joined: set[int] = set()
         self._started = False
 
     # ------------------------------------------------------------------ seen from a seed's thread
     def fit(self, model, train, val, cfg, checkpoint_path: Path, resume_from: Path | None = None, on_epoch=None,
             on_checkpoint=None, progress: bool = True, extra_state: dict | None = None, on_step_mode=None) -> list[dict]:
         """``training.fit``'s signature: this seed's training, done together with the others'."""
-        me = threading.get_ident()
+        me = cfg.seed
         inbox: queue.Queue = queue.Queue()
         member = Member(model, cfg, Path(checkpoint_path), resume_from, self._relay(inbox, on_epoch, cfg.epochs),
                         self._relay(inbox, on_checkpoint), extra_state, self._relay(inbox, on_step_mode))
@@ -80,16 +81,15 @@ class SeedStack:
             raise member.error
         return member.history
 
-    def leave(self) -> None:
-        """This thread's seed will not join (done, failed before training, held elsewhere): the
-        others need not wait for it. Idempotent; a no-op once the thread has joined."""
-        me = threading.get_ident()
+    def leave(self, seed: int) -> None:
+        """``seed`` will not join (done, failed before training, held elsewhere): the others need
+        not wait for it. Idempotent; a no-op once the seed has joined."""
         with self._lock:
-            if me not in self._joined:
-                self._leave(me)
+            if seed not in self._joined:
+                self._leave(seed)
 
-    def _leave(self, me: int) -> None:  # under the lock
-        self._joined.add(me)
+    def _leave(self, seed: int) -> None:  # under the lock
+        self._joined.add(seed)
         self._left += 1
         self._maybe_start()
 
