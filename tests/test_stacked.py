@@ -297,7 +297,10 @@ def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(split
 
     _stack(splits, tmp_path, seeds=(1,), on_epoch=stop_after_first)
     ck1 = tmp_path / "stack1.pt"
-    stack, out, saved = SeedStack(2, "t"), {}, {0: [], 1: []}
+    stack, out, saved, epochs = SeedStack(2, "t"), {}, {0: [], 1: []}, {0: [], 1: []}
+
+    def out_auc(s, e):  # the seed's own val AUC of epoch e, as it trains alone
+        return alone[s][1][e - 1]["metrics"]["val_auc"]
 
     def seed(s):
         me = threading.get_ident()
@@ -305,7 +308,8 @@ def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(split
         hist = stack.fit(model, splits["train"], splits["val"], _cfg(s), tmp_path / f"x{s}.pt", resume_from=ck1 if s == 1 else None,
                          on_checkpoint=lambda path: saved[s].append((threading.get_ident() == me, path.name,
                                                                       torch.load(path, weights_only=True)["epoch"])),
-                         extra_state={"scaler": f"scaler of seed {s}"}, on_epoch=lambda e, m: None)
+                         extra_state={"scaler": f"scaler of seed {s}"},
+                         on_epoch=lambda e, m: epochs[s].append((e, round(m["val_auc"], 9) == round(out_auc(s, e), 9))))
         out[s] = (model, hist)
 
     threads = [threading.Thread(target=seed, args=(s,), name=f"seed{s}") for s in range(2)]
@@ -315,6 +319,7 @@ def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(split
         for t in threads:
             t.join(timeout=120)
     assert saved == {0: [(True, "x0.pt", 1), (True, "x0.pt", 2)], 1: [(True, "x1.pt", 2)]}, saved
+    assert epochs == {0: [(1, True), (2, True)], 1: [(1, True), (2, True)]}, epochs  # each epoch and its own metrics
     lines = sorted((r.threadName, r.getMessage().split(" train_loss")[0]) for r in caplog.records if "(stacked)" in r.getMessage())
     assert lines == [("seed0", "epoch 1/2"), ("seed0", "epoch 2/2"), ("seed1", "epoch 1/2"), ("seed1", "epoch 2/2")], lines
     for s in (0, 1):
@@ -388,3 +393,47 @@ def test_a_stack_whose_other_seeds_all_left_trains_the_one_that_came():
     joiner.start()
     joiner.join(timeout=60)
     assert not joiner.is_alive() and [h["epoch"] for h in out["history"]] == [1]
+
+
+def test_a_seed_whose_callback_fails_gets_its_error_and_the_others_go_on(splits, alone, tmp_path):
+    """Seed 1's epoch callback fails in its own thread (its lease lost, say): its ``fit`` raises
+    that error, seed 0 trains on to the end as it would alone (plant: the callback's error not
+    handed back -> seed 1 trains on as if nothing happened)."""
+    import threading
+
+    from thesis_mlflow.pipeline.stack import SeedStack
+
+    def lose_lease(e, m):
+        if e == 1:
+            raise RuntimeError("lease lost")
+
+    stack, out = SeedStack(2, "t"), {}
+
+    def seed(s):
+        model = _model()
+        try:
+            out[s] = (model, stack.fit(model, splits["train"], splits["val"], _cfg(s), tmp_path / f"f{s}.pt",
+                                       on_epoch=lose_lease if s == 1 else None))
+        except RuntimeError as e:
+            out[s] = e
+
+    threads = [threading.Thread(target=seed, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert isinstance(out[1], RuntimeError) and str(out[1]) == "lease lost"
+    assert [h["epoch"] for h in out[0][1]] == [1, 2] and _max_diff(out[0][0], alone[0][0]) < TOL
+
+
+def test_seeds_with_the_same_labels_but_other_inputs_do_not_stack(splits):
+    """Same events count and labels, other inputs (another binning of the same file, say): not
+    the stack's events (plants: any one of length, labels or inputs enough to count as the same)."""
+    from thesis_mlflow.learn.features import Tensors
+    from thesis_mlflow.pipeline.stack import _same_events
+
+    tr = splits["train"]
+    other_inputs = Tensors({k: v.flip(0) for k, v in tr.inputs.items()}, tr.y, tr.labels)
+    other_labels = Tensors(tr.inputs, 1 - tr.y, tr.labels)
+    assert _same_events(tr, tr)
+    assert not _same_events(tr, other_inputs) and not _same_events(tr, other_labels)
