@@ -164,9 +164,8 @@ def close_parent(data, n_missing: int) -> None:
 
 def expected_cells_of(parent) -> list | None:
     """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
-    c = tracking.client()
     try:
-        files = [a.path for a in c.list_artifacts(parent.info.run_id, "grid")]
+        files = tracking.artifact_paths(parent.info.run_id, "grid", parent.info.artifact_uri)
         path = tracking.artifact_path(parent.info.run_id, files[0])
         return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT).cells()
     except Exception as e:  # noqa: BLE001 - an unreadable grid file: the runs that exist are what is known
