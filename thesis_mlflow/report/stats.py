@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.grid.packing import cpu_budget
 from thesis_mlflow.learn.metrics import BACKGROUNDS
 from thesis_mlflow.spec import FACTORS, LEVELS
 
@@ -161,7 +161,7 @@ def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: 
     return auc, boot
 
 
-_CORES = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+_CORES = min(8, cpu_budget())
 _THREADED_FROM = 100_000  # events x resamples per call below which a thread hand-off costs more than it saves
 
 # --------------------------------------------------------------------------- contrasts
