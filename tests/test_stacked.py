@@ -161,15 +161,8 @@ def test_seeds_at_different_epochs_train_together_and_one_resumes_alone(splits, 
     its epoch-1 checkpoint, 2 from scratch) resume as a stack: every seed ends as it would alone.
     The LR schedule and Adam's bias correction are per seed here (plant: shared -> seed 2 off)."""
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
-    first = _stack(splits, tmp_path, on_epoch=stop_after_first)
-    assert all(isinstance(m.error, Stop) for m in first)
+    first = _stack(splits, tmp_path, on_epoch=_stop_after_first)
+    assert all(isinstance(m.error, _Stop) for m in first)
     ck0 = tmp_path / "stack0.pt"
     assert torch.load(ck0, weights_only=True)["epoch"] == 1  # the checkpoint comes before the metrics
     m0 = _model()
@@ -198,6 +191,22 @@ def test_a_member_that_fails_leaves_and_the_others_go_on(splits, alone, tmp_path
     assert str(members[1].error) == "lease lost" and [h["epoch"] for h in members[1].history] == [1]
     assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1  # nothing of it saved after it left
     assert _agrees(members[0], alone[0], splits) and _agrees(members[2], alone[2], splits)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first(epoch, metrics):
+    """An epoch callback that stops training right after epoch 1 (its checkpoint is written first)."""
+    if epoch == 1:
+        raise _Stop
+
+
+def _fewer_events(tr):
+    """``tr`` without its last 7 events: other events than the stack's (a file split per seed)."""
+    keep = torch.arange(len(tr) - 7)
+    return features.Tensors({k: v[keep] for k, v in tr.inputs.items()}, tr.y[keep], tr.labels[keep.numpy()])
 
 
 def test_a_stack_refuses_other_settings_and_a_shared_stream(tmp_path):
@@ -246,12 +255,10 @@ def test_a_seed_with_other_events_trains_alone_and_the_stack_goes_on(splits, alo
     refuse it instead -> that seed fails)."""
     import threading
 
-    from thesis_mlflow.learn.features import Tensors
     from thesis_mlflow.pipeline.stack import SeedStack
 
     tr = splits["train"]
-    keep = torch.arange(len(tr) - 7)
-    other = Tensors({k: v[keep] for k, v in tr.inputs.items()}, tr.y[keep], tr.labels[keep.numpy()])
+    other = _fewer_events(tr)
     stack, out, modes = SeedStack(3, "t"), {}, {}
 
     def seed(s):
@@ -288,14 +295,7 @@ def test_seed_stack_hands_each_seed_its_resume_checkpoints_and_extra_state(split
 
     from thesis_mlflow.pipeline.stack import SeedStack
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
-    _stack(splits, tmp_path, seeds=(1,), on_epoch=stop_after_first)
+    _stack(splits, tmp_path, seeds=(1,), on_epoch=_stop_after_first)
     ck1 = tmp_path / "stack1.pt"
     stack, out, saved, epochs = SeedStack(2, "t"), {}, {0: [], 1: []}, {0: [], 1: []}
 
@@ -334,21 +334,12 @@ def test_a_seed_that_trains_alone_keeps_its_resume_point_hooks_and_extra_state(s
     dropped on the way to fit)."""
     import threading
 
-    from thesis_mlflow.learn.features import Tensors
     from thesis_mlflow.pipeline.stack import SeedStack
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
     tr = splits["train"]
-    keep = torch.arange(len(tr) - 7)
-    other = Tensors({k: v[keep] for k, v in tr.inputs.items()}, tr.y[keep], tr.labels[keep.numpy()])
-    with pytest.raises(Stop):
-        fit(_model(), other, splits["val"], _cfg(1), tmp_path / "first1.pt", on_epoch=stop_after_first, progress=False)
+    other = _fewer_events(tr)
+    with pytest.raises(_Stop):
+        fit(_model(), other, splits["val"], _cfg(1), tmp_path / "first1.pt", on_epoch=_stop_after_first, progress=False)
     stack, epochs, saved = SeedStack(2, "t"), {0: [], 1: []}, {0: [], 1: []}
 
     def seed(s):
