@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -210,7 +212,7 @@ def server_exp(shared_server, monkeypatch, request):
 # Every test writes under pytest's temporary folders. What a test run leaves in the checkout
 # (git's view, ignored files included: ./mlruns, mlflow.db, outputs/) fails the run, naming it:
 # a user's next `make demo` or `git status` would otherwise find a stranger's runs there.
-_CHECKOUT = __import__("pathlib").Path(__file__).resolve().parents[1]
+_CHECKOUT = Path(__file__).resolve().parents[1]
 _EXPECTED = (".pytest_cache/", "__pycache__/")  # pytest's own cache; byte code
 
 
