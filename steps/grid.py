@@ -19,19 +19,21 @@ STACK_HELP = ("Train the seeds of each configuration as one stacked model (each 
 MPS_HELP = "Several cells on one GPU: run them under a private CUDA MPS daemon (auto: where one can be started)."
 
 
-@click.group("grid", help="Run the grid of cells as parent/child MLflow runs (local or HTCondor).")
+@click.group("grid", help="Run the grid of cells as parent/child MLflow runs (local, HTCondor or SLURM).")
 def main() -> None:
     pass
 
 
 @main.command("run")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--backend", type=choice("local", "condor"), default="local", show_default=True)
+@click.option("--backend", type=choice("local", "condor", "slurm"), default="local", show_default=True,
+              help="local: this machine; condor: a DAG for HTCondor; slurm: a chain of sbatch jobs (docs/cluster.md).")
 @click.option("--scale", default="full", show_default=True, help="A scale defined in the grid file (demo, full).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="local: cells at once (packed on the GPU).")
 @click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
 @click.option("--stack-seeds", type=choice("auto", "on", "off"), default="auto", show_default=True, help=STACK_HELP)
-@click.option("--dry-run", is_flag=True, help="condor: write and print the DAG and submit files; local: print the commands.")
+@click.option("--dry-run", is_flag=True, help="condor: write and print the DAG and submit files; slurm: the job scripts and sbatch "
+              "commands; local: print the commands. Nothing is submitted.")
 @click.option("--allow-dirty", is_flag=True, envvar="THESIS_MLFLOW_ALLOW_DIRTY",
               help="Run code with uncommitted changes (refused otherwise); the diff is recorded on the grid's parent run.")
 @user_errors
@@ -94,12 +96,15 @@ def prepare_cmd(grid_file, scale) -> None:
 @click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True,
               help="cuda: train on the GPU or fail at once when none is visible (the DAG sets it when the job asks for GPUs).")
 @click.option("--stack-seeds", type=choice("auto", "on", "off"), default="auto", show_default=True, help=STACK_HELP)
+@click.option("--slurm-requeues", type=click.IntRange(min=0), default=None,
+              help="A SLURM job: on SLURM's warning before the time limit (SIGUSR1) stop every cell at its checkpoint and requeue "
+                   "the job, at most this many times (its job script sets it).")
 @user_errors
-def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device, stack_seeds) -> None:
+def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device, stack_seeds, slurm_requeues) -> None:
     from thesis_mlflow.grid.driver import run_pack
 
     run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
-             stack_seeds=stack_seeds.lower())  # a failed cell: StepFailed, exit 1, so DAGMan retries the node
+             stack_seeds=stack_seeds.lower(), slurm_requeues=slurm_requeues)  # a failed cell: StepFailed, exit 1 (DAGMan retries the node)
 
 
 if __name__ == "__main__":

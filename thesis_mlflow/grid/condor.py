@@ -21,12 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.gridfile import Grid
+from thesis_mlflow.grid.jobs import JobView
+from thesis_mlflow.grid.jobenv import base_env, check_no_credentials, getenv_value
 from thesis_mlflow.grid.packing import compile_cache_env
 from thesis_mlflow.paths import ROOT, outputs
 from thesis_mlflow.permissions import private_files, secure_dir
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking.telemetry import telemetry_off
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ class NodeState:
         if self.status in (ERROR, FUTILE):
             return "error"
         return "waiting"
+
+    def view(self) -> JobView:
+        """This node as the grid's one model of a job (``grid.jobs``)."""
+        phase = {"held": jobs.HELD, "queued": jobs.QUEUED, "running": jobs.RUNNING, "done": jobs.DONE, "error": jobs.ENDED}.get(self.state, jobs.WAITING)
+        reason = self.details or ("node failed after its retries" if phase == jobs.ENDED else "")
+        return JobView("HTCondor", phase, self.node, reason, jobs.FAILED if phase == jobs.ENDED else None, self.retries)
 
 
 def read_node_status(path: Path) -> dict[str, NodeState]:
@@ -100,63 +108,6 @@ def cell_states(dag_dir: Path) -> dict[str, NodeState]:
 
 
 # --------------------------------------------------------------------------- DAG and submit files
-
-
-# `getenv = True` would copy the submitter's whole environment into the job ad, which every user
-# of the pool can read (condor_q -l): a password or token there is public. Jobs get what they
-# need to find Python and the project; MLflow credentials come from ~/.mlflow/credentials.
-GETENV_ALLOW = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_*", "HOME", "USER", "LOGNAME", "LANG", "LC_*",
-                "TZ", "TMPDIR", "CUDA_HOME", "CUDA_PATH")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY", "AUTH", "PASSWD", "CONNECTION_STRING")
-# Names that hold secrets without saying so in every part, which a wildcard could match at submit
-# time even when they are not set now (the DAG may be submitted from another shell).
-KNOWN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN",
-                 "PGPASSWORD", "PGPASSFILE", "HF_TOKEN", "GITHUB_TOKEN", "X509_USER_PROXY", "KRB5CCNAME")
-
-
-def _looks_secret(name: str) -> bool:
-    return name in KNOWN_SECRETS or any(w in name.upper() for w in SECRET_WORDS)
-
-
-def getenv_value(setting, environ: dict | None = None) -> str:
-    """The submit file's ``getenv``: explicit variable names, never one that looks secret.
-
-    ``true`` is the allow-list ``GETENV_ALLOW``. A wildcard (``CONDA_*``) is refused when it could
-    match a known secret name (``MLFLOW_*`` matches MLFLOW_TRACKING_PASSWORD, ``AWS_*`` the AWS
-    keys), and otherwise expanded against the environment now and written as the names it
-    matched: what the job ad gets is decided here, where it is checked, not at submit time.
-    """
-    import fnmatch
-
-    if setting is False or setting is None:
-        return "False"
-    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
-    if names is None:
-        raise BadSetting(f"condor.getenv must be true, false or a list of variable names; got {setting!r}")
-    env = os.environ if environ is None else environ
-    bad = [n for n in names if n.strip() in ("*", "") or _looks_secret(n)]
-    bad += [n for n in names if "*" in n or "?" in n
-            for s in (*KNOWN_SECRETS, *(k for k in env if _looks_secret(k))) if fnmatch.fnmatchcase(s, n) and n not in bad]
-    if bad:
-        raise BadSetting(f"condor.getenv would copy {sorted(set(bad))} (or a secret they match) into job ads that every user can read; "
-                         "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
-    out = []
-    for n in names:
-        matched = sorted(k for k in env if fnmatch.fnmatchcase(k, n)) if ("*" in n or "?" in n) else [n]
-        out += [m for m in matched if m not in out]
-    return ", ".join(out) if out else "False"
-
-
-def check_no_credentials(tracking_uri: str) -> None:
-    """A tracking URI with user:password@ would put the password into every job ad."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(tracking_uri)
-    if parts.password or parts.username:
-        raise BadSetting("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
-                         "export the URI without it and put the login in ~/.mlflow/credentials")
 
 
 def _under_outputs(path: str) -> Path:
@@ -233,22 +184,19 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
     from htcondor2 import dags
 
 
-    base_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", **telemetry_off(),
-                **compile_cache_env()}  # every job reads and fills one compile cache
-    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the server's certificate (public), so HTTPS is verified on the nodes
-        base_env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    base = base_env(tracking_uri, experiment_id, compile_cache_env())  # every job reads and fills one compile cache
 
     # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
     dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / STATUS_FILE, update_time=UPDATE_S))
     prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
-    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base_env), "prepare", project_dir, python),
+    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base), "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
     k = int(grid.condor["cells_per_job"])
     gpu = bool(grid.condor["request_gpus"])  # a job that asked for a GPU trains on it or fails at once, never on the CPU
     if k == 1:
         write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
-        env = _env({**base_env, "MLFLOW_RUN_ID": "$(run_id)"})
+        env = _env({**base, "MLFLOW_RUN_ID": "$(run_id)"})
         prepare.child_layer(
             name="train",
             submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
@@ -264,13 +212,13 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
         write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
         prepare.child_layer(
             name="pack",
-            submit_description=submit_description(grid, args, _env(base_env), "pack-$(pack)", project_dir, python),
+            submit_description=submit_description(grid, args, _env(base), "pack-$(pack)", project_dir, python),
             vars=[{"pack": f"{i:03d}", "cells": " ".join(c.name for c in p), "runs": ",".join(f"{c.name}={run_ids[c]}" for c in p)}
                   for i, p in enumerate(packs)],
             retries=int(grid.condor["retries"]),
         )
     rep_args = f"-m steps.report --grid {grid.run_name}"
-    report_sub = submit_description(grid, rep_args, _env(base_env), "report", project_dir, python)
+    report_sub = submit_description(grid, rep_args, _env(base), "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
     dag_file = dags.write_dag(dag, out_dir, dag_file_name=f"{grid.run_name}.dag")
     # htcondor2.dags writes submit files for layers only; the FINAL node's is written here.

@@ -25,6 +25,8 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
+from thesis_mlflow.grid.slurm import job_dir as job_dir_of
+from thesis_mlflow.grid.slurm import MARK, requeue_self, run_slurm
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream
@@ -274,14 +276,17 @@ def require_cuda(what: str) -> None:
 
 
 def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
-             at_once: int | None = None, device: str = "auto", stack_seeds: str = "auto") -> dict[str, str]:
-    """A Condor pack node (and the local worker): train its cells (``name=run_id,...``); the
-    finished ones are skipped, so a retried node trains only what is left, each cell resuming
-    from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
+             at_once: int | None = None, device: str = "auto", stack_seeds: str = "auto", slurm_requeues: int | None = None) -> dict[str, str]:
+    """A Condor or SLURM pack job (and the local worker): train its cells (``name=run_id,...``); the
+    finished ones are skipped, so a retried or requeued job trains only what is left, each cell
+    resuming from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
     stream each, ``at_once`` at a time; one after another on a CPU); ``sequential``: one after
     another; ``processes``: one process per cell sharing the GPU, under MPS where it works.
     ``stack_seeds`` (``on``; ``auto``: see ``stacking``): in ``threads`` mode, the seeds of each configuration as one
-    stacked model (``pipeline.stack``). Raises when a cell is not finished (DAGMan then retries)."""
+    stacked model (``pipeline.stack``). ``slurm_requeues`` (a SLURM pack): SLURM's warning before
+    the time limit (SIGUSR1) stops every cell at its next step (KILLED, checkpoint kept) and the
+    job asks to be requeued, at most this many times (``slurm.requeue_self``). Raises when a cell
+    is not finished (DAGMan then retries; SLURM records the job as failed)."""
     if mode not in PACK_MODES:
         raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
     if device == "cuda":
@@ -293,7 +298,8 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     if bad or not pairs:
         raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
-    todo = [(by_name[name], rid) for name, rid in pairs if not is_done(tracking.require_run(rid, "train"))]
+    before = {rid: tracking.require_run(rid, "train") for _, rid in pairs}
+    todo = [(by_name[name], rid) for name, rid in pairs if not is_done(before[rid])]
     on_gpu = device == "cuda" or packing.gpu_count() > 0
     if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
         todo = [(replace(cell, device="cuda") if cell.device == "auto" else cell, rid) for cell, rid in todo]
@@ -304,14 +310,24 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
     status = {}
     if todo:
-        with packing.signals_as_interrupt():
-            if mode == "processes":
-                status = run_cells_processes(g, todo, echo, mps)
-            else:
-                status = train_here(todo, echo, side_by_side=side, at_once=at_once, stack_seeds=stack)
+        with packing.signals_as_interrupt(time_limit=slurm_requeues is not None) as caught:
+            try:
+                if mode == "processes":
+                    status = run_cells_processes(g, todo, echo, mps)
+                else:
+                    status = train_here(todo, echo, side_by_side=side, at_once=at_once, stack_seeds=stack)
+            except KeyboardInterrupt:
+                if not caught.time_limit:
+                    raise
+                now = {rid: tracking.get_run(rid) for _, rid in todo}
+                progressed = any(int(now[rid].data.metrics.get("epoch", 0)) > int(before[rid].data.metrics.get("epoch", 0)) or is_done(now[rid])
+                                 for _, rid in todo)
+                requeue_self(progressed, slurm_requeues or 0, echo)  # raises when it will not
+                return {name: "REQUEUED" for name, _ in pairs}
     failed = [name for name, rid in pairs if not is_done(tracking.get_run(rid))]
     if failed:
         raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
+    echo(f"{MARK} DONE: all {len(pairs)} cells of the pack finished")
     return status
 
 
@@ -351,6 +367,8 @@ class GridRun:
     n_finished: int | None = None  # local: cells finished after this pass (all passes together)
     n_cells: int | None = None
     dag: Path | None = None  # condor: the DAG file written
+    job_dir: Path | None = None  # slurm: the folder of the job scripts, the jobs record and logs
+    submitted: dict | None = None  # slurm: the job ids submitted in this pass (None: none)
 
     @property
     def complete(self) -> bool:
@@ -373,10 +391,12 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     t0 = time.perf_counter()
     exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store
     echo(f"grid {g.run_name}: {len(cells)} cells ({', '.join(g.tokenizers)}; seeds {g.seeds}), backend {backend}")
-    if dry_run and backend == "condor":
+    if dry_run and backend in ("condor", "slurm"):
         parent = gridruns.find_parent(g.run_name, exp_id)
         existing = gridruns.children_by_cell(parent.info.run_id, exp_id) if parent else {}
         runs = {c: (existing[c.tag].info.run_id if c.tag in existing else "RUN_ID_CREATED_AT_SUBMIT") for c in cells}
+        if backend == "slurm":
+            return GridRun(job_dir=run_slurm(g, runs, exp_id, path, True, echo, stack_seeds)[0])
         return GridRun(dag=run_condor(g, runs, exp_id, path, True, echo, stack_seeds))
     if dry_run:
         for c in cells:
@@ -415,6 +435,11 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     if backend == "condor":
         summary.dag = run_condor(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo, stack_seeds)
         gridruns.set_dag_dir(pid, summary.dag.parent)  # where `grid status` finds DAGMan's node status file
+        return summary
+    if backend == "slurm":
+        gridruns.set_slurm_dir(pid, job_dir_of(g))  # where `grid status` finds the jobs record, before any job can end
+        summary.job_dir, summary.submitted = run_slurm(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo, stack_seeds)
+        summary.launched = [c for p in (summary.submitted or {}).get("packs", []) for c in p["cells"]]
         return summary
     if todo:
         echo("preparing upstream runs (binning, VQ-VAE) ...")

@@ -13,9 +13,10 @@ from pathlib import Path
 import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
+from thesis_mlflow.grid.slurmspec import SlurmSpec, slurm_spec
 from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, FACTORS, METS, POOLINGS, TASKS, TOKENIZERS, VECTS, VQVAE_EPOCHS, CellSpec
 
-TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor"}
+TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor", "slurm"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
               "max_train_events", "max_eval_events", "device", "step_mode"}
 VQVAE_KEYS = {"epochs", "codebook_size", "max_events"}
@@ -56,6 +57,7 @@ class Grid:
     train: dict
     vqvae: dict
     condor: dict = field(default_factory=dict)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
     source: Path | None = None
 
     @property
@@ -88,14 +90,15 @@ class Grid:
         """Arguments of ``python -m steps.train`` for one cell: the same locally and on Condor."""
         return cell.cli_args()
 
-    def packs(self, cells: list[CellSpec] | None = None) -> list[list[CellSpec]]:
-        """``cells`` (default: all) in packs of ``condor.cells_per_job``, one GPU job each.
+    def packs(self, cells: list[CellSpec] | None = None, per_job: int | None = None) -> list[list[CellSpec]]:
+        """``cells`` (default: all) in packs of ``per_job`` (default ``condor.cells_per_job``; SLURM
+        passes ``slurm.cells_per_job``), one GPU job each.
 
         With more than one cell per job a pack holds whole configurations (all the seeds of each
         that are in ``cells``), as many as fit in ``cells_per_job`` and at least one: the seeds of a
         configuration train as one stacked model on the job's GPU (``--stack-seeds``), and the
         model is compiled once per configuration, not once per seed."""
-        k = int(self.condor.get("cells_per_job", 1))
+        k = int(per_job if per_job is not None else self.condor.get("cells_per_job", 1))
         cells = self.cells() if cells is None else cells
         by_config: dict[CellSpec, list[CellSpec]] = {}  # insertion order: configurations in grid order
         for c in cells:
@@ -189,12 +192,11 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise BadSetting(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
     g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA)),
-             task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor, source=path)
+             task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor,
+             slurm=slurm_spec(doc.get("slurm"), str(path)), source=path)
     try:
         g.cells()  # every cell is a valid train spec, or nothing runs
     except (TypeError, ValueError) as e:
         raise BadSetting(f"{path}: scales.{scale}: {e}") from e
     return g
 
-
-# --------------------------------------------------------------------------- HTCondor

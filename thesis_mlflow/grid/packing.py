@@ -150,19 +150,40 @@ def shared_gpu(mode: str = "auto", parallel: int = 1) -> Iterator[dict]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass
+class Caught:
+    """Which signal interrupted the work (``signals_as_interrupt``): ``time_limit`` when it was
+    SLURM's warning before the job's time limit (SIGUSR1), which asks for a requeue, not an end."""
+
+    signum: int | None = None
+
+    @property
+    def time_limit(self) -> bool:
+        import signal
+
+        return self.signum == signal.SIGUSR1
+
+
 @contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (Condor removing or evicting a job, a closed terminal) act as Ctrl-C:
-    ``run_jobs`` then stops its children, marks their runs, and the MPS daemon and temporary
-    folders are cleaned up on the way out, instead of being left behind."""
+def signals_as_interrupt(time_limit: bool = False) -> Iterator[Caught]:
+    """SIGTERM and SIGHUP (Condor removing or evicting a job, SLURM cancelling, preempting or
+    requeueing one, a closed terminal) act as Ctrl-C: ``run_jobs`` then stops its children, marks
+    their runs, and the MPS daemon and temporary folders are cleaned up on the way out, instead of
+    being left behind. ``time_limit``: SIGUSR1 too (SLURM's warning before a job's time limit,
+    ``--signal=B:USR1@N``). Yields which signal came first."""
     import signal
 
+    caught = Caught()
+
     def interrupt(signum, frame):
+        if caught.signum is None:
+            caught.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    which = (signal.SIGTERM, signal.SIGHUP) + ((signal.SIGUSR1,) if time_limit else ())
+    old = {s: signal.signal(s, interrupt) for s in which}
     try:
-        yield
+        yield caught
     finally:
         for s, h in old.items():
             signal.signal(s, h)

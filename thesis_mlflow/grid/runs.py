@@ -23,6 +23,7 @@ from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 DAG_DIR_TAG = "condor.dag_dir"  # on a Condor grid's parent: the folder of its DAG and node status file
+SLURM_DIR_TAG = "slurm.job_dir"  # on a SLURM grid's parent: the folder of its job scripts, jobs record and logs
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 
@@ -146,6 +147,10 @@ def end_parent(parent_id: str, n_done: int, n_cells: int, close: bool = True) ->
 
 def set_dag_dir(parent_id: str, dag_dir) -> None:
     tracking.client().set_tag(parent_id, DAG_DIR_TAG, str(dag_dir))
+
+
+def set_slurm_dir(parent_id: str, job_dir) -> None:
+    tracking.client().set_tag(parent_id, SLURM_DIR_TAG, str(job_dir))
 
 
 def close_parent(data, n_missing: int) -> None:

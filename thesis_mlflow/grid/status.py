@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadInput
-from thesis_mlflow.grid import condor
+from thesis_mlflow.grid import condor, jobs, slurmstate
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.gridfile import load_grid
-from thesis_mlflow.grid.runs import DAG_DIR_TAG
+from thesis_mlflow.grid.runs import DAG_DIR_TAG, SLURM_DIR_TAG
 from thesis_mlflow.paths import ROOT, resolve
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import runs as tracking
@@ -29,8 +29,10 @@ from thesis_mlflow.tracking.runs import finished
 log = logging.getLogger(__name__)
 
 NOT_CREATED, NOT_STARTED, RUNNING, FINISHED, FAILED = "not created", "not started", "running", "finished", "failed"
-QUEUED, HELD = "queued", "held"  # from HTCondor (condor): a job waiting for a slot, a job on hold
-ORDER = (FINISHED, RUNNING, QUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
+# from the scheduler (grid.jobs): a job waiting for a slot, one put back in the queue (it will run
+# again: not a failure), one on hold (it needs the user)
+QUEUED, REQUEUED, HELD = "queued", "requeued", "held"
+ORDER = (FINISHED, RUNNING, QUEUED, REQUEUED, NOT_STARTED, NOT_CREATED, HELD, FAILED)
 # Set by a local driver for its worker processes: the driver updates the parent's progress itself
 WATCHED = "THESIS_MLFLOW_DRIVER_PUBLISHES"
 
@@ -47,7 +49,9 @@ class CellState:
     test_auc: float | None = None
     error_class: str | None = None
     error_message: str | None = None
-    retries: int = 0  # DAGMan retries of the node that trains this cell (Condor)
+    retries: int = 0  # the scheduler's retries of the job that trains this cell (DAGMan retries, SLURM requeues)
+    job: str | None = None  # the scheduler's word on that job: "13 pending (Resources)", "13 timed out"
+    killed: bool = False  # its run ended KILLED: stopped by a signal (eviction, requeue, time limit), not failed by itself
     code: str | None = None  # the commit that trained it (``-dirty``: with uncommitted changes); None before it started
 
     def seconds_left(self, fallback_epoch_s: float | None) -> float | None:
@@ -66,6 +70,7 @@ class GridStatus:
     cells: list[CellState]
     parent_id: str | None = None
     taken: float = field(default_factory=time.time)
+    notes: list[str] = field(default_factory=list)  # said under the table (a scheduler that did not answer)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ORDER}
@@ -122,14 +127,17 @@ class GridStatus:
         return f"{self.line()}\n\n" + "\n".join(rows) + f"\n\n_updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.taken))}_"
 
     def render(self, log_lines: int = 5, with_logs: bool = True) -> str:
-        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  error"]
+        jobs = any(c.job for c in self.cells)  # a batch grid: the scheduler's word on each cell's job
+        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  " + ("job" if jobs else "error")]
         for c in self.cells:
             ep = f"{c.epoch}/{c.epochs}" if c.epochs else str(c.epoch or "-")
             rate = f"{c.events_per_s:,.0f}" if c.events_per_s and c.state == RUNNING else "-"
             auc = f"{c.test_auc:.4f}" if c.test_auc is not None else "-"
-            out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {c.error_class or ''}")
+            last = (f"{c.job or '-':<26} {c.error_class or ''}" if jobs else c.error_class or "").rstrip()
+            out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {last}")
         out.append("")
         out.append(self.line())
+        out += self.notes
         versions = self.code_versions()
         if len(versions) > 1:  # a grid whose cells ran different code looks like one experiment: say so
             out.append("MIXED CODE: " + ", ".join(f"{v} ({len(cs)} cells: {', '.join(c.cell for c in cs[:3])}"
@@ -188,30 +196,48 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
             cells.append(CellSpec(tokenizer=kv["tokenizer"], pooling=kv["pooling"], met=kv["met"] == "true", vect=int(kv["vect"]),
                                   seed=int(kv["seed"])))
     out = [_cell_state(cell, runs.get(cell.tag)) for cell in cells]
-    if parent is not None and parent.data.tags.get(DAG_DIR_TAG):
-        out = with_condor(out, condor.cell_states(Path(parent.data.tags[DAG_DIR_TAG])))
-    return GridStatus(name, out, parent.info.run_id if parent else None)
+    notes = []
+    tags = parent.data.tags if parent is not None else {}
+    if tags.get(DAG_DIR_TAG):
+        out = with_jobs(out, {cell: n.view() for cell, n in condor.cell_states(Path(tags[DAG_DIR_TAG])).items()})
+    if tags.get(SLURM_DIR_TAG):
+        views, note = slurmstate.cell_views(Path(tags[SLURM_DIR_TAG]))
+        out = with_jobs(out, views)
+        notes += [note] if note else []
+    return GridStatus(name, out, parent.info.run_id if parent else None, notes=notes)
 
 
-def with_condor(cells: list[CellState], nodes: dict) -> list[CellState]:
-    """MLflow's states refined by DAGMan's (``condor.NodeState`` per cell name). The run knows
-    what training did; Condor knows what MLflow cannot: a job still waiting for a slot (queued),
-    a job on hold (held: it stays RUNNING or SCHEDULED in MLflow forever), a node DAGMan gave
-    up on after its retries (failed, with DAGMan's reason when the run recorded none)."""
+def with_jobs(cells: list[CellState], views: dict[str, jobs.JobView]) -> list[CellState]:
+    """MLflow's states refined by the scheduler's (``grid.jobs``: one ``JobView`` per cell name,
+    from DAGMan or SLURM). The run knows what training did; the scheduler knows what MLflow
+    cannot: a job still waiting for a slot (queued), put back in the queue (requeued: its run
+    ended KILLED and will resume), on hold (held: its run would stay RUNNING or SCHEDULED
+    forever), or ended for good without finishing (failed, with the scheduler's cause: timed out,
+    out of memory, node failure, cancelled, a dependency never satisfied) when the run recorded
+    no error of its own."""
     out = []
     for c in cells:
-        n = nodes.get(c.cell)
-        if n is None or c.state == FINISHED:
-            out.append(replace(c, retries=n.retries) if n else c)
+        v = views.get(c.cell)
+        if v is None:
+            out.append(c)
             continue
+        c = replace(c, retries=v.retries, job=v.label())
+        stopped = c.state == FAILED and c.killed  # stopped by a signal, not an error: the next attempt resumes it
         state, cls, msg = c.state, c.error_class, c.error_message
-        if n.state == "held":
-            state, cls, msg = HELD, cls or "held by HTCondor", msg or (n.details or "see condor_q -hold")
-        elif n.state == "queued" and c.state in (NOT_STARTED, NOT_CREATED):
-            state = QUEUED
-        elif n.state == "error" and c.state != FAILED:
-            state, cls, msg = FAILED, cls or "DAGMan", msg or (n.details or "node failed after its retries")
-        out.append(replace(c, state=state, error_class=cls, error_message=msg, retries=n.retries))
+        if c.state == FINISHED:
+            pass
+        elif v.phase == jobs.HELD:
+            state, cls, msg = HELD, cls or f"held by {v.scheduler}", msg or (v.reason or "see the scheduler's hold reason")
+        elif v.phase == jobs.REQUEUED and (c.state != FAILED or stopped):
+            state, cls, msg = REQUEUED, None, None
+        elif v.phase in (jobs.QUEUED, jobs.WAITING) and (c.state in (NOT_STARTED, NOT_CREATED) or stopped):
+            state, cls, msg = (QUEUED if v.phase == jobs.QUEUED or stopped else c.state), None, None
+        elif v.phase == jobs.RUNNING and stopped:
+            state, cls, msg = RUNNING, None, None  # a requeued job started again; its run resumes in a moment
+        elif v.phase == jobs.ENDED and (c.state != FAILED or stopped):
+            cause = v.cause if v.cause and v.cause != jobs.FAILED else f"{v.scheduler} job failed"
+            state, cls, msg = FAILED, ("DAGMan" if v.scheduler == "HTCondor" else cause), v.reason or "the job failed after its retries"
+        out.append(replace(c, state=state, error_class=cls, error_message=msg))
     return out
 
 
@@ -231,7 +257,7 @@ def _cell_state(cell, r) -> CellState:
     return CellState(cell.name, state, r.info.run_id, int(m.get("epoch", 0)), int(p.get("epochs", cell.epochs) or cell.epochs),
                      m.get("events_per_s"), int(p["n_train_events"]) if p.get("n_train_events") else None, m.get("test_auc"),
                      t.get(tracking.ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(tracking.ERROR_MESSAGE),
-                     code=tracking.code_label(t) if state != NOT_STARTED else None)
+                     code=tracking.code_label(t) if state != NOT_STARTED else None, killed=status == "KILLED")
 
 
 def publish_after_cell(run_id: str) -> None:
@@ -253,5 +279,5 @@ def publish(st: GridStatus, step: int | None = None) -> None:
         return
     n = st.counts()
     vals = {"cells_finished": n[FINISHED], "cells_running": n[RUNNING], "cells_failed": n[FAILED] + n[HELD],
-            "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED] + n[QUEUED]}
+            "cells_not_started": n[NOT_STARTED] + n[NOT_CREATED] + n[QUEUED] + n[REQUEUED]}
     gridruns.publish_progress(st.parent_id, vals, st.markdown(), step)

@@ -1,0 +1,151 @@
+"""The grid on a real SLURM: a one-node cluster started from Debian's packages for this test
+session (``tests/slurmcluster.py``), jobs that log to the shared tracking server with its login
+on, as the jobs user, with the login read from ``~/.mlflow/credentials`` (never carried by a
+job). Where SLURM cannot run (not root, not installed) these tests skip, saying why."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests import slurmcluster
+from thesis_mlflow.grid import jobs, slurm, slurmstate
+from thesis_mlflow.grid.driver import run_grid
+from thesis_mlflow.grid.status import grid_status
+from thesis_mlflow.paths import ROOT
+from thesis_mlflow.server import logins
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = slurmcluster.why_not()
+    if why:
+        pytest.skip(why)
+    c = slurmcluster.start(tmp_path_factory.mktemp("slurm"))
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)
+    yield c
+    c.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture()
+def jobs_home(server_exp, shared_server, tmp_path, monkeypatch):
+    """A HOME holding the jobs login as MLflow clients find it; the login is not in the environment
+    (a job gets only what the grid's export allow-list names, and never a secret)."""
+    home = tmp_path / "home"
+    logins.install_client_credentials(shared_server.root, home, shared_server.uri)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    return home
+
+
+def _grid(tmp_path, tiny_raw, name, cluster, poolings=("mean", "max"), seeds=(0, 1), epochs=4, events=600, **slurm_keys):
+    doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": list(poolings), "met": [True], "vect": [4]},
+           "scales": {"demo": {"seeds": list(seeds), "train": {"epochs": epochs, "batch_size": 64, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
+                                                          "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_train_events": events,
+                                                          "max_eval_events": 200}}},
+           "slurm": {"partition": cluster.partition, "time": "00:10:00", "cpus_per_job": 1, "mem": "2G", "gpus_per_job": 0,
+                     "cells_per_job": len(seeds), "signal_before_end_s": 50, "job_dir": str(tmp_path / "jobs"), **slurm_keys}}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _job(cluster, jid: str) -> dict:
+    out = cluster.run("scontrol", "show", "job", "-o", jid).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def _wait(what, cond, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _queue(cluster) -> list[str]:
+    return [ln for ln in cluster.run("squeue", "-h", "-o", "%i %j %T").stdout.splitlines() if ln.strip()]
+
+
+def _epochs(c, rid) -> list[int]:
+    return [m.step for m in c.get_metric_history(rid, "val_auc")]
+
+
+def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, jobs_home, tiny_raw, tmp_path):
+    """2 configurations x 2 seeds in 2 packs, prepare before them and the report after, through
+    the real scheduler. Pack 0 is requeued by the admin mid-training (``scontrol requeue``: SIGTERM,
+    back in the queue); pack 1's time limit is cut to one minute, shorter than its work: SLURM's
+    warning (USR1) stops its cells at their checkpoints, KILLED, the pack requeues itself and the
+    next attempt resumes them. Every cell ends FINISHED with each epoch logged once, the report ran,
+    ``grid status`` exits 0 and nothing is left in the queue."""
+    gfile = _grid(tmp_path, tiny_raw, "sl", cluster, epochs=6, events=1500, max_requeues=6)
+    lines = []
+    s = run_grid(str(gfile), "slurm", "demo", 1, False, echo=lines.append)
+    text = "\n".join(lines)
+    sub = s.submitted
+    assert sub is not None and len(sub["packs"]) == 2 and sorted(s.launched) == sorted(c for p in sub["packs"] for c in p["cells"]), text
+    assert "submitted to SLURM" in text
+    prep, (p0, p1), rep = sub["prepare"], [p["job"] for p in sub["packs"]], sub["report"]
+    # the chain: packs after prepare (afterok), the report after every pack (afterany), all requeueable
+    assert "afterok:" + prep in _job(cluster, p0)["Dependency"] and _job(cluster, p0)["Requeue"] == "1"
+    assert f"afterany:{p0}" in _job(cluster, rep)["Dependency"] and f"afterany:{p1}" in _job(cluster, rep)["Dependency"]
+    assert all(_job(cluster, j)["JobName"].startswith("sl-demo-") for j in (prep, p0, p1, rep))
+    # private scripts and record, nothing secret in them
+    folder = s.job_dir
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for f in folder.iterdir():
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    cluster.run("scontrol", "update", f"JobId={p1}", "TimeLimit=1")  # shorter than the pack's work
+    c = mlflow.MlflowClient()
+    rid = {name: r for p in sub["packs"] for name, r in p["cells"].items()}
+    first_of_p0 = next(iter(sub["packs"][0]["cells"].values()))
+    _wait("pack 0's first cell to log an epoch", lambda: _epochs(c, first_of_p0), 240, 0.5)
+    cluster.run("scontrol", "requeue", p0)
+    _wait("pack 0 back in the queue", lambda: _job(cluster, p0).get("JobState") == "PENDING" and int(_job(cluster, p0)["Restarts"]) >= 1, 60, 0.3)
+    st = grid_status("sl-demo")
+    by = {x.cell: x for x in st.cells}
+    assert [by[n].state for n in sub["packs"][0]["cells"]] == ["requeued", "requeued"], st.render(with_logs=False)
+    assert by[next(iter(sub["packs"][0]["cells"]))].job.startswith(f"{p0} requeued") and st.exit_code == 0
+    _wait("the report job to end", lambda: _job(cluster, rep).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 420, 2)
+    for j in (p0, p1, rep):
+        assert _job(cluster, j)["JobState"] == "COMPLETED", (j, _job(cluster, j), _log(folder, j))
+    assert int(_job(cluster, p0)["Restarts"]) >= 1 and int(_job(cluster, p1)["Restarts"]) >= 1
+    p1_log = _log(folder, p1)
+    assert "REQUEUE: job" in p1_log and "near its time limit" in p1_log, p1_log[-3000:]
+    for name, r in rid.items():
+        run = c.get_run(r)
+        assert run.info.status == "FINISHED" and "test_auc" in run.data.metrics, (name, run.info.status)
+        assert _epochs(c, r) == list(range(1, 7)), (name, _epochs(c, r))  # each epoch exactly once across the attempts
+        mlflow.artifacts.download_artifacts(run_id=r, artifact_path="logs/train.log", dst_path=str(tmp_path / name))
+    # the stopped attempts ended KILLED, resumed from their checkpoints
+    resumed = [n for n in rid if "resumed from epoch" in Path(tmp_path / n / "train.log").read_text()]
+    assert set(sub["packs"][1]["cells"]) & set(resumed), resumed
+    st = grid_status("sl-demo")
+    assert st.exit_code == 0 and st.counts()["finished"] == 4, st.render(with_logs=False)
+    assert not [q for q in _queue(cluster) if "sl-demo" in q]
+    # again: every cell finished, nothing is submitted
+    again = run_grid(str(gfile), "slurm", "demo", 1, False, echo=lines.append)
+    assert again.submitted is None and again.launched == []
+
+
+def _log(folder: Path, job: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (folder / "logs").glob(f"*-{job}.out"))

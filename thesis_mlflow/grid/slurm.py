@@ -1,0 +1,288 @@
+"""Everything SLURM that writes or submits: the job scripts of a grid, their submission as a
+chain of jobs (``sbatch``), the jobs record ``grid status`` reads back, and a pack's own
+requeue before its time limit. What SLURM knows of the jobs afterwards: ``slurmstate``.
+
+A grid is three kinds of job, as on HTCondor: ``prepare`` (the upstream runs) -> one job per
+pack of cells (``afterok``: a pack never trains on a failed or cancelled prepare; it is then
+ended by SLURM, ``--kill-on-invalid-dep``) -> ``report`` (``afterany``: it runs whether or not
+cells failed, like DAGMan's FINAL node). Every job is requeueable (a node failure or preemption
+puts it back in the queue). A pack is warned ``signal_before_end_s`` before its time limit
+(``USR1``, to the job's own process: the script ``exec``s Python): every cell stops at its next
+step and ends KILLED with its checkpoint, and the pack asks SLURM to requeue it; the next start
+resumes each cell from its checkpoint, so every epoch is logged once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thesis_mlflow.errors import BadSetting, StepFailed, Unavailable
+from thesis_mlflow.grid.gridfile import Grid
+from thesis_mlflow.grid.jobenv import allowed_names, base_env
+from thesis_mlflow.grid.packing import compile_cache_env
+from thesis_mlflow.paths import ROOT, outputs
+from thesis_mlflow.permissions import private_files, secure_dir
+from thesis_mlflow.spec import CellSpec
+
+log = logging.getLogger(__name__)
+
+JOBS_FILE = "jobs.json"  # what was submitted: read back by ``grid status`` and by the next ``grid run``
+MARK = "thesis-mlflow:"  # the start of the lines a job writes about itself into its log (read back when SLURM has forgotten the job)
+TIME_LIMIT_SIGNAL = "USR1"
+SUBMIT_TIMEOUT_S = 120
+
+
+def job_dir(g: Grid) -> Path:
+    """The grid's private folder of job scripts, the jobs record and logs (``slurm.job_dir``/<grid>)."""
+    p = Path(g.slurm.job_dir).expanduser()
+    return (p if p.is_absolute() else outputs() / p) / g.run_name
+
+
+def log_path(folder: Path, job_name: str, job_id: str) -> Path:
+    """Where SLURM writes a job's output and errors (``--output=%x-%j.out``; requeued attempts append)."""
+    return Path(folder) / "logs" / f"{job_name}-{job_id}.out"
+
+
+@dataclass
+class Script:
+    kind: str  # prepare, pack, report
+    name: str  # the job's name: the grid's run name, then the kind (and the pack's number)
+    path: Path
+    text: str
+    cells: dict[str, str] = field(default_factory=dict)  # a pack's cells: name -> run id
+
+
+def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, export: list[str]) -> list[str]:
+    s = g.slurm
+    lines = [f"--job-name={name}", f"--output={folder / 'logs' / '%x-%j.out'}", "--open-mode=append", "--requeue",
+             f"--time={s.time}", f"--cpus-per-task={s.cpus_per_job}", f"--mem={s.mem}"]
+    if signal:
+        lines.append(f"--signal=B:{TIME_LIMIT_SIGNAL}@{s.signal_before_end_s}")
+    if gpus:
+        lines.append(f"--gres=gpu:{gpus}")
+    for k in ("partition", "account", "qos"):
+        if getattr(s, k):
+            lines.append(f"--{k}={getattr(s, k)}")
+    # only these variables from the submitting shell (and SLURM's own); never the whole environment
+    lines.append(f"--export={','.join(export)}" if export else "--export=NONE")
+    lines += list(s.extra)
+    return [f"#SBATCH {x}" for x in lines]
+
+
+def _script(g: Grid, kind: str, name: str, folder: Path, argv: list[str], env: dict, export: list[str], gpus: int, signal: bool,
+            about: str) -> str:
+    python = g.slurm.python or sys.executable
+    body = ["#!/bin/bash", f"# {about} (written by thesis-mlflow grid run; {g.source})", *_sbatch_lines(g, name, folder, gpus, signal, export),
+            "set -u", f"cd {shlex.quote(str(ROOT))}", *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items()),
+            f'echo "{MARK} job $SLURM_JOB_ID ({kind}) attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) started on $(hostname) at $(date -Is)"',
+            # exec: the job's own process is Python, which SLURM's warning before the time limit (B:USR1) reaches
+            f"exec {shlex.quote(python)} {shlex.join(argv)}", ""]
+    return "\n".join(body)
+
+
+def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experiment_id: str, grid_file: Path, stack_seeds: str = "auto",
+                  environ: dict | None = None) -> list[Script]:
+    """The grid's job scripts, in its private folder (0700, each file 0600): prepare, one per pack
+    of ``runs`` (cell -> child run id), report. Nothing secret is in them: the tracking URI is
+    refused when it holds a login, and the environment is an allow-list (``slurm.export``)."""
+    s = g.slurm
+    export = allowed_names(s.export, "slurm.export", environ)
+    env = base_env(tracking_uri, experiment_id, compile_cache_env() if s.gpus_per_job else None)
+    folder = secure_dir(job_dir(g), "SLURM job folder")
+    secure_dir(folder / "logs", "SLURM log folder")
+    scale = ["--scale", g.scale]
+    out = []
+    packs = g.packs(list(runs), per_job=s.cells_per_job)
+    specs = [("prepare", f"{g.run_name}-prepare", ["-m", "steps.grid", "prepare", str(grid_file), *scale], {}, s.gpus_per_job, False,
+              f"{g.run_name}: the upstream runs (binning, VQ-VAE)")]
+    for i, p in enumerate(packs):
+        cells = {c.name: runs[c] for c in p}
+        argv = ["-m", "steps.grid", "pack", str(grid_file), *scale, "--runs", ",".join(f"{k}={v}" for k, v in cells.items()),
+                "--stack-seeds", stack_seeds, "--slurm-requeues", str(s.max_requeues)] + (["--device", "cuda"] if s.gpus_per_job else [])
+        specs.append(("pack", f"{g.run_name}-pack-{i:03d}", argv, cells, s.gpus_per_job, True,
+                      f"{g.run_name}: pack {i + 1} of {len(packs)}: {', '.join(cells)}"))
+    specs.append(("report", f"{g.run_name}-report", ["-m", "steps.report", "--grid", g.run_name], {}, 0, False,
+                  f"{g.run_name}: the report, whether or not cells failed"))
+    with private_files():
+        for kind, name, argv, cells, gpus, signal, about in specs:
+            path = folder / f"{name}.sh"
+            text = _script(g, kind, name, folder, argv, env, export, gpus, signal, about)
+            tmp = path.with_suffix(".sh.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # a job script is code SLURM runs as us: never half written
+            out.append(Script(kind, name, path, text, cells))
+    return out
+
+
+# --------------------------------------------------------------------------- the jobs record
+
+
+def read_jobs(folder: Path) -> list[dict]:
+    """The submissions recorded in a grid's job folder (oldest first); [] when none. Only a
+    private folder is read: a jobs record others could write would point status at their jobs."""
+    path = Path(folder) / JOBS_FILE
+    if not path.exists():
+        return []
+    secure_dir(folder, "SLURM job folder")
+    try:
+        return list(json.loads(path.read_text()).get("submissions", []))
+    except (OSError, ValueError) as e:
+        raise BadSetting(f"{path} is not a jobs record written by thesis-mlflow ({e}); move it away to start the grid's SLURM record anew") from e
+
+
+def _record(folder: Path, submission: dict) -> None:
+    subs = read_jobs(folder) + [submission]
+    path = Path(folder) / JOBS_FILE
+    with private_files():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"submissions": subs}, indent=1))
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def require_slurm() -> None:
+    """``sbatch`` must be here and the controller must answer, or nothing is submitted."""
+    if not shutil.which("sbatch") or not shutil.which("squeue"):
+        raise Unavailable("SLURM's sbatch/squeue are not on the PATH here: submit from a login node of the SLURM cluster "
+                          "(or print the job scripts with --dry-run)")
+    out = _run(["squeue", "-h", "-u", _user(), "-o", "%i"], check=False)
+    if out.returncode != 0:
+        raise Unavailable(f"SLURM's controller did not answer squeue: {(out.stderr or out.stdout).strip()[:300]}")
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise Unavailable(f"{cmd[0]} did not answer in {SUBMIT_TIMEOUT_S} s (is SLURM's controller up?)") from e
+    if check and out.returncode != 0:
+        raise Unavailable(f"{shlex.join(cmd[:3])} ... failed: {(out.stderr or out.stdout).strip()[:300]}")
+    return out
+
+
+def sbatch(script: Path, dependency: str | None = None, kill_on_invalid_dep: bool = False) -> str:
+    """Submit one script; returns its job id. The umask is the job's (SLURM hands it on): its log is 0600."""
+    cmd = ["sbatch", "--parsable"]
+    if dependency:
+        cmd.append(f"--dependency={dependency}")
+    if kill_on_invalid_dep:
+        cmd.append("--kill-on-invalid-dep=yes")
+    with private_files():
+        out = _run([*cmd, str(script)])
+    return out.stdout.strip().split(";")[0]
+
+
+def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.info) -> dict:
+    """Submit the chain: prepare, the packs after it (``afterok``), the report after them all
+    (``afterany``). All or nothing: when one ``sbatch`` fails, the jobs of this submission are
+    cancelled before the error is raised. Returns the submission as recorded in ``jobs.json``."""
+    folder = job_dir(g)
+    submitted: list[str] = []
+    sub = {"at": time.time(), "user": _user(), "packs": []}
+    try:
+        by_kind = {s.kind: s for s in scripts if s.kind != "pack"}
+        prep = sbatch(by_kind["prepare"].path)
+        submitted.append(prep)
+        sub["prepare"], sub["prepare_name"] = prep, by_kind["prepare"].name
+        for s in (s for s in scripts if s.kind == "pack"):
+            jid = sbatch(s.path, f"afterok:{prep}", kill_on_invalid_dep=True)
+            submitted.append(jid)
+            sub["packs"].append({"job": jid, "name": s.name, "cells": s.cells})
+        after = ":".join([p["job"] for p in sub["packs"]] or [prep])
+        rep = sbatch(by_kind["report"].path, f"afterany:{after}")
+        submitted.append(rep)
+        sub["report"], sub["report_name"] = rep, by_kind["report"].name
+    except Exception:
+        if submitted:
+            _run(["scancel", *submitted], check=False)
+            log.error("submission failed: cancelled the %d job(s) it had submitted (%s)", len(submitted), " ".join(submitted))
+        raise
+    _record(folder, sub)
+    echo(f"submitted to SLURM: prepare {prep}, {len(sub['packs'])} pack job(s) "
+         f"{sub['packs'][0]['job']}..{sub['packs'][-1]['job']}, report {rep}" if sub["packs"] else f"submitted prepare {prep}, report {rep}")
+    echo(f"follow it with: thesis-mlflow grid status {g.run_name}   (or squeue --me -n <job name>; logs in {folder / 'logs'})")
+    return sub
+
+
+# --------------------------------------------------------------------------- a pack's requeue
+
+
+def requeue_self(progressed: bool, max_requeues: int, echo: Callable[[str], None] = log.info) -> None:
+    """SLURM warned this pack of its time limit and its cells have stopped at their checkpoints:
+    ask SLURM to put the job back in the queue, where it resumes them. Refused (``StepFailed``,
+    the job then ends) after ``max_requeues`` requeues, and when no cell progressed in this
+    attempt (a time limit too short for one epoch would requeue for ever)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if not job:
+        raise StepFailed("stopped by SIGUSR1 outside a SLURM job: nothing to requeue; the runs resume at the next start")
+    if not progressed:
+        raise StepFailed(f"{MARK} TIME LIMIT: job {job} reached its time limit before any cell of it finished an epoch; "
+                         "not requeued (it would never get further): raise slurm.time or lower slurm.cells_per_job")
+    if restarts >= max_requeues:
+        raise StepFailed(f"{MARK} TIME LIMIT: job {job} reached its time limit after {restarts} requeue(s) (slurm.max_requeues = "
+                         f"{max_requeues}); its cells stopped at their checkpoints: run `grid run` again, or raise slurm.time")
+    echo(f"{MARK} REQUEUE: job {job} near its time limit: its cells stopped at their checkpoints; requeued "
+         f"({restarts + 1} of at most {max_requeues}), the next attempt resumes them")
+    sys.stdout.flush()
+    import signal
+
+    # SLURM answers a requeue with SIGTERM to this job: the cells have already stopped, so this
+    # process exits by itself instead of dying with a traceback in the middle of the request
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _run(["scontrol", "requeue", job])
+
+
+# --------------------------------------------------------------------------- a grid's submission
+
+
+def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, dry_run: bool, echo: Callable[[str], None] = log.info,
+              stack_seeds: str = "auto") -> tuple[Path, dict | None]:
+    """Write the grid's job scripts for ``runs`` (cell -> child run id) and submit them, leaving
+    out cells whose latest pack job SLURM will still run (a second ``grid run`` while the first's
+    jobs wait or train submits nothing for them). ``dry_run``: print the scripts and the sbatch
+    commands, submit nothing. Returns the job folder and the submission (None: nothing submitted)."""
+    from thesis_mlflow.grid import slurmstate  # lazy: the module reads this one's record format
+    from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow, only to submit (writing the scripts needs none)
+
+    folder = job_dir(g)
+    if not dry_run:
+        require_slurm()
+        busy = slurmstate.active_cells(folder) if (folder / JOBS_FILE).exists() else {}
+        if busy:
+            echo(f"{len(busy)} cell(s) already in SLURM jobs that will still run them (" + ", ".join(sorted(set(busy.values()), key=int))
+                 + "): not submitted again")
+        runs = {c: rid for c, rid in runs.items() if c.name not in busy}
+        if not runs:
+            echo("nothing to submit")
+            return folder, None
+    scripts = write_scripts(g, runs, tracking.tracking_uri(), exp_id, grid_file, stack_seeds)
+    if dry_run:
+        for s in scripts:
+            echo(f"--- {s.path}\n{s.text}")
+        packs = [s for s in scripts if s.kind == "pack"]
+        echo("would submit (nothing was):\n  PREPARE=$(sbatch --parsable " + str(scripts[0].path) + ")\n"
+             + "".join(f"  P{i}=$(sbatch --parsable --dependency=afterok:$PREPARE --kill-on-invalid-dep=yes {s.path})\n" for i, s in enumerate(packs))
+             + f"  sbatch --dependency=afterany:{':'.join(f'$P{i}' for i in range(len(packs))) or '$PREPARE'} {scripts[-1].path}")
+        return folder, None
+    if tracking.tracking_uri().startswith("sqlite"):
+        echo("warning: jobs would log to a SQLite file: start `thesis-mlflow serve` and export MLFLOW_TRACKING_URI=http://HOST:PORT")
+    return folder, submit(g, scripts, echo)

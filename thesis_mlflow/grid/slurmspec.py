@@ -1,0 +1,128 @@
+"""A grid's ``slurm:`` section, checked: ``SlurmSpec``. MLflow-free and scheduler-free (no
+command runs here), so a wrong key is named before anything is created or submitted."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.grid.jobenv import allowed_names, looks_secret
+
+# Options the job scripts set themselves: an ``extra`` line may not set them again (the chain,
+# the logs, the requeue and the environment are what the grid's status and safety rest on).
+OWN_OPTIONS = ("--job-name", "-J", "--output", "-o", "--error", "-e", "--open-mode", "--dependency", "-d", "--requeue", "--no-requeue",
+               "--signal", "--export", "--export-file", "--chdir", "-D", "--kill-on-invalid-dep", "--parsable", "--wrap",
+               "--get-user-env", "--time", "-t", "--mem", "--cpus-per-task", "-c", "--gres", "--gpus", "-G", "--partition", "-p",
+               "--account", "-A", "--qos", "-q")
+TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")  # [D-]HH:MM:SS
+MEM = re.compile(r"^\d+[KMGT]?$")  # sbatch --mem: megabytes, or with a unit
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """How a grid's jobs ask SLURM for resources. Defaults suit one GPU pack of whole
+    configurations, as on Condor: 8 cells (2 configurations x 3 seeds, seeds stacked on the GPU)."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None  # None: the user's default account
+    qos: str | None = None
+    time: str = "12:00:00"  # per job attempt; a pack that needs longer is requeued and resumes (max_requeues)
+    cpus_per_job: int = 8  # one core per packed cell
+    mem: str = "32G"  # ~3-4 GB per packed cell (a CUDA context, the data)
+    gpus_per_job: int = 1  # 0: a CPU job (then cells train one after another)
+    cells_per_job: int = 8
+    # SLURM's warning before the time limit (USR1): time to stop at the next step, end the runs
+    # KILLED with their checkpoints and ask for a requeue. SLURM may send it up to 60 s early.
+    signal_before_end_s: int = 300
+    max_requeues: int = 3  # requeues after reaching the time limit, per job, before it is left timed out
+    extra: tuple[str, ...] = ()  # more #SBATCH options, e.g. "--constraint=a100"
+    export: bool | tuple[str, ...] = True  # variables taken from the submitting shell: True = jobenv.GETENV_ALLOW
+    job_dir: str = "slurm"  # job scripts, the jobs record and the logs (under outputs/ when relative); private
+    python: str | None = None  # the jobs' Python; None: the submitting one
+
+    @property
+    def seconds(self) -> int:
+        d, h, m, s = (int(x or 0) for x in TIME.match(self.time).groups())
+        return ((d * 24 + h) * 60 + m) * 60 + s
+
+
+def _str_or_none(v, key: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v):
+        raise BadSetting(f"slurm.{key} must be a name without spaces, or null; got {v!r}")
+    return v
+
+
+def _int(v, key: str, low: int, high: int | None = None) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+        raise BadSetting(f"slurm.{key} must be an integer >= {low}" + (f" and <= {high}" if high is not None else "") + f"; got {v!r}")
+    return v
+
+
+def _extra_line(line, i: int) -> str:
+    if not isinstance(line, str) or not line.strip():
+        raise BadSetting(f"slurm.extra[{i}] must be an sbatch option such as --constraint=a100; got {line!r}")
+    opt = line.strip().removeprefix("#SBATCH").strip()
+    if "\n" in opt or not opt.startswith("-"):
+        raise BadSetting(f"slurm.extra[{i}] must be one sbatch option such as --constraint=a100; got {line!r}")
+    name = re.split(r"[=\s]", opt, maxsplit=1)[0]
+    if name in OWN_OPTIONS:
+        raise BadSetting(f"slurm.extra[{i}] sets {name}, which the grid sets itself; use the slurm: keys "
+                         "(partition, account, qos, time, mem, cpus_per_job, gpus_per_job) or leave it to the grid")
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", opt)
+    if any(looks_secret(w) for w in words if w.isupper() or "_" in w) or re.search(r"(?i)passw|token|secret", opt):
+        raise BadSetting(f"slurm.extra[{i}] looks like it carries a secret ({opt!r}); job scripts are readable by the cluster's "
+                         "admins and stay in its records: give MLflow credentials through ~/.mlflow/credentials")
+    return opt
+
+
+def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
+    """The ``slurm:`` section of a grid file (``None``: every default), each key checked."""
+    given = dict(given or {})
+    known = {f.name for f in fields(SlurmSpec)}
+    bad = set(given) - known
+    if bad:
+        raise BadSetting(f"{where}: slurm: unknown keys {sorted(bad)}; allowed: {sorted(known)}")
+    d = SlurmSpec()
+    kw = {}
+    for k in ("partition", "account", "qos"):
+        kw[k] = _str_or_none(given.get(k, getattr(d, k)), k)
+    t = given.get("time", d.time)
+    if not isinstance(t, str) or not TIME.match(t) or SlurmSpec(time=t).seconds == 0:
+        raise BadSetting(f"slurm.time must be HH:MM:SS or D-HH:MM:SS (more than zero), e.g. 12:00:00; got {t!r}")
+    kw["time"] = t
+    mem = given.get("mem", d.mem)
+    if not isinstance(mem, str) or not MEM.match(mem.strip().upper()):
+        raise BadSetting(f"slurm.mem must be a size such as 16G, 4000M or 4000 (megabytes); got {mem!r}")
+    kw["mem"] = mem.strip().upper()
+    kw["cpus_per_job"] = _int(given.get("cpus_per_job", d.cpus_per_job), "cpus_per_job", 1)
+    kw["gpus_per_job"] = _int(given.get("gpus_per_job", d.gpus_per_job), "gpus_per_job", 0)
+    kw["cells_per_job"] = _int(given.get("cells_per_job", d.cells_per_job), "cells_per_job", 1)
+    kw["signal_before_end_s"] = _int(given.get("signal_before_end_s", d.signal_before_end_s), "signal_before_end_s", 10, 65535)
+    kw["max_requeues"] = _int(given.get("max_requeues", d.max_requeues), "max_requeues", 0)
+    extra = given.get("extra", [])
+    if extra is None:
+        extra = []
+    if not isinstance(extra, list):
+        raise BadSetting(f"slurm.extra must be a list of sbatch options; got {extra!r}")
+    kw["extra"] = tuple(_extra_line(x, i) for i, x in enumerate(extra))
+    export = given.get("export", d.export)
+    if isinstance(export, list):
+        export = tuple(str(x) for x in export)
+    elif not isinstance(export, bool):
+        raise BadSetting(f"slurm.export must be true, false or a list of variable names; got {export!r}")
+    allowed_names(export, "slurm.export", {})  # a secret's name or a wildcard that could match one: refused here
+    kw["export"] = export
+    for k in ("job_dir", "python"):
+        v = given.get(k, getattr(d, k))
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise BadSetting(f"slurm.{k} must be a path; got {v!r}")
+        kw[k] = v
+    if kw["job_dir"] is None:
+        raise BadSetting("slurm.job_dir must be a path; got None")
+    spec = SlurmSpec(**kw)
+    if spec.signal_before_end_s >= spec.seconds:
+        raise BadSetting(f"slurm.signal_before_end_s ({spec.signal_before_end_s}) must be shorter than slurm.time ({spec.time})")
+    return spec
