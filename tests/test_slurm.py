@@ -149,3 +149,59 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
 
 def _log(folder: Path, job: str) -> str:
     return "\n".join(p.read_text(errors="replace") for p in (folder / "logs").glob(f"*-{job}.out"))
+
+
+def test_a_cancelled_prepare_and_a_pack_out_of_memory_are_named_even_once_slurm_forgets_them(cluster, jobs_home, tiny_raw, tmp_path,
+                                                                                             ):
+    """``scancel`` of a grid's prepare: no pack trains (SLURM ends them, their dependency can never
+    be met) and status says so, naming the prepare job; a pack given too little memory is killed by
+    SLURM and status says out of memory. Both stay named, exit 1, once SLURM no longer knows the
+    jobs and keeps no accounting (from the job logs). The report ran for both."""
+    never = run_grid(str(_grid(tmp_path, tiny_raw, "nv", cluster)), "slurm", "demo", 1, False).submitted
+    cluster.run("scancel", never["prepare"])
+    oom = run_grid(str(_grid(tmp_path, tiny_raw, "om", cluster, poolings=("max",), seeds=(0,))), "slurm", "demo", 1, False).submitted
+    pack = oom["packs"][0]["job"]
+    cluster.run("scontrol", "update", f"JobId={pack}", "MinMemoryNode=150")  # 150 MB: Python with torch and MLflow needs more
+    for rep in (never["report"], oom["report"]):
+        _wait("the reports to end", lambda rep=rep: _job(cluster, rep).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 240, 1)
+    c = mlflow.MlflowClient()
+    for sub, cause, words in ((never, "dependency never satisfied", f"its prepare job {never['prepare']} ended: cancelled"),
+                              (oom, "out of memory", "exceeded memory limit")):
+        name = _job(cluster, sub["report"])["JobName"].removesuffix("-report")
+        for forgotten in (False, True):
+            with pytest.MonkeyPatch.context() as mp:
+                if forgotten:  # SLURM's controller has purged the jobs (MinJobAge) and there is no accounting: the logs remain
+                    mp.setattr(slurmstate, "scheduler_jobs", lambda ids: ({}, True))
+                st = grid_status(name)
+            assert st.exit_code == 1 and {x.state for x in st.cells} == {"failed"}, st.render(with_logs=False)
+            for x in st.cells:
+                assert x.error_class == cause and words in x.error_message, (forgotten, x)
+            assert f"FAILED {cause}: " in st.render(with_logs=False)
+        for p in sub["packs"]:
+            for rid in p["cells"].values():
+                assert not _epochs(c, rid)  # nothing trained
+    assert _job(cluster, never["report"])["JobState"] == "COMPLETED" and _job(cluster, oom["report"])["JobState"] == "COMPLETED"
+
+
+def test_two_grid_runs_at_once_submit_each_cell_once_and_again_submits_nothing_queued(cluster, jobs_home, tiny_raw, tmp_path):
+    """Two ``grid run --backend slurm`` started together: one submits, the other submits nothing
+    twice (it is refused while the first holds the grid, or finds its jobs queued); a third run
+    while the jobs wait submits nothing either, naming the jobs."""
+    gfile = _grid(tmp_path, tiny_raw, "tw", cluster)
+    cluster.run("scontrol", "update", f"PartitionName={cluster.partition}", "State=DOWN")  # the jobs stay queued meanwhile
+    cmd = [sys.executable, "-m", "steps.cli", "grid", "run", str(gfile), "--backend", "slurm", "--scale", "demo"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    try:
+        queue = [q for q in _queue(cluster) if " tw-demo-" in q]
+        names = [q.split()[1] for q in queue]
+        assert sorted(names) == ["tw-demo-pack-000", "tw-demo-pack-001", "tw-demo-prepare", "tw-demo-report"], (queue, outs)
+        assert codes in ([0, 0], [0, 75]), outs
+        third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert third.returncode == 0 and "4 cell(s) already in SLURM jobs that will still run them" in third.stdout, third.stdout + third.stderr
+        assert "nothing to submit" in third.stdout
+        assert sorted(q.split()[1] for q in _queue(cluster) if " tw-demo-" in q) == sorted(names)
+    finally:
+        cluster.run("scancel", "-n", ",".join(["tw-demo-prepare", "tw-demo-pack-000", "tw-demo-pack-001", "tw-demo-report"]), check=False)
+        cluster.run("scontrol", "update", f"PartitionName={cluster.partition}", "State=UP")

@@ -149,9 +149,12 @@ def view(job_id: str, j: Job | None, log_lines: list[str] | None, controller: bo
             return JobView(SLURM, jobs.DONE, job_id, words)
         if cause is not None and cause != jobs.REQUEUED:
             return JobView(SLURM, jobs.ENDED, job_id, words, cause)
-        what = "its log does not say how it ended" if log_lines is not None else "it left no log (cancelled before it started?)"
-        gone = "SLURM no longer knows this job" if controller else "SLURM did not answer"
-        return JobView(SLURM, jobs.ENDED if controller else jobs.QUEUED, job_id, f"{gone}; {what}", jobs.FAILED if controller else None)
+        if not controller:  # nothing to conclude: it may well be waiting
+            return JobView(SLURM, jobs.QUEUED, job_id, "SLURM did not answer")
+        if log_lines is None:
+            return JobView(SLURM, jobs.ENDED, job_id, "SLURM no longer knows this job and it left no log: it never started "
+                           "(cancelled, or it could not write its log)", jobs.CANCELLED)
+        return JobView(SLURM, jobs.ENDED, job_id, "SLURM no longer knows this job; its log does not say how it ended", jobs.FAILED)
     s, r, n = j.state, j.reason, j.restarts
     if s == "PENDING":
         if r == "DependencyNeverSatisfied":
@@ -201,7 +204,7 @@ def cell_views(folder: Path) -> tuple[dict[str, JobView], str | None]:
         prep = view(s["prepare"], known.get(s["prepare"]), last_attempt(log_path(folder, s.get("prepare_name", ""), s["prepare"])), answered)
         for p in s["packs"]:
             v = view(p["job"], known.get(p["job"]), last_attempt(log_path(folder, p["name"], p["job"])), answered)
-            never = v.phase == jobs.ENDED and (v.cause == jobs.NEVER or (prep.phase == jobs.ENDED and v.reason.startswith("SLURM no longer")))
+            never = v.phase == jobs.ENDED and (v.cause == jobs.NEVER or (prep.phase == jobs.ENDED and v.reason.startswith("SLURM no longer knows this job and it left no log")))
             if never:  # say why it could never start: its prepare job's end
                 v = JobView(SLURM, jobs.ENDED, v.job, f"its prepare job {prep.job} ended: {prep.cause or prep.phase}"
                             + (f" ({prep.reason})" if prep.reason else ""), jobs.NEVER, v.retries)
