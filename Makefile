@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA := data/4tops_synthetic.h5
-.PHONY: setup data demo test test-fast mutation lint bench stop clean chromium postgres
+.PHONY: setup data demo test test-fast mutation lint bench stop clean chromium postgres slurm
 
 setup: $(STAMP)
 
@@ -35,21 +35,31 @@ demo: setup
 # The report test renders the dashboard in headless Chromium (Debian's package).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the report test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	  if [ "$$(id -u)" != 0 ]; then echo "chromium is not installed and this is not root (no apt): ask for Debian's chromium; the browser tests need it"; \
+	  else echo "installing Debian's chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
 
 # The server tests start a throwaway PostgreSQL server (Debian's postgresql package).
 postgres:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  echo "installing Debian's postgresql for the server tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	  if [ "$$(id -u)" != 0 ]; then echo "postgresql is not installed and this is not root (no apt): ask for Debian's postgresql; the database tests need it"; \
+	  else echo "installing Debian's postgresql for the server tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi; }
+
+# The SLURM tests start a one-node cluster of their own (Debian's slurmctld, slurmd, slurm-client,
+# munge; root only). As an ordinary user there is no apt: they skip, saying why.
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 || test -x /usr/sbin/slurmctld || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's SLURM and munge for the scheduler tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null; \
+	  else echo "SLURM is not installed and this is not root: the SLURM tests will skip (a root's make test installs it)"; fi; }
 
 # two workers, a group of tests each at a time: a test file, or all the files that share the
 # session's tracking server (tests/conftest.py makes the groups, longest first; its module's
 # server and fixtures stay in one worker): the suite waits on servers and subprocesses as much
 # as it computes
 TEST_WORKERS ?= 2
-test: setup chromium postgres
+test: setup chromium postgres slurm
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # the quick loop while editing: no tracking store, server, browser or subprocess (pytest -m "not slow")

@@ -4,7 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-PORT=${DEMO_PORT:-5050}
+# The usual port when it is free; on a shared node another user's demo may hold it: then a free
+# one (the last lines print the URLs). DEMO_PORT=N chooses it (0: any free port).
+if [ -n "${DEMO_PORT:-}" ]; then
+  PORT=$DEMO_PORT
+elif "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 5050))' 2>/dev/null; then
+  PORT=5050
+else
+  PORT=0
+  echo "port 5050 is taken (another user's demo?): the tracking server takes a free port (DEMO_PORT=N to choose one)"
+fi
 GRID=configs/grids/binning_vs_direct.yaml
 JOBS=${DEMO_JOBS:-2}
 start=$(date +%s)
@@ -15,14 +24,23 @@ export MLFLOW_EXPERIMENT_NAME=${MLFLOW_EXPERIMENT_NAME:-4t-tokenization}
 # second generate finds the file its card describes and logs it without generating it again).
 # (serve's default of 4 workers even for 2 jobs: with 2, the cells waited on the server and the
 # grid took 149 s instead of 128 s, more than the 6 s their start-up saves)
-"$BIN/thesis-mlflow" serve --root mlflow-server --port "$PORT" --background &
+SERVE_OUT=$(mktemp)
+trap 'rm -f "$SERVE_OUT"' EXIT
+"$BIN/thesis-mlflow" serve --root mlflow-server --port "$PORT" --background >"$SERVE_OUT" 2>&1 &
 SERVE=$!
 NEW_DATA=0
 if [ ! -f data/4tops_synthetic.h5 ]; then
   NEW_DATA=1
   "$BIN/thesis-mlflow" generate --output data/4tops_synthetic.h5 --no-log || { wait "$SERVE" || true; exit 1; }
 fi
-wait "$SERVE" || { echo "the tracking server did not start: see mlflow-server/server.log" >&2; exit 1; }
+if ! wait "$SERVE"; then
+  # serve's own reason as the last line (it ran in the background, beside the dataset's output)
+  grep -v '^\s*$' "$SERVE_OUT" | head -n -1 >&2 || true
+  more=""; [ -s mlflow-server/server.log ] && more=" (more in mlflow-server/server.log)"
+  echo "the tracking server did not start: $(grep -v '^\s*$' "$SERVE_OUT" | tail -n 1)$more" >&2
+  exit 1
+fi
+cat "$SERVE_OUT"
 MLFLOW_TRACKING_URI=$(cat mlflow-server/server.url)
 export MLFLOW_TRACKING_URI
 if [ "$NEW_DATA" = 1 ]; then

@@ -368,3 +368,19 @@ def test_an_interrupt_stops_every_fit_in_its_thread_then_lets_the_process_train_
     lifted = not training.STOP.is_set()
     training.STOP.clear()  # (for the next tests of this worker, whatever the answer)
     assert all(isinstance(f.exception(), Stopped) for f in fs) and lifted
+
+
+def test_resume_checks_every_factor_the_spec_declares():
+    """A factor added to ``spec.FACTORS`` is checked on resume with no second edit: ``CHECKED`` is
+    built from it, not a copy of its names (plant: the names written out again fails this)."""
+    import ast
+    import inspect
+
+    from thesis_mlflow.pipeline import cell
+    from thesis_mlflow.spec import FACTORS
+
+    tree = ast.parse(inspect.getsource(cell))
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CHECKED")
+    first = node.value.elts[0]
+    assert isinstance(first, ast.Starred) and first.value.id == "FACTORS"
+    assert cell.CHECKED[: len(FACTORS)] == FACTORS and {"seed", "task", "epochs", "lr", "rng_stream"} <= set(cell.CHECKED)

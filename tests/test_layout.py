@@ -142,3 +142,33 @@ def test_a_planted_breach_is_named(tmp_path, file, line, found):
     path.write_text(path.read_text() + "\n" + line + "\n")
     wrong = _check(*_load(root))
     assert any(found in w for w in wrong), wrong
+
+
+def _root_breaches(tests_dir: Path) -> list[str]:
+    """Test functions and fixtures that make a call only root may make (``tests/privileges.py``)
+    without first skipping for an ordinary user (``needs_root``, or the SLURM cluster's ``why_not``)."""
+    from tests.privileges import ROOT_CALLS
+
+    wrong = []
+    for path in sorted(tests_dir.glob("*.py")):
+        if path.name == "privileges.py":
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                src = ast.get_source_segment(text, node) or ""
+                if any(c in src for c in ROOT_CALLS) and "needs_root(" not in src and "why_not(" not in src:
+                    wrong.append(f"{path.name}:{node.lineno} {node.name} needs root but does not skip without it")
+    return wrong
+
+
+def test_tests_that_need_root_skip_without_it(tmp_path):
+    """As an ordinary user on a shared node the suite passes, root-only tests skipped saying why
+    (a test that gives a file to another user failed there). A planted ``os.chown`` in a test
+    without ``needs_root`` is named."""
+    tests_dir = Path(__file__).resolve().parent
+    assert _root_breaches(tests_dir) == []
+    (tmp_path / "test_x.py").write_text("import os\n\ndef test_x(tmp_path):\n    os.chown(tmp_path, 65534, 65534)\n")
+    (tmp_path / "test_y.py").write_text("import os\nfrom tests.privileges import needs_root\n\ndef test_y(tmp_path):\n"
+                                        "    needs_root('x')\n    os.chown(tmp_path, 65534, 65534)\n")
+    assert _root_breaches(tmp_path) == ["test_x.py:3 test_x needs root but does not skip without it"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.privileges import needs_root
 from thesis_mlflow.permissions import UnsafePath
 from thesis_mlflow.server import devdb, logins
 from thesis_mlflow.server import process as server
@@ -108,6 +109,7 @@ def test_a_root_others_could_prepare_is_refused(tmp_path, case):
         root.mkdir()
         root.chmod(0o777)
     elif case == "not-mine":
+        needs_root("to give the folder to another user, nobody")
         root = tmp_path / "srv"
         root.mkdir(mode=0o700)
         os.chown(root, 65534, 65534)  # nobody
@@ -330,8 +332,9 @@ def test_a_squatter_of_another_user_on_the_servers_port_gets_no_login(tmp_path, 
     import tempfile
     import time
 
-    if os.getuid() != 0 or not shutil.which("runuser"):
-        pytest.skip("needs root and runuser to play another user (nobody) on this machine")
+    needs_root("to play another user, nobody, with runuser")
+    if not shutil.which("runuser"):
+        pytest.skip("needs runuser to play another user (nobody) on this machine")
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     port = server.free_port()

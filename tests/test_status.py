@@ -4,6 +4,7 @@ progress; `grid status` by name, exiting 1 because a cell failed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
 
     st = status.grid_status("st-demo")  # by the grid's name, as the UI and the report know it
     by = {x.cell: x for x in st.cells}
-    assert st.counts() == {"finished": 1, "running": 1, "queued": 0, "not started": 1, "not created": 0, "held": 0, "failed": 1}
+    assert st.counts() == {"finished": 1, "running": 1, "queued": 0, "requeued": 0, "not started": 1, "not created": 0, "held": 0,
+                           "failed": 1}
     assert st.exit_code == 1
     assert by["direct-max-met-4v-s0"].test_auc is not None and (by["direct-max-met-4v-s0"].epoch, by["direct-max-met-4v-s0"].epochs) == (1, 1)
     assert (by["direct-mean-met-4v-s0"].epoch, by["direct-mean-met-4v-s0"].epochs, by["direct-mean-met-4v-s0"].events_per_s) == (1, 4, 200.0)
@@ -136,3 +138,74 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     assert "st-demo: 4 cells: 1 finished, 1 queued, 1 held, 1 failed" in text
     assert "HELD held by HTCondor: Job has gone over memory limit of 16384 megabytes" in text
     assert st.exit_code == 1
+
+
+def test_a_job_held_for_memory_is_released_with_more_up_to_the_cap():
+    """The submit file's ``request_memory`` and ``periodic_release``, evaluated by HTCondor's own
+    ClassAd library on the job ad as the schedd would: each memory hold releases the job with twice
+    the memory, until the next request would pass ``memory_max``; then it stays held for the user.
+    A hold for another reason is never released by it (plants: no cap, or release on any hold, fail it)."""
+    import classad2
+
+    from thesis_mlflow.grid.condor import memory_settings
+
+    ms = memory_settings({"request_memory": "16GB", "memory_max": "64GB", "memory_multiplier": 2})
+
+    def job(starts: int, code: int | None, sub: int = 0, last: int | None = None) -> classad2.ClassAd:
+        ad = classad2.ClassAd({"NumJobStarts": starts, "JobStatus": 5 if code is not None else 2})
+        if code is not None:
+            ad["HoldReasonCode"], ad["HoldReasonSubCode"] = code, sub
+        if last is not None:
+            ad["LastHoldReasonCode"], ad["LastHoldReasonSubCode"] = last, 0
+        ad["RequestMemory"] = classad2.ExprTree(ms["request_memory"])
+        ad["PeriodicRelease"] = classad2.ExprTree(ms["periodic_release"])
+        return ad
+
+    assert job(0, None).eval("RequestMemory") == 16384  # as asked, before any hold
+    assert job(1, 34).eval("PeriodicRelease") is True and job(1, None, last=34).eval("RequestMemory") == 32768
+    assert job(2, 34).eval("PeriodicRelease") is True and job(2, None, last=34).eval("RequestMemory") == 65536
+    assert job(3, 34).eval("PeriodicRelease") is False  # at the cap: held for the user
+    assert job(9, None, last=34).eval("RequestMemory") == 65536  # never above the cap
+    assert job(1, 3, sub=34).eval("PeriodicRelease") is True  # newer pools: code 3, subcode 34
+    assert job(1, 13).eval("PeriodicRelease") is False  # held for something else (a missing file): not released
+    assert memory_settings({"request_memory": "16GB", "memory_max": None, "memory_multiplier": 2}) == {"request_memory": "16GB"}
+
+
+EVENT_LOG = """\
+000 (123.000.000) {day} 10:00:00 Job submitted from host: <127.0.0.1:9618>
+    DAG Node: pack:0
+...
+012 (123.000.000) {day} 11:00:00 Job was held.
+\tJob has gone over memory limit of 16384 megabytes.
+\tCode 34 Subcode 0
+...
+013 (123.000.000) {day} 11:01:00 Job was released.
+\tThe job attribute PeriodicRelease expression evaluated to TRUE
+...
+012 (123.000.000) {day} 12:00:00 Job was held.
+\tJob has gone over memory limit of 65536 megabytes.
+\tCode 34 Subcode 0
+...
+000 (124.000.000) {day} 10:00:00 Job submitted from host: <127.0.0.1:9618>
+    DAG Node: pack:1
+...
+"""
+
+
+def test_status_says_a_job_was_released_with_more_memory_and_is_held_past_its_limit(tmp_path):
+    """From DAGMan's node status file and the jobs' event log: a pack held again at its memory cap
+    two days ago is reported held longer than ``condor.held_limit_h`` (nothing will release it), and
+    that it was released once with more memory; the idle pack is just queued."""
+    import datetime
+
+    day = (datetime.date.today() - datetime.timedelta(days=2)).isoformat()
+    (tmp_path / "jobs.log").write_text(EVENT_LOG.format(day=day))
+    condor.write_cells_by_node(tmp_path, {"pack:0": ["a-s0", "a-s1"], "pack:1": ["b-s0"]})
+    (tmp_path / condor.STATUS_FILE).write_text(NODE_STATUS)
+    (tmp_path / condor.SETTINGS_FILE).write_text(json.dumps({"event_log": str(tmp_path / "jobs.log"), "held_limit_h": 24}))
+    views = {cell: n.view() for cell, n in condor.cell_states(tmp_path).items()}
+    held = views["a-s0"]
+    assert held.phase == "held" and "longer than condor.held_limit_h = 24 h" in held.reason and "released 1x with more memory" in held.reason
+    assert views["b-s0"].phase == "queued" and "released" not in views["b-s0"].reason
+    (tmp_path / condor.SETTINGS_FILE).write_text(json.dumps({"event_log": str(tmp_path / "jobs.log"), "held_limit_h": 100}))
+    assert "longer than" not in condor.cell_states(tmp_path)["a-s0"].view().reason

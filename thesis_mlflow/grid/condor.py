@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE = "nodes.status"
 CELLS_FILE = "nodes.json"
+SETTINGS_FILE = "status.json"  # what `grid status` needs of the grid file: the jobs' event log, the held limit
+# HTCondor's hold for exceeding the job's memory (code 34; 3/34 on newer pools), now and at the last hold
+MEMORY_HOLD = "(HoldReasonCode =?= 34 && HoldReasonSubCode =?= 0) || (HoldReasonCode =?= 3 && HoldReasonSubCode =?= 34)"
+LAST_MEMORY_HOLD = MEMORY_HOLD.replace("HoldReason", "LastHoldReason")
 UPDATE_S = 60  # how often DAGMan rewrites the status file: fresh enough for a grid of hours, no load on the submit node
 
 # DAGMan's NodeStatus codes (HTCondor manual, "Node Status File")
@@ -48,6 +54,9 @@ class NodeState:
     held: int = 0  # job procs on hold
     queued: int = 0  # job procs in the queue (idle or running)
     retries: int = 0
+    held_since: float | None = None  # from the jobs' event log: when its current hold began
+    memory_releases: int = 0  # times it was released with more memory after exceeding it
+    held_limit_h: float | None = None  # the grid's condor.held_limit_h
 
     @property
     def state(self) -> str:
@@ -69,6 +78,13 @@ class NodeState:
         """This node as the grid's one model of a job (``grid.jobs``)."""
         phase = {"held": jobs.HELD, "queued": jobs.QUEUED, "running": jobs.RUNNING, "done": jobs.DONE, "error": jobs.ENDED}.get(self.state, jobs.WAITING)
         reason = self.details or ("node failed after its retries" if phase == jobs.ENDED else "")
+        if phase == jobs.HELD and self.held_since is not None:
+            hours = (time.time() - self.held_since) / 3600
+            if self.held_limit_h is not None and hours > self.held_limit_h:
+                reason = (f"held for {hours:.0f} h, longer than condor.held_limit_h = {self.held_limit_h:g} h: nothing will release it; "
+                          f"condor_release it (after fixing the cause) or condor_rm it. {reason}").strip()
+        if self.memory_releases:
+            reason = f"{reason} (released {self.memory_releases}x with more memory)".strip()
         return JobView("HTCondor", phase, self.node, reason, jobs.FAILED if phase == jobs.ENDED else None, self.retries)
 
 
@@ -96,15 +112,77 @@ def write_cells_by_node(dag_dir: Path, cells_by_node: dict[str, list[str]]) -> N
     (Path(dag_dir) / CELLS_FILE).write_text(json.dumps(cells_by_node, indent=1))
 
 
+def hold_history(event_log: Path) -> dict[str, tuple[float | None, int]]:
+    """{DAG node: (when its current hold began or None, times released after exceeding its
+    memory)} from the jobs' event log (the submit files' ``log``; DAGMan notes each job's node)."""
+    import htcondor2
+
+    node_of: dict[int, str] = {}
+    out: dict[str, list] = {}
+    try:
+        events = list(htcondor2.JobEventLog(str(event_log)).events(0))
+    except (OSError, htcondor2.HTCondorException, RuntimeError) as e:
+        log.debug("event log %s not readable: %s", event_log, e)
+        return {}
+    for e in events:
+        if e.type == htcondor2.JobEventType.SUBMIT:
+            m = re.search(r"DAG Node: (\S+)", str(e.get("LogNotes", "")))
+            if m:
+                node_of[e.cluster] = m.group(1)
+            continue
+        node = node_of.get(e.cluster)
+        if node is None:
+            continue
+        h = out.setdefault(node, [None, 0, False])
+        if e.type == htcondor2.JobEventType.JOB_HELD:
+            h[0], h[2] = float(e.timestamp), (e.get("HoldReasonCode") == 34 or (e.get("HoldReasonCode") == 3 and e.get("HoldReasonSubCode") == 34))
+        elif e.type == htcondor2.JobEventType.JOB_RELEASED:
+            h[1] += 1 if h[2] else 0
+            h[0], h[2] = None, False
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def cell_states(dag_dir: Path) -> dict[str, NodeState]:
-    """{cell name: the state of the node that trains it} for a DAG written by ``write_dag``."""
+    """{cell name: the state of the node that trains it} for a DAG written by ``write_dag``,
+    with how long a held node has been held and how often it was released with more memory."""
     dag_dir = Path(dag_dir)
     try:
         cells_by_node = json.loads((dag_dir / CELLS_FILE).read_text())
     except (OSError, ValueError):
         return {}
     nodes = read_node_status(dag_dir / STATUS_FILE)
+    try:
+        settings = json.loads((dag_dir / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        settings = {}
+    if settings.get("event_log"):
+        holds = hold_history(Path(settings["event_log"]))
+        nodes = {n: replace(st, held_since=holds.get(n, (None, 0))[0], memory_releases=holds.get(n, (None, 0))[1],
+                            held_limit_h=settings.get("held_limit_h")) for n, st in nodes.items()}
     return {cell: nodes[node] for node, cells in cells_by_node.items() if node in nodes for cell in cells}
+
+
+def memory_mb(size) -> int:
+    """A Condor memory size (``16GB``, ``4000MB``, ``4000``: megabytes) in megabytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(size).upper())
+    if not m:
+        raise BadSetting(f"condor memory size {size!r} is not a size such as 16GB or 4000MB")
+    return int(float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)])
+
+
+def memory_settings(c: dict) -> dict:
+    """``request_memory`` and ``periodic_release`` for a job held for exceeding its memory: with
+    ``condor.memory_max`` set, each start asks for ``request_memory x memory_multiplier^starts``
+    after such a hold (never more than the cap) and the hold is released while the next request
+    stays within the cap (as LSST's batch layer does); at the cap the job stays held, and
+    ``grid status`` says so. Without ``memory_max``: the fixed request, no release."""
+    base = memory_mb(c["request_memory"])
+    if not c.get("memory_max"):
+        return {"request_memory": str(c["request_memory"])}
+    cap, mult = memory_mb(c["memory_max"]), float(c["memory_multiplier"])
+    grown = f"min({{int({base} * pow({mult:g}, NumJobStarts)), {cap}}})"
+    return {"request_memory": f"ifThenElse({LAST_MEMORY_HOLD}, {grown}, {base})",
+            "periodic_release": f"(JobStatus == 5) && ({MEMORY_HOLD}) && ({base} * pow({mult:g}, NumJobStarts - 1) < {cap})"}
 
 
 # --------------------------------------------------------------------------- DAG and submit files
@@ -136,7 +214,7 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
         "error": str(log_dir / f"{log_name}.err"),
         "log": str(log_dir / f"{grid.run_name}.log"),
         "request_cpus": str(c["request_cpus"]),
-        "request_memory": str(c["request_memory"]),
+        **memory_settings(c),
         "request_disk": str(c["request_disk"]),
         "+JobCategory": f'"{c["job_category"]}"',
         "+UseOS": f'"{c["use_os"]}"',
@@ -220,6 +298,9 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
     rep_args = f"-m steps.report --grid {grid.run_name}"
     report_sub = submit_description(grid, rep_args, _env(base), "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
+    log_dir = _under_outputs(grid.condor["log_dir"])
+    (out_dir / SETTINGS_FILE).write_text(json.dumps({"event_log": str(log_dir / f"{grid.run_name}.log"),
+                                                     "held_limit_h": grid.condor["held_limit_h"]}))
     dag_file = dags.write_dag(dag, out_dir, dag_file_name=f"{grid.run_name}.dag")
     # htcondor2.dags writes submit files for layers only; the FINAL node's is written here.
     (out_dir / "report.sub").write_text(str(report_sub))

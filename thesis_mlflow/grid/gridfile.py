@@ -27,6 +27,10 @@ CONDOR_DEFAULTS = {
     "getenv": True, "log_dir": "condor/logs", "initialdir": ".", "retries": 3, "python": None, "dag_dir": "condor",
     # cells trained at once in one GPU job (each its own process, child run and checkpoint); 1 = one job per cell
     "cells_per_job": 1,
+    # a job held for exceeding its memory is released with request_memory x memory_multiplier^starts,
+    # up to memory_max (None: never released; it stays held for the user)
+    "memory_max": None, "memory_multiplier": 2,
+    "held_limit_h": 24,  # `grid status` says a job held longer than this will not be released by itself
 }
 
 
@@ -115,6 +119,20 @@ class Grid:
         return packs
 
 
+def _check_condor_memory(c: dict, path) -> None:
+    from thesis_mlflow.grid.condor import memory_mb  # lazy: condor imports this module
+
+    base = memory_mb(c["request_memory"])
+    if c["memory_max"] is not None and memory_mb(c["memory_max"]) < base:
+        raise BadSetting(f"{path}: condor.memory_max ({c['memory_max']}) is below request_memory ({c['request_memory']})")
+    m = c["memory_multiplier"]
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 1:
+        raise BadSetting(f"{path}: condor.memory_multiplier must be a number > 1; got {m!r}")
+    h = c["held_limit_h"]
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or h <= 0:
+        raise BadSetting(f"{path}: condor.held_limit_h must be a number of hours > 0; got {h!r}")
+
+
 def _check(keys, allowed, where):
     bad = set(keys) - set(allowed)
     if bad:
@@ -188,6 +206,7 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
         return str(p if p.is_absolute() else (base / p).resolve())
 
     ambre = {k: absolute(v) for k, v in ambre.items()}
+    _check_condor_memory(condor, path)
     k = condor["cells_per_job"]
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise BadSetting(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")

@@ -43,7 +43,7 @@ def allowed_names(setting, key: str, environ: dict | None = None) -> list[str]:
     environment now: what the job gets is decided here, where it is checked, not at submit time."""
     if setting is False or setting is None:
         return []
-    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, list) else None
+    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, (list, tuple)) else None
     if names is None:
         raise BadSetting(f"{key} must be true, false or a list of variable names; got {setting!r}")
     env = os.environ if environ is None else environ
@@ -51,7 +51,8 @@ def allowed_names(setting, key: str, environ: dict | None = None) -> list[str]:
     bad += [n for n in names if "*" in n or "?" in n
             for s in (*KNOWN_SECRETS, *(k for k in env if looks_secret(k))) if fnmatch.fnmatchcase(s, n) and n not in bad]
     if bad:
-        raise BadSetting(f"{key} would copy {sorted(set(bad))} (or a secret they match) into jobs that other users can read; "
+        into = "job ads that every user can read" if key.startswith("condor") else "job environments the cluster's admins and tools can read"
+        raise BadSetting(f"{key} would copy {sorted(set(bad))} (or a secret they match) into {into}; "
                          "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
     out: list[str] = []
     for n in names:

@@ -108,6 +108,11 @@ def last_attempt(path: Path) -> list[str] | None:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError:
         return None
+    return last_attempt_lines(lines)
+
+
+def last_attempt_lines(lines: list[str]) -> list[str]:
+    """The lines from the last attempt's start line on (the job script writes one as it starts)."""
     starts = [i for i, ln in enumerate(lines) if ln.startswith(MARK) and " started on " in ln]
     return lines[starts[-1]:] if starts else lines
 

@@ -23,7 +23,7 @@ from thesis_mlflow.learn import data, features, metrics
 from thesis_mlflow.learn.model import Classifier
 from thesis_mlflow.learn.training import evaluate, fit, resolve_device, resolve_step
 from thesis_mlflow.pipeline.inputs import build_inputs
-from thesis_mlflow.spec import CellSpec, cell_name, cell_tag
+from thesis_mlflow.spec import FACTORS, CellSpec, cell_name, cell_tag
 from thesis_mlflow.tracking import leases
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.runs import has_results
@@ -31,8 +31,8 @@ from thesis_mlflow.tracking.runs import has_results
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 # Settings that must agree between a run's earlier attempts (or `mlflow run`'s own params) and now.
-CHECKED = ("tokenizer", "pooling", "met", "vect", "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff",
-           "rng_stream", "rng_scheme")
+# The study's factors come from ``spec.FACTORS``: a new factor is checked on resume without a second edit.
+CHECKED = (*FACTORS, "seed", "task", "epochs", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff", "rng_stream", "rng_scheme")
 
 
 def train_cell(spec: CellSpec, run_id: str | None = None, stack=None, on_end: Callable[[str], None] | None = None) -> str:
