@@ -38,7 +38,7 @@ def tiny_raw(tmp_path_factory, tiny_splits):
 # ``slow`` here by the fixtures they use (and by hand where a test starts processes), so that
 # ``pytest -m "not slow"`` is the quick loop while editing.
 SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "filled_server", "grid_on_server", "store", "filled_store",
-                 "binned_files"}
+                 "binned_files", "jobs_home"}
 
 
 # `make test` runs two workers with --dist loadgroup: one group per test file (what loadfile
@@ -46,7 +46,7 @@ SLOW_FIXTURES = {"mlflow_env", "shared_server", "server_exp", "live_server", "fi
 # session's shared server is one group, so that server starts once (each start is 15-20 s
 # here); and the groups go out longest first, so both workers stay busy to the end.
 SHARED_SERVER = {"shared_server", "server_exp"}
-LONGEST_FIRST = ("test_serve_safety.py", "test_stacked.py", "test_grid.py", "test_train.py", "test_stats.py", "test_packing.py",
+LONGEST_FIRST = ("test_slurm.py", "test_serve_safety.py", "test_stacked.py", "test_grid.py", "test_train.py", "test_stats.py", "test_packing.py",
                  "test_answer.py", "test_report.py", "test_streams.py")
 
 

@@ -116,7 +116,7 @@ def test_retried_pack_trains_only_what_is_left(mlflow_env, tiny_raw, tmp_path, m
         assert [m.step for m in c.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]  # resumed: each epoch once
     lines.clear()
     run_pack(str(gfile), "demo", runs, echo=lines.append)  # a third start: nothing to do
-    assert lines == ["pack of 3 cells: 3 finished, 0 to train"]
+    assert lines == ["pack of 3 cells: 3 finished, 0 to train", "thesis-mlflow: DONE: all 3 cells of the pack finished"]
     with pytest.raises(ValueError, match=r"unknown or malformed: \['nope'\]"):
         run_pack(str(gfile), "demo", "nope=123", echo=lines.append)
 

@@ -42,16 +42,35 @@ def cluster(tmp_path_factory):
         os.environ["SLURM_CONF"] = old
 
 
+@pytest.fixture(scope="module")
+def slurm_server(cluster, tmp_path_factory):
+    """A tracking server of this module's own, with its login on (not the session's shared one:
+    the scheduler tests are long and run beside the shared server's group, not after it)."""
+    from thesis_mlflow.server import process as server
+
+    s = server.start(tmp_path_factory.mktemp("slurm-srv") / "srv", auth=True, workers=2)
+    yield s
+    s.stop()
+
+
 @pytest.fixture()
-def jobs_home(server_exp, shared_server, tmp_path, monkeypatch):
-    """A HOME holding the jobs login as MLflow clients find it; the login is not in the environment
+def jobs_home(slurm_server, tmp_path, monkeypatch, request):
+    """This test's experiment on the module's server, made by the admin with EDIT for the jobs
+    login; a HOME holding that login as MLflow clients find it, and no login in the environment
     (a job gets only what the grid's export allow-list names, and never a secret)."""
+    name = f"t-{request.node.name}"[:200]
+    logins.provision_jobs_user(slurm_server.uri, slurm_server.root, name)
     home = tmp_path / "home"
-    logins.install_client_credentials(shared_server.root, home, shared_server.uri)
+    logins.install_client_credentials(slurm_server.root, home, slurm_server.uri)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    return home
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", slurm_server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    mlflow.set_tracking_uri(slurm_server.uri)
+    yield home
+    while mlflow.active_run():
+        mlflow.end_run()
 
 
 def _grid(tmp_path, tiny_raw, name, cluster, poolings=("mean", "max"), seeds=(0, 1), epochs=4, events=600, **slurm_keys):

@@ -167,3 +167,33 @@ def test_a_forgotten_job_is_read_from_its_log(lines, cause):
            "thesis-mlflow: job 5 (pack) attempt 2 started on n1 at y", *lines]
     got, _ = slurmstate.from_log(slurmstate.last_attempt_lines(log))
     assert got == cause
+
+
+def test_dry_run_prints_the_scripts_and_submits_nothing(mlflow_env, tmp_path, monkeypatch):
+    """``grid run --backend slurm --dry-run`` on a machine without SLURM: the job scripts and the
+    sbatch commands that would chain them are printed, no run is created and nothing is submitted."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from steps.cli import main
+
+    import shutil
+
+    bin_dir = tmp_path / "bin"  # no sbatch even where SLURM is installed: nothing could be submitted
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    p = _grid_file(tmp_path, partition="gpu_h100")
+    res = CliRunner().invoke(main, ["grid", "run", str(p), "--backend", "slurm", "--scale", "demo", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert out.count("#!/bin/bash") == 1 + 5 + 1  # prepare, 36 demo cells in packs of whole configurations (8 per job), report
+    assert "#SBATCH --partition=gpu_h100" in out and "--runs direct-cls-met-4v-s0=RUN_ID_CREATED_AT_SUBMIT" in out
+    assert "would submit (nothing was)" in out and "--dependency=afterok:$PREPARE --kill-on-invalid-dep=yes" in out
+    assert "sbatch --dependency=afterany:$P0:$P1:$P2:$P3:$P4 " in out
+    assert mlflow.search_runs(search_all_experiments=True).empty  # no parent, no child
+    assert not (tmp_path / "jobs" / "binning_vs_direct-demo" / "jobs.json").exists()
+    # without --dry-run and without SLURM: one line naming what is missing, and still no run
+    res = CliRunner().invoke(main, ["grid", "run", str(p), "--backend", "slurm", "--scale", "demo"])
+    assert res.exit_code == 1 and "sbatch/squeue are not on the PATH" in res.output.strip().splitlines()[-1], res.output
+    assert mlflow.search_runs(search_all_experiments=True).empty

@@ -26,7 +26,7 @@ from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
 from thesis_mlflow.grid.slurm import job_dir as job_dir_of
-from thesis_mlflow.grid.slurm import MARK, requeue_self, run_slurm
+from thesis_mlflow.grid.slurm import MARK, require_slurm, requeue_self, run_slurm
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream
@@ -387,6 +387,8 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
         allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
     if not dry_run:
         tracking.check_clean(allow_dirty)  # before any run is created
+        if backend == "slurm":
+            require_slurm()  # no parent or child for a scheduler that is not there
     cells = g.cells()
     t0 = time.perf_counter()
     exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store

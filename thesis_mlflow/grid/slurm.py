@@ -159,7 +159,7 @@ def require_slurm() -> None:
                           "(or print the job scripts with --dry-run)")
     out = _run(["squeue", "-h", "-u", _user(), "-o", "%i"], check=False)
     if out.returncode != 0:
-        raise Unavailable(f"SLURM's controller did not answer squeue: {(out.stderr or out.stdout).strip()[:300]}")
+        raise Unavailable(f"SLURM's controller did not answer squeue: {_last_line(out)}")
 
 
 def _user() -> str:
@@ -174,8 +174,14 @@ def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired as e:
         raise Unavailable(f"{cmd[0]} did not answer in {SUBMIT_TIMEOUT_S} s (is SLURM's controller up?)") from e
     if check and out.returncode != 0:
-        raise Unavailable(f"{shlex.join(cmd[:3])} ... failed: {(out.stderr or out.stdout).strip()[:300]}")
+        raise Unavailable(f"{shlex.join(cmd[:3])} ... failed: {_last_line(out)}")
     return out
+
+
+def _last_line(out: subprocess.CompletedProcess) -> str:
+    """The last words of a failed SLURM command (its 'fatal:' or 'error:' line), on one line."""
+    lines = [ln.strip() for ln in (out.stderr or out.stdout or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else f"exit {out.returncode}"
 
 
 def sbatch(script: Path, dependency: str | None = None, kill_on_invalid_dep: bool = False) -> str:
