@@ -132,6 +132,25 @@ def sqlite_store(tmp_path, monkeypatch, template_store, experiment: str) -> str:
     return uri
 
 
+def login_from_home(srv, home: Path, monkeypatch, experiment: str, auth: bool = True) -> None:
+    """This test's MLflow client (and every process it starts) talks to ``srv`` as a user's jobs
+    do: the jobs login in ``home``'s ``~/.mlflow/credentials`` (HOME points there), nothing secret
+    in the environment, experiment ``experiment``."""
+    import mlflow
+
+    from thesis_mlflow.server import logins
+
+    home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    if auth:
+        logins.install_client_credentials(srv.root, home, srv.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(k, raising=False)
+    mlflow.set_tracking_uri(srv.uri)
+
+
 def end_active_runs() -> None:
     import mlflow
 

@@ -25,6 +25,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import login_from_home
 from thesis_mlflow.server import devdb
 from thesis_mlflow.server import process as server
 from thesis_mlflow.tracking import leases
@@ -74,16 +75,7 @@ def _serve(tmp_path, monkeypatch, backend=None, auth=True, port=0, name="srv"):
 def _as_its_admin(srv, tmp_path, monkeypatch, auth=True, experiment="srv-test"):
     """The client of this test is the user who started ``srv``: its admin login in this test's
     ``~/.mlflow/credentials`` (nothing in the environment), experiment ``experiment``."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("HOME", str(home))
-    if auth:
-        server.install_client_credentials(srv.root, home)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-    for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(k, raising=False)
-    mlflow.set_tracking_uri(srv.uri)
+    login_from_home(srv, tmp_path / "home", monkeypatch, experiment, auth)
     return srv
 
 

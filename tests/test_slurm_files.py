@@ -60,6 +60,7 @@ def test_slurm_defaults_and_a_valid_section():
     assert d == SlurmSpec() and d.seconds == 12 * 3600 and d.gpus_per_job == 1 and d.partition is None
     s = slurm_spec({"partition": "gpu_h100", "account": "phd123", "time": "1-02:03:04", "mem": "64g", "extra": ["#SBATCH --constraint=h100"]})
     assert s.seconds == ((24 + 2) * 60 + 3) * 60 + 4 and s.mem == "64G" and s.extra == ("--constraint=h100",)
+    assert slurm_spec({"time": "00:05:00"}).signal_before_end_s == 75  # not set: a quarter of a short limit, not 300 s of 300
 
 
 def test_job_scripts_chain_requeue_and_carry_no_secret(tmp_path, monkeypatch):
@@ -172,12 +173,12 @@ def test_a_forgotten_job_is_read_from_its_log(lines, cause):
 def test_dry_run_prints_the_scripts_and_submits_nothing(mlflow_env, tmp_path, monkeypatch):
     """``grid run --backend slurm --dry-run`` on a machine without SLURM: the job scripts and the
     sbatch commands that would chain them are printed, no run is created and nothing is submitted."""
+    import shutil
+
     import mlflow
     from click.testing import CliRunner
 
     from steps.cli import main
-
-    import shutil
 
     bin_dir = tmp_path / "bin"  # no sbatch even where SLURM is installed: nothing could be submitted
     bin_dir.mkdir()
@@ -195,5 +196,5 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(mlflow_env, tmp_path, mo
     assert not (tmp_path / "jobs" / "binning_vs_direct-demo" / "jobs.json").exists()
     # without --dry-run and without SLURM: one line naming what is missing, and still no run
     res = CliRunner().invoke(main, ["grid", "run", str(p), "--backend", "slurm", "--scale", "demo"])
-    assert res.exit_code == 1 and "sbatch/squeue are not on the PATH" in res.output.strip().splitlines()[-1], res.output
+    assert res.exit_code == 1 and "sbatch/squeue are not on the PATH" in res.output, (res.output, repr(res.exception))
     assert mlflow.search_runs(search_all_experiments=True).empty

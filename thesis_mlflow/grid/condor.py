@@ -25,8 +25,8 @@ from pathlib import Path
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.gridfile import Grid
-from thesis_mlflow.grid.jobs import JobView
 from thesis_mlflow.grid.jobenv import base_env, check_no_credentials, getenv_value
+from thesis_mlflow.grid.jobs import JobView
 from thesis_mlflow.grid.packing import compile_cache_env
 from thesis_mlflow.paths import ROOT, outputs
 from thesis_mlflow.permissions import private_files, secure_dir

@@ -25,8 +25,8 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
+from thesis_mlflow.grid.slurm import MARK, requeue_self, require_slurm, run_slurm
 from thesis_mlflow.grid.slurm import job_dir as job_dir_of
-from thesis_mlflow.grid.slurm import MARK, require_slurm, requeue_self, run_slurm
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream

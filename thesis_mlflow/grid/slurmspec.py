@@ -100,7 +100,10 @@ def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
     kw["cpus_per_job"] = _int(given.get("cpus_per_job", d.cpus_per_job), "cpus_per_job", 1)
     kw["gpus_per_job"] = _int(given.get("gpus_per_job", d.gpus_per_job), "gpus_per_job", 0)
     kw["cells_per_job"] = _int(given.get("cells_per_job", d.cells_per_job), "cells_per_job", 1)
-    kw["signal_before_end_s"] = _int(given.get("signal_before_end_s", d.signal_before_end_s), "signal_before_end_s", 10, 65535)
+    if "signal_before_end_s" in given:
+        kw["signal_before_end_s"] = _int(given["signal_before_end_s"], "signal_before_end_s", 10, 65535)
+    else:  # not set: the default, or a quarter of a short time limit (a 5-minute job is warned 75 s before its end)
+        kw["signal_before_end_s"] = min(d.signal_before_end_s, max(10, SlurmSpec(time=t).seconds // 4))
     kw["max_requeues"] = _int(given.get("max_requeues", d.max_requeues), "max_requeues", 0)
     extra = given.get("extra", [])
     if extra is None:

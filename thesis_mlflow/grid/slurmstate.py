@@ -125,10 +125,9 @@ def from_log(lines: list[str] | None) -> tuple[str | None, str]:
     text = "\n".join(lines)
     if MEMORY.search(text):
         return jobs.OUT_OF_MEMORY, next(ln for ln in lines if MEMORY.search(ln)).strip()
-    m = None
-    for m in STEPD_END.finditer(text):
-        pass
-    if m is not None:
+    ends = list(STEPD_END.finditer(text))
+    if ends:
+        m = ends[-1]  # the step daemon's last word on the attempt
         why = (m.group("why") or "").strip()
         return {"TIME LIMIT": jobs.TIMED_OUT, "NODE FAILURE": jobs.NODE_FAILURE, "PREEMPTION": jobs.PREEMPTED,
                 "JOB REQUEUE": jobs.REQUEUED}.get(why, jobs.CANCELLED), m.group(0).strip("* ")
