@@ -101,10 +101,22 @@ def prepare_cmd(grid_file, scale) -> None:
                    "the job, at most this many times (its job script sets it).")
 @user_errors
 def pack_cmd(grid_file, scale, runs, mode, at_once, mps, device, stack_seeds, slurm_requeues) -> None:
+    if slurm_requeues is not None:  # before the heavy imports: SLURM's warning may come while they run
+        from thesis_mlflow.grid.packing import watch_time_limit
+
+        watch_time_limit()
     from thesis_mlflow.grid.driver import run_pack
 
-    run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
-             stack_seeds=stack_seeds.lower(), slurm_requeues=slurm_requeues)  # a failed cell: StepFailed, exit 1 (DAGMan retries the node)
+    try:
+        run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
+                 stack_seeds=stack_seeds.lower(), slurm_requeues=slurm_requeues)  # a failed cell: StepFailed, exit 1 (DAGMan retries)
+    finally:
+        if slurm_requeues is not None:
+            import signal
+
+            # Python's shutdown puts its own handlers back to the default, which for USR1 ends the
+            # process: a warning during the last second of a finished pack made SLURM call it FAILED
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

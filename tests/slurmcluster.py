@@ -65,12 +65,17 @@ class Cluster:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
-            for _ in range(50):
+            for _ in range(100):
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
                     break
                 time.sleep(0.1)
+            else:  # still there after 10 s (slurmd waits for its job steps): nothing of ours outlives the session
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 CONF = """\

@@ -357,3 +357,34 @@ def test_a_job_that_asked_for_a_gpu_trains_on_it_or_fails_at_once(tmp_path, mlfl
 
     with pytest.raises(Unavailable, match=r"asked for a GPU \(--device cuda\) but none is visible here: torch .* 0 device\(s\); nothing was trained"):
         run_pack(str(p), "full", "nope=1", device="cuda")
+
+
+def test_a_slurm_warning_during_set_up_requeues_without_training(mlflow_env, tiny_raw, tmp_path, monkeypatch):
+    """SLURM's time-limit warning arrived while the pack job was still importing (noted by
+    ``packing.watch_time_limit``): the pack trains nothing and asks for its requeue; at its cap of
+    requeues it gives up with one line saying the limit is too short for one epoch.
+    (Plant: the early warning not read -> the pack trains its cells.)"""
+    import signal
+
+    from thesis_mlflow.errors import StepFailed
+    from thesis_mlflow.grid import packing, slurm
+
+    gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "early", ["max"], max_train_events=300)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+    asked = []
+    monkeypatch.setattr(slurm, "_run", lambda cmd, check=True: asked.append(cmd))
+    monkeypatch.setattr(packing.EARLY, "signum", signal.SIGUSR1)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        lines = []
+        assert run_pack(str(gfile), "demo", runs, echo=lines.append, slurm_requeues=3) == {"direct-max-met-4v-s0": "REQUEUED"}
+        assert asked == [["scontrol", "requeue", "77"]] and any("while the pack was setting up" in ln for ln in lines)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+        with pytest.raises(StepFailed, match="too short for one epoch"):
+            run_pack(str(gfile), "demo", runs, echo=lines.append, slurm_requeues=3)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    rid = next(iter(children.values())).info.run_id
+    assert not mlflow.MlflowClient().get_metric_history(rid, "val_auc")  # nothing trained

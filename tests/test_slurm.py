@@ -103,6 +103,9 @@ def _epochs(c, rid) -> list[int]:
     return [m.step for m in c.get_metric_history(rid, "val_auc")]
 
 
+EPOCHS = 10  # a pack trains ~70 s here (2 cells x 10 epochs of 3000 events): past its warning, whenever SLURM's check sends it
+
+
 def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, jobs_home, tiny_raw, tmp_path):
     """2 configurations x 2 seeds in 2 packs, prepare before them and the report after, through
     the real scheduler. Pack 0 is requeued by the admin mid-training (``scontrol requeue``: SIGTERM,
@@ -110,7 +113,7 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
     warning (USR1) stops its cells at their checkpoints, KILLED, the pack requeues itself and the
     next attempt resumes them. Every cell ends FINISHED with each epoch logged once, the report ran,
     ``grid status`` exits 0 and nothing is left in the queue."""
-    gfile = _grid(tmp_path, tiny_raw, "sl", cluster, epochs=6, events=1500, max_requeues=6)
+    gfile = _grid(tmp_path, tiny_raw, "sl", cluster, epochs=EPOCHS, events=3000, max_requeues=6, signal_before_end_s=30)
     lines = []
     s = run_grid(str(gfile), "slurm", "demo", 1, False, echo=lines.append)
     text = "\n".join(lines)
@@ -128,9 +131,12 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
     for f in folder.iterdir():
         if f.is_file():
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
-    cluster.run("scontrol", "update", f"JobId={p1}", "TimeLimit=1")  # shorter than the pack's work
     c = mlflow.MlflowClient()
     rid = {name: r for p in sub["packs"] for name, r in p["cells"].items()}
+    # pack 1: once it runs, a time limit of one minute, shorter than its work (~70 s of training);
+    # SLURM checks limits every 30 s, so its warning (30 s before the end) comes 30-60 s after the start
+    _wait("pack 1 to start", lambda: _job(cluster, p1).get("JobState") == "RUNNING", 240, 0.3)
+    cluster.run("scontrol", "update", f"JobId={p1}", "TimeLimit=1")
     first_of_p0 = next(iter(sub["packs"][0]["cells"].values()))
     _wait("pack 0's first cell to log an epoch", lambda: _epochs(c, first_of_p0), 240, 0.5)
     cluster.run("scontrol", "requeue", p0)
@@ -141,14 +147,16 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
     assert by[next(iter(sub["packs"][0]["cells"]))].job.startswith(f"{p0} requeued") and st.exit_code == 0
     _wait("the report job to end", lambda: _job(cluster, rep).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 420, 2)
     for j in (p0, p1, rep):
-        assert _job(cluster, j)["JobState"] == "COMPLETED", (j, _job(cluster, j), _log(folder, j))
+        info = _job(cluster, j)
+        assert info["JobState"] == "COMPLETED", (j, {k: info.get(k) for k in ("JobState", "Reason", "ExitCode", "Restarts", "RunTime")},
+                                                  _log(folder, j)[-3000:])
     assert int(_job(cluster, p0)["Restarts"]) >= 1 and int(_job(cluster, p1)["Restarts"]) >= 1
     p1_log = _log(folder, p1)
     assert "REQUEUE: job" in p1_log and "near its time limit" in p1_log, p1_log[-3000:]
     for name, r in rid.items():
         run = c.get_run(r)
         assert run.info.status == "FINISHED" and "test_auc" in run.data.metrics, (name, run.info.status)
-        assert _epochs(c, r) == list(range(1, 7)), (name, _epochs(c, r))  # each epoch exactly once across the attempts
+        assert _epochs(c, r) == list(range(1, EPOCHS + 1)), (name, _epochs(c, r))  # each epoch exactly once across the attempts
         mlflow.artifacts.download_artifacts(run_id=r, artifact_path="logs/train.log", dst_path=str(tmp_path / name))
     # pack 0's cell stopped mid-training ended KILLED and resumed from its checkpoint (pack 1's
     # warning may have come between its two cells: then nothing was stopped mid-way)

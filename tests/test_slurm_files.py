@@ -86,7 +86,8 @@ def test_job_scripts_chain_requeue_and_carry_no_secret(tmp_path, monkeypatch):
                  "#SBATCH --constraint=h100", "#SBATCH --open-mode=append", "export MLFLOW_TRACKING_URI=http://login01:5000",
                  "export MLFLOW_EXPERIMENT_ID=7"):
         assert line + "\n" in pack, line
-    assert "\nexec " in pack and "-m steps.grid pack" in pack and "--slurm-requeues 3" in pack and "--device cuda" in pack
+    # a warning while Python starts does not end the job (trap), and reaches Python itself (exec)
+    assert "\ntrap '' USR1\nexec " in pack and "-m steps.grid pack" in pack and "--slurm-requeues 3" in pack and "--device cuda" in pack
     assert "--stack-seeds on" in pack
     export = next(ln for ln in pack.splitlines() if ln.startswith("#SBATCH --export="))
     assert "PATH" in export and "HOME" in export and "MLFLOW" not in export and "ALL" not in export
@@ -198,3 +199,36 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(mlflow_env, tmp_path, mo
     res = CliRunner().invoke(main, ["grid", "run", str(p), "--backend", "slurm", "--scale", "demo"])
     assert res.exit_code == 1 and "sbatch/squeue are not on the PATH" in res.output, (res.output, repr(res.exception))
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_pack_asks_for_its_requeue_up_to_its_cap(monkeypatch):
+    """SLURM's warning before the time limit: the pack requeues its job until it has been requeued
+    ``max_requeues`` times (an attempt without progress too: SLURM warns up to 60 s early), then
+    ends with one line saying why, naming a limit too short for one epoch; outside SLURM there is
+    nothing to requeue. (Plant: no cap fails it.)"""
+    import signal
+
+    from thesis_mlflow.errors import StepFailed
+
+    asked = []
+    monkeypatch.setattr(slurm, "_run", lambda cmd, check=True: asked.append(cmd))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        with pytest.raises(StepFailed, match="outside a SLURM job"):
+            slurm.requeue_self(True, 3)
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        for restarts, progressed, ok in ((0, True, True), (0, False, True), (2, True, True), (2, False, True), (3, True, False),
+                                         (3, False, False)):
+            monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+            asked.clear()
+            if ok:
+                slurm.requeue_self(progressed, 3)
+                assert asked == [["scontrol", "requeue", "42"]], (restarts, progressed)
+            else:
+                with pytest.raises(StepFailed, match="TIME LIMIT: job 42 reached its time limit after 3 requeue") as e:
+                    slurm.requeue_self(progressed, 3)
+                assert asked == [] and "raise slurm.time" in str(e.value)
+                assert ("too short for one epoch" in str(e.value)) == (not progressed)
+    finally:
+        signal.signal(signal.SIGTERM, before)

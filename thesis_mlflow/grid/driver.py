@@ -25,7 +25,7 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
-from thesis_mlflow.grid.slurm import MARK, requeue_self, require_slurm, run_slurm
+from thesis_mlflow.grid.slurm import MARK, near_end, requeue_self, require_slurm, run_slurm
 from thesis_mlflow.grid.slurm import job_dir as job_dir_of
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
@@ -309,6 +309,10 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
         "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another")
     echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
     status = {}
+    if todo and slurm_requeues is not None and (packing.EARLY.time_limit or near_end(g.slurm.signal_before_end_s)):
+        echo(f"{MARK} SLURM's time-limit warning came while the pack was setting up: nothing trained in this attempt")
+        requeue_self(False, slurm_requeues, echo)  # raises when it will not
+        return {name: "REQUEUED" for name, _ in pairs}
     if todo:
         with packing.signals_as_interrupt(time_limit=slurm_requeues is not None) as caught:
             try:

@@ -164,6 +164,21 @@ class Caught:
         return self.signum == signal.SIGUSR1
 
 
+EARLY = Caught()  # SLURM's time-limit warning when it came while a pack was still setting up
+
+
+def watch_time_limit() -> None:
+    """Note SLURM's warning before the time limit (SIGUSR1) from the first moment of a pack job,
+    while it still sets up (importing torch and MLflow takes seconds, more on a busy node): its
+    default action would end the process, and SLURM sends it once. ``run_pack`` reads ``EARLY``."""
+    import signal
+
+    def note(signum, frame):
+        EARLY.signum = signum
+
+    signal.signal(signal.SIGUSR1, note)
+
+
 @contextmanager
 def signals_as_interrupt(time_limit: bool = False) -> Iterator[Caught]:
     """SIGTERM and SIGHUP (Condor removing or evicting a job, SLURM cancelling, preempting or

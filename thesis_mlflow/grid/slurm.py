@@ -85,7 +85,9 @@ def _script(g: Grid, kind: str, name: str, folder: Path, argv: list[str], env: d
     body = ["#!/bin/bash", f"# {about} (written by thesis-mlflow grid run; {g.source})", *_sbatch_lines(g, name, folder, gpus, signal, export),
             "set -u", f"cd {shlex.quote(str(ROOT))}", *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items()),
             f'echo "{MARK} job $SLURM_JOB_ID ({kind}) attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) started on $(hostname) at $(date -Is)"',
-            # exec: the job's own process is Python, which SLURM's warning before the time limit (B:USR1) reaches
+            # exec: the job's own process is Python, which SLURM's warning before the time limit (B:USR1)
+            # reaches; until Python notes it (its first lines) the warning must not end the job
+            "trap '' USR1" if signal else "",
             f"exec {shlex.quote(python)} {shlex.join(argv)}", ""]
     return "\n".join(body)
 
@@ -231,21 +233,37 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
 # --------------------------------------------------------------------------- a pack's requeue
 
 
+def near_end(signal_before_end_s: int) -> bool:
+    """Whether this SLURM job is already within its warning time of its end (a warning sent in the
+    instant between the script's exec and Python noting it would otherwise be missed)."""
+    import datetime
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not shutil.which("squeue"):
+        return False
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True, timeout=30)
+        end = datetime.datetime.fromisoformat(out.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return False  # no end time (unlimited, or SLURM did not answer): the warning, if any, still comes
+    return (end - datetime.datetime.now()).total_seconds() <= signal_before_end_s
+
+
 def requeue_self(progressed: bool, max_requeues: int, echo: Callable[[str], None] = log.info) -> None:
     """SLURM warned this pack of its time limit and its cells have stopped at their checkpoints:
     ask SLURM to put the job back in the queue, where it resumes them. Refused (``StepFailed``,
-    the job then ends) after ``max_requeues`` requeues, and when no cell progressed in this
-    attempt (a time limit too short for one epoch would requeue for ever)."""
+    the job then ends) after ``max_requeues`` requeues, saying when the last attempt got no epoch
+    done (``progressed``: then the time limit is too short for one epoch). An attempt without
+    progress is still requeued below the cap: SLURM may send its warning up to 60 s early."""
     job = os.environ.get("SLURM_JOB_ID")
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     if not job:
         raise StepFailed("stopped by SIGUSR1 outside a SLURM job: nothing to requeue; the runs resume at the next start")
-    if not progressed:
-        raise StepFailed(f"{MARK} TIME LIMIT: job {job} reached its time limit before any cell of it finished an epoch; "
-                         "not requeued (it would never get further): raise slurm.time or lower slurm.cells_per_job")
     if restarts >= max_requeues:
+        why = ("; no cell finished an epoch in this attempt: slurm.time is too short for one epoch of this pack"
+               if not progressed else "; its cells stopped at their checkpoints")
         raise StepFailed(f"{MARK} TIME LIMIT: job {job} reached its time limit after {restarts} requeue(s) (slurm.max_requeues = "
-                         f"{max_requeues}); its cells stopped at their checkpoints: run `grid run` again, or raise slurm.time")
+                         f"{max_requeues}){why}: raise slurm.time (or lower slurm.cells_per_job) and run `grid run` again")
     echo(f"{MARK} REQUEUE: job {job} near its time limit: its cells stopped at their checkpoints; requeued "
          f"({restarts + 1} of at most {max_requeues}), the next attempt resumes them")
     sys.stdout.flush()
