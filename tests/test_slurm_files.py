@@ -101,6 +101,9 @@ def test_job_scripts_chain_requeue_and_carry_no_secret(tmp_path, monkeypatch):
     g0 = load_grid(_grid_file(tmp_path, gpus_per_job=0, export=False), "full", base_dir=ROOT)
     cpu = slurm.write_scripts(g0, runs, "http://login01:5000", "7", p)[1].text
     assert "--gres" not in cpu and "--device cuda" not in cpu and "#SBATCH --export=NONE" in cpu
+    # a typed GPU where the cluster names them
+    typed = slurm.write_scripts(load_grid(_grid_file(tmp_path, gpu_type="h100"), "full", base_dir=ROOT), runs, "http://login01:5000", "7", p)
+    assert "#SBATCH --gres=gpu:h100:1\n" in typed[1].text
 
 
 def test_a_job_folder_others_can_write_is_refused(tmp_path, monkeypatch):

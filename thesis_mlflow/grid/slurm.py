@@ -69,7 +69,7 @@ def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, exp
     if signal:
         lines.append(f"--signal=B:{TIME_LIMIT_SIGNAL}@{s.signal_before_end_s}")
     if gpus:
-        lines.append(f"--gres=gpu:{gpus}")
+        lines.append(f"--gres=gpu:{s.gpu_type}:{gpus}" if s.gpu_type else f"--gres=gpu:{gpus}")
     for k in ("partition", "account", "qos"):
         if getattr(s, k):
             lines.append(f"--{k}={getattr(s, k)}")

@@ -31,6 +31,7 @@ class SlurmSpec:
     cpus_per_job: int = 8  # one core per packed cell
     mem: str = "32G"  # ~3-4 GB per packed cell (a CUDA context, the data)
     gpus_per_job: int = 1  # 0: a CPU job (then cells train one after another)
+    gpu_type: str | None = None  # a typed GPU where the cluster names them (--gres=gpu:h100:1); None: any
     cells_per_job: int = 8
     # SLURM's warning before the time limit (USR1): time to stop at the next step, end the runs
     # KILLED with their checkpoints and ask for a requeue. SLURM may send it up to 60 s early.
@@ -87,7 +88,7 @@ def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
         raise BadSetting(f"{where}: slurm: unknown keys {sorted(bad)}; allowed: {sorted(known)}")
     d = SlurmSpec()
     kw = {}
-    for k in ("partition", "account", "qos"):
+    for k in ("partition", "account", "qos", "gpu_type"):
         kw[k] = _str_or_none(given.get(k, getattr(d, k)), k)
     t = given.get("time", d.time)
     if not isinstance(t, str) or not TIME.match(t) or SlurmSpec(time=t).seconds == 0:
