@@ -36,7 +36,7 @@ fi
 if ! wait "$SERVE"; then
   # serve's own reason as the last line (it ran in the background, beside the dataset's output)
   grep -v '^\s*$' "$SERVE_OUT" | head -n -1 >&2 || true
-  more=""; [ -s mlflow-server/server.log ] && more=" (more in mlflow-server/server.log)"
+  more=""; [ mlflow-server/server.log -nt "$SERVE_OUT" ] && more=" (more in mlflow-server/server.log)"  # written by this start, not an old one
   echo "the tracking server did not start: $(grep -v '^\s*$' "$SERVE_OUT" | tail -n 1)$more" >&2
   exit 1
 fi
