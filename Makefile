@@ -84,4 +84,4 @@ bench: setup
 	$(PY) benchmarks/vqvae_codebook.py
 
 clean:
-	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs mlflow-server condor dashboards/*/ mutants mutants.log
+	rm -rf $(VENV) data mlflow.db mlruns mlartifacts outputs mlflow-server condor slurm dashboards/*/ mutants mutants.log

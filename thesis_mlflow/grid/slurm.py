@@ -87,7 +87,7 @@ def _script(g: Grid, kind: str, name: str, folder: Path, argv: list[str], env: d
             f'echo "{MARK} job $SLURM_JOB_ID ({kind}) attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) started on $(hostname) at $(date -Is)"',
             # exec: the job's own process is Python, which SLURM's warning before the time limit (B:USR1)
             # reaches; until Python notes it (its first lines) the warning must not end the job
-            "trap '' USR1" if signal else "",
+            *(["trap '' USR1"] if signal else []),
             f"exec {shlex.quote(python)} {shlex.join(argv)}", ""]
     return "\n".join(body)
 
