@@ -233,18 +233,32 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
 # --------------------------------------------------------------------------- a pack's requeue
 
 
+def query(cmd: list[str], timeout_s: float = 60) -> str | None:
+    """A SLURM query's output; None when the command is missing, times out or fails (logged):
+    the caller decides what not knowing means."""
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("%s did not answer: %s", cmd[0], e)
+        return None
+    if out.returncode != 0:
+        log.debug("%s failed: %s", cmd[0], out.stderr.strip()[:300])
+        return None
+    return out.stdout
+
+
 def near_end(signal_before_end_s: int) -> bool:
     """Whether this SLURM job is already within its warning time of its end (a warning sent in the
     instant between the script's exec and Python noting it would otherwise be missed)."""
     import datetime
 
     job = os.environ.get("SLURM_JOB_ID")
-    if not job or not shutil.which("squeue"):
-        return False
+    text = query(["squeue", "-h", "-j", job, "-o", "%e"], timeout_s=30) if job else None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True, timeout=30)
-        end = datetime.datetime.fromisoformat(out.stdout.strip())
-    except (OSError, subprocess.TimeoutExpired, ValueError):
+        end = datetime.datetime.fromisoformat((text or "").strip())
+    except ValueError:
         return False  # no end time (unlimited, or SLURM did not answer): the warning, if any, still comes
     return (end - datetime.datetime.now()).total_seconds() <= signal_before_end_s
 
@@ -288,8 +302,7 @@ def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, 
     from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow, only to submit (writing the scripts needs none)
 
     folder = job_dir(g)
-    if not dry_run:
-        require_slurm()
+    if not dry_run:  # (``run_grid`` checked ``require_slurm`` before it created any run)
         busy = slurmstate.active_cells(folder) if (folder / JOBS_FILE).exists() else {}
         if busy:
             echo(f"{len(busy)} cell(s) already in SLURM jobs that will still run them (" + ", ".join(sorted(set(busy.values()), key=int))

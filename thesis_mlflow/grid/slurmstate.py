@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.jobs import JobView
-from thesis_mlflow.grid.slurm import MARK, log_path, read_jobs
+from thesis_mlflow.grid.slurm import MARK, log_path, query, read_jobs
 
 log = logging.getLogger(__name__)
 SLURM = "SLURM"
-QUERY_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -67,29 +64,15 @@ def parse_sacct(text: str) -> dict[str, Job]:
     return out
 
 
-def _query(cmd: list[str]) -> str | None:
-    if not shutil.which(cmd[0]):
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("%s did not answer: %s", cmd[0], e)
-        return None
-    if out.returncode != 0:
-        log.debug("%s failed: %s", cmd[0], out.stderr.strip()[:300])
-        return None
-    return out.stdout
-
-
 def scheduler_jobs(ids: list[str]) -> tuple[dict[str, Job], bool]:
     """The user's jobs among ``ids`` as SLURM knows them now, and whether the controller answered."""
-    text = _query(["squeue", "-h", "-t", "all", "--me", "-O", SQUEUE_FIELDS])
+    text = query(["squeue", "-h", "-t", "all", "--me", "-O", SQUEUE_FIELDS])
     if text is None:
         return {}, False
     known = {k: v for k, v in parse_squeue(text).items() if k in ids}
     gone = [i for i in ids if i not in known]
     if gone:  # ended longer ago than the controller remembers: accounting, where the cluster keeps it
-        acct = _query(["sacct", "-n", "-P", "-X", "--format=JobID,JobName,State,Reason", "-j", ",".join(gone)])
+        acct = query(["sacct", "-n", "-P", "-X", "--format=JobID,JobName,State,Reason", "-j", ",".join(gone)])
         if acct:
             known.update({k: v for k, v in parse_sacct(acct).items() if k in gone})
     return known, True

@@ -127,13 +127,13 @@ class GridStatus:
         return f"{self.line()}\n\n" + "\n".join(rows) + f"\n\n_updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.taken))}_"
 
     def render(self, log_lines: int = 5, with_logs: bool = True) -> str:
-        jobs = any(c.job for c in self.cells)  # a batch grid: the scheduler's word on each cell's job
-        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  " + ("job" if jobs else "error")]
+        batch = any(c.job for c in self.cells)  # a batch grid: the scheduler's word on each cell's job
+        out = [f"{'cell':<28} {'state':<12} {'epoch':>7} {'events/s':>9} {'test_auc':>8} {'retries':>7}  " + ("job" if batch else "error")]
         for c in self.cells:
             ep = f"{c.epoch}/{c.epochs}" if c.epochs else str(c.epoch or "-")
             rate = f"{c.events_per_s:,.0f}" if c.events_per_s and c.state == RUNNING else "-"
             auc = f"{c.test_auc:.4f}" if c.test_auc is not None else "-"
-            last = (f"{c.job or '-':<26} {c.error_class or ''}" if jobs else c.error_class or "").rstrip()
+            last = (f"{c.job or '-':<26} {c.error_class or ''}" if batch else c.error_class or "").rstrip()
             out.append(f"{c.cell:<28} {c.state:<12} {ep:>7} {rate:>9} {auc:>8} {c.retries or '-':>7}  {last}")
         out.append("")
         out.append(self.line())
