@@ -332,3 +332,26 @@ def test_a_confirmation_covers_one_write_batch_only(monkeypatch):
     monkeypatch.setattr(lease, "holds", lambda: True)
     with pytest.raises(LeaseLost):
         lease.verify(max_age=tracking.FENCE_BATCH_S)  # lost stays lost
+
+
+def test_a_beat_thread_keeps_the_store_its_lease_was_taken_on(exp, monkeypatch, tmp_path):
+    """The environment changes under a running beat thread (a test's teardown; a notebook that
+    points MLflow elsewhere): its beats still go to the lease's own store, and nothing is
+    written into ``./mlflow.db`` of the process's folder (plant: the beat re-reading the
+    environment -> the beat stops advancing and a stray mlflow.db appears; CI saw it)."""
+    monkeypatch.setenv("THESIS_MLFLOW_LEASE_BEAT_S", "0.2")
+    c = tracking.client()
+    rid = c.create_run(exp).info.run_id
+    lease = leases.acquire_run(rid, holder=_other_node())
+    lease.start()
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        monkeypatch.chdir(tmp_path)
+        first = c.get_run(rid).data.tags[leases.BEAT]
+        deadline = time.monotonic() + 30
+        while c.get_run(rid).data.tags[leases.BEAT] == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get_run(rid).data.tags[leases.BEAT] != first
+    finally:
+        lease.release()
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())

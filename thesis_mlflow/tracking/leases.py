@@ -215,6 +215,7 @@ class Lease:
 
     def __init__(self, run_id: str, gen: int, holder: Holder, check: bool = True):
         self.run_id, self.gen, self.holder, self.checking = run_id, gen, holder, check
+        self.uri = tracking.tracking_uri()  # the store it was taken on: the beat thread writes there only
         self._stop = threading.Event()
         self._lost = False
         self._thread: threading.Thread | None = None
@@ -228,7 +229,7 @@ class Lease:
         """Bump ``lease.beat``; the beat thread's own beats are not retried under overload (its
         next beat is the retry, and a beat held in backoff would keep beating after a release)."""
         self._count += 1
-        c = tracking.client() if retry else tracking.raw_client()
+        c = tracking.client(self.uri) if retry else tracking.raw_client(self.uri)
         c.set_tag(self.run_id, BEAT, f"{self.gen}.{self._count}.{self.holder.token}")
 
     def start(self) -> Lease:
@@ -249,7 +250,7 @@ class Lease:
                 log.debug("lease beat of %s failed: %s", self.run_id, e)
 
     def holds(self) -> bool:
-        r = tracking.client().get_run(self.run_id)
+        r = tracking.client(self.uri).get_run(self.run_id)
         gens = generations(r.data.params)
         return max(gens, default=0) == self.gen and gens[self.gen] == str(self.holder) and r.data.tags.get(LOST) != str(self.gen) \
             and r.info.lifecycle_stage != "deleted"
@@ -288,7 +289,7 @@ class Lease:
         self.stop()
         if not self._lost:
             try:
-                tracking.client().set_tag(self.run_id, ENDED, str(self.gen))
+                tracking.client(self.uri).set_tag(self.run_id, ENDED, str(self.gen))
             except Exception as e:  # the next process waits for the beat to go stale instead
                 log.warning("could not release the lease on %s: %s", self.run_id, e)
 

@@ -156,15 +156,21 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
-def client() -> MlflowClient:
+def client(uri: str | None = None) -> MlflowClient:
     """The MLflow client of this process, every call through ``retrying``: an overloaded server's
-    refusal is waited for, a read's as a write's."""
-    return _Retried(raw_client())  # type: ignore[return-value] - MlflowClient's calls, each retried
+    refusal is waited for, a read's as a write's. ``uri``: a store fixed by the caller (see
+    ``raw_client``)."""
+    return _Retried(raw_client(uri))  # type: ignore[return-value] - MlflowClient's calls, each retried
 
 
-def raw_client() -> MlflowClient:
+def raw_client(uri: str | None = None) -> MlflowClient:
     """The client without the overload retry: only for a call whose next repetition is its retry
-    (a lease's periodic beat)."""
+    (a lease's periodic beat). Without ``uri``, the environment's store, made this process's
+    default; with it, that store only (a background thread keeps the store it was started on and
+    never re-reads the environment: after a change there it would write elsewhere, and without
+    one, into ``./mlflow.db`` of whatever folder the process is in)."""
+    if uri is not None:
+        return MlflowClient(uri)
     mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient(tracking_uri())
 
