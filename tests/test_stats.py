@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from thesis_mlflow.report import stats
+from thesis_mlflow.report import stats, testnoise
 
 POOL = ["cls", "mean", "max"]
 MET = [True, False]
@@ -294,7 +294,7 @@ def test_seed_variance_is_the_unbiased_one_with_its_t_quantile():
     v = np.array([0.80, 0.81, 0.83])
     units = stats.Units(np.eye(3), np.zeros(3, int), np.arange(3))
     boot = np.repeat(v[:, None], 200, axis=1)  # every event resample gives the same AUCs
-    iv = stats.t_interval(units, v, boot)
+    iv = stats.t_interval(units, v, stats.boot_cov(boot))
     assert iv.estimate == pytest.approx(v.mean()) and iv.test_var == pytest.approx(0, abs=1e-20)
     assert iv.se**2 == pytest.approx(v.var(ddof=1) / 3, rel=1e-9) and iv.df == pytest.approx(2)
     assert iv.ci_high - iv.estimate == pytest.approx(4.302653 * iv.se, rel=1e-6)
@@ -302,27 +302,47 @@ def test_seed_variance_is_the_unbiased_one_with_its_t_quantile():
     assert iv.p_value == pytest.approx(2 * (1 - __import__("scipy").stats.t.cdf(v.mean() / iv.se, 2)), rel=1e-9)
 
 
-def test_t_interval_adds_the_test_set_part_and_satterthwaite_df():
+def test_t_interval_adds_the_test_set_part_and_pools_the_seed_variance():
+    """Strata of 3 and 2 seeds with a common test-set shift: the seed part is one variance pooled
+    over the strata (weights n_s - 1) times sum 1 / (n_s S^2), with the pooled df 2 + 1; the
+    test-set part is the shift's variance (plants: Satterthwaite over the strata; df of one
+    stratum; the test part left out)."""
     rng = np.random.default_rng(0)
     v = np.array([0.80, 0.81, 0.83, 0.70, 0.74])
     units = stats.Units(np.eye(5), np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]))
     shift = rng.normal(0, 0.01, 400)  # a test-set shift common to every run
     boot = v[:, None] + shift[None, :]
-    iv = stats.t_interval(units, v, boot)
-    a = [v[:3].var(ddof=1) / (3 * 4), v[3:].var(ddof=1) / (2 * 4)]
-    assert iv.seed_var == pytest.approx(sum(a)) and iv.test_var == pytest.approx(shift.var(ddof=1))
-    assert iv.df == pytest.approx(sum(a) ** 2 / (a[0] ** 2 / 2 + a[1] ** 2 / 1))  # the seed part's, not raised by the test part
+    iv = stats.t_interval(units, v, stats.boot_cov(boot))
+    pooled = (2 * v[:3].var(ddof=1) + 1 * v[3:].var(ddof=1)) / 3
+    assert iv.pooled and iv.seed_var == pytest.approx(pooled * (1 / (3 * 4) + 1 / (2 * 4)))
+    assert iv.test_var == pytest.approx(shift.var(ddof=1)) and iv.df == 3
     assert iv.estimate == pytest.approx((v[:3].mean() + v[3:].mean()) / 2)
+
+
+def test_strata_whose_seed_spreads_differ_keep_their_own_with_satterthwaite_df():
+    """Bartlett rejects equal spreads (one stratum 30x noisier): no pooling, each stratum its own
+    variance and Welch-Satterthwaite df, and the interval says so (plant: pooling regardless)."""
+    rng = np.random.default_rng(1)
+    quiet = 0.80 + rng.normal(0, 0.001, 6)
+    loud = 0.70 + rng.normal(0, 0.03, 6)
+    v = np.r_[quiet, loud]
+    units = stats.Units(np.eye(12), np.repeat([0, 1], 6), np.tile(np.arange(6), 2))
+    iv = stats.t_interval(units, v, np.zeros((12, 12)))
+    a = [quiet.var(ddof=1) / (6 * 4), loud.var(ddof=1) / (6 * 4)]
+    assert not iv.pooled and iv.seed_var == pytest.approx(sum(a))
+    assert iv.df == pytest.approx(sum(a) ** 2 / (a[0] ** 2 / 5 + a[1] ** 2 / 5))
+    alike = stats.t_interval(units, np.r_[quiet, 0.70 + rng.normal(0, 0.001, 6)], np.zeros((12, 12)))
+    assert alike.pooled and alike.df == 10
 
 
 def test_one_seed_strata_borrow_the_pooled_variance_and_say_so():
     v = np.array([0.80, 0.82, 0.70])
     units = stats.Units(np.eye(3), np.array([0, 0, 1]), np.array([0, 1, 0]))
-    iv = stats.t_interval(units, v, np.repeat(v[:, None], 50, axis=1))
+    iv = stats.t_interval(units, v, np.zeros((3, 3)))
     pooled = v[:2].var(ddof=1)
     assert iv.n_single == 1 and iv.seed_var_known
     assert iv.seed_var == pytest.approx(pooled / (2 * 4) + pooled / 4)
-    lone = stats.t_interval(stats.Units(np.eye(1), np.zeros(1, int), np.zeros(1)), v[:1], np.repeat(v[:1, None], 50, axis=1))
+    lone = stats.t_interval(stats.Units(np.eye(1), np.zeros(1, int), np.zeros(1)), v[:1], np.zeros((1, 1)))
     assert not lone.seed_var_known and lone.seed_var == 0
 
 
@@ -393,14 +413,14 @@ def test_per_background_run_aucs_and_chunking_leave_the_answer_alone():
     labels = (process == 1).astype(int)
     scores = {f"r{i}": {"labels": labels, "process": process, "scores": rng.normal(labels * (i + 1) * 0.5 + (process == 5) * 0.4, 1)}
               for i in range(2)}
-    auc, boot = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=100)
+    auc, boot = testnoise.bootstrap_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=100)
     keep = (labels == 1) | (process == 5)
     for i, rid in enumerate(["r0", "r1"]):
         assert auc[i] == pytest.approx(roc_auc_score(labels[keep], scores[rid]["scores"][keep]), abs=1e-12)
     assert not np.isnan(boot).any() and abs(boot.mean(1) - auc).max() < 0.02
-    _, boot7 = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=7)
+    _, boot7 = testnoise.bootstrap_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=1, chunk=7)
     np.testing.assert_array_equal(boot7, boot)
-    _, other = stats.run_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=2, chunk=100)
+    _, other = testnoise.bootstrap_aucs(scores, ["r0", "r1"], "auc_vs_ttZ", n_boot=250, seed=2, chunk=100)
     assert not np.array_equal(other, boot)  # the seed decides the resamples
 
 
@@ -413,11 +433,11 @@ def test_runs_side_by_side_in_threads_give_the_resamples_of_one_thread(monkeypat
     labels = (rng.random(1500) < 0.4).astype(int)
     scores = {f"r{i}": {"labels": labels, "process": None, "scores": rng.normal(labels * (0.3 + 0.2 * i), 1)} for i in range(5)}
     ids = list(scores)
-    assert 1500 * 100 >= stats._THREADED_FROM  # this size takes the threaded path
-    monkeypatch.setattr(stats, "_CORES", 3)
-    auc, threaded = stats._run_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
-    monkeypatch.setattr(stats, "_THREADED_FROM", float("inf"))
-    auc1, inline = stats._run_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
+    assert 1500 * 100 >= testnoise._THREADED_FROM  # this size takes the threaded path
+    monkeypatch.setattr(testnoise, "_CORES", 3)
+    auc, threaded = testnoise.bootstrap_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
+    monkeypatch.setattr(testnoise, "_THREADED_FROM", float("inf"))
+    auc1, inline = testnoise.bootstrap_aucs(scores, ids, "auc", n_boot=300, seed=5, chunk=100)
     np.testing.assert_array_equal(auc, auc1)
     np.testing.assert_array_equal(threaded, inline)
     assert len({tuple(row[:5]) for row in threaded}) == 5  # every run its own row
@@ -515,7 +535,7 @@ def test_holm_never_passes_one():
 
 def _iv(v, strata, boot, seeds=None, **kw):
     units = stats.Units(np.eye(len(v)), np.asarray(strata), np.asarray(seeds if seeds is not None else np.arange(len(v))))
-    return stats.t_interval(units, np.asarray(v, float), np.asarray(boot, float), **kw)
+    return stats.t_interval(units, np.asarray(v, float), stats.boot_cov(np.asarray(boot, float)), **kw)
 
 
 def test_t_interval_test_part_is_the_spread_of_the_estimate_over_resamples():
@@ -543,35 +563,33 @@ def test_t_interval_with_one_or_two_resamples():
 
 
 def test_the_seed_part_leaves_out_each_runs_own_test_set_error():
-    """Each run scored with its own test-set error as well as its seed's: that error, measured by
-    the resamples (their variance across units, ddof 1, averaged over resamples), is taken out of
-    the seeds' spread (plants: added instead; ddof 0)."""
+    """Each run scored with its own test-set error as well as its seed's: that error's expected
+    share of the units' sample variance, (tr C - 1'C1 / n) / (n - 1) with C their test-set
+    covariance, is taken out of the seeds' spread (plants: added instead; the mean of C's
+    diagonal alone, which ignores what the units share)."""
     rng = np.random.default_rng(2)
     v = np.array([0.80, 0.83, 0.81, 0.86])
-    noise = rng.normal(0, 0.008, (4, 500))
+    noise = rng.normal(0, 0.008, (4, 500)) + rng.normal(0, 0.006, 500)  # own and shared test-set errors
     boot = v[:, None] + noise
     iv = _iv(v, [0, 0, 0, 0], boot)
-    own = np.mean(np.var(boot - v[:, None], axis=0, ddof=1))
+    C = np.cov(boot, ddof=1)
+    own = (np.trace(C) - C.sum() / 4) / 3
     assert iv.seed_var == pytest.approx(max(v.var(ddof=1) - own, 0) / 4, rel=1e-9)
-    assert own > 1e-5  # the test reaches the subtraction
+    assert own > 1e-5 and abs(own - np.trace(C) / 4) > 1e-5  # the test reaches the subtraction, and the shared part matters
 
 
 def test_strata_with_one_seed_borrow_what_every_other_stratum_pools():
-    """Strata of 3 and 2 seeds pool their variances (df 2 + 1); two one-seed strata borrow it, each
-    as 1/S^2 of it, and the degrees of freedom count the borrowed term (plants: pooling only the
-    last stratum, dividing by the number of borrowers, dropping or squaring wrongly the borrowed
-    term in Satterthwaite's denominator)."""
+    """Strata of 3 and 2 seeds pool their variances (df 2 + 1); two one-seed strata take it too,
+    each as 1/S^2 of it, and the degrees of freedom stay the pooled ones (plants: pooling only
+    the last stratum, dividing by the number of borrowers, counting the borrowers in the df)."""
     v = np.array([0.80, 0.83, 0.81, 0.70, 0.74, 0.60, 0.65])
     strata = np.array([0, 0, 0, 1, 1, 2, 3])
     iv = _iv(v, strata, np.repeat(v[:, None], 40, axis=1))
     S = 4
-    s0, s1 = v[:3].var(ddof=1), v[3:5].var(ddof=1)
-    pooled = (2 * s0 + 1 * s1) / 3
-    parts = [s0 / (3 * S**2), s1 / (2 * S**2)]
-    borrowed = pooled * 2 / S**2
-    assert iv.n_single == 2 and iv.seed_var == pytest.approx(sum(parts) + borrowed, rel=1e-12)
-    denom = parts[0] ** 2 / 2 + parts[1] ** 2 / 1 + borrowed**2 / 3
-    assert iv.df == pytest.approx((sum(parts) + borrowed) ** 2 / denom, rel=1e-12)
+    pooled = (2 * v[:3].var(ddof=1) + 1 * v[3:5].var(ddof=1)) / 3
+    assert iv.pooled and iv.n_single == 2
+    assert iv.seed_var == pytest.approx(pooled * (1 / (3 * S**2) + 1 / (2 * S**2) + 2 / S**2), rel=1e-12)
+    assert iv.df == 3
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
@@ -591,7 +609,7 @@ def test_no_spread_at_all_calls_only_an_exact_zero_no_difference():
     p 0 (plant: the t statistic divided by a zero se, NaN)."""
     units = stats.Units(np.array([[1.0, -1.0]]), np.zeros(1, int), np.zeros(1))
     for auc, p in ((np.array([0.80, 0.80]), 1.0), (np.array([0.82, 0.80]), 0.0)):
-        iv = stats.t_interval(units, auc, np.repeat(auc[:, None], 5, axis=1))
+        iv = stats.t_interval(units, auc, np.zeros((2, 2)))
         assert iv.se == 0 and iv.p_value == p
 
 
@@ -622,9 +640,9 @@ def test_effects_rows_carry_their_interval_and_their_alpha():
     df = stats.effects(runs, scores, alpha=0.2, metrics=["auc"])
     row = _main(df)
     fin = stats.finished(runs, scores)
-    auc, boot = stats.run_aucs(scores, fin["run_id"].tolist(), "auc", 1000, 0)
+    auc, cov = stats.run_aucs(scores, fin["run_id"].tolist(), "auc")
     units = stats.contrast_units(fin, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
-    iv = stats.t_interval(units, auc, boot, 0.2)
+    iv = stats.t_interval(units, auc, cov, 0.2)
     assert (row["level_a"], row["level_b"], row["at"], row["metric"]) == ("binned", "direct", "", "auc")
     for col in ("estimate", "ci_low", "ci_high", "se", "df", "p_value", "n_single", "seed_var_known"):
         assert row[col] == pytest.approx(getattr(iv, col), rel=1e-12), col
@@ -634,8 +652,9 @@ def test_effects_rows_carry_their_interval_and_their_alpha():
     assert (met["comparison"], met["level_a"], met["level_b"]) == ("true - false", "true", "false")  # levels as the UI spells them
     again = stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"])  # a new dict: computed again, the same draws
     pd.testing.assert_frame_equal(again, df)
-    other = _main(stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"], seed=1))
-    assert other["se"] != row["se"]  # the seed decides the resamples
+    boot = _main(stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"], method="bootstrap", seed=1))
+    other = _main(stats.effects(runs, dict(scores), alpha=0.2, metrics=["auc"], method="bootstrap", seed=2))
+    assert other["se"] != boot["se"]  # the seed decides the resamples
     none = stats.effects(runs.assign(status="FAILED"), scores)
     assert none.columns.tolist() == stats.EFFECT_COLUMNS and len(none) == 0
 
@@ -650,3 +669,49 @@ def test_a_contrast_without_units_leaves_the_next_ones():
     df = stats.effects(runs, scores, n_boot=50, metrics=["auc"])
     assert not df["factor"].str.startswith("tokenizer").any()
     assert sorted(df[df["kind"] == "main"]["factor"]) == ["met", "pooling", "pooling", "pooling"]
+
+
+def test_bartlett_written_out_is_scipys():
+    rng = np.random.default_rng(6)
+    for sizes, sds in (((2, 2, 2, 2), (1, 1, 1, 1)), ((3, 2, 4), (1, 5, 1)), ((2, 2, 2, 2, 2, 2), (1, 1, 1, 1, 1, 30))):
+        groups = [rng.normal(0, sd, n) for n, sd in zip(sizes, sds, strict=True)]
+        want = __import__("scipy").stats.bartlett(*groups).pvalue >= stats.HOMOGENEITY_P
+        assert stats._homogeneous(groups) == want
+    assert not stats._homogeneous([np.array([0.0, 1e-4]), np.array([0.0, 1.0]), np.array([0.0, 1e-4]), np.array([0.0, 1e-4])] * 3)
+
+
+def test_delong_components_give_the_auc_with_ties():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 700).astype(bool)
+    s = np.round(rng.random(700) + 0.4 * y, 2)  # ties within and across the classes
+    v10, v01 = testnoise.structural_components(s, y)
+    assert v10.mean() == pytest.approx(roc_auc_score(y, s), abs=1e-12) and v01.mean() == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert len(v10) == y.sum() and len(v01) == (~y).sum()
+
+
+def test_delong_covariance_is_the_paired_bootstraps():
+    """DeLong's closed form against 4,000 paired resamples on the same simulated runs: each run's
+    variance, the covariance of two runs on the same events, and the variance of a matched
+    contrast agree to ~10% (the bootstrap's own error at 4,000 resamples is ~3%); runs on
+    another test set are independent (plants, each seen to fail: V01 left out; the components
+    not centred)."""
+    rng = np.random.default_rng(8)
+    runs, scores, _ = simulate(rng, n_seeds=2, n_events=600)
+    ids = runs["run_id"].tolist()
+    auc_d, cov_d = testnoise.run_aucs(scores, ids, "auc", "delong")
+    auc_b, cov_b = testnoise.run_aucs(scores, ids, "auc", "bootstrap", n_boot=4000, seed=3)
+    np.testing.assert_allclose(auc_d, auc_b, atol=1e-12)
+    np.testing.assert_allclose(np.diag(cov_d), np.diag(cov_b), rtol=0.12)
+    np.testing.assert_allclose(cov_d[0, 1:6], cov_b[0, 1:6], rtol=0.12)
+    units = stats.contrast_units(runs, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
+    w = units.coef.mean(0)
+    assert w @ cov_d @ w == pytest.approx(w @ cov_b @ w, rel=0.12)
+    assert w @ cov_d @ w < 0.3 * (np.abs(w) @ cov_d @ np.abs(w))  # paired: the shared events cancel in the difference
+    other = {**scores, ids[0]: {**scores[ids[0]], "labels": scores[ids[0]]["labels"][::-1].copy()}}  # another test set
+    _, cov_o = testnoise.run_aucs(other, ids, "auc", "delong")
+    assert (cov_o[0, 1:] == 0).all() and cov_o[0, 0] > 0
+    for m in ("auc_vs_ttZ",):
+        a_d, c_d = testnoise.run_aucs(scores, ids, m, "delong")
+        a_b, c_b = testnoise.run_aucs(scores, ids, m, "bootstrap", n_boot=4000, seed=4)
+        np.testing.assert_allclose(a_d, a_b, atol=1e-12)
+        np.testing.assert_allclose(np.diag(c_d), np.diag(c_b), rtol=0.15)

@@ -9,17 +9,22 @@ seed; its units are the matched sets, one per stratum (the other factors) and se
 
 - Interval and test are one t statistic, and both include both noises (neither is conditional
   on the test set): the estimate is the mean over strata of each stratum's mean unit value;
-  its variance is the seed part, sum_s s_s^2 / (n_s S^2) with s_s^2 the sample variance of
-  the stratum's units, plus the test-set part, the variance of the estimate over resamples of
-  the test events (one resample applied to every run at once: paired). Degrees of freedom by
-  Welch-Satterthwaite over the strata of the seed part alone (conservative where test-set
-  noise dominates; the plug-in over both parts was liberal at 3 seeds). With 3 seeds a
+  its variance is the seed part plus the test-set part. The test-set part is w' C w with C the
+  covariance of the runs' AUC errors on the shared test set (``testnoise``: DeLong's structural
+  components by default, paired bootstrap resamples on request). The seed part is one seed
+  variance pooled over the strata (each stratum's sample variance less its units' own
+  test-set error), times sum_s 1 / (n_s S^2), with the pooled degrees of freedom sum_s (n_s - 1):
+  per-stratum Satterthwaite collapsed to ~1.4 at 2 seeds when most strata's estimates were
+  truncated at zero. Bartlett's test guards the pooling: strata whose spreads differ keep
+  their own, with Welch-Satterthwaite degrees of freedom (``pooled`` False). With 3 seeds a
   single cell has 2 degrees of freedom (t = 4.30): a percentile bootstrap of 3 values covered
-  the truth in only ~84% of cells where seed noise dominates. Strata with one seed borrow the
-  pooled seed variance of the others (``n_single`` says how many did); with one seed
-  everywhere there is no seed variance to estimate and the interval covers test-set noise
-  only (``seed_var_known`` is False; the callers say so).
-- Family: Holm's step-down correction over all tests of one table.
+  the truth in only ~84% of cells where seed noise dominates. Strata with one seed take the
+  pooled seed variance of the others (``n_single`` says how many); with one seed everywhere
+  there is no seed variance to estimate and the interval covers test-set noise only
+  (``seed_var_known`` is False; the callers say so).
+- Families: Holm's step-down correction within each family of the effects table (``FAMILIES``:
+  the primary tokenizer comparisons apart from the exploratory rows).
+- "As good as": TOST within a margin (``equivalence``), from the same estimate, se and df.
 - Holes: a run with no value for a metric (NaN) takes its units out of that contrast; a
   contrast left without units has no row. NaN is never significant.
 
@@ -29,140 +34,38 @@ power, seed luck shared across cells).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from thesis_mlflow.errors import BadSetting
-from thesis_mlflow.grid.packing import cpu_budget
 from thesis_mlflow.learn.metrics import BACKGROUNDS
+from thesis_mlflow.report import equivalence
+from thesis_mlflow.report.testnoise import boot_cov, bootstrap_weights, metric_mask, run_aucs, weighted_auc  # noqa: F401 - the public face
 from thesis_mlflow.spec import FACTORS, LEVELS
 
 # contrasts read "later level minus earlier level": binned - direct, max - cls, met in - out, 5 - 4
 CONTRAST_ORDER = {**LEVELS, "met": (False, True)}  # as the spec lists them, but MET contrasts are "with - without"
 INTERACTS_WITH_TOKENIZER = ("pooling", "met", "vect")
 ALPHA = 0.05
-EFFECT_COLUMNS = ["comparison", "kind", "factor", "level_a", "level_b", "at", "metric", "estimate", "ci_low", "ci_high", "se", "df",
-                  "p_value", "p_holm", "significant", "n_pairs", "n_seeds", "n_single", "seed_var_known"]
+EFFECT_COLUMNS = ["comparison", "family", "kind", "factor", "level_a", "level_b", "at", "metric", "estimate", "ci_low", "ci_high",
+                  "ci90_low", "ci90_high", "se", "df", "p_value", "p_holm", "significant", "p_lower", "p_upper", "p_equiv", "verdict",
+                  "n_pairs", "n_seeds", "n_single", "seed_var_known", "seed_var_pooled"]
+# Holm runs within each family: the primary question (the tokenizer pairs the answer rests on)
+# does not pay for the exploratory rows; the answer's claims come from the primary family only
+FAMILIES = {"primary": "the tokenizer comparisons", "other factors": "main effects of pooling, MET and vect",
+            "tokenizer interactions": "tokenizer differences changing with pooling, MET or vect",
+            "per background": "tokenizer comparisons against one background process at a time"}
 
 
-# --------------------------------------------------------------------------- AUC under resampling
+def family(kind: str, factor: str) -> str:
+    """The Holm family of an effects row (``FAMILIES``)."""
+    if kind == "main":
+        return "primary" if factor == "tokenizer" else "other factors"
+    return "tokenizer interactions" if kind == "interaction" else "per background"
 
-
-def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC for each row of ``weights`` (B, n) at once; ties count one half.
-
-    A bootstrap resample is a vector of event multiplicities, so B resamples of one test set
-    cost one sort and a few (B, n) array operations.
-    """
-    order = np.argsort(scores, kind="stable")
-    s, y = np.asarray(scores)[order], np.asarray(labels)[order].astype(bool)
-    w = np.atleast_2d(weights)
-    if len(s) == 0:
-        return np.full(w.shape[0], np.nan)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first event of each group of tied scores
-    if len(starts) == len(s):  # no ties (continuous scores): each positive beats the background below it
-        if y.all() or not y.any():  # one class only: no pair to rank
-            return np.full(w.shape[0], np.nan)
-        # each class's weights gathered once, in score order (not the whole (B, n) array first: half the memory traffic)
-        w_neg, w_pos = w[:, order[~y]], w[:, order[y]]  # (B, n_bkg), (B, n_sig)
-        neg_cum = np.zeros((w.shape[0], w_neg.shape[1] + 1))
-        np.cumsum(w_neg, axis=1, out=neg_cum[:, 1:])  # (B, 1 + n_bkg): background weight below, from none to all
-        below = neg_cum[:, np.cumsum(~y)[y]]  # (B, n_sig): of the backgrounds sorted below each signal event
-        num = np.einsum("ij,ij->i", w_pos, below)
-        den = w_pos.sum(1) * neg_cum[:, -1]
-    else:
-        w = w[:, order].astype(np.float64, copy=False)  # sums of products: in float64 whatever the weights' type
-        neg_g = np.add.reduceat(np.where(y, 0.0, w), starts, axis=1)  # (B, groups) background weight per score value
-        pos_g = np.add.reduceat(np.where(y, w, 0.0), starts, axis=1)
-        below = np.cumsum(neg_g, axis=1) - neg_g
-        num = (pos_g * (below + 0.5 * neg_g)).sum(1)
-        den = pos_g.sum(1) * neg_g.sum(1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
-def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator | int = 0) -> np.ndarray:
-    """Multiplicities of ``n_boot`` resamples of n events (multinomial = drawing with replacement)."""
-    rng = np.random.default_rng(rng)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-
-
-def metric_mask(metric: str, labels: np.ndarray, process: np.ndarray | None) -> np.ndarray | None:
-    """Events a metric is computed on: all for ``auc``; signal + one background for ``auc_vs_<bkg>``."""
-    if metric == "auc":
-        return None
-    name = metric.removeprefix("auc_vs_")
-    code = {v: k for k, v in BACKGROUNDS.items()}.get(name)
-    if code is None or process is None:
-        raise BadSetting(f"unknown metric {metric!r} (or no process labels stored): expected auc or auc_vs_<{'|'.join(BACKGROUNDS.values())}>")
-    return (np.asarray(labels) == 1) | (np.asarray(process) == code)
-
-
-_cache: dict[tuple, tuple[dict, tuple[np.ndarray, np.ndarray]]] = {}
-
-
-def run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str = "auc", n_boot: int = 1000, seed: int = 0,
-             chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """``(auc (R,), boot (R, n_boot))``: each run's AUC on its test set and under ``n_boot``
-    resamples of the test events. Runs that scored the same test events (same labels) share
-    the resamples: that is what makes the bootstrap of a difference paired. The report asks
-    for the same resamples for several tables: the last few answers are kept (same inputs,
-    same draws, so the tables agree)."""
-    key = (id(scores), tuple(run_ids), metric, n_boot, seed, chunk)
-    hit = _cache.get(key)
-    if hit is not None and hit[0] is scores:
-        return hit[1]
-    out = _run_aucs(scores, run_ids, metric, n_boot, seed, chunk)
-    if len(_cache) > 16:
-        _cache.clear()
-    _cache[key] = (scores, out)
-    return out
-
-
-def _run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str, n_boot: int, seed: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    auc = np.full(len(run_ids), np.nan)
-    boot = np.full((len(run_ids), n_boot), np.nan)
-    groups: dict[bytes, list[int]] = {}
-    for i, rid in enumerate(run_ids):
-        lab = np.asarray(scores[rid]["labels"]).astype(np.int8)
-        proc = scores[rid].get("process")
-        key = lab.tobytes() + (np.asarray(proc).astype(np.int8).tobytes() if proc is not None else b"")
-        groups.setdefault(key, []).append(i)
-    rng = np.random.default_rng(seed)
-    for members in groups.values():
-        first = scores[run_ids[members[0]]]
-        if metric != "auc" and first.get("process") is None:
-            continue  # runs logged before process labels were stored: no per-background value (NaN)
-        mask = metric_mask(metric, first["labels"], first.get("process"))
-        lab = np.asarray(first["labels"])[mask] if mask is not None else np.asarray(first["labels"])
-        n = len(lab)
-        sc = [np.asarray(scores[run_ids[i]]["scores"], dtype=np.float64) for i in members]
-        if mask is not None:
-            sc = [s[mask] for s in sc]
-        finite = [bool(np.isfinite(s).all()) for s in sc]  # a diverged run's NaN would rank as the highest score: no value
-        members = [i for i, f in zip(members, finite, strict=True) if f]
-        sc = [s for s, f in zip(sc, finite, strict=True) if f]
-        for i, s in zip(members, sc, strict=True):
-            auc[i] = weighted_auc(s, lab, np.ones(n))[0]
-        # the runs of one resample chunk side by side: numpy's sorts, gathers and sums release the GIL
-        # (the demo's report: 12.6 s -> 7 s on 2 cores); small test sets stay in this thread
-        threads = min(len(members), _CORES) if n * chunk >= _THREADED_FROM else 1
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="auc") if threads > 1 else contextlib.nullcontext() as pool:
-            each = pool.map if pool is not None else map
-            for lo in range(0, n_boot, chunk):  # (chunk, n) weights at a time: memory stays small for 30k-event test sets
-                w = bootstrap_weights(n, min(chunk, n_boot - lo), rng).astype(np.float32)  # counts: exact, half the memory traffic
-                for i, b in zip(members, each(lambda s, w=w, lab=lab: weighted_auc(s, lab, w), sc), strict=True):
-                    boot[i, lo : lo + len(w)] = b
-    return auc, boot
-
-
-_CORES = min(8, cpu_budget())
-_THREADED_FROM = 100_000  # events x resamples per call below which a thread hand-off costs more than it saves
 
 # --------------------------------------------------------------------------- contrasts
 
@@ -232,67 +135,95 @@ class Interval:
 
     estimate: float
     se: float
-    df: float  # Welch-Satterthwaite; inf when only the test-set part is known
+    df: float  # of the seed part (pooled: the sum of the strata's n_s - 1); inf when only the test-set part is known
     ci_low: float
     ci_high: float
     p_value: float  # two-sided, of "the contrast is zero", from the same t statistic
     seed_var: float  # the seed part of the estimate's variance
     test_var: float  # the test-set part
-    n_single: int  # strata with one seed (their seed variance borrowed from the others)
+    n_single: int  # strata with one seed (they take the pooled seed variance of the others)
     seed_var_known: bool  # False: one seed everywhere, the interval covers test-set noise only
+    pooled: bool = True  # the seed variance pooled over strata; False: they differed (Bartlett), each stratum its own
 
 
-def t_interval(units: Units, auc: np.ndarray, auc_boot: np.ndarray, alpha: float = ALPHA) -> Interval:
-    """The contrast of ``units`` over run AUCs ``auc`` (R,) and their event resamples
-    ``auc_boot`` (R, B): estimate, variance = seed part + test-set part, t interval, p-value."""
+HOMOGENEITY_P = 0.01  # Bartlett's test of equal seed variance over strata: below this the strata keep their own
+
+
+def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float = ALPHA) -> Interval:
+    """The contrast of ``units`` over run AUCs ``auc`` (R,) whose test-set errors have covariance
+    ``test_cov`` (R, R) (``testnoise.run_aucs``; ``boot_cov`` of resamples): estimate, variance
+    = seed part + test-set part, t interval, p-value.
+
+    The seed part is one variance pooled over the strata (the factorial model's assumption:
+    seeds scatter alike in every cell): the units' sample variances, less what each unit's own
+    test-set error adds to them, summed with weights n_s - 1, truncated at zero once. Its degrees
+    of freedom are the sum of the strata's n_s - 1 (2 seeds in 9 strata: 9, not ~1.4 as when
+    each stratum was truncated on its own and one or two strata carried the Satterthwaite sum).
+    Strata with one seed take the pooled variance. When Bartlett's test says the strata's
+    variances differ (p < ``HOMOGENEITY_P``), each stratum keeps its own, with Welch-Satterthwaite
+    degrees of freedom (``pooled`` False, and the page says so)."""
     used = (units.coef != 0).any(0)  # runs outside the contrast may be NaN: 0 * NaN must not reach it
     coef = units.coef[:, used]
     v = coef @ auc[used]  # (U,) unit values on the full test set
-    strata = np.unique(units.strata)
-    S = len(strata)
-    est = float(np.mean([v[units.strata == s].mean() for s in strata]))
-    vb = coef @ auc_boot[used]  # (U, B)
-    boot_est = np.mean([vb[units.strata == s].mean(0) for s in strata], axis=0)  # (B,) the estimate per event resample
-    test_var = float(np.nanvar(boot_est, ddof=1)) if np.isfinite(boot_est).sum() > 1 else 0.0
-    # seed part: per stratum s_s^2 / n_s, weights 1/S^2; strata with one seed borrow the pooled s^2
-    parts, dfs, single = [], [], []
-    ss_pooled, df_pooled = 0.0, 0
-    for s in strata:
-        x = v[units.strata == s]
-        if len(x) > 1:
-            # the seeds' spread on this one test set holds each run's own test-set error too, which the
-            # event resamples already count (in test_var): take its mean over resamples out of it
-            own = float(np.nanmean(np.var(vb[units.strata == s] - x[:, None], axis=0, ddof=1)))
-            var = max(float(np.var(x, ddof=1)) - own, 0.0)
-            parts.append(var / (len(x) * S**2))
-            dfs.append(len(x) - 1)
-            ss_pooled += var * (len(x) - 1)
-            df_pooled += len(x) - 1
+    M = coef @ np.asarray(test_cov)[np.ix_(used, used)] @ coef.T  # (U, U) test-set covariance of the unit values
+    idx = [np.flatnonzero(units.strata == s) for s in np.unique(units.strata)]
+    S = len(idx)
+    est = float(np.mean([v[i].mean() for i in idx]))
+    w = np.zeros(len(v))
+    for i in idx:
+        w[i] = 1.0 / (S * len(i))
+    test_var = max(float(w @ M @ w), 0.0)
+    multi = [i for i in idx if len(i) > 1]
+    n_single = S - len(multi)
+    known = bool(multi)
+    pooled = True
+    if not known:
+        seed_var, df = 0.0, float("inf")
+    else:
+        raw = np.array([np.var(v[i], ddof=1) for i in multi])
+        # each unit's own test-set error is in its stratum's spread too, and in test_var already:
+        # its expected share of the sample variance, (tr M - 1'M1 / n) / (n - 1), comes out
+        own = np.array([(np.trace(M[np.ix_(i, i)]) - M[np.ix_(i, i)].sum() / len(i)) / (len(i) - 1) for i in multi])
+        dfs = np.array([len(i) - 1 for i in multi], dtype=float)
+        s2 = max(float((dfs * (raw - own)).sum() / dfs.sum()), 0.0)
+        pooled = _homogeneous([v[i] for i in multi])
+        if pooled:
+            seed_var = s2 * sum(1.0 / (len(i) * S**2) for i in idx)
+            df = float(dfs.sum())
         else:
-            single.append(1)
-    known = df_pooled > 0
-    seed_var = float(sum(parts))
-    denom = sum(a**2 / d for a, d in zip(parts, dfs, strict=True))
-    if single and known:  # one term: the pooled variance, with the pooled degrees of freedom
-        borrowed = ss_pooled / df_pooled * len(single) / S**2
-        seed_var += borrowed
-        denom += borrowed**2 / df_pooled
+            parts = np.maximum(raw - own, 0.0) / (np.array([len(i) for i in multi]) * S**2)
+            borrowed = s2 * n_single / S**2
+            seed_var = float(parts.sum() + borrowed)
+            denom = float((parts**2 / dfs).sum() + borrowed**2 / dfs.sum())
+            df = seed_var**2 / denom if denom > 0 else float(dfs.sum())
     total = seed_var + test_var
     se = float(np.sqrt(total))
-    # Degrees of freedom of the seed part alone (Satterthwaite over the strata), not raised by the
-    # test-set part: with 2-3 seeds a plug-in Satterthwaite over both parts grows large exactly
-    # when the sample variance came out small, and covered ~92% of single cells (simulation).
-    df = seed_var**2 / denom if denom > 0 else float("inf")
     if not np.isfinite(est):
         return Interval(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), seed_var, test_var,
-                        len(single), known)
+                        n_single, known, pooled)
     q = float(sps.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(sps.norm.ppf(1 - alpha / 2))
     if se > 0:
         t = abs(est) / se
         p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
     else:  # no spread at all (identical runs, no events to resample): only an exact zero is "no difference"
         p = 1.0 if est == 0 else 0.0
-    return Interval(est, se, float(df), est - q * se, est + q * se, p, seed_var, test_var, len(single), known)
+    return Interval(est, se, float(df), est - q * se, est + q * se, p, seed_var, test_var, n_single, known, pooled)
+
+
+def _homogeneous(groups: list[np.ndarray]) -> bool:
+    """Bartlett's test does not reject equal variances over ``groups`` at ``HOMOGENEITY_P`` (or
+    cannot be computed: fewer than two groups, a group without spread). Written out (scipy's
+    ``bartlett``, with its input checks, cost half of a simulated grid's statistics)."""
+    if len(groups) < 2:
+        return True
+    d = np.array([len(g) - 1 for g in groups], dtype=float)
+    s2 = np.array([np.var(g, ddof=1) for g in groups])
+    if (s2 <= 0).any():
+        return True
+    k, n = len(groups), d.sum()
+    pooled = (d * s2).sum() / n
+    stat = (n * np.log(pooled) - (d * np.log(s2)).sum()) / (1 + ((1 / d).sum() - 1 / n) / (3 * (k - 1)))
+    return not (sps.chi2.sf(stat, k - 1) < HOMOGENEITY_P)
 
 
 def sign_flip_p(units: Units, auc: np.ndarray, n_flips: int = 9999, seed: int = 0) -> float:
@@ -393,66 +324,82 @@ def without_process(fin: pd.DataFrame, scores: dict) -> list[str]:
 
 
 def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0,
-            alpha: float = ALPHA, metrics: list[str] | None = None) -> pd.DataFrame:
+            alpha: float = ALPHA, metrics: list[str] | None = None, margin: float = equivalence.MARGIN,
+            method: str = "delong") -> pd.DataFrame:
     """Main effects, tokenizer interactions and per-background tokenizer contrasts, one row each.
 
     ``runs``: one row per train run with columns tokenizer, pooling, met, vect, seed, run_id,
     status (``results.grid_runs`` has them); ``scores``: run id -> {"labels", "scores",
     "process"} arrays (``results.test_scores``). Finished runs with scores count. ``metrics``:
     ``auc`` and the ``auc_vs_<background>`` to compare (default: all the scores allow).
+    ``method``: the test-set part, ``delong`` or ``bootstrap`` (``n_boot`` resamples from ``seed``).
 
-    Columns: ``comparison`` (e.g. ``binned - direct``), ``kind`` (main / interaction /
-    background), ``factor``, ``level_a``, ``level_b``, ``at`` (the interaction's levels or the
-    background), ``metric``, ``estimate`` (mean matched difference of test AUC), ``ci_low`` /
-    ``ci_high`` (95% t interval, seeds and test events), ``se``, ``df``, ``p_value`` (the same
-    t statistic), ``p_holm`` (Holm over every row of this table), ``significant`` (p_holm <
-    alpha), ``n_pairs`` (matched units with a value), ``n_seeds``, ``n_single`` (strata with one
-    seed), ``seed_var_known`` (False: one seed everywhere, test-set noise only).
+    Columns: ``comparison`` (e.g. ``binned - direct``), ``family`` (``FAMILIES``), ``kind``
+    (main / interaction / background), ``factor``, ``level_a``, ``level_b``, ``at`` (the
+    interaction's levels or the background), ``metric``, ``estimate`` (mean matched difference
+    of test AUC), ``ci_low`` / ``ci_high`` (95% t interval, seeds and test events),
+    ``ci90_low`` / ``ci90_high`` (the 90% interval of TOST), ``se``, ``df``, ``p_value`` (the
+    same t statistic), ``p_holm`` (Holm within the row's family), ``significant`` (p_holm <
+    alpha), ``p_lower`` / ``p_upper`` / ``p_equiv`` (TOST against ``margin``: a non-inferior to
+    b, b non-inferior to a, both), ``verdict`` (``equivalence.verdict``; empty for interactions,
+    whose margin would be another question), ``n_pairs`` (matched units with a value),
+    ``n_seeds``, ``n_single`` (strata with one seed), ``seed_var_known`` (False: one seed
+    everywhere, test-set noise only), ``seed_var_pooled`` (False: the strata's seed variances
+    differed and were not pooled).
     """
+    margin = equivalence.check_margin(margin)
     fin = finished(runs, scores)
     rows = []
     if len(fin):
         ids = fin["run_id"].tolist()
         metrics = metrics or available_metrics(fin, scores)
-        cache = {m: run_aucs(scores, ids, m, n_boot, seed) for m in metrics}
+        cache = {m: run_aucs(scores, ids, m, method, n_boot, seed) for m in metrics}
         for c in _contrasts(fin, metrics):
-            auc, boot = cache[c["metric"]]
+            auc, cov = cache[c["metric"]]
             units = usable(contrast_units(fin, c.pop("terms")), auc)
             if len(units) == 0:
                 continue
-            iv = t_interval(units, auc, boot, alpha)
+            iv = t_interval(units, auc, cov, alpha)
+            lo90, hi90 = equivalence.interval90(iv.estimate, iv.se, iv.df, alpha)
+            p_lower, p_upper = equivalence.one_sided(iv.estimate, iv.se, iv.df, margin) if c["kind"] != "interaction" else (np.nan, np.nan)
             comparison = f"{_fmt_level(c['level_a'])} - {_fmt_level(c['level_b'])}"
-            rows.append({**c, "comparison": comparison, "level_a": _fmt_level(c["level_a"]), "level_b": _fmt_level(c["level_b"]),
-                         "estimate": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high, "se": iv.se, "df": iv.df,
-                         "p_value": iv.p_value, "n_pairs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single,
-                         "seed_var_known": iv.seed_var_known})
-    df = pd.DataFrame(rows, columns=[c for c in EFFECT_COLUMNS if c not in ("p_holm", "significant")])
-    df["p_holm"] = holm(df["p_value"].to_numpy(dtype=float)) if len(df) else []
+            rows.append({**c, "comparison": comparison, "family": family(c["kind"], c["factor"]), "level_a": _fmt_level(c["level_a"]),
+                         "level_b": _fmt_level(c["level_b"]), "estimate": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
+                         "ci90_low": lo90, "ci90_high": hi90, "se": iv.se, "df": iv.df, "p_value": iv.p_value, "p_lower": p_lower,
+                         "p_upper": p_upper, "p_equiv": max(p_lower, p_upper), "n_pairs": len(units), "n_seeds": len(set(units.seeds)),
+                         "n_single": iv.n_single, "seed_var_known": iv.seed_var_known, "seed_var_pooled": iv.pooled})
+    df = pd.DataFrame(rows, columns=[c for c in EFFECT_COLUMNS if c not in ("p_holm", "significant", "verdict")])
+    df["p_holm"] = np.nan
+    for _, idx in df.groupby("family", sort=False).groups.items():
+        df.loc[idx, "p_holm"] = holm(df.loc[idx, "p_value"].to_numpy(dtype=float))
     df["significant"] = (df["p_holm"] < alpha).fillna(False).astype(bool)  # NaN is never significant
+    df["verdict"] = [equivalence.verdict(r.estimate, r.significant, r.p_lower, r.p_upper, alpha) if r.kind != "interaction" else ""
+                     for r in df.itertuples()]
+    df.attrs["margin"] = margin
     return df[EFFECT_COLUMNS]
 
 
 def conditional_effects(runs: pd.DataFrame, scores: dict[str, dict], a: str, b: str, n_boot: int = 1000, seed: int = 0,
-                        alpha: float = ALPHA) -> pd.DataFrame:
+                        alpha: float = ALPHA, method: str = "delong") -> pd.DataFrame:
     """The tokenizer contrast ``a - b`` within each level of pooling, MET and vect: where is the
     gap largest? Intervals only (these are views of the interactions, not further tests)."""
     fin = finished(runs, scores)
     rows = []
     if len(fin):
-        auc, boot = run_aucs(scores, fin["run_id"].tolist(), "auc", n_boot, seed)
+        auc, cov = run_aucs(scores, fin["run_id"].tolist(), "auc", method, n_boot, seed)
         for g in INTERACTS_WITH_TOKENIZER:
             for lv in _levels(fin, g):
                 units = usable(contrast_units(fin, [({"tokenizer": a, g: lv}, 1.0), ({"tokenizer": b, g: lv}, -1.0)]), auc)
                 if len(units) == 0:
                     continue
-                iv = t_interval(units, auc, boot, alpha)
+                iv = t_interval(units, auc, cov, alpha)
                 rows.append({"comparison": f"{a} - {b}", "factor": g, "level": _fmt_level(lv), "estimate": iv.estimate,
                              "ci_low": iv.ci_low, "ci_high": iv.ci_high, "n_pairs": len(units), "n_seeds": len(set(units.seeds))})
     return pd.DataFrame(rows, columns=["comparison", "factor", "level", "estimate", "ci_low", "ci_high", "n_pairs", "n_seeds"])
 
 
 def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "auc", by: tuple[str, ...] = FACTORS,
-                   n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+                   n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA, method: str = "delong") -> pd.DataFrame:
     """Mean test AUC (or ``auc_vs_<bkg>``) of each group ``by`` over its runs, with its 95% t
     interval (seeds within each cell of the group, and test events: ``t_interval``). Runs
     without a value for ``metric`` are left out (``n_runs`` counts those with one); ``n_single``
@@ -461,7 +408,7 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
     cols = [*by, "metric", "mean", "ci_low", "ci_high", "n_runs", "n_seeds", "n_single", "seed_var_known"]
     if not len(fin):
         return pd.DataFrame(columns=cols)
-    auc, boot = run_aucs(scores, fin["run_id"].tolist(), metric, n_boot, seed)
+    auc, cov = run_aucs(scores, fin["run_id"].tolist(), metric, method, n_boot, seed)
     cell_id = pd.factorize(pd.MultiIndex.from_frame(fin[list(FACTORS)].astype(str)))[0]  # (R,) each run's cell, computed once
     group_id, keys = pd.factorize(pd.MultiIndex.from_frame(fin[list(by)]))
     seeds = fin["seed"].to_numpy()
@@ -473,7 +420,7 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
         units = usable(Units(coef, pd.factorize(cell_id[idx])[0], seeds[idx]), auc)
         if not len(units):
             continue
-        iv = t_interval(units, auc, boot, alpha)
+        iv = t_interval(units, auc, cov, alpha)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
                      "n_runs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single, "seed_var_known": iv.seed_var_known})
@@ -485,7 +432,8 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
 OMNIBUS_COLUMNS = ["term", "df", "F", "p_value"]
 
 
-def omnibus(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def omnibus(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, seed: int = 0,
+            method: str = "delong") -> tuple[pd.DataFrame, dict]:
     """Is the tokenizer effect there at all? A factorial model of test AUC beside the contrasts.
 
     ``auc ~ seed + pooling*met*vect + tokenizer + tokenizer:(pooling + met + vect)`` by least
@@ -494,7 +442,7 @@ def omnibus(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
     A linear mixed model with seed as a random intercept (statsmodels ``MixedLM``, REML) gives
     the variance components: between seeds (shared luck of a seed across cells: ~0 when runs
     draw from their own streams), within cells (run to run), and the test-set noise of one run's
-    AUC (its bootstrap variance). Effects in units of the seed spread divide the tokenizer rows
+    AUC (its DeLong or bootstrap variance). Effects in units of the seed spread divide the tokenizer rows
     of ``effects`` by the within-cell standard deviation.
 
     Returns ``(table, components)``; the table is empty, and ``components["note"]`` says why,
@@ -511,12 +459,12 @@ def omnibus(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
     if not len(fin):
         comps["note"] = "no finished runs"
         return pd.DataFrame(columns=OMNIBUS_COLUMNS), comps
-    auc, boot = run_aucs(scores, fin["run_id"].tolist(), "auc", n_boot, seed)
+    auc, cov = run_aucs(scores, fin["run_id"].tolist(), "auc", method, n_boot, seed)
     d = fin[[*FACTORS, "seed"]].copy()
     d["auc"] = auc
     d = d.dropna(subset=["auc"])
     d["met"] = d["met"].map(_fmt_level)
-    comps["test_var"] = float(np.nanmean(np.nanvar(boot, axis=1, ddof=1)))
+    comps["test_var"] = float(np.nanmean(np.diag(cov)[np.isfinite(auc)])) if np.isfinite(auc).any() else np.nan
     varying = [f for f in FACTORS if d[f].nunique() > 1]
     if "tokenizer" not in varying or d["seed"].nunique() < 2:
         comps["note"] = "needs at least 2 tokenizers and 2 seeds"
