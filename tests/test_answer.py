@@ -92,7 +92,7 @@ def test_method_sentence_and_the_warning_for_runs_without_streams():
     assert not any(s.startswith("Warning:") for s in ans)
     ans, _ = words(runs, scores, streams=(4, len(runs)))
     warn = [s for s in ans if s.startswith("Warning:")]
-    assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "73%" in warn[0]
+    assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "80%" in warn[0]
 
 
 def test_one_seed_everywhere_says_test_noise_only_and_names_no_winner():

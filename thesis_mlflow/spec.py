@@ -41,6 +41,22 @@ CODEBOOK_SIZE = 512  # VQ-VAE codes (index 0 reserved for padding): the user's c
 VQVAE_EPOCHS = 10  # VQ-VAE pre-training epochs: codebook usage and perplexity settle by then on the full file
 
 
+MARGIN = 0.005  # AUC: the report's equivalence margin by default; ~2 test-set sd of one AUC at ~48k test events
+
+
+def check_margin(margin) -> float:
+    """The report's equivalence margin as a float (an AUC difference), or BadSetting naming what was wrong."""
+    if isinstance(margin, bool):
+        raise BadSetting(f"margin must be a number (an AUC difference, e.g. 0.005); got {margin!r}")
+    try:
+        m = float(margin)
+    except (TypeError, ValueError):
+        raise BadSetting(f"margin must be a number (an AUC difference, e.g. 0.005); got {margin!r}") from None
+    if not (0 < m < 0.5):
+        raise BadSetting(f"margin must be an AUC difference between 0 and 0.5 (e.g. 0.005); got {margin!r}")
+    return m
+
+
 def check_binning(n_bins: int, vect: int, phi: str, fit_on: str) -> None:
     """The rules of a binning's settings, in one place: ``BinningSpec`` (the run) and
     ``binning.Binning`` (the tokeniser itself, also built from a saved edges file) call this."""

@@ -14,9 +14,22 @@ import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
 from thesis_mlflow.grid.slurmspec import SlurmSpec, slurm_spec
-from thesis_mlflow.spec import CODEBOOK_SIZE, DEFAULT_DATA, FACTORS, METS, POOLINGS, TASKS, TOKENIZERS, VECTS, VQVAE_EPOCHS, CellSpec
+from thesis_mlflow.spec import (
+    CODEBOOK_SIZE,
+    DEFAULT_DATA,
+    FACTORS,
+    METS,
+    POOLINGS,
+    TASKS,
+    TOKENIZERS,
+    VECTS,
+    VQVAE_EPOCHS,
+    CellSpec,
+    check_margin,
+)
 
-TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor", "slurm"}
+TOP_KEYS = {"name", "description", "factors", "binned_ambre_path", "data", "task", "binning", "scales", "condor", "slurm", "report"}
+REPORT_KEYS = {"margin"}  # the summary's settings: the equivalence margin in AUC (``report.equivalence``)
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dropout", "d_model", "n_layers", "n_heads", "d_ff",
               "max_train_events", "max_eval_events", "device", "step_mode"}
 VQVAE_KEYS = {"epochs", "codebook_size", "max_events"}
@@ -62,6 +75,7 @@ class Grid:
     vqvae: dict
     condor: dict = field(default_factory=dict)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    report: dict = field(default_factory=dict)  # {"margin": AUC} when the grid file sets it
     source: Path | None = None
 
     @property
@@ -210,9 +224,16 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     k = condor["cells_per_job"]
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise BadSetting(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
+    report = dict(doc.get("report") or {})
+    _check(report, REPORT_KEYS, f"{path}: report")
+    if "margin" in report:
+        try:
+            report["margin"] = check_margin(report["margin"])
+        except BadSetting as e:
+            raise BadSetting(f"{path}: report.{e}") from e
     g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA)),
              task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor,
-             slurm=slurm_spec(doc.get("slurm"), str(path)), source=path)
+             slurm=slurm_spec(doc.get("slurm"), str(path)), report=report, source=path)
     try:
         g.cells()  # every cell is a valid train spec, or nothing runs
     except (TypeError, ValueError) as e:

@@ -167,15 +167,21 @@ def close_parent(data, n_missing: int) -> None:
 # --------------------------------------------------------------------------- what the parent knows
 
 
-def expected_cells_of(parent) -> list | None:
-    """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
+def grid_of(parent):
+    """The grid its parent run logged (its grid file at the run's scale), or None if unreadable."""
     try:
         files = tracking.artifact_paths(parent.info.run_id, "grid", parent.info.artifact_uri)
         path = tracking.artifact_path(parent.info.run_id, files[0])
-        return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT).cells()
+        return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT)
     except Exception as e:  # noqa: BLE001 - an unreadable grid file: the runs that exist are what is known
         log.warning("could not read the grid file of parent %s (%s)", parent.info.run_id, e)
         return None
+
+
+def expected_cells_of(parent) -> list | None:
+    """The cells a grid asked for, from the grid file its parent run logged (None if unreadable)."""
+    g = grid_of(parent)
+    return g.cells() if g is not None else None
 
 
 def publish_progress(parent_id: str, counts: dict[str, int], note: str, step: int | None = None) -> None:

@@ -21,10 +21,10 @@ import pandas as pd
 
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import runs as gridruns
-from thesis_mlflow.grid.runs import expected_cells_of
 from thesis_mlflow.paths import outputs
 from thesis_mlflow.report import curves, results, stats
 from thesis_mlflow.report import writeup as rep
+from thesis_mlflow.report.equivalence import MARGIN, check_margin
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
 from thesis_mlflow.tracking.runs import finished_rows
@@ -43,6 +43,7 @@ class ReportData:
     binning: pd.DataFrame  # one row per binning run the cells used: settings and bin populations
     vqvae: dict[str, dict]  # "vect=4 K=512" -> codebook usage and perplexity per epoch
     parent: object | None  # the grid's parent run, if any
+    margin: float | None = None  # the grid file's ``report.margin``, if it sets one
 
 
 def collect(grid: str) -> ReportData:
@@ -57,7 +58,8 @@ def collect(grid: str) -> ReportData:
     hist.update({name: [] for name in runs["name"] if name not in hist})
     runs["epochs_done"] = runs["name"].map(lambda n: max((s for s, _ in hist[n]), default=0))
     scores = results.scores_of(runs, on_error=lambda rid, e: log.warning("run %s: no eval/test_scores.npz (%s)", rid, e))
-    expected = _expected_cells(parent) if parent is not None else [
+    g = gridruns.grid_of(parent) if parent is not None else None
+    expected = _expected_cells(g) if parent is not None else [
         {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in runs.itertuples()]
     binning = []
     for rid in sorted({x for x in runs["binning_run_id"].dropna() if x}):
@@ -69,30 +71,39 @@ def collect(grid: str) -> ReportData:
         v = tracking.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
             k: tracking.metric_history(rid, k) for k in ("codebook_usage", "perplexity")}
-    return ReportData(runs=runs, scores=scores, histories=hist, expected=expected, binning=pd.DataFrame(binning), vqvae=vq, parent=parent)
+    return ReportData(runs=runs, scores=scores, histories=hist, expected=expected, binning=pd.DataFrame(binning), vqvae=vq, parent=parent,
+                      margin=g.report.get("margin") if g is not None else None)
 
 
-def _expected_cells(parent) -> list[dict]:
-    """The cells the grid asked for (``gridruns.expected_cells_of``), as the report's dicts."""
-    cells = expected_cells_of(parent) or []  # unreadable grid file: missing cells are those never created
+def _expected_cells(g) -> list[dict]:
+    """The cells the grid asked for (its parent's grid file), as the report's dicts."""
+    cells = g.cells() if g is not None else []  # unreadable grid file: missing cells are those never created
     return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
 
 
-def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) -> rep.Report:
+def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, margin: float | None = None,
+          method: str = "delong") -> rep.Report:
+    """The report's tables, sentences and figures. ``margin``: the equivalence margin (default:
+    the grid file's ``report.margin``, else ``equivalence.MARGIN``); ``method``: the test-set
+    part of each interval (``delong``, or ``bootstrap`` with ``n_boot`` resamples from ``seed``)."""
     runs, scores = data.runs, data.scores
-    cells = rep.cell_table(runs, scores, n_boot=n_boot, seed=seed)
-    eff = rep.effects(runs, scores, n_boot=n_boot, seed=seed)
-    toks = rep.tokenizer_table(runs, scores, n_boot=n_boot, seed=seed)
+    where = "report --margin" if margin is not None else "the grid file's report.margin" if data.margin is not None else "the default"
+    margin = check_margin(margin if margin is not None else data.margin if data.margin is not None else MARGIN)
+    noise = {"n_boot": n_boot, "seed": seed, "method": method}
+    cells = rep.cell_table(runs, scores, **noise)
+    eff = rep.effects(runs, scores, margin=margin, **noise)
+    toks = rep.tokenizer_table(runs, scores, **noise)
     cond = pd.DataFrame()
     rank = rep.ranking(eff) if len(eff) else pd.DataFrame()
     if len(rank) > 1:  # the top two by matched contrasts, not by their unmatched means
         best, runner = rank["tokenizer"].iloc[:2]
-        cond = stats.conditional_effects(runs, scores, best, runner, n_boot=n_boot, seed=seed)
+        cond = stats.conditional_effects(runs, scores, best, runner, **noise)
     r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data.expected, runs), tokenizers=toks,
-                   backgrounds=rep.background_table(runs, scores, n_boot=n_boot, seed=seed), conditional=cond)
-    r.omnibus, r.components = stats.omnibus(runs, scores, n_boot=n_boot, seed=seed)
+                   backgrounds=rep.background_table(runs, scores, **noise), conditional=cond)
+    r.omnibus, r.components = stats.omnibus(runs, scores, **noise)
     if len(eff):
         eff["in_seed_sd"] = eff["estimate"] / r.components["within_sd"] if np.isfinite(r.components.get("within_sd", np.nan)) else np.nan
+    r.margin = margin
     r.checks = rep.overtraining(runs)
     fin = stats.finished(runs, scores)
     no_stream = int(fin["rng_stream"].isna().sum()) if "rng_stream" in fin else len(fin)
@@ -118,8 +129,9 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
         r.notes.append(f"{len(old)} of {len(fin)} runs stored no process labels with their test scores (logged before per-background "
                        f"figures): they count in the overall AUC and are left out of the per-background tables.")
     n_fin = int(finished_rows(runs).sum())
+    how = "DeLong's closed form" if method == "delong" else f"{n_boot} paired bootstrap resamples (seed {seed})"
     r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
-                   f"{n_boot} bootstrap resamples (seed {seed}); tracking store {tracking.tracking_uri()}.")
+                   f"test-set noise by {how}; equivalence margin ±{margin:g} AUC ({where}); tracking store {tracking.tracking_uri()}.")
     if len(cells):
         r.figures.append(rep.fig_auc_panels(cells))
     if len(eff):
@@ -129,8 +141,10 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0) 
     if len(fin):
         r.rejection = rejection_bands(fin, scores)
         r.figures.append(rep.fig_rejection(r.rejection))
+        r.learning = curves.learning_bands(fin, data.histories)
+        if len(r.learning):
+            r.figures.append(rep.fig_learning(r.learning))
         r.figures.append(rep.fig_scores(curves.score_histograms(fin, scores), curves.calibration(fin, scores)))
-    r.figures.append(rep.fig_val_auc(data.histories))
     if len(data.binning):
         r.figures.append(rep.fig_binning(data.binning))
     if data.vqvae:
@@ -158,6 +172,8 @@ def write_pdfs(r: rep.Report, out: Path) -> list[Path]:
         files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
     if len(r.rejection):  # the page's curves against all backgrounds, not computed again
         files.append(tf.rejection(r.rejection[r.rejection["background"] == "all"], r.grid, out / "figures" / "rejection.pdf"))
+    if len(r.learning):
+        files.append(tf.learning(r.learning, r.grid, out / "figures" / "val_auc.pdf"))
     return files
 
 
@@ -168,12 +184,14 @@ def _write(path: Path, text: str) -> None:
 
 
 def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, echo: Callable[[str], None] = log.info,
-               seed: int = 0) -> Path:
+               seed: int = 0, margin: float | None = None, method: str = "delong") -> Path:
+    if margin is not None:
+        check_margin(margin)  # before any query
     t0 = time.perf_counter()
     data = collect(grid)
     t_query = time.perf_counter() - t0
     t1 = time.perf_counter()
-    r = build(grid, data, n_boot, seed)
+    r = build(grid, data, n_boot, seed, margin, method)
     out = Path(out_dir) if out_dir else outputs() / "dashboards" / grid
     out.mkdir(parents=True, exist_ok=True)
     import plotly.offline
@@ -185,7 +203,8 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
     pdfs = write_pdfs(r, out)
     t_build = time.perf_counter() - t1
     with tracking.step_run("report", run_name=f"report-{grid}", tags={"grid.name": grid}):
-        tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "n_bootstrap": n_boot, "bootstrap_seed": seed})
+        tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "test_noise": method, "margin": r.margin,
+                             **({"n_bootstrap": n_boot, "bootstrap_seed": seed} if method == "bootstrap" else {})})
         for name in files:
             tracking.log_artifact(out / name, "report")
         for pdf in pdfs:

@@ -73,28 +73,67 @@ def _band(values: dict[tuple, np.ndarray], alpha: float) -> tuple[np.ndarray, np
     return means, means - half, means + half
 
 
-def rejection_bands(fin: pd.DataFrame, scores: dict[str, dict], background: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def _log_rejections(m: pd.DataFrame, scores: dict[str, dict], background: str | None) -> dict[str, np.ndarray]:
+    """run id -> log10 rejection at ``EFF`` (each run's curve once, for the bands and the ratios)."""
+    return {r: log_rejection(scores[r]["labels"], scores[r]["scores"], scores[r].get("process"), background) for r in m["run_id"]}
+
+
+def rejection_bands(fin: pd.DataFrame, scores: dict[str, dict], background: str | None = None, alpha: float = 0.05,
+                    reference: str = "direct") -> pd.DataFrame:
     """Per tokenizer and efficiency: ``rejection`` (geometric mean over seeds and matched cells),
-    ``lo`` / ``hi`` (95% band from the seed spread), ``n_cells``, ``n_runs``. Runs without
-    process labels are left out of a per-background curve; curves with infinite rejection (no
-    background left) are cut where they become infinite."""
+    ``lo`` / ``hi`` (95% band from the seed spread), ``ratio`` / ``ratio_lo`` / ``ratio_hi``
+    (against ``reference`` on the same cells and seeds: the geometric mean of each matched pair's
+    ratio, with its band from the spread of those ratios; NaN without the reference),
+    ``n_cells``, ``n_runs``. Runs without process labels are left out of a per-background
+    curve; curves with infinite rejection (no background left) are cut where they become infinite."""
     m = matched(fin)
     if background is not None:
         m = m[[scores[r].get("process") is not None for r in m["run_id"]]]
+    logs = _log_rejections(m, scores, background)
+    own = m[m["tokenizer"] == reference]
+    ref = {(*cell, s): logs[r] for cell, s, r in zip(own[CELL].itertuples(index=False), own["seed"], own["run_id"], strict=True)}
     rows = []
     for tok in [t for t in TOKENIZERS if t in set(m["tokenizer"])]:
         sub = m[m["tokenizer"] == tok]
-        vals = {}
+        vals, ratios = {}, {}
         for cell, g in sub.groupby(CELL):
-            vals[cell] = np.array([log_rejection(scores[r]["labels"], scores[r]["scores"], scores[r].get("process"), background)
-                                   for r in g["run_id"]])
+            vals[cell] = np.array([logs[r] for r in g["run_id"]])
+            pairs = [logs[r] - ref[(*cell, s)] for r, s in zip(g["run_id"], g["seed"], strict=True) if (*cell, s) in ref]
+            if pairs:
+                ratios[cell] = np.array(pairs)
         mean, lo, hi = _band(vals, alpha)
-        for e, a, b, c in zip(EFF, mean, lo, hi, strict=True):
+        with np.errstate(invalid="ignore"):  # inf - inf where neither curve has a background left
+            rmean, rlo, rhi = _band(ratios, alpha) if ratios else (np.full_like(mean, np.nan),) * 3
+        for e, a, b, c, ra, rb, rc in zip(EFF, mean, lo, hi, rmean, rlo, rhi, strict=True):
             if np.isfinite(a):
                 rows.append({"tokenizer": tok, "background": background or "all", "eff": float(e), "rejection": 10**a,
                              "lo": 10**b if np.isfinite(b) else np.nan, "hi": 10**c if np.isfinite(c) else np.nan,
-                             "n_cells": len(vals), "n_runs": len(sub)})
-    return pd.DataFrame(rows, columns=["tokenizer", "background", "eff", "rejection", "lo", "hi", "n_cells", "n_runs"])
+                             "ratio": 10**ra if np.isfinite(ra) else np.nan, "ratio_lo": 10**rb if np.isfinite(rb) else np.nan,
+                             "ratio_hi": 10**rc if np.isfinite(rc) else np.nan, "n_cells": len(vals), "n_runs": len(sub)})
+    return pd.DataFrame(rows, columns=["tokenizer", "background", "eff", "rejection", "lo", "hi", "ratio", "ratio_lo", "ratio_hi",
+                                       "n_cells", "n_runs"])
+
+
+def learning_bands(fin: pd.DataFrame, histories: dict[str, list[tuple[int, float]]], alpha: float = 0.05) -> pd.DataFrame:
+    """Validation AUC against epoch per tokenizer: mean over the matched cells of the mean over
+    seeds, with a 95% band from the seed spread within cells (as ``rejection_bands``). The view
+    MLflow's UI cannot draw (its run groups show min / mean / max of raw runs, unmatched). Epochs
+    count where every run of the tokenizer's matched cells has logged them (a run still
+    training shortens the curve rather than bending it). ``fin`` needs ``name`` (the run name
+    its history is filed under)."""
+    m = matched(fin)
+    rows = []
+    for tok in [t for t in TOKENIZERS if t in set(m["tokenizer"])]:
+        sub = m[m["tokenizer"] == tok]
+        series = {r: dict(histories.get(n) or []) for r, n in zip(sub["run_id"], sub["name"], strict=True)}
+        common = sorted(set.intersection(*(set(h) for h in series.values()))) if series else []
+        if not common:
+            continue
+        vals = {cell: np.array([[series[r][e] for e in common] for r in g["run_id"]]) for cell, g in sub.groupby(CELL)}
+        mean, lo, hi = _band(vals, alpha)
+        rows += [{"tokenizer": tok, "epoch": int(e), "val_auc": float(a), "lo": float(b), "hi": float(c), "n_cells": len(vals),
+                  "n_runs": len(sub)} for e, a, b, c in zip(common, mean, lo, hi, strict=True)]
+    return pd.DataFrame(rows, columns=["tokenizer", "epoch", "val_auc", "lo", "hi", "n_cells", "n_runs"])
 
 
 def score_histograms(fin: pd.DataFrame, scores: dict[str, dict], bins: int = 20) -> pd.DataFrame:

@@ -93,21 +93,63 @@ def backgrounds(bkg: pd.DataFrame, grid: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def rejection(bands: pd.DataFrame, grid: str, path: Path) -> Path:
+def rejection(bands: pd.DataFrame, grid: str, path: Path, reference: str = "direct") -> Path:
     """Background rejection 1/eps_B against signal efficiency per tokenizer, all backgrounds:
-    geometric mean over seeds and matched cells with its 95% band (``curves.rejection_bands``)."""
+    geometric mean over seeds and matched cells with its 95% band (``curves.rejection_bands``),
+    and below it the ratio to ``reference`` on the same cells and seeds, with its band (as
+    flavour-tagging plots show a tagger against a reference, e.g. puma's ``RocPlot``)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
+    toks = [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]
+    with_ratio = reference in toks and len(toks) > 1
+    fig, axes = plt.subplots(2 if with_ratio else 1, 1, figsize=(6, 6 if with_ratio else 4.5), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.2] if with_ratio else [1], "hspace": 0.06})
+    ax = axes[0, 0]
+    for tok in toks:
         s = bands[bands["tokenizer"] == tok]
         ax.plot(s["eff"], s["rejection"], lw=1.5, color=COLORS[tok], label=tok)
         band = s.dropna(subset=["lo", "hi"])
         if len(band):
             ax.fill_between(band["eff"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
     ax.set_yscale("log")
-    ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
-    ax.legend(fontsize=8, title=f"mean over seeds, {int(bands['n_cells'].max()) if len(bands) else 0} matched cells", title_fontsize=7)
+    n = int(bands["n_cells"].max()) if len(bands) else 0
+    # what the curves are goes into the legend's own first line, inside the axes: the header above
+    # the axes holds the grid name only, so the two never meet (they overlapped before)
+    ax.legend(loc="upper right", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
+    _label(ax, grid)
+    if with_ratio:
+        rx = axes[1, 0]
+        for tok in toks:
+            s = bands[bands["tokenizer"] == tok].dropna(subset=["ratio"])
+            if tok == reference or not len(s):
+                continue
+            rx.plot(s["eff"], s["ratio"], lw=1.5, color=COLORS[tok])
+            band = s.dropna(subset=["ratio_lo", "ratio_hi"])
+            if len(band):
+                rx.fill_between(band["eff"], band["ratio_lo"], band["ratio_hi"], color=COLORS[tok], alpha=0.25, lw=0)
+        rx.axhline(1.0, color=COLORS[reference], lw=1.2)
+        rx.set_ylabel(f"ratio to {reference}", fontsize=9)
+        rx.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    else:
+        ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    return _save(fig, path)
+
+
+def learning(bands: pd.DataFrame, grid: str, path: Path) -> Path:
+    """Validation AUC against epoch per tokenizer: mean over seeds and matched cells, 95% band
+    (``curves.learning_bands``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
+        s = bands[bands["tokenizer"] == tok]
+        ax.plot(s["epoch"], s["val_auc"], lw=1.5, color=COLORS[tok], label=tok)
+        band = s.dropna(subset=["lo", "hi"])
+        if len(band):
+            ax.fill_between(band["epoch"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation AUC")
+    n = int(bands["n_cells"].max()) if len(bands) else 0
+    ax.legend(loc="lower right", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
     _label(ax, grid)
     return _save(fig, path)
 

@@ -375,8 +375,9 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
     df["significant"] = (df["p_holm"] < alpha).fillna(False).astype(bool)  # NaN is never significant
     df["verdict"] = [equivalence.verdict(r.estimate, r.significant, r.p_lower, r.p_upper, alpha) if r.kind != "interaction" else ""
                      for r in df.itertuples()]
-    df.attrs["margin"] = margin
-    return df[EFFECT_COLUMNS]
+    out = df[EFFECT_COLUMNS]
+    out.attrs.update(margin=margin, test_noise=method)
+    return out
 
 
 def conditional_effects(runs: pd.DataFrame, scores: dict[str, dict], a: str, b: str, n_boot: int = 1000, seed: int = 0,

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from thesis_mlflow.learn import metrics
-from thesis_mlflow.report import stats
+from thesis_mlflow.report import equivalence, stats
 from thesis_mlflow.spec import LEVELS, METS, SCHEME, VECTS
 from thesis_mlflow.tracking.runs import finished_rows
 
@@ -36,7 +36,8 @@ FACTOR_ORDER = {k: list(v) for k, v in LEVELS.items()}
 N_BOOT = 1000  # resamples of the test events: the test-set part of each variance stable to a few percent
 
 
-def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0, margin: float = equivalence.MARGIN,
+            method: str = "delong") -> pd.DataFrame:
     """The factorial effects of a grid, one row per comparison (``effects.csv``).
 
     ``runs``: a table like ``thesis_mlflow.report.results.grid_runs`` (columns tokenizer, pooling, met,
@@ -50,13 +51,14 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, s
     row (the family).
     ``n_boot`` resamples, ``seed`` of the random generator (same inputs and seed, same table).
     """
-    return stats.effects(runs, scores, n_boot=n_boot, seed=seed)
+    return stats.effects(runs, scores, n_boot=n_boot, seed=seed, margin=margin, method=method)
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot: int = N_BOOT, seed: int = 0,
+               method: str = "delong") -> pd.DataFrame:
     """One row per cell over seeds (finished runs only count); with ``scores``, the 95%
     t interval of the cell's mean test AUC (``auc_ci_low``/``auc_ci_high``; seeds and test events)."""
     fin = runs[finished_rows(runs)]
@@ -75,7 +77,7 @@ def cell_table(runs: pd.DataFrame, scores: dict[str, dict] | None = None, n_boot
         t[k] = t[k].astype("Int64")  # counts, not measurements
     t["auc_ci_low"], t["auc_ci_high"] = np.nan, np.nan
     if scores:
-        ci = stats.cell_intervals(runs, scores, n_boot=n_boot, seed=seed)
+        ci = stats.cell_intervals(runs, scores, n_boot=n_boot, seed=seed, method=method)
         if len(ci):
             t = t.drop(columns=["auc_ci_low", "auc_ci_high"]).merge(
                 ci[[*CELL, "ci_low", "ci_high"]].rename(columns={"ci_low": "auc_ci_low", "ci_high": "auc_ci_high"}), on=CELL, how="left")
@@ -88,11 +90,11 @@ def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(cols, key=lambda s: key[s.name](s)).reset_index(drop=True) if len(df) else df
 
 
-def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0, method: str = "delong") -> pd.DataFrame:
     """Mean test AUC of each tokenizer over all its cells and seeds, with its 95% interval, and
     its models' parameter counts (smallest and largest over its cells: pooling and MET change
     them a little; ``params_embedding``: the share in embedding tables)."""
-    t = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=n_boot, seed=seed)
+    t = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=n_boot, seed=seed, method=method)
     if len(t) and "n_params" in runs:
         total = runs["n_params"] + runs["n_params_embedding"].fillna(0)
         g = runs.assign(total=total).groupby("tokenizer")
@@ -102,7 +104,7 @@ def tokenizer_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N
     return sort_cells(t)
 
 
-def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = N_BOOT, seed: int = 0, method: str = "delong") -> pd.DataFrame:
     """Per tokenizer and background process: AUC of signal against that background alone (mean
     over cells and seeds, 95% t interval) and mean background rejection 1/eps_B at
     signal efficiency 30 / 50 / 70%, all computed from the stored test scores."""
@@ -113,7 +115,7 @@ def background_table(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 
     rows = []
     for m in stats.available_metrics(fin, scores)[1:]:
         bkg = m.removeprefix("auc_vs_")
-        ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed)
+        ci = stats.cell_intervals(fin, scores, metric=m, by=("tokenizer",), n_boot=n_boot, seed=seed, method=method)
         for r in ci.itertuples():
             sub = fin[fin["tokenizer"] == r.tokenizer]
             rej = {}
@@ -132,7 +134,7 @@ def _seed_interval(runs: pd.DataFrame, values: np.ndarray) -> stats.Interval:
     cell = runs[CELL].astype(str).agg("|".join, axis=1)
     ids = {c: i for i, c in enumerate(dict.fromkeys(cell))}
     units = stats.Units(np.eye(len(runs)), cell.map(ids).to_numpy(), runs["seed"].to_numpy())
-    return stats.t_interval(units, values.astype(float), np.repeat(values.astype(float)[:, None], 2, axis=1))
+    return stats.t_interval(units, values.astype(float), np.zeros((len(values), len(values))))
 
 
 OVERTRAINING_GAP = 0.02  # train AUC above test AUC by more than this flags a run (test-set noise alone is ~0.003 at 30k events)
@@ -180,6 +182,9 @@ def _oriented(eff: pd.DataFrame, a: str, b: str, **match) -> dict | None:
     r = sel.iloc[0].to_dict()
     if r["level_a"] != a:
         r["estimate"], r["ci_low"], r["ci_high"] = -r["estimate"], -r["ci_high"], -r["ci_low"]
+        if "ci90_low" in r:
+            r["ci90_low"], r["ci90_high"] = -r["ci90_high"], -r["ci90_low"]
+            r["p_lower"], r["p_upper"] = r["p_upper"], r["p_lower"]
     return r
 
 
@@ -203,6 +208,36 @@ def ranking(eff: pd.DataFrame, alpha: float = stats.ALPHA) -> pd.DataFrame:
         "score", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def _against(t: str, u: str, reference: str) -> tuple[str, str]:
+    """A pair read against the reference tokenizer where it is one of the two: (other, reference)."""
+    return (u, t) if t == reference else (t, u)
+
+
+def verdict_sentence(a: str, b: str, r: dict, margin: float, alpha: float = stats.ALPHA) -> str:
+    """The pair's verdict (``equivalence.verdict``) in words, ``r`` read as ``a - b``."""
+    v = r.get("verdict") or "inconclusive"
+    if r["level_a"] != a:  # the row was turned: a one-sided claim turns with it
+        v = {"better": "worse", "worse": "better", "non-inferior": "non-superior", "non-superior": "non-inferior"}.get(v, v)
+    lo, hi, lo90, hi90 = r["ci_low"], r["ci_high"], r["ci90_low"], r["ci90_high"]
+    m = f"{margin:.4f}".rstrip("0").rstrip(".")
+    ci90 = f"90% CI [{lo90:+.4f}, {hi90:+.4f}]"
+    if v == "equivalent":
+        extra = (f"; a difference is detectable (p_Holm {_p(r['p_holm'])}) but smaller than the margin" if r["significant"] else "")
+        return f"{a} is equivalent to {b} within ±{m} AUC: {ci90} lies inside the margin (TOST p {_p(r['p_equiv'])}){extra}."
+    if v == "better":
+        return f"{a} is better than {b} by {lo:.4f} to {hi:.4f} in AUC (95% CI; p_Holm {_p(r['p_holm'])})."
+    if v == "worse":
+        return f"{a} is worse than {b} by {-hi:.4f} to {-lo:.4f} in AUC (95% CI; p_Holm {_p(r['p_holm'])})."
+    if v == "non-inferior":
+        return (f"{a} is non-inferior to {b}: not worse by {m} AUC or more ({ci90} above -{m}), though neither equivalent within "
+                f"±{m} nor detectably better.")
+    if v == "non-superior":
+        return (f"{b} is non-inferior to {a}: {a} is not better by {m} AUC or more ({ci90} below +{m}), though neither equivalent "
+                f"within ±{m} nor detectably worse.")
+    return (f"{a} against {b}: inconclusive. The difference is not detectable after Holm and {ci90} reaches beyond ±{m}: "
+            f"neither a difference nor equivalence is shown; more seeds would narrow it.")
+
+
 def detectable(row: dict, n_tests: int, alpha: float = stats.ALPHA, power: float = 0.8) -> float:
     """The smallest difference the row's test would find with ``power`` at Holm's strictest
     level (alpha / n_tests), from its measured standard error and degrees of freedom."""
@@ -213,17 +248,22 @@ def detectable(row: dict, n_tests: int, alpha: float = stats.ALPHA, power: float
 
 
 def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alpha: float = stats.ALPHA,
-           streams: tuple[int, int] | None = None) -> list[str]:
+           streams: tuple[int, int] | None = None, reference: str = "direct") -> list[str]:
     """The conclusion in sentences, generated from the tables (never typed by hand).
 
-    A best tokenizer is named only when it beats every other one on matched cells after Holm;
-    otherwise the answer says which differences were found, which were not, and how large a
-    difference the grid could have detected. ``streams``: (runs without a random-stream id,
-    runs): runs trained before independent streams get a warning."""
+    A best tokenizer is named only when it beats every other one on matched cells after Holm
+    within the primary family (the tokenizer comparisons); then one verdict per pair, "as good
+    as" included (``equivalence``: equivalent within the margin, better, worse, non-inferior,
+    inconclusive), each pair read against ``reference`` where it is one of the two; then the
+    numbers, and how large a difference the grid could have detected. The claims come from the
+    primary family only; interactions and per-background rows follow as exploration.
+    ``streams``: (runs without a random-stream id, runs): runs trained before independent
+    streams get a warning."""
     main = eff[(eff["kind"] == "main") & (eff["factor"] == "tokenizer")] if len(eff) else eff
     if not len(tokenizers) or not len(main):
         out = ["Not enough finished runs with test scores for a comparison of tokenizers yet."]
         return out + _caveats(eff, streams)
+    margin = float(eff.attrs.get("margin", equivalence.MARGIN))
     rank = ranking(eff, alpha)
     top = rank.iloc[0]
     others = rank["tokenizer"].iloc[1:].tolist()
@@ -238,24 +278,31 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
                    f"and seed) after Holm's correction:")
     else:
         out.append("No tokenizer is detectably best on this grid: none beats every other one on matched cells after Holm's correction.")
-    for t, u in itertools.combinations(rank["tokenizer"], 2):
-        r = _oriented(main, t, u)
+    pairs = [_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)]
+    for a, b in pairs:
+        r = _oriented(main, a, b)
+        if r is not None:
+            out.append(verdict_sentence(a, b, r, margin, alpha))
+    for a, b in pairs:
+        r = _oriented(main, a, b)
         if r is None:
-            out.append(f"{t} and {u} share no matched cells: not compared.")
+            out.append(f"{a} and {b} share no matched cells: not compared.")
             continue
         found = bool(r["significant"])
         verdict = ("found" if found else "not detectable") + f" at {alpha:.0%} after Holm"
         cells = r["n_pairs"] // max(r["n_seeds"], 1)
-        out.append(f"{t} - {u}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p {_p(r['p_value'])} "
-                   f"unadjusted, p_Holm {_p(r['p_holm'])} ({verdict}); {r['n_pairs']} matched pairs ({cells} cells x "
-                   f"{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}).")
-    undetected = [r for r in (_oriented(main, t, u) for t, u in itertools.combinations(rank["tokenizer"], 2)) if r and not r["significant"]]
+        out.append(f"{a} - {b}: ΔAUC = {r['estimate']:+.4f}, 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], 90% CI "
+                   f"[{r['ci90_low']:+.4f}, {r['ci90_high']:+.4f}], p {_p(r['p_value'])} unadjusted, p_Holm {_p(r['p_holm'])} "
+                   f"({verdict}); {r['n_pairs']} matched pairs ({cells} cells x {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}, "
+                   f"{r['df']:.0f} degrees of freedom).")
+    undetected = [r for r in (_oriented(main, a, b) for a, b in pairs) if r and not r["significant"]]
     if undetected:
-        mdd = [detectable(r, len(eff), alpha) for r in undetected if np.isfinite(r["se"])]
+        mdd = [detectable(r, len(main), alpha) for r in undetected if np.isfinite(r["se"])]
         if mdd:
             out.append(f"With its measured seed and test-set spread this grid could have detected a tokenizer difference of about "
-                       f"{min(mdd):.4f} to {max(mdd):.4f} in AUC (80% power at Holm's strictest level); the differences marked not "
-                       f"detectable are smaller than that or absent.")
+                       f"{min(mdd):.4f} to {max(mdd):.4f} in AUC (80% power at Holm's strictest level in the primary family, from "
+                       f"the same standard error and degrees of freedom as the intervals); the differences marked not detectable are "
+                       f"smaller than that or absent.")
     # an unmatched ranking that contradicts the matched one (partial grid, binned_ambre at one vect)
     means = dict(zip(tokenizers["tokenizer"], tokenizers["mean"], strict=True)) if "mean" in tokenizers else {}
     for t, u in itertools.combinations(rank["tokenizer"], 2):
@@ -283,21 +330,35 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
     if len(inter):
         if len(sig):
             names = "; ".join(f"{r.comparison} changes with {r.at} by {r.estimate:+.4f} (p_Holm {_p(r.p_holm)})" for r in sig.itertuples())
-            out.append(f"{len(sig)} of {len(inter)} tokenizer interactions are significant after Holm: {names}.")
+            out.append(f"{len(sig)} of {len(inter)} tokenizer interactions are significant after Holm within their family: {names}.")
         else:
-            out.append(f"None of the {len(inter)} tokenizer interactions (with pooling, MET, vect) is significant after Holm: "
-                       "no detectable dependence of the tokenizer differences on those factors.")
+            out.append(f"None of the {len(inter)} tokenizer interactions (with pooling, MET, vect) is significant after Holm within "
+                       "their family: no detectable dependence of the tokenizer differences on those factors.")
     return out + _caveats(eff, streams)
 
 
 METHOD = ("Method: runs are independent replicates by construction: each run draws its initial weights, data order and dropout "
           "masks from its own random stream (scheme {scheme}, derived from its configuration and seed). Comparisons are matched "
           "contrasts (same other factors and seed). Each interval and its p-value come from one t statistic whose variance adds the "
-          "seed-to-seed spread (sample variance within each stratum, Satterthwaite degrees of freedom) and the test-set noise "
-          "(paired bootstrap of the test events): both answer the same question, how the result would vary with new seeds and a "
-          "new test sample, so an interval excludes 0 exactly when its unadjusted p < 0.05. Holm's correction runs over all {n} "
-          "comparisons of the effects table (main effects of every factor, tokenizer interactions, tokenizer per background); the "
-          "intervals are not adjusted for multiplicity.")
+          "seed-to-seed spread (one seed variance pooled over the strata, its degrees of freedom the strata's seeds minus one, "
+          "summed; strata whose spreads differ by Bartlett's test keep their own, with Satterthwaite's degrees of freedom) and the "
+          "test-set noise ({noise}): both answer the same question, how the result would vary with new seeds and a new test sample, "
+          "so an interval excludes 0 exactly when its unadjusted p < 0.05. Holm's correction runs within each family of the "
+          "effects table: {families}; the answer's claims rest on the primary family only. \"As good as\" is tested against a margin "
+          "of ±{margin} AUC by two one-sided tests (TOST) with the same standard error and degrees of freedom: equivalent when the "
+          "90% interval lies inside the margin, non-inferior when it lies above -{margin}. The intervals are not adjusted for "
+          "multiplicity.")
+NOISE = {"delong": "DeLong's covariance of the runs' AUCs on their shared test events, paired by construction",
+         "bootstrap": "paired bootstrap resamples of the test events, one resample applied to every run"}
+
+
+def method_sentence(eff: pd.DataFrame) -> str:
+    """How the numbers were made, with this table's families, margin and test-set method."""
+    fams = eff["family"].value_counts() if len(eff) and "family" in eff else pd.Series(dtype=int)
+    listed = "; ".join(f"{f} ({stats.FAMILIES[f]}: {int(fams[f])} comparison{'s' if fams[f] != 1 else ''})"
+                       for f in stats.FAMILIES if f in fams) or "none"
+    margin = f"{float(eff.attrs.get('margin', equivalence.MARGIN)):.4f}".rstrip("0").rstrip(".")
+    return METHOD.format(scheme=SCHEME, noise=NOISE[eff.attrs.get("test_noise", "delong")], families=listed, margin=margin)
 
 
 def omnibus_sentences(table: pd.DataFrame, comps: dict) -> list[str]:
@@ -318,13 +379,13 @@ def omnibus_sentences(table: pd.DataFrame, comps: dict) -> list[str]:
 
 
 def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
-    out = [METHOD.format(scheme=SCHEME, n=len(eff))]
+    out = [method_sentence(eff)]
     if streams and streams[0]:
         out.append(f"Warning: {streams[0]} of {streams[1]} runs carry no random-stream id (trained before scheme {SCHEME}): their "
                    f"seeds shared the data order and, where parameters coincide, the initial weights across cells, so they are not "
                    f"independent replicates and the intervals above may be too narrow. In a simulation where half of a run's seed "
-                   f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth in only about 3 "
-                   f"grids of 4 (73%, tests/test_stats.py). Retrain those runs before quoting their intervals.")
+                   f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth in only about 4 "
+                   f"grids of 5 (80%, tests/test_stats.py). Retrain those runs before quoting their intervals.")
     if len(eff) and not eff["seed_var_known"].all():
         out.append("Only one seed per cell in some comparisons: their intervals cover test-set noise only, not training variance; "
                    "run more seeds before quoting them as the uncertainty of a result.")
@@ -332,6 +393,12 @@ def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
         k = int((eff["n_single"] > 0).sum())
         out.append(f"{k} comparison{'s' if k != 1 else ''} include strata with a single seed: those strata borrow the seed variance "
                    f"of the others (n_single in the effects table).")
+    if len(eff) and "seed_var_pooled" in eff and not eff["seed_var_pooled"].all():
+        rows = eff[~eff["seed_var_pooled"].astype(bool)]
+        out.append(f"{len(rows)} comparison{'s' if len(rows) != 1 else ''} ({', '.join(dict.fromkeys(rows['comparison'] + ' ' + rows['factor']))}) "
+                   f"did not pool the seed variance: Bartlett's test found their strata's seed spreads different (p < "
+                   f"{stats.HOMOGENEITY_P}), so each stratum kept its own, with Satterthwaite's (fewer) degrees of freedom "
+                   f"(seed_var_pooled in the effects table).")
     return out
 
 
@@ -361,30 +428,43 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fig_rejection(bands: pd.DataFrame) -> go.Figure:
-    """Background rejection 1/eps_B against signal efficiency per tokenizer, one panel per
+def fig_rejection(bands: pd.DataFrame, reference: str = "direct") -> go.Figure:
+    """Background rejection 1/eps_B against signal efficiency per tokenizer, one column per
     background (and all together): geometric mean over seeds and matched cells, 95% band from
-    the seed spread (``curves.rejection_bands``)."""
+    the seed spread (``curves.rejection_bands``); below, the ratio to ``reference`` on the same
+    cells and seeds, with its band."""
     panels = list(dict.fromkeys(bands["background"]))
-    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"vs {b}" for b in panels], shared_yaxes=False)
+    ratio = reference in set(bands["tokenizer"]) and bands["tokenizer"].nunique() > 1
+    fig = make_subplots(rows=2 if ratio else 1, cols=max(len(panels), 1), subplot_titles=[f"vs {b}" for b in panels], shared_xaxes=True,
+                        row_heights=[0.7, 0.3] if ratio else None, vertical_spacing=0.06)
     colors = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}
+
+    def trace(x, y, lo, hi, c, tok, row, col, show):
+        keep = np.isfinite(lo) & np.isfinite(hi)
+        if keep.any():
+            fig.add_trace(go.Scatter(x=list(x[keep]) + list(x[keep])[::-1], y=list(hi[keep]) + list(lo[keep])[::-1], fill="toself",
+                                     line={"width": 0}, fillcolor=c, opacity=0.2, hoverinfo="skip", showlegend=False, legendgroup=tok),
+                          row=row, col=col)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=tok, line={"color": c}, legendgroup=tok, showlegend=show), row=row, col=col)
+
     for i, bkg in enumerate(panels):
         sub = bands[bands["background"] == bkg]
         for tok in dict.fromkeys(sub["tokenizer"]):
             s = sub[sub["tokenizer"] == tok]
             c = colors.get(tok, "#555")
-            band = s.dropna(subset=["lo", "hi"])
-            if len(band):
-                fig.add_trace(go.Scatter(x=list(band["eff"]) + list(band["eff"])[::-1], y=list(band["hi"]) + list(band["lo"])[::-1],
-                                         fill="toself", line={"width": 0}, fillcolor=c, opacity=0.2, hoverinfo="skip", showlegend=False,
-                                         legendgroup=tok), row=1, col=i + 1)
-            fig.add_trace(go.Scatter(x=s["eff"], y=s["rejection"], mode="lines", name=tok, line={"color": c}, legendgroup=tok,
-                                     showlegend=i == 0), row=1, col=i + 1)
-    fig.update_yaxes(type="log", title_text="background rejection 1/ε_B", col=1)
-    fig.update_xaxes(title_text="signal efficiency")
+            trace(s["eff"].to_numpy(), s["rejection"].to_numpy(), s["lo"].to_numpy(), s["hi"].to_numpy(), c, tok, 1, i + 1, i == 0)
+            if ratio and tok != reference:
+                trace(s["eff"].to_numpy(), s["ratio"].to_numpy(), s["ratio_lo"].to_numpy(), s["ratio_hi"].to_numpy(), c, tok, 2, i + 1, False)
+        if ratio:
+            fig.add_hline(y=1.0, line_color=colors.get(reference, "#555"), row=2, col=i + 1)
+    fig.update_yaxes(type="log", row=1)
+    fig.update_yaxes(title_text="background rejection 1/ε_B", row=1, col=1)
+    if ratio:
+        fig.update_yaxes(title_text=f"ratio to {reference}", row=2, col=1)
+    fig.update_xaxes(title_text="signal efficiency", row=2 if ratio else 1)
     n = int(bands["n_cells"].max()) if len(bands) else 0
     fig.update_layout(title=f"Rejection against efficiency per tokenizer: geometric mean over seeds and the {n} matched cells, "
-                            "95% band from the seed spread", height=430)
+                            "95% band from the seed spread; ratio to the reference on the same cells and seeds", height=560 if ratio else 430)
     return fig
 
 
@@ -407,13 +487,22 @@ def fig_scores(hist: pd.DataFrame, cal: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fig_val_auc(histories: dict[str, list[tuple[int, float]]]) -> go.Figure:
+def fig_learning(bands: pd.DataFrame) -> go.Figure:
+    """Validation AUC against epoch per tokenizer: mean over seeds and matched cells with its 95%
+    band (``curves.learning_bands``; MLflow's UI shows each run, or a group's min / mean / max)."""
     fig = go.Figure()
-    for name, h in sorted(histories.items()):
-        if h:
-            x, y = zip(*h, strict=True)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, line={"width": 1}, marker={"size": 3}))
-    fig.update_layout(title="Validation AUC against epoch, all runs", xaxis_title="epoch", yaxis_title="val AUC", height=550)
+    colors = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}
+    for tok in dict.fromkeys(bands["tokenizer"]):
+        s = bands[bands["tokenizer"] == tok].dropna(subset=["lo", "hi"])
+        c = colors.get(tok, "#555")
+        if len(s):
+            fig.add_trace(go.Scatter(x=list(s["epoch"]) + list(s["epoch"])[::-1], y=list(s["hi"]) + list(s["lo"])[::-1], fill="toself",
+                                     line={"width": 0}, fillcolor=c, opacity=0.2, hoverinfo="skip", showlegend=False, legendgroup=tok))
+        s = bands[bands["tokenizer"] == tok]
+        fig.add_trace(go.Scatter(x=s["epoch"], y=s["val_auc"], mode="lines", name=tok, line={"color": c}, legendgroup=tok))
+    n = int(bands["n_cells"].max()) if len(bands) else 0
+    fig.update_layout(title=f"Validation AUC against epoch per tokenizer: mean over seeds and the {n} matched cells, 95% band from the "
+                            "seed spread", xaxis_title="epoch", yaxis_title="val AUC", height=480)
     return fig
 
 
@@ -513,6 +602,8 @@ class Report:
     components: dict = field(default_factory=dict)  # its variance components (seed, within cell, test set)
     checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: train vs test AUC, flagged gaps
     rejection: pd.DataFrame = field(default_factory=pd.DataFrame)  # curves.rejection_bands per background ("all" first)
+    learning: pd.DataFrame = field(default_factory=pd.DataFrame)  # curves.learning_bands: val AUC per epoch per tokenizer
+    margin: float = equivalence.MARGIN  # the equivalence margin the verdicts used
 
     def csv(self) -> str:
         out = self.cells.copy()
@@ -536,12 +627,15 @@ class Report:
             rf"noise), and mean background rejection $R_\varepsilon = 1/\varepsilon_B$ at signal efficiency $\varepsilon$; grid \texttt{{{g}}}.",
             "tab:tokenization")
         lines += _tex_table(
-            "lllcr", r"Comparison & Factor & At & $\Delta$AUC & $p_\mathrm{Holm}$",
+            "lllcrl", r"Comparison & Factor & At & $\Delta$AUC & $p_\mathrm{Holm}$ & Verdict",
             [rf"{_tex_escape(r.comparison)} & {_tex_escape(r.factor)} & {_tex_escape(r.at)} & "
-             rf"{_pm(r.estimate, r.ci_low, r.ci_high)}\textsuperscript{{{_stars(r.p_holm)}}} & \num{{{r.p_holm:.3g}}}" for r in self.effects.itertuples()],
+             rf"{_pm(r.estimate, r.ci_low, r.ci_high)}\textsuperscript{{{_stars(r.p_holm)}}} & \num{{{r.p_holm:.3g}}} & {r.verdict}"
+             for r in self.effects.itertuples()],
             rf"Matched contrasts of test AUC (level a $-$ level b, same other factors and seed) $\pm$ half-width of the 95\% $t$ "
-            rf"interval (seed spread and test-set noise); $p$ from the same $t$ statistic, Holm-adjusted over the {len(self.effects)} rows; * $p<0.05$, "
-            rf"** $p<0.01$, *** $p<0.001$; grid \texttt{{{g}}}.", "tab:tokenization-effects")
+            rf"interval (seed spread and test-set noise); $p$ from the same $t$ statistic, Holm-adjusted within each family "
+            rf"({', '.join(dict.fromkeys(self.effects['family'])) if len(self.effects) else 'none'}); * $p<0.05$, "
+            rf"** $p<0.01$, *** $p<0.001$; verdict against a margin of $\pm${self.effects.attrs.get('margin', equivalence.MARGIN):g} AUC "
+            rf"(TOST, 90\% interval); grid \texttt{{{g}}}.", "tab:tokenization-effects")
         if len(self.omnibus):
             lines += _tex_table(
                 "lrrr", r"Term & df & $F$ & $p$",
@@ -568,10 +662,12 @@ class Report:
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
         if len(self.omnibus) or self.components.get("note"):
             parts.append("<h2>Is there a tokenizer effect at all? (factorial model)</h2>" + "".join(
-                f"<p>{html.escape(x)}</p>" for x in omnibus_sentences(self.omnibus, self.components)) + table(self.omnibus))
+                f"<p>{html.escape(x)}</p>" for x in omnibus_sentences(self.omnibus, self.components))
+                + (table(self.omnibus) if len(self.omnibus) else ""))
         parts.append(f"<h2>Missing cells ({len(self.missing)})</h2>" + (table(self.missing) if len(self.missing) else "<p>none: every expected cell has a finished run</p>"))
         parts.append("<h2>Tokenizers (all cells and seeds; 95% t interval)</h2>" + table(self.tokenizers))
-        parts.append("<h2>Effects (matched contrasts of test AUC; t interval and p, Holm over all rows)</h2>" + table(self.effects))
+        parts.append("<h2>Effects (matched contrasts of test AUC; 95% and 90% t intervals, p, Holm within each family, TOST "
+                     "verdict against the margin)</h2>" + table(self.effects))
         parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
         parts.append("<h2>Per background process</h2>" + table(self.backgrounds))
         parts.append("<h2>Per cell (over seeds; auc_ci: 95% t interval)</h2>" + table(self.cells))
