@@ -98,7 +98,8 @@ def rejection_bands(fin: pd.DataFrame, scores: dict[str, dict], background: str 
         vals, ratios = {}, {}
         for cell, g in sub.groupby(CELL):
             vals[cell] = np.array([logs[r] for r in g["run_id"]])
-            pairs = [logs[r] - ref[(*cell, s)] for r, s in zip(g["run_id"], g["seed"], strict=True) if (*cell, s) in ref]
+            with np.errstate(invalid="ignore"):  # inf - inf where neither curve has a background left
+                pairs = [logs[r] - ref[(*cell, s)] for r, s in zip(g["run_id"], g["seed"], strict=True) if (*cell, s) in ref]
             if pairs:
                 ratios[cell] = np.array(pairs)
         mean, lo, hi = _band(vals, alpha)

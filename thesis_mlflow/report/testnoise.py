@@ -103,18 +103,27 @@ def _groups(scores: dict[str, dict], run_ids: list[str], metric: str):
 
 
 def structural_components(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong's components of one run: ``V10`` (m,) per signal event, the share of backgrounds
-    scored below it (ties one half); ``V01`` (n,) per background, the share of signal events
-    scored above it. The AUC is the mean of either."""
+    """DeLong's components of one run: ``V10`` (m,) per signal event in the events' order, the
+    share of backgrounds scored below it (ties one half); ``V01`` (n,) per background, the share
+    of signal events scored above it. The AUC is the mean of either. One sort: each group of
+    tied scores knows how many of each class lie below it and within it."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y], np.sort(s[~y])
-    pos_sorted = np.sort(pos)
-    lo, hi = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")
-    v10 = (lo + 0.5 * (hi - lo)) / max(len(neg), 1)
-    lo, hi = np.searchsorted(pos_sorted, s[~y], "left"), np.searchsorted(pos_sorted, s[~y], "right")
-    v01 = (len(pos) - hi + 0.5 * (hi - lo)) / max(len(pos), 1)
-    return v10, v01
+    m, n = int(y.sum()), int((~y).sum())
+    order = np.argsort(s)
+    ss, yy = s[order], y[order]
+    new = np.r_[True, ss[1:] != ss[:-1]]
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1  # (N,) tie group of each sorted event
+    pos = np.r_[0, np.cumsum(yy)]  # signal events among the first k sorted
+    bounds = np.r_[starts, len(ss)]
+    pos_below, pos_in = pos[bounds[:-1]], np.diff(pos[bounds])
+    neg_below, neg_in = bounds[:-1] - pos_below, np.diff(bounds) - np.diff(pos[bounds])
+    g = group
+    v = np.where(yy, (neg_below[g] + 0.5 * neg_in[g]) / max(n, 1), (m - pos_below[g] - 0.5 * pos_in[g]) / max(m, 1))
+    out = np.empty_like(v)
+    out[order] = v
+    return out[y], out[~y]
 
 
 def delong_aucs(scores: dict[str, dict], run_ids: list[str], metric: str = "auc") -> tuple[np.ndarray, np.ndarray]:

@@ -278,7 +278,8 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
                    f"and seed) after Holm's correction:")
     else:
         out.append("No tokenizer is detectably best on this grid: none beats every other one on matched cells after Holm's correction.")
-    pairs = [_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)]
+    # each tokenizer against the reference first (the study's question), then the other pairs, in rank order
+    pairs = sorted((_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)), key=lambda p: p[1] != reference)
     for a, b in pairs:
         r = _oriented(main, a, b)
         if r is not None:
