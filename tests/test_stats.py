@@ -226,10 +226,19 @@ WORLDS = {"seed noise": {"seed_sd": 0.15}, "test-set noise": {"seed_sd": 0.005}}
 N_WORLD = 150
 
 
-@pytest.fixture(scope="module", params=[(w, n) for w in WORLDS for n in (2, 3)], ids=lambda p: f"{p[0]}, {p[1]} seeds")
+_WORLDS: dict = {}
+
+
+def _world(regime: str, n_seeds: int):
+    """The world's grids, simulated once per test session (the coverage and family tests share them)."""
+    if (regime, n_seeds) not in _WORLDS:
+        _WORLDS[regime, n_seeds] = _simulate_many(0.0, n=N_WORLD, n_seeds=n_seeds, cell_sd=0.0, **WORLDS[regime])
+    return _WORLDS[regime, n_seeds]
+
+
+@pytest.fixture(params=[(w, n) for w in WORLDS for n in (2, 3)], ids=lambda p: f"{p[0]}, {p[1]} seeds")
 def world(request):
-    regime, n_seeds = request.param
-    return request.param, _simulate_many(0.0, n=N_WORLD, n_seeds=n_seeds, cell_sd=0.0, **WORLDS[regime])
+    return request.param, _world(*request.param)
 
 
 # Simulated figures (README "Statistics"): printed with -s. Coverage pools the rows of each
@@ -257,15 +266,20 @@ def test_intervals_cover_at_nominal_at_two_and_three_seeds_in_both_noise_regimes
 
 
 @pytest.mark.simulation
-def test_each_family_keeps_its_family_wise_error(world):
+def test_each_family_keeps_its_family_wise_error():
     """No factor has an effect: in each Holm family (primary, other factors, interactions) some
-    row is called significant in <= 5% of grids (plant: Holm over nothing, each row at 5%)."""
-    (regime, n_seeds), grids = world
-    rates = {f: float(np.mean([df[df["family"] == f]["significant"].any() for df, *_ in grids]))
-             for f in ("primary", "other factors", "tokenizer interactions")}
-    print(f"family-wise false positives ({regime}, {n_seeds} seeds): " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
-    for f, rate in rates.items():
-        assert rate <= 0.05, (f, rate)
+    row is called significant in <= 5% of the 600 grids of the four worlds, and in no world by
+    more than its binomial spread (plant: Holm over nothing, each row at 5% -> ~20% for the 4
+    interactions)."""
+    rates = {}
+    for key in [(w, n) for w in WORLDS for n in (2, 3)]:
+        grids = _world(*key)
+        rates[key] = {f: float(np.mean([df[df["family"] == f]["significant"].any() for df, *_ in grids]))
+                      for f in ("primary", "other factors", "tokenizer interactions")}
+        print(f"family-wise false positives ({key[0]}, {key[1]} seeds): " + ", ".join(f"{k} {v:.3f}" for k, v in rates[key].items()))
+    for f in ("primary", "other factors", "tokenizer interactions"):
+        each = [r[f] for r in rates.values()]
+        assert np.mean(each) <= 0.05 and max(each) <= 0.09, (f, each)
 
 
 @pytest.mark.simulation
