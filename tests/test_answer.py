@@ -180,3 +180,13 @@ def test_tokenizer_table_shows_parameter_counts():
     t = report.tokenizer_table(runs, scores, n_boot=20).set_index("tokenizer")
     assert t.loc["direct", ["params_min", "params_max", "params_embedding"]].tolist() == [1056, 1128, 56]
     assert t.loc["binned", ["params_min", "params_max"]].tolist() == [6900, 6972]
+
+
+def test_an_unfitted_factorial_model_says_why_and_nothing_after_it():
+    """The page's factorial section: the reason it was not fitted, and no stray "none" table
+    after it (plant: the empty table's "none" back)."""
+    r = report.Report(grid="g", cells=pd.DataFrame(), effects=pd.DataFrame(), missing=pd.DataFrame(),
+                      components={"note": "needs at least 2 tokenizers and 2 seeds"})
+    page = r.html()
+    section = page.split("<h2>Is there a tokenizer effect at all? (factorial model)</h2>")[1].split("<h2>")[0]
+    assert section == "<p>Factorial model not fitted: needs at least 2 tokenizers and 2 seeds.</p>\n"

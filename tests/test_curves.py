@@ -76,3 +76,81 @@ def test_calibration_of_a_calibrated_model_lies_on_the_diagonal():
     assert set(h["process"]) == {"4t", "ttH"}
     for _, g in h.groupby("process"):
         assert (g["density"] * (g["hi"] - g["lo"])).sum() == pytest.approx(1.0)
+
+
+def _two_tokenizers(n_seeds=3, cells=("cls", "max")):
+    rng = np.random.default_rng(3)
+    y = (rng.random(3000) < 0.5).astype(np.int8)
+    proc = np.where(y == 1, 1, 5).astype(np.int8)
+    spec, scores = [], {}
+    for tok, k in (("direct", 1.0), ("binned", 1.3)):
+        for cell in cells:
+            for seed in range(n_seeds):
+                rid = f"{tok}-{cell}{seed}"
+                spec.append((rid, tok, cell, seed))
+                scores[rid] = {"labels": y, "process": proc, "scores": rng.normal(y * (k + 0.1 * rng.normal()), 1)}
+    return _runs(spec), scores
+
+
+def test_the_ratio_to_direct_is_the_mean_of_matched_ratios_with_its_band():
+    """On complete matched cells the geometric mean of the paired ratios is the ratio of the
+    curves; direct against itself is 1; the band comes from the spread of the pairs' ratios,
+    narrower than either curve's own band when seeds share... nothing here, so it only has to hold
+    the ratio (plants: ratio of arithmetic means; the reference's own curve in the ratio panel)."""
+    runs, scores = _two_tokenizers()
+    b = curves.rejection_bands(runs, scores)
+    d, s = (b[b["tokenizer"] == t].set_index("eff") for t in ("direct", "binned"))
+    np.testing.assert_allclose(s["ratio"], s["rejection"] / d["rejection"], rtol=1e-9)
+    np.testing.assert_allclose(d["ratio"], 1.0) and np.testing.assert_allclose(d["ratio_lo"], 1.0)
+    assert (s["ratio_lo"] < s["ratio"]).all() and (s["ratio"] < s["ratio_hi"]).all() and (s["ratio"] > 1).mean() > 0.9
+    without = curves.rejection_bands(runs[runs["tokenizer"] == "binned"], scores)
+    assert without["ratio"].isna().all()  # no reference in the grid: no ratio
+
+
+def test_learning_bands_average_matched_cells_over_common_epochs():
+    """Mean over matched cells of the mean over seeds, per epoch; a run still training shortens
+    its tokenizer's curve to the epochs every run has (plant: the epochs of any run -> a KeyError
+    or a curve bent by the short run)."""
+    runs, _ = _two_tokenizers(n_seeds=2)
+    runs["name"] = runs["run_id"]
+    hist = {r: [(e, 0.7 + 0.01 * e + (0.02 if r.startswith("binned") else 0) + 0.001 * i) for e in range(1, 6)]
+            for i, r in enumerate(runs["run_id"])}
+    hist["direct-max1"] = hist["direct-max1"][:3]  # still training
+    lb = curves.learning_bands(runs, hist)
+    d = lb[lb["tokenizer"] == "direct"]
+    assert d["epoch"].tolist() == [1, 2, 3] and lb[lb["tokenizer"] == "binned"]["epoch"].tolist() == [1, 2, 3, 4, 5]
+    want = np.mean([np.mean([hist[f"direct-{c}{s}"][0][1] for s in range(2)]) for c in ("cls", "max")])
+    assert d.iloc[0]["val_auc"] == pytest.approx(want) and d.iloc[0]["lo"] < want < d.iloc[0]["hi"]
+    assert (lb["n_cells"] == 2).all()
+
+
+def test_rejection_figure_has_a_ratio_panel_and_its_header_clears_the_legend(tmp_path, monkeypatch):
+    """The PDF: a rejection panel and a ratio panel to direct; the header above the axes and the
+    legend (with its title) never meet: the legend sits in the lower half, which the falling
+    curves leave empty (its title sat on the header before)."""
+    from thesis_mlflow.report import figures
+
+    runs, scores = _two_tokenizers()
+    bands = curves.rejection_bands(runs, scores)
+    seen = {}
+    save = figures._save
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        seen["axes"] = len(fig.axes)
+        legend = ax.get_legend().get_window_extent(r)
+        seen["overlap"] = [t.get_window_extent(r).overlaps(legend) for t in ax.texts]
+        seen["legend_low"] = legend.y1 < ax.get_window_extent(r).y0 + 0.5 * ax.get_window_extent(r).height
+        seen["ratio_label"] = fig.axes[-1].get_ylabel()
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    out = figures.rejection(bands, "g", tmp_path / "rejection.pdf")
+    assert out.read_bytes()[:5] == b"%PDF-"
+    assert seen["axes"] == 2 and seen["ratio_label"] == "ratio to direct"
+    assert seen["overlap"] and not any(seen["overlap"])
+    assert seen["legend_low"]  # in the lower half, nowhere near the header (plant: the old upper placement)
+    lb = curves.learning_bands(runs.assign(name=runs["run_id"]), {r: [(1, 0.7), (2, 0.75)] for r in runs["run_id"]})
+    assert figures.learning(lb, "g", tmp_path / "val_auc.pdf").read_bytes()[:5] == b"%PDF-"

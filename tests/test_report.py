@@ -88,7 +88,7 @@ def test_report_tables_equal_logged_values(filled_store, tmp_path):
     assert direct_ttz["auc_mean"] == pytest.approx((k["direct", 0]["auc_vs_ttZ"] + k["direct", 1]["auc_vs_ttZ"]) / 2, abs=1e-4)
     # plotly.js once, as a file beside a small page; PDFs for the thesis
     assert "<script src='plotly.min.js'>" in html_text and len(html_text) < 1_000_000 and (out / "plotly.min.js").stat().st_size > 1e6
-    for pdf in ("auc_by_cell", "effects", "backgrounds", "rejection"):
+    for pdf in ("auc_by_cell", "effects", "backgrounds", "rejection", "val_auc"):
         assert (out / "figures" / f"{pdf}.pdf").read_bytes()[:5] == b"%PDF-"
     # the missing cell is listed as missing
     missing = pd.read_html(io.StringIO(html_text), match="NOT STARTED")[0]

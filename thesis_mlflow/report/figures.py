@@ -113,9 +113,9 @@ def rejection(bands: pd.DataFrame, grid: str, path: Path, reference: str = "dire
     ax.set_yscale("log")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
     n = int(bands["n_cells"].max()) if len(bands) else 0
-    # what the curves are goes into the legend's own first line, inside the axes: the header above
-    # the axes holds the grid name only, so the two never meet (they overlapped before)
-    ax.legend(loc="upper right", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
+    # the legend in the lower left, which falling rejection curves leave empty, far from the header
+    # above the top right corner (its title sat on the header before)
+    ax.legend(loc="lower left", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
     _label(ax, grid)
     if with_ratio:
         rx = axes[1, 0]
