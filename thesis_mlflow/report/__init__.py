@@ -3,7 +3,9 @@ the written answer. May import everything below it (``grid``'s run lookup, ``tra
 ``learn``'s metrics, ``spec``); nothing imports ``report`` but ``steps/``.
 
 - ``results``: the study as tables for notebooks (programmatic MLflow queries)
-- ``stats``: seed-aware intervals, contrasts, the omnibus model (no MLflow)
+- ``testnoise``: the test-set part of each interval (DeLong's covariance; the paired bootstrap)
+- ``stats``: seed-aware intervals, contrasts, Holm families, the omnibus model (no MLflow)
+- ``equivalence``: "as good as" within a margin (TOST) and one verdict per pair
 - ``curves``: rejection curves, score densities, calibration over seeds
 - ``writeup``: the answer's sentences, the HTML page and the TeX tables, from plain tables
 - ``figures``: the main figures as vector PDF
