@@ -117,7 +117,7 @@ def test_no_winner_in_a_world_without_tokenizer_effect_and_one_with_a_clear_effe
             bucket.append(report.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
     print(f"winner named: {np.mean(named_null):.3f} without an effect, {np.mean(named_effect):.3f} with a two-seed-sd effect")
     assert np.mean(named_null) <= 0.05
-    assert np.mean(named_effect) >= 0.75
+    assert np.mean(named_effect) >= 0.80
 
 
 def test_ranking_uses_matched_differences():
