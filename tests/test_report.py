@@ -118,8 +118,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_html_renders_in_headless_chromium(filled_store, tmp_path):
     if CHROMIUM is None:
         pytest.fail("headless Chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)")
-    out = run_report("rep", str(tmp_path / "out"), n_boot=20, echo=lambda *_: None)
+    out = run_report("rep", str(tmp_path / "out"), n_boot=20, echo=lambda *_: None, margin=0.01)
     page = (out / "summary.html").resolve()
+    text = page.read_text()
+    assert "equivalence margin ±0.01 AUC (report --margin)" in text and "±0.01 AUC by two one-sided tests" in text
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=8000",
              "--enable-logging=stderr", "--v=0"]
@@ -137,3 +139,18 @@ def test_html_renders_in_headless_chromium(filled_store, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert img.std() > 10  # not a blank page
     assert (img < 128).mean() > 0.005  # some ink: text, axes, bars
+
+
+def test_the_margin_comes_from_report_margin_then_the_grid_file_then_the_default(filled_store):
+    """``report --margin`` wins over the grid file's ``report.margin``, which wins over the
+    default; the page says which it used (plant: the grid file's margin ignored)."""
+    from dataclasses import replace
+
+    from thesis_mlflow.report.build import build, collect
+
+    data = collect("rep")
+    for given, in_file, want, where in ((None, None, 0.005, "the default"), (None, 0.02, 0.02, "the grid file's report.margin"),
+                                        (0.03, 0.02, 0.03, "report --margin")):
+        r = build("rep", replace(data, margin=in_file), n_boot=20, margin=given)
+        assert r.margin == want and r.effects.attrs["margin"] == want
+        assert any(f"equivalence margin ±{want:g} AUC ({where})" in n for n in r.notes), r.notes

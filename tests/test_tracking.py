@@ -57,7 +57,7 @@ def test_the_client_retries_every_call(monkeypatch):
         set_tag = staticmethod(fn)
         tracking_uri = "http://x"
 
-    monkeypatch.setattr(tracking, "raw_client", lambda: Fake())
+    monkeypatch.setattr(tracking, "raw_client", lambda uri=None: Fake())
     c = tracking.client()
     assert c.set_tag("run", "k", "v") == "stored" and len(calls) == 2
     assert c.tracking_uri == "http://x"
