@@ -94,9 +94,9 @@ def _two_tokenizers(n_seeds=3, cells=("cls", "max")):
 
 def test_the_ratio_to_direct_is_the_mean_of_matched_ratios_with_its_band():
     """On complete matched cells the geometric mean of the paired ratios is the ratio of the
-    curves; direct against itself is 1; the band comes from the spread of the pairs' ratios,
-    narrower than either curve's own band when seeds share... nothing here, so it only has to hold
-    the ratio (plants: ratio of arithmetic means; the reference's own curve in the ratio panel)."""
+    curves; direct against itself is 1 with no width; the band, from the spread of the pairs'
+    ratios, holds the ratio; a grid without the reference has no ratio (plants: the ratio of
+    arithmetic means; a ratio against a missing reference)."""
     runs, scores = _two_tokenizers()
     b = curves.rejection_bands(runs, scores)
     d, s = (b[b["tokenizer"] == t].set_index("eff") for t in ("direct", "binned"))
