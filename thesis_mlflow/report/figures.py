@@ -105,11 +105,7 @@ def rejection(bands: pd.DataFrame, grid: str, path: Path, reference: str = "dire
                              gridspec_kw={"height_ratios": [3, 1.2] if with_ratio else [1], "hspace": 0.06})
     ax = axes[0, 0]
     for tok in toks:
-        s = bands[bands["tokenizer"] == tok]
-        ax.plot(s["eff"], s["rejection"], lw=1.5, color=COLORS[tok], label=tok)
-        band = s.dropna(subset=["lo", "hi"])
-        if len(band):
-            ax.fill_between(band["eff"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
+        _curve(ax, bands[bands["tokenizer"] == tok], "eff", "rejection", "lo", "hi", tok)
     ax.set_yscale("log")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
     n = int(bands["n_cells"].max()) if len(bands) else 0
@@ -120,13 +116,8 @@ def rejection(bands: pd.DataFrame, grid: str, path: Path, reference: str = "dire
     if with_ratio:
         rx = axes[1, 0]
         for tok in toks:
-            s = bands[bands["tokenizer"] == tok].dropna(subset=["ratio"])
-            if tok == reference or not len(s):
-                continue
-            rx.plot(s["eff"], s["ratio"], lw=1.5, color=COLORS[tok])
-            band = s.dropna(subset=["ratio_lo", "ratio_hi"])
-            if len(band):
-                rx.fill_between(band["eff"], band["ratio_lo"], band["ratio_hi"], color=COLORS[tok], alpha=0.25, lw=0)
+            if tok != reference:
+                _curve(rx, bands[bands["tokenizer"] == tok].dropna(subset=["ratio"]), "eff", "ratio", "ratio_lo", "ratio_hi", tok, label=False)
         rx.axhline(1.0, color=COLORS[reference], lw=1.2)
         rx.set_ylabel(f"ratio to {reference}", fontsize=9)
         rx.set_xlabel(r"signal efficiency $\varepsilon_S$")
@@ -141,17 +132,23 @@ def learning(bands: pd.DataFrame, grid: str, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
-        s = bands[bands["tokenizer"] == tok]
-        ax.plot(s["epoch"], s["val_auc"], lw=1.5, color=COLORS[tok], label=tok)
-        band = s.dropna(subset=["lo", "hi"])
-        if len(band):
-            ax.fill_between(band["epoch"], band["lo"], band["hi"], color=COLORS[tok], alpha=0.25, lw=0)
+        _curve(ax, bands[bands["tokenizer"] == tok], "epoch", "val_auc", "lo", "hi", tok)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation AUC")
     n = int(bands["n_cells"].max()) if len(bands) else 0
     ax.legend(loc="lower right", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
     _label(ax, grid)
     return _save(fig, path)
+
+
+def _curve(ax, s: pd.DataFrame, x: str, y: str, lo: str, hi: str, tok: str, label: bool = True) -> None:
+    """One tokenizer's mean curve and, where it has one, its band."""
+    if not len(s):
+        return
+    ax.plot(s[x], s[y], lw=1.5, color=COLORS.get(tok), label=tok if label else None)
+    band = s.dropna(subset=[lo, hi])
+    if len(band):
+        ax.fill_between(band[x], band[lo], band[hi], color=COLORS.get(tok), alpha=0.25, lw=0)
 
 
 def _save(fig, path: Path) -> Path:
