@@ -71,13 +71,15 @@ def report(uri: str, grid: str, work: Path) -> tuple[float, float, list[str]]:
     """Wall seconds, peak RSS in GB and the answer's first lines of one ``report`` process."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "size", "THESIS_MLFLOW_CACHE": str(work / "cache")}
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "steps.cli", "report", "--grid", grid, "--out-dir", str(work / "out")], cwd=work, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"report of {grid} failed:\n{out[-3000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-m", "steps.cli", "report", "--grid", grid, "--out-dir", str(work / "out")], cwd=work, env=env,
+                             stdout=subprocess.PIPE, stderr=err, text=True)
+        out = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"report of {grid} failed:\n{out[-2000:]}\n{err.read()[-3000:]}")
     return wall, usage.ru_maxrss / 1024**2, [ln.strip() for ln in out.splitlines() if ln.startswith("  ")][:3]
 
 

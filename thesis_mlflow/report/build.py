@@ -212,7 +212,8 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
         tracking.log_metrics({"query_seconds": t_query, "build_seconds": t_build})
     gridruns.close_parent(data, len(r.missing))
     echo(f"report of {grid}: {len(r.cells)} cells, {len(r.missing)} missing; queries {t_query:.1f} s, build {t_build:.1f} s")
-    for line in r.answer[:2]:
+    head = next((i for i, line in enumerate(r.answer) if ": ΔAUC = " in line), 2)  # the headline and the verdicts
+    for line in r.answer[: max(head, 1)]:
         echo(f"  {line}")
     echo(f"  {out / 'summary.html'}  (effects.csv, summary.tex, figures/*.pdf beside it)")
     if len(data.runs):

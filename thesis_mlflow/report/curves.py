@@ -59,7 +59,8 @@ def _band(values: dict[tuple, np.ndarray], alpha: float) -> tuple[np.ndarray, np
     parts, dfs = [], []
     for v in values.values():
         if len(v) > 1:
-            parts.append(v.var(0, ddof=1) / (len(v) * C**2))
+            with np.errstate(invalid="ignore"):  # inf - inf where no background is left at an efficiency: no band there
+                parts.append(v.var(0, ddof=1) / (len(v) * C**2))
             dfs.append(len(v) - 1)
     if not parts:
         nan = np.full_like(means, np.nan)

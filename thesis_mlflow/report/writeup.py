@@ -278,8 +278,11 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
                    f"and seed) after Holm's correction:")
     else:
         out.append("No tokenizer is detectably best on this grid: none beats every other one on matched cells after Holm's correction.")
-    # each tokenizer against the reference first (the study's question), then the other pairs, in rank order
-    pairs = sorted((_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)), key=lambda p: p[1] != reference)
+    # each tokenizer against the reference first (the study's question), in the spec's order
+    # (binned before vqvae: the same order on every page), then the other pairs in rank order
+    order = {t: i for i, t in enumerate(stats.CONTRAST_ORDER["tokenizer"])}
+    pairs = sorted((_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)),
+                   key=lambda p: (p[1] != reference, order.get(p[0], 99) if p[1] == reference else 0))
     for a, b in pairs:
         r = _oriented(main, a, b)
         if r is not None:
