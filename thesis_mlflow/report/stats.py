@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from thesis_mlflow.learn.metrics import BACKGROUNDS
 from thesis_mlflow.report import equivalence
@@ -201,10 +201,12 @@ def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float
     if not np.isfinite(est):
         return Interval(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), seed_var, test_var,
                         n_single, known, pooled)
-    q = float(sps.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(sps.norm.ppf(1 - alpha / 2))
+    # scipy.special's t and normal functions: the same numbers as scipy.stats' distributions
+    # without their argument checks (half of a simulated grid's statistics went there)
+    q = float(special.stdtrit(df, 1 - alpha / 2)) if np.isfinite(df) else float(special.ndtri(1 - alpha / 2))
     if se > 0:
         t = abs(est) / se
-        p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
+        p = float(2 * (special.stdtr(df, -t) if np.isfinite(df) else special.ndtr(-t)))
     else:  # no spread at all (identical runs, no events to resample): only an exact zero is "no difference"
         p = 1.0 if est == 0 else 0.0
     return Interval(est, se, float(df), est - q * se, est + q * se, p, seed_var, test_var, n_single, known, pooled)
@@ -223,7 +225,7 @@ def _homogeneous(groups: list[np.ndarray]) -> bool:
     k, n = len(groups), d.sum()
     pooled = (d * s2).sum() / n
     stat = (n * np.log(pooled) - (d * np.log(s2)).sum()) / (1 + ((1 / d).sum() - 1 / n) / (3 * (k - 1)))
-    return not (sps.chi2.sf(stat, k - 1) < HOMOGENEITY_P)
+    return not (special.chdtrc(k - 1, stat) < HOMOGENEITY_P)
 
 
 def sign_flip_p(units: Units, auc: np.ndarray, n_flips: int = 9999, seed: int = 0) -> float:
@@ -368,14 +370,15 @@ def effects(runs: pd.DataFrame, scores: dict[str, dict], n_boot: int = 1000, see
                          "ci90_low": lo90, "ci90_high": hi90, "se": iv.se, "df": iv.df, "p_value": iv.p_value, "p_lower": p_lower,
                          "p_upper": p_upper, "p_equiv": max(p_lower, p_upper), "n_pairs": len(units), "n_seeds": len(set(units.seeds)),
                          "n_single": iv.n_single, "seed_var_known": iv.seed_var_known, "seed_var_pooled": iv.pooled})
-    df = pd.DataFrame(rows, columns=[c for c in EFFECT_COLUMNS if c not in ("p_holm", "significant", "verdict")])
-    df["p_holm"] = np.nan
-    for _, idx in df.groupby("family", sort=False).groups.items():
-        df.loc[idx, "p_holm"] = holm(df.loc[idx, "p_value"].to_numpy(dtype=float))
-    df["significant"] = (df["p_holm"] < alpha).fillna(False).astype(bool)  # NaN is never significant
-    df["verdict"] = [equivalence.verdict(r.estimate, r.significant, r.p_lower, r.p_upper, alpha) if r.kind != "interaction" else ""
-                     for r in df.itertuples()]
-    out = df[EFFECT_COLUMNS]
+    for fam in dict.fromkeys(r["family"] for r in rows):  # Holm within each family
+        members = [r for r in rows if r["family"] == fam]
+        for r, ph in zip(members, holm(np.array([r["p_value"] for r in members], dtype=float)), strict=True):
+            r["p_holm"] = float(ph)
+            r["significant"] = bool(ph < alpha)  # NaN is never significant
+            r["verdict"] = equivalence.verdict(r["estimate"], r["significant"], r["p_lower"], r["p_upper"], alpha) \
+                if r["kind"] != "interaction" else ""
+    out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    out["significant"] = out["significant"].astype(bool)
     out.attrs.update(margin=margin, test_noise=method)
     return out
 
