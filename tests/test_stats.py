@@ -251,8 +251,8 @@ BAND = (0.904, 0.996)  # a 200-grid estimate of one 95% rate falls here with pro
 def test_intervals_cover_at_nominal_at_two_and_three_seeds_in_both_noise_regimes(world):
     """Main effects, tokenizer interactions and single cells cover >= 94% whether seeds or the
     test set dominate, with 2 seeds as with 3 (plants: the normal quantile in place of t; the
-    test-set part left out). A single cell is conservative (~0.99): its t quantile has n - 1
-    df and the test-set part, known precisely, sits under it."""
+    test-set part left out). A single cell takes the seed variance pooled over the grid's cells
+    (``stats.grid_seed_variance``): near nominal, where its own 1-2 df made it ~0.99-1.00."""
     (regime, n_seeds), grids = world
     main = _coverage([(r["ci_low"], r["ci_high"], _main_truth(runs, r)) for df, _, runs, _ in grids
                       for _, r in df[df["kind"] == "main"].iterrows()])
@@ -752,3 +752,27 @@ def test_delong_covariance_is_the_paired_bootstraps():
         a_b, c_b = testnoise.run_aucs(scores, ids, m, "bootstrap", n_boot=4000, seed=4)
         np.testing.assert_allclose(a_d, a_b, atol=1e-12)
         np.testing.assert_allclose(np.diag(c_d), np.diag(c_b), rtol=0.15)
+
+
+def test_a_single_cell_takes_the_grids_pooled_seed_variance_unless_the_cells_differ():
+    """Two seeds per cell: each cell's interval has the grid's df (cells x (2 - 1)) and the
+    grid's pooled variance, not its own 1 df (plant: no borrowing -> df 1, t = 12.7); when one
+    cell's seeds scatter 40x more, Bartlett says so and every cell keeps its own."""
+    rng = np.random.default_rng(10)
+    runs, scores, _ = simulate(rng, n_seeds=2, seed_sd=0.1)
+    ci = stats.cell_intervals(runs, scores)
+    fin = stats.finished(runs, scores)
+    auc, cov = stats.run_aucs(scores, fin["run_id"].tolist())
+    cell_id = pd.factorize(pd.MultiIndex.from_frame(fin[["tokenizer", "pooling", "met", "vect"]].astype(str)))[0]
+    s2, df = stats.grid_seed_variance(cell_id, auc, cov)
+    assert df == 12 and s2 > 0
+    one = ci.iloc[0]
+    runs_of = fin[(fin["tokenizer"] == one["tokenizer"]) & (fin["pooling"] == one["pooling"]) & (fin["met"] == one["met"])].index
+    se = math.sqrt(s2 / 2 + cov[np.ix_(runs_of, runs_of)].mean())
+    assert one["ci_high"] - one["mean"] == pytest.approx(__import__("scipy").stats.t.ppf(0.975, 12) * se, rel=1e-9)
+    loud = fin.index[(fin["tokenizer"] == "binned") & (fin["pooling"] == "cls") & (fin["met"])]
+    noisy = {**scores}
+    for k, r in enumerate(loud):
+        rid = fin.loc[r, "run_id"]
+        noisy[rid] = {**scores[rid], "scores": scores[rid]["scores"] + (2 * k - 1) * 1.5 * (2 * scores[rid]["labels"] - 1)}
+    assert stats.grid_seed_variance(cell_id, *stats.run_aucs(noisy, fin["run_id"].tolist())) is None

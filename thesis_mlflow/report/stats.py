@@ -149,7 +149,19 @@ class Interval:
 HOMOGENEITY_P = 0.01  # Bartlett's test of equal seed variance over strata: below this the strata keep their own
 
 
-def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float = ALPHA) -> Interval:
+def seed_pool(groups: list[np.ndarray], v: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group of units with more than one seed: ``(raw, own, df)``, the sample variance of
+    its values ``v``, the share of it its units' own test-set errors make ((tr M - 1'M1 / n) /
+    (n - 1), M their block of the test-set covariance: it is in the test-set part already and
+    comes out of the seed part), and n - 1."""
+    multi = [i for i in groups if len(i) > 1]
+    raw = np.array([np.var(v[i], ddof=1) for i in multi])
+    own = np.array([(np.trace(M[np.ix_(i, i)]) - M[np.ix_(i, i)].sum() / len(i)) / (len(i) - 1) for i in multi])
+    return raw, own, np.array([len(i) - 1 for i in multi], dtype=float)
+
+
+def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float = ALPHA,
+               borrow: tuple[float, float] | None = None) -> Interval:
     """The contrast of ``units`` over run AUCs ``auc`` (R,) whose test-set errors have covariance
     ``test_cov`` (R, R) (``testnoise.run_aucs``; ``boot_cov`` of resamples): estimate, variance
     = seed part + test-set part, t interval, p-value.
@@ -161,7 +173,10 @@ def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float
     each stratum was truncated on its own and one or two strata carried the Satterthwaite sum).
     Strata with one seed take the pooled variance. When Bartlett's test says the strata's
     variances differ (p < ``HOMOGENEITY_P``), each stratum keeps its own, with Welch-Satterthwaite
-    degrees of freedom (``pooled`` False, and the page says so)."""
+    degrees of freedom (``pooled`` False, and the page says so).
+
+    ``borrow``: ``(variance, df)`` of seed noise pooled over a wider set of strata than these
+    units' (``cell_intervals``: a cell's seeds take the grid's), used in place of their own."""
     used = (units.coef != 0).any(0)  # runs outside the contrast may be NaN: 0 * NaN must not reach it
     coef = units.coef[:, used]
     v = coef @ auc[used]  # (U,) unit values on the full test set
@@ -175,16 +190,14 @@ def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float
     test_var = max(float(w @ M @ w), 0.0)
     multi = [i for i in idx if len(i) > 1]
     n_single = S - len(multi)
-    known = bool(multi)
+    known = bool(multi) or borrow is not None
     pooled = True
-    if not known:
+    if borrow is not None:
+        seed_var, df = borrow[0] * sum(1.0 / (len(i) * S**2) for i in idx), float(borrow[1])
+    elif not known:
         seed_var, df = 0.0, float("inf")
     else:
-        raw = np.array([np.var(v[i], ddof=1) for i in multi])
-        # each unit's own test-set error is in its stratum's spread too, and in test_var already:
-        # its expected share of the sample variance, (tr M - 1'M1 / n) / (n - 1), comes out
-        own = np.array([(np.trace(M[np.ix_(i, i)]) - M[np.ix_(i, i)].sum() / len(i)) / (len(i) - 1) for i in multi])
-        dfs = np.array([len(i) - 1 for i in multi], dtype=float)
+        raw, own, dfs = seed_pool(idx, v, M)
         s2 = max(float((dfs * (raw - own)).sum() / dfs.sum()), 0.0)
         pooled = _homogeneous([v[i] for i in multi])
         if pooled:
@@ -416,6 +429,7 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
     cell_id = pd.factorize(pd.MultiIndex.from_frame(fin[list(FACTORS)].astype(str)))[0]  # (R,) each run's cell, computed once
     group_id, keys = pd.factorize(pd.MultiIndex.from_frame(fin[list(by)]))
     seeds = fin["seed"].to_numpy()
+    borrow = grid_seed_variance(cell_id, auc, cov) if tuple(by) == tuple(FACTORS) else None
     rows = []
     for g, key in enumerate(keys):
         idx = np.flatnonzero(group_id == g)
@@ -424,11 +438,31 @@ def cell_intervals(runs: pd.DataFrame, scores: dict[str, dict], metric: str = "a
         units = usable(Units(coef, pd.factorize(cell_id[idx])[0], seeds[idx]), auc)
         if not len(units):
             continue
-        iv = t_interval(units, auc, cov, alpha)
+        iv = t_interval(units, auc, cov, alpha, borrow=borrow)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "mean": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
                      "n_runs": len(units), "n_seeds": len(set(units.seeds)), "n_single": iv.n_single, "seed_var_known": iv.seed_var_known})
     return pd.DataFrame(rows, columns=cols)
+
+
+def grid_seed_variance(cell_id: np.ndarray, auc: np.ndarray, cov: np.ndarray) -> tuple[float, float] | None:
+    """The seed variance of one run pooled over every cell of the grid, with its df (sum of
+    n_c - 1), for single cells: their own seeds alone give 1 df at two seeds (t = 12.7). None
+    when fewer than two cells have two seeds with values, or when Bartlett's test says the
+    cells' spreads differ (each cell then keeps its own, as before)."""
+    ok = np.isfinite(auc)
+    groups = [np.flatnonzero((cell_id == c) & ok) for c in np.unique(cell_id)]
+    groups = [g for g in groups if len(g) > 1]
+    if len(groups) < 2:
+        return None
+    used = np.concatenate(groups)
+    pos = {r: k for k, r in enumerate(used)}
+    local = [np.array([pos[r] for r in g]) for g in groups]
+    v, M = auc[used], np.asarray(cov)[np.ix_(used, used)]
+    if not _homogeneous([v[i] for i in local]):
+        return None
+    raw, own, dfs = seed_pool(local, v, M)
+    return max(float((dfs * (raw - own)).sum() / dfs.sum()), 0.0), float(dfs.sum())
 
 
 # --------------------------------------------------------------------------- the omnibus model
