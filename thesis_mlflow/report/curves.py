@@ -74,6 +74,14 @@ def _band(values: dict[tuple, np.ndarray], alpha: float) -> tuple[np.ndarray, np
     return means, means - half, means + half
 
 
+def _pow10(x: np.ndarray) -> np.ndarray:
+    """10**x where x is finite, NaN elsewhere (a band without seeds, a ratio without the reference)."""
+    out = np.full(len(x), np.nan)
+    ok = np.isfinite(x)
+    out[ok] = 10.0 ** x[ok]
+    return out
+
+
 def _log_rejections(m: pd.DataFrame, scores: dict[str, dict], background: str | None) -> dict[str, np.ndarray]:
     """run id -> log10 rejection at ``EFF`` (each run's curve once, for the bands and the ratios)."""
     return {r: log_rejection(scores[r]["labels"], scores[r]["scores"], scores[r].get("process"), background) for r in m["run_id"]}
@@ -103,15 +111,12 @@ def rejection_bands(fin: pd.DataFrame, scores: dict[str, dict], background: str 
                 pairs = [logs[r] - ref[(*cell, s)] for r, s in zip(g["run_id"], g["seed"], strict=True) if (*cell, s) in ref]
             if pairs:
                 ratios[cell] = np.array(pairs)
-        mean, lo, hi = _band(vals, alpha)
-        with np.errstate(invalid="ignore"):  # inf - inf where neither curve has a background left
-            rmean, rlo, rhi = _band(ratios, alpha) if ratios else (np.full_like(mean, np.nan),) * 3
-        for e, a, b, c, ra, rb, rc in zip(EFF, mean, lo, hi, rmean, rlo, rhi, strict=True):
-            if np.isfinite(a):
-                rows.append({"tokenizer": tok, "background": background or "all", "eff": float(e), "rejection": 10**a,
-                             "lo": 10**b if np.isfinite(b) else np.nan, "hi": 10**c if np.isfinite(c) else np.nan,
-                             "ratio": 10**ra if np.isfinite(ra) else np.nan, "ratio_lo": 10**rb if np.isfinite(rb) else np.nan,
-                             "ratio_hi": 10**rc if np.isfinite(rc) else np.nan, "n_cells": len(vals), "n_runs": len(sub)})
+        mean, *rest = _band(vals, alpha)
+        rest += _band(ratios, alpha) if ratios else [np.full(len(EFF), np.nan)] * 3
+        rej, lo, hi, ratio, r_lo, r_hi = map(_pow10, (mean, *rest))
+        for k in np.flatnonzero(np.isfinite(mean)):  # cut where the curve becomes infinite
+            rows.append({"tokenizer": tok, "background": background or "all", "eff": float(EFF[k]), "rejection": rej[k], "lo": lo[k],
+                         "hi": hi[k], "ratio": ratio[k], "ratio_lo": r_lo[k], "ratio_hi": r_hi[k], "n_cells": len(vals), "n_runs": len(sub)})
     return pd.DataFrame(rows, columns=["tokenizer", "background", "eff", "rejection", "lo", "hi", "ratio", "ratio_lo", "ratio_hi",
                                        "n_cells", "n_runs"])
 

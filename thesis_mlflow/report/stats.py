@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -149,15 +150,27 @@ class Interval:
 HOMOGENEITY_P = 0.01  # Bartlett's test of equal seed variance over strata: below this the strata keep their own
 
 
-def seed_pool(groups: list[np.ndarray], v: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group of units with more than one seed: ``(raw, own, df)``, the sample variance of
-    its values ``v``, the share of it its units' own test-set errors make ((tr M - 1'M1 / n) /
-    (n - 1), M their block of the test-set covariance: it is in the test-set part already and
-    comes out of the seed part), and n - 1."""
+class SeedPool(NamedTuple):
+    """The seed spread of groups of units (each group: one stratum's, or one cell's, seeds)."""
+
+    raw: np.ndarray  # per group with more than one seed: the sample variance of its values
+    own: np.ndarray  # the share of it its units' own test-set errors make (in the test-set part already)
+    df: np.ndarray  # n - 1
+    pooled: float  # sum df (raw - own) / sum df, truncated at zero once
+    alike: bool  # Bartlett's test finds the groups' spreads alike (``_homogeneous``)
+
+
+def seed_pool(groups: list[np.ndarray], v: np.ndarray, M: np.ndarray) -> SeedPool:
+    """The seed spread of ``groups`` (indices into the values ``v`` and their test-set
+    covariance ``M``); groups with one seed count nowhere. A unit's own test-set error adds
+    (tr M - 1'M1 / n) / (n - 1) to its group's sample variance, M the group's block: that
+    comes out of the seed part."""
     multi = [i for i in groups if len(i) > 1]
     raw = np.array([np.var(v[i], ddof=1) for i in multi])
     own = np.array([(np.trace(M[np.ix_(i, i)]) - M[np.ix_(i, i)].sum() / len(i)) / (len(i) - 1) for i in multi])
-    return raw, own, np.array([len(i) - 1 for i in multi], dtype=float)
+    df = np.array([len(i) - 1 for i in multi], dtype=float)
+    pooled = max(float((df * (raw - own)).sum() / df.sum()), 0.0) if multi else 0.0
+    return SeedPool(raw, own, df, pooled, _homogeneous([v[i] for i in multi]))
 
 
 def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float = ALPHA,
@@ -192,23 +205,22 @@ def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float
     n_single = S - len(multi)
     known = bool(multi) or borrow is not None
     pooled = True
+    spread = sum(1.0 / (len(i) * S**2) for i in idx)  # of one seed variance shared by every stratum
     if borrow is not None:
-        seed_var, df = borrow[0] * sum(1.0 / (len(i) * S**2) for i in idx), float(borrow[1])
+        seed_var, df = borrow[0] * spread, float(borrow[1])
     elif not known:
         seed_var, df = 0.0, float("inf")
     else:
-        raw, own, dfs = seed_pool(idx, v, M)
-        s2 = max(float((dfs * (raw - own)).sum() / dfs.sum()), 0.0)
-        pooled = _homogeneous([v[i] for i in multi])
+        sp = seed_pool(idx, v, M)
+        pooled = sp.alike
         if pooled:
-            seed_var = s2 * sum(1.0 / (len(i) * S**2) for i in idx)
-            df = float(dfs.sum())
+            seed_var, df = sp.pooled * spread, float(sp.df.sum())
         else:
-            parts = np.maximum(raw - own, 0.0) / (np.array([len(i) for i in multi]) * S**2)
-            borrowed = s2 * n_single / S**2
+            parts = np.maximum(sp.raw - sp.own, 0.0) / (np.array([len(i) for i in multi]) * S**2)
+            borrowed = sp.pooled * n_single / S**2
             seed_var = float(parts.sum() + borrowed)
-            denom = float((parts**2 / dfs).sum() + borrowed**2 / dfs.sum())
-            df = seed_var**2 / denom if denom > 0 else float(dfs.sum())
+            denom = float((parts**2 / sp.df).sum() + borrowed**2 / sp.df.sum())
+            df = seed_var**2 / denom if denom > 0 else float(sp.df.sum())
     total = seed_var + test_var
     se = float(np.sqrt(total))
     if not np.isfinite(est):
@@ -451,18 +463,11 @@ def grid_seed_variance(cell_id: np.ndarray, auc: np.ndarray, cov: np.ndarray) ->
     when fewer than two cells have two seeds with values, or when Bartlett's test says the
     cells' spreads differ (each cell then keeps its own, as before)."""
     ok = np.isfinite(auc)
-    groups = [np.flatnonzero((cell_id == c) & ok) for c in np.unique(cell_id)]
-    groups = [g for g in groups if len(g) > 1]
+    groups = [g for g in (np.flatnonzero((cell_id == c) & ok) for c in np.unique(cell_id)) if len(g) > 1]
     if len(groups) < 2:
         return None
-    used = np.concatenate(groups)
-    pos = {r: k for k, r in enumerate(used)}
-    local = [np.array([pos[r] for r in g]) for g in groups]
-    v, M = auc[used], np.asarray(cov)[np.ix_(used, used)]
-    if not _homogeneous([v[i] for i in local]):
-        return None
-    raw, own, dfs = seed_pool(local, v, M)
-    return max(float((dfs * (raw - own)).sum() / dfs.sum()), 0.0), float(dfs.sum())
+    sp = seed_pool(groups, auc, np.asarray(cov))
+    return (sp.pooled, float(sp.df.sum())) if sp.alike else None
 
 
 # --------------------------------------------------------------------------- the omnibus model

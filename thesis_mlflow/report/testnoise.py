@@ -113,13 +113,11 @@ def structural_components(scores: np.ndarray, labels: np.ndarray) -> tuple[np.nd
     order = np.argsort(s)
     ss, yy = s[order], y[order]
     new = np.r_[True, ss[1:] != ss[:-1]]
-    starts = np.flatnonzero(new)
-    group = np.cumsum(new) - 1  # (N,) tie group of each sorted event
-    pos = np.r_[0, np.cumsum(yy)]  # signal events among the first k sorted
-    bounds = np.r_[starts, len(ss)]
-    pos_below, pos_in = pos[bounds[:-1]], np.diff(pos[bounds])
-    neg_below, neg_in = bounds[:-1] - pos_below, np.diff(bounds) - np.diff(pos[bounds])
-    g = group
+    g = np.cumsum(new) - 1  # (N,) tie group of each sorted event
+    bounds = np.r_[np.flatnonzero(new), len(ss)]  # where each tie group starts, and the end
+    pos_at = np.r_[0, np.cumsum(yy)][bounds]  # signal events sorted before each bound
+    pos_below, pos_in = pos_at[:-1], np.diff(pos_at)
+    neg_below, neg_in = bounds[:-1] - pos_below, np.diff(bounds) - pos_in
     v = np.where(yy, (neg_below[g] + 0.5 * neg_in[g]) / max(n, 1), (m - pos_below[g] - 0.5 * pos_in[g]) / max(m, 1))
     out = np.empty_like(v)
     out[order] = v
@@ -170,7 +168,7 @@ def run_aucs(scores: dict[str, dict], run_ids: list[str], metric: str = "auc", m
     last few answers are kept (same inputs, same numbers, so the tables agree)."""
     if method not in METHODS:
         raise BadSetting(f"test-set noise method must be one of {', '.join(METHODS)}; got {method!r}")
-    key = (id(scores), tuple(run_ids), metric, method, n_boot if method == "bootstrap" else 0, seed, chunk)
+    key = (id(scores), tuple(run_ids), metric, method, *((n_boot, seed, chunk) if method == "bootstrap" else ()))  # DeLong has no draws
     hit = _cache.get(key)
     if hit is not None and hit[0] is scores:
         return hit[1]

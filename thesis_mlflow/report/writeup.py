@@ -213,13 +213,18 @@ def _against(t: str, u: str, reference: str) -> tuple[str, str]:
     return (u, t) if t == reference else (t, u)
 
 
+def _margin_text(margin: float) -> str:
+    """The margin as the page writes it: 0.005, 0.01 (four decimals at most, no trailing zeros)."""
+    return f"{margin:.4f}".rstrip("0").rstrip(".")
+
+
 def verdict_sentence(a: str, b: str, r: dict, margin: float, alpha: float = stats.ALPHA) -> str:
     """The pair's verdict (``equivalence.verdict``) in words, ``r`` read as ``a - b``."""
     v = r.get("verdict") or "inconclusive"
     if r["level_a"] != a:  # the row was turned: a one-sided claim turns with it
         v = {"better": "worse", "worse": "better", "non-inferior": "non-superior", "non-superior": "non-inferior"}.get(v, v)
     lo, hi, lo90, hi90 = r["ci_low"], r["ci_high"], r["ci90_low"], r["ci90_high"]
-    m = f"{margin:.4f}".rstrip("0").rstrip(".")
+    m = _margin_text(margin)
     ci90 = f"90% CI [{lo90:+.4f}, {hi90:+.4f}]"
     if v == "equivalent":
         extra = (f"; a difference is detectable (p_Holm {_p(r['p_holm'])}) but smaller than the margin" if r["significant"] else "")
@@ -283,12 +288,9 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
     order = {t: i for i, t in enumerate(stats.CONTRAST_ORDER["tokenizer"])}
     pairs = sorted((_against(t, u, reference) for t, u in itertools.combinations(rank["tokenizer"], 2)),
                    key=lambda p: (p[1] != reference, order.get(p[0], 99) if p[1] == reference else 0))
-    for a, b in pairs:
-        r = _oriented(main, a, b)
-        if r is not None:
-            out.append(verdict_sentence(a, b, r, margin, alpha))
-    for a, b in pairs:
-        r = _oriented(main, a, b)
+    oriented = [(a, b, _oriented(main, a, b)) for a, b in pairs]  # each pair's row, read a - b
+    out += [verdict_sentence(a, b, r, margin, alpha) for a, b, r in oriented if r is not None]
+    for a, b, r in oriented:
         if r is None:
             out.append(f"{a} and {b} share no matched cells: not compared.")
             continue
@@ -299,7 +301,7 @@ def answer(tokenizers: pd.DataFrame, eff: pd.DataFrame, cond: pd.DataFrame, alph
                    f"[{r['ci90_low']:+.4f}, {r['ci90_high']:+.4f}], p {_p(r['p_value'])} unadjusted, p_Holm {_p(r['p_holm'])} "
                    f"({verdict}); {r['n_pairs']} matched pairs ({cells} cells x {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}, "
                    f"{r['df']:.0f} degrees of freedom).")
-    undetected = [r for r in (_oriented(main, a, b) for a, b in pairs) if r and not r["significant"]]
+    undetected = [r for _, _, r in oriented if r and not r["significant"]]
     if undetected:
         mdd = [detectable(r, len(main), alpha) for r in undetected if np.isfinite(r["se"])]
         if mdd:
@@ -361,7 +363,7 @@ def method_sentence(eff: pd.DataFrame) -> str:
     fams = eff["family"].value_counts() if len(eff) and "family" in eff else pd.Series(dtype=int)
     listed = "; ".join(f"{f} ({stats.FAMILIES[f]}: {int(fams[f])} comparison{'s' if fams[f] != 1 else ''})"
                        for f in stats.FAMILIES if f in fams) or "none"
-    margin = f"{float(eff.attrs.get('margin', equivalence.MARGIN)):.4f}".rstrip("0").rstrip(".")
+    margin = _margin_text(float(eff.attrs.get("margin", equivalence.MARGIN)))
     return METHOD.format(scheme=SCHEME, noise=NOISE[eff.attrs.get("test_noise", "delong")], families=listed, margin=margin)
 
 
