@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
+from tests import condorsyntax
 from tests.fault import ENV, kill_env
 from thesis_mlflow.grid.condor import write_dag
 from thesis_mlflow.grid.driver import run_grid, train_command
@@ -116,12 +117,12 @@ def test_dag_and_submit_files_read_back(tmp_path):
     assert train_sub["MY.JobCategory"] == '"medium"' and train_sub["MY.UseOS"] == '"el8"' and train_sub["getenv"] == "False"
     assert train_sub["initialdir"] == str(tmp_path) and train_sub["output"].startswith(str(tmp_path / "logs"))
     assert "MLFLOW_RUN_ID=$(run_id)" in train_sub["environment"] and "MLFLOW_TRACKING_URI=http://login01:5000" in train_sub["environment"]
-    assert train_sub["arguments"] == "-m steps.train $(args)"
+    assert train_sub["arguments"] == '"-m steps.train $(args)"'  # HTCondor's new syntax (quoted words)
     # a node's arguments are exactly the local backend's command for the same cell
     c0 = cells[0]
     node = next(v for v in vars_.values() if v.get("run_id") == run_ids[c0])
     # the local backend's command, with --device cuda: the job asked for GPUs, so it trains on one or fails at once
-    assert train_command(c0.replace(device="cuda"))[1:] == ["-m", "steps.train", *node["args"].split(" ")]
+    assert train_command(c0.replace(device="cuda"))[1:] == ["-m", "steps.train", *condorsyntax.words(f'"{node["args"]}"')]
     assert any(k.startswith("report") for k in subs) and any(k.startswith("prepare") for k in subs)
 
 

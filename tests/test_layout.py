@@ -17,13 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "thesis_mlflow"
 MAY_IMPORT = {
     "": {"tracking"},  # the package itself: telemetry off before anything else
     "learn": {"errors", "spec", "_lazy"},
-    "tracking": {"learn", "errors", "spec", "_lazy"},
+    "tracking": {"learn", "errors", "spec", "secret", "_lazy"},
     "pipeline": {"learn", "tracking", "errors", "spec", "paths", "_lazy"},
-    "grid": {"pipeline", "tracking", "learn", "errors", "spec", "paths", "permissions", "_lazy"},
-    "report": {"grid", "tracking", "learn", "errors", "spec", "paths", "_lazy"},
-    "server": {"tracking", "errors", "permissions", "_lazy"},
+    "grid": {"pipeline", "tracking", "learn", "errors", "spec", "paths", "permissions", "secret", "_lazy"},
+    "report": {"grid", "tracking", "learn", "errors", "spec", "paths", "secret", "_lazy"},
+    "server": {"tracking", "errors", "permissions", "secret", "_lazy"},
     "spec": {"errors"},
     "permissions": {"errors"},
+    "secret": set(),
     "errors": set(),
     "paths": set(),
     "_lazy": set(),

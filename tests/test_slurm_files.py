@@ -194,7 +194,7 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(mlflow_env, tmp_path, mo
     out = res.output
     assert out.count("#!/bin/bash") == 1 + 5 + 1  # prepare, 36 demo cells in packs of whole configurations (8 per job), report
     assert "#SBATCH --partition=gpu_h100" in out and "--runs direct-cls-met-4v-s0=RUN_ID_CREATED_AT_SUBMIT" in out
-    assert "would submit (nothing was)" in out and "--dependency=afterok:$PREPARE --kill-on-invalid-dep=yes" in out
+    assert "would submit (nothing was;" in out and "--dependency=afterok:$PREPARE --kill-on-invalid-dep=yes" in out
     assert "sbatch --dependency=afterany:$P0:$P1:$P2:$P3:$P4 " in out
     assert mlflow.search_runs(search_all_experiments=True).empty  # no parent, no child
     assert not (tmp_path / "jobs" / "binning_vs_direct-demo" / "jobs.json").exists()

@@ -22,14 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid import jobs
+from thesis_mlflow.grid.condorspec import memory_mb
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import base_env, check_no_credentials, getenv_value
 from thesis_mlflow.grid.jobs import JobView
 from thesis_mlflow.grid.packing import compile_cache_env
+from thesis_mlflow.grid.quoting import check_path, condor_arguments, condor_environment, condor_words
 from thesis_mlflow.paths import ROOT, outputs
-from thesis_mlflow.permissions import private_files, secure_dir
+from thesis_mlflow.permissions import private_dir, private_files
 from thesis_mlflow.spec import CellSpec
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,6 @@ def cell_states(dag_dir: Path) -> dict[str, NodeState]:
     return {cell: nodes[node] for node, cells in cells_by_node.items() if node in nodes for cell in cells}
 
 
-def memory_mb(size) -> int:
-    """A Condor memory size (``16GB``, ``4000MB``, ``4000``: megabytes) in megabytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(size).upper())
-    if not m:
-        raise BadSetting(f"condor memory size {size!r} is not a size such as 16GB or 4000MB")
-    return int(float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)])
-
-
 def memory_settings(c: dict) -> dict:
     """``request_memory`` and ``periodic_release`` for a job held for exceeding its memory: with
     ``condor.memory_max`` set, each start asks for ``request_memory x memory_multiplier^starts``
@@ -195,7 +188,8 @@ def _under_outputs(path: str) -> Path:
 
 
 def submit_description(grid: Grid, args: str, env: str, log_name: str, project_dir: Path, python: str):
-    """One submit description (``htcondor2.Submit``) with the grid's condor settings."""
+    """One submit description (``htcondor2.Submit``) with the grid's condor settings. ``args`` and
+    ``env`` are in HTCondor's new syntax (``quoting.condor_arguments``, ``condor_environment``)."""
     import htcondor2
 
     c = grid.condor
@@ -227,9 +221,7 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
     return htcondor2.Submit(sub)
 
 
-def _env(d: dict) -> str:
-    """Condor's new-style environment string: "A=1 B='x y'"."""
-    return '"' + " ".join(f"{k}='{v}'" if " " in str(v) else f"{k}={v}" for k, v in d.items()) + '"'
+_env = condor_environment
 
 
 def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
@@ -246,13 +238,13 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
 
     check_no_credentials(tracking_uri)
     getenv_value(grid.condor["getenv"])  # refused before anything is written
-    python = grid.condor["python"] or sys.executable
+    python = check_path(grid.condor["python"] or sys.executable, "the jobs' Python")
 
     # DAGMan re-reads the submit files at every retry: a groupmate able to edit one would run code
-    # as us, with our login. The folders are ours alone (0700; one others can write is refused, naming
-    # it) and every file is written 0600.
-    out_dir = secure_dir(Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name)), "DAG folder")
-    secure_dir(_under_outputs(grid.condor["log_dir"]), "Condor log folder")
+    # as us, with our login. The folders are ours alone (0700; one open to others, or below a folder
+    # another user could swap, is refused, naming it) and every file is written 0600.
+    out_dir = private_dir(Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name)), "DAG folder")
+    private_dir(_under_outputs(grid.condor["log_dir"]), "Condor log folder")
     with private_files():
         return _write_dag(grid, run_ids, tracking_uri, experiment_id, project_dir, grid_file, out_dir, python, stack_seeds)
 
@@ -266,7 +258,8 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
 
     # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
     dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / STATUS_FILE, update_time=UPDATE_S))
-    prep_args = f"-m steps.grid prepare {grid_file} --scale {grid.scale}"
+    check_path(str(project_dir), "the project's folder")
+    prep_args = condor_arguments(["-m", "steps.grid", "prepare", str(grid_file), "--scale", grid.scale])
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base), "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
@@ -277,15 +270,16 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
         env = _env({**base, "MLFLOW_RUN_ID": "$(run_id)"})
         prepare.child_layer(
             name="train",
-            submit_description=submit_description(grid, "-m steps.train $(args)", env, "$(cell)", project_dir, python),
+            submit_description=submit_description(grid, condor_arguments(["-m", "steps.train"], raw_tail="$(args)"), env, "$(cell)",
+                                                  project_dir, python),
             vars=[{"cell": c.name, "run_id": run_ids[c],
-                   "args": shlex.join(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
+                   "args": condor_words(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
                    **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.factors().items()}} for c in cells],
             retries=int(grid.condor["retries"]),
         )
     else:
-        args = (f"-m steps.grid pack {grid_file} --scale {grid.scale} --runs $(runs) --stack-seeds {stack_seeds}"
-                + (" --device cuda" if gpu else ""))
+        args = condor_arguments(["-m", "steps.grid", "pack", str(grid_file), "--scale", grid.scale, "--runs", "RUNS", "--stack-seeds",
+                                 stack_seeds, *(["--device", "cuda"] if gpu else [])]).replace(" RUNS ", " $(runs) ")
         packs = grid.packs(cells)
         write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
         prepare.child_layer(
@@ -295,7 +289,7 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
                   for i, p in enumerate(packs)],
             retries=int(grid.condor["retries"]),
         )
-    rep_args = f"-m steps.report --grid {grid.run_name}"
+    rep_args = condor_arguments(["-m", "steps.report", "--grid", grid.run_name])
     report_sub = submit_description(grid, rep_args, _env(base), "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
     log_dir = _under_outputs(grid.condor["log_dir"])

@@ -24,6 +24,7 @@ from thesis_mlflow.grid import packing
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
+from thesis_mlflow.grid.jobenv import check_no_credentials
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
 from thesis_mlflow.grid.slurm import MARK, near_end, requeue_self, require_slurm, run_slurm
 from thesis_mlflow.grid.slurm import job_dir as job_dir_of
@@ -389,13 +390,15 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     g = load_grid(path, scale, base_dir=ROOT)
     if allow_dirty is None:
         allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
+    if backend in ("condor", "slurm"):
+        check_no_credentials(tracking.tracking_uri())  # before the store is contacted: a login in the URI would reach every job
     if not dry_run:
         tracking.check_clean(allow_dirty)  # before any run is created
         if backend == "slurm":
             require_slurm()  # no parent or child for a scheduler that is not there
     cells = g.cells()
     t0 = time.perf_counter()
-    exp_id = tracking.current_experiment_id()  # created once, before any parallel job touches the store
+    exp_id = tracking.reach_store()  # the experiment, created once before any parallel job touches the store
     echo(f"grid {g.run_name}: {len(cells)} cells ({', '.join(g.tokenizers)}; seeds {g.seeds}), backend {backend}")
     if dry_run and backend in ("condor", "slurm"):
         parent = gridruns.find_parent(g.run_name, exp_id)

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
+from thesis_mlflow.grid.condorspec import CONDOR_DEFAULTS, PER_CELL, condor_spec, pack_resources  # noqa: F401 (re-exported)
+from thesis_mlflow.grid.quoting import check_name, check_path
 from thesis_mlflow.grid.slurmspec import SlurmSpec, slurm_spec
 from thesis_mlflow.spec import (
     CODEBOOK_SIZE,
@@ -34,33 +36,6 @@ TRAIN_KEYS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "dro
               "max_train_events", "max_eval_events", "device", "step_mode"}
 VQVAE_KEYS = {"epochs", "codebook_size", "max_events"}
 BINNING_KEYS = {"n_bins", "phi", "fit_on"}
-# Defaults like the user's Stoomboot train.sub: 1 GPU, 16 GB, el9, category "long", shared FS.
-CONDOR_DEFAULTS = {
-    "request_gpus": 1, "request_cpus": 2, "request_memory": "16GB", "request_disk": "32GB", "job_category": "long", "use_os": "el9",
-    "getenv": True, "log_dir": "condor/logs", "initialdir": ".", "retries": 3, "python": None, "dag_dir": "condor",
-    # cells trained at once in one GPU job (each its own process, child run and checkpoint); 1 = one job per cell
-    "cells_per_job": 1,
-    # a job held for exceeding its memory is released with request_memory x memory_multiplier^starts,
-    # up to memory_max (None: never released; it stays held for the user)
-    "memory_max": None, "memory_multiplier": 2,
-    "held_limit_h": 24,  # `grid status` says a job held longer than this will not be released by itself
-}
-
-
-PER_CELL = {"request_cpus": 1, "request_memory_gb": 4}  # one core and ~3-4 GB (a CUDA context, the data) per packed cell
-
-
-def pack_resources(condor: dict, given: dict) -> dict:
-    """CPUs and memory of a pack job scale with ``cells_per_job`` unless the YAML sets them."""
-    k = int(condor.get("cells_per_job") or 1)
-    out = {}
-    if k > 1 and "request_cpus" not in given:
-        out["request_cpus"] = max(int(CONDOR_DEFAULTS["request_cpus"]), PER_CELL["request_cpus"] * k)
-    if k > 1 and "request_memory" not in given:
-        out["request_memory"] = f"{max(16, PER_CELL['request_memory_gb'] * k)}GB"
-    return out
-
-
 @dataclass
 class Grid:
     name: str
@@ -133,20 +108,6 @@ class Grid:
         return packs
 
 
-def _check_condor_memory(c: dict, path) -> None:
-    from thesis_mlflow.grid.condor import memory_mb  # lazy: condor imports this module
-
-    base = memory_mb(c["request_memory"])
-    if c["memory_max"] is not None and memory_mb(c["memory_max"]) < base:
-        raise BadSetting(f"{path}: condor.memory_max ({c['memory_max']}) is below request_memory ({c['request_memory']})")
-    m = c["memory_multiplier"]
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 1:
-        raise BadSetting(f"{path}: condor.memory_multiplier must be a number > 1; got {m!r}")
-    h = c["held_limit_h"]
-    if isinstance(h, bool) or not isinstance(h, (int, float)) or h <= 0:
-        raise BadSetting(f"{path}: condor.held_limit_h must be a number of hours > 0; got {h!r}")
-
-
 def _check(keys, allowed, where):
     bad = set(keys) - set(allowed)
     if bad:
@@ -166,12 +127,19 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise BadSetting(f"{path}: not valid YAML ({e})") from e
+    check_path(str(path), "the grid file's path")  # it is written into every job's command line
+    if not isinstance(doc, dict):
+        raise BadSetting(f"{path}: a grid file is a mapping of keys (name, factors, scales, ...); got {type(doc).__name__}")
     _check(doc, TOP_KEYS, str(path))
     if not doc.get("name"):
         raise BadSetting(f"{path}: 'name' is required")
+    # the name becomes job names, file and folder names, tags: one safe set of characters, checked first
+    check_name(doc["name"], f"{path}: name")
     scales = doc.get("scales") or {}
     if scale not in scales:
         raise BadSetting(f"{path}: scale {scale!r} not defined; defined scales: {', '.join(scales) or 'none'}")
+    check_name(scale, f"{path}: scales key")
+    check_name(doc["name"] if scale == "full" else f"{doc['name']}-{scale}", f"{path}: name with its scale")
     sc = scales[scale] or {}
     _check(sc, {"seeds", "train", "vqvae"}, f"{path}: scales.{scale}")
     f = doc.get("factors") or {}
@@ -209,21 +177,14 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     _check(vq, VQVAE_KEYS, f"{path}: scales.{scale}.vqvae")
     binning = dict(doc.get("binning") or {})
     _check(binning, BINNING_KEYS, f"{path}: binning")
-    given = doc.get("condor") or {}
-    condor = {**CONDOR_DEFAULTS, **given}
-    _check(condor, CONDOR_DEFAULTS, f"{path}: condor")
-    condor.update(pack_resources(condor, given))
+    condor = condor_spec(doc.get("condor"), str(path))
     base = Path(base_dir) if base_dir is not None else Path.cwd()
 
-    def absolute(p: str) -> str:
-        p = Path(p).expanduser()
+    def absolute(p, key: str) -> str:
+        p = Path(check_path(p, f"{path}: {key}")).expanduser()  # written into the jobs' command lines (quoted there)
         return str(p if p.is_absolute() else (base / p).resolve())
 
-    ambre = {k: absolute(v) for k, v in ambre.items()}
-    _check_condor_memory(condor, path)
-    k = condor["cells_per_job"]
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise BadSetting(f"{path}: condor.cells_per_job must be an integer >= 1; got {k!r}")
+    ambre = {k: absolute(v, f"binned_ambre_path[{k}]") for k, v in ambre.items()}
     report = dict(doc.get("report") or {})
     _check(report, REPORT_KEYS, f"{path}: report")
     if "margin" in report:
@@ -231,7 +192,7 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
             report["margin"] = check_margin(report["margin"])
         except BadSetting as e:
             raise BadSetting(f"{path}: report.{e}") from e
-    g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA)),
+    g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA), "data"),
              task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor,
              slurm=slurm_spec(doc.get("slurm"), str(path)), report=report, source=path)
     try:

@@ -11,28 +11,23 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from urllib.parse import urlsplit
+import re
 
 from thesis_mlflow.errors import BadSetting
+from thesis_mlflow.secret import KNOWN_SECRETS, has_login, looks_secret, mask
 from thesis_mlflow.tracking.telemetry import telemetry_off
 
 # The variables a job takes from the submitting shell when the grid file says ``true``
 # (Condor's ``getenv``, SLURM's ``--export``).
 GETENV_ALLOW = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_*", "HOME", "USER", "LOGNAME", "LANG", "LC_*",
                 "TZ", "TMPDIR", "CUDA_HOME", "CUDA_PATH")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "USERNAME", "KEY", "AUTH", "PASSWD", "CONNECTION_STRING")
-# Names that hold secrets without saying so in every part, which a wildcard could match at submit
-# time even when they are not set now (the DAG may be submitted from another shell).
-KNOWN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "DATABRICKS_TOKEN",
-                 "PGPASSWORD", "PGPASSFILE", "HF_TOKEN", "GITHUB_TOKEN", "X509_USER_PROXY", "KRB5CCNAME")
+# A name a job's environment may take: a shell variable's name, ``*`` / ``?`` as wildcards. (What a
+# scheduler reads in the list, ``--export=A,B``, ``getenv = A, B``, cannot then be widened: no
+# ``=value``, no comma, no SLURM keyword ``ALL`` / ``NONE``, no Condor ``True``.)
+VAR_NAME = re.compile(r"^[A-Za-z_*?][A-Za-z0-9_*?]*$")
+SCHEDULER_WORDS = ("ALL", "NONE", "NIL", "TRUE", "FALSE", "YES", "NO")
 # The project's own settings that jobs need to write where the submitter's processes write (paths, no secrets)
 PROJECT_VARS = ("THESIS_MLFLOW_OUTPUTS", "THESIS_MLFLOW_CACHE")
-
-
-def looks_secret(name: str) -> bool:
-    return name in KNOWN_SECRETS or any(w in name.upper() for w in SECRET_WORDS)
 
 
 def allowed_names(setting, key: str, environ: dict | None = None) -> list[str]:
@@ -43,9 +38,13 @@ def allowed_names(setting, key: str, environ: dict | None = None) -> list[str]:
     environment now: what the job gets is decided here, where it is checked, not at submit time."""
     if setting is False or setting is None:
         return []
-    names = list(GETENV_ALLOW) if setting is True else [str(x) for x in setting] if isinstance(setting, (list, tuple)) else None
+    names = list(GETENV_ALLOW) if setting is True else list(setting) if isinstance(setting, (list, tuple)) else None
     if names is None:
         raise BadSetting(f"{key} must be true, false or a list of variable names; got {setting!r}")
+    for n in names:
+        if not isinstance(n, str) or not VAR_NAME.match(n) or n.upper() in SCHEDULER_WORDS:
+            raise BadSetting(f"{key} must list variable names (letters, digits, _; * and ? as wildcards), not the scheduler's "
+                             f"keywords {'/'.join(SCHEDULER_WORDS[:2])} or values; got {n!r}")
     env = os.environ if environ is None else environ
     bad = [n for n in names if n.strip() in ("*", "") or looks_secret(n)]
     bad += [n for n in names if "*" in n or "?" in n
@@ -56,7 +55,7 @@ def allowed_names(setting, key: str, environ: dict | None = None) -> list[str]:
                          "list harmless variable names, and give MLflow credentials through ~/.mlflow/credentials")
     out: list[str] = []
     for n in names:
-        matched = sorted(k for k in env if fnmatch.fnmatchcase(k, n)) if ("*" in n or "?" in n) else [n]
+        matched = sorted(k for k in env if fnmatch.fnmatchcase(k, n) and VAR_NAME.match(k)) if ("*" in n or "?" in n) else [n]
         out += [m for m in matched if m not in out]
     return out
 
@@ -68,11 +67,11 @@ def getenv_value(setting, environ: dict | None = None) -> str:
 
 
 def check_no_credentials(tracking_uri: str) -> None:
-    """A tracking URI with user:password@ would put the password into every job's environment."""
-    parts = urlsplit(tracking_uri)
-    if parts.password or parts.username:
-        raise BadSetting("MLFLOW_TRACKING_URI holds a login (user:password@host): jobs would carry it in their environment; "
-                         "export the URI without it and put the login in ~/.mlflow/credentials")
+    """A tracking URI with a login (``user:password@``, ``?password=``, ``?token=``: ``secret.has_login``)
+    would put it into every job's script, submit file and environment: refused, the URI masked."""
+    if has_login(tracking_uri):
+        raise BadSetting(f"MLFLOW_TRACKING_URI holds a login ({mask(tracking_uri)}): jobs would carry it in their scripts and "
+                         "environment; export the URI without it and put the login in ~/.mlflow/credentials")
 
 
 def base_env(tracking_uri: str, experiment_id: str, compile_cache: dict | None = None) -> dict[str, str]:

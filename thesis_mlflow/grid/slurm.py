@@ -30,8 +30,9 @@ from thesis_mlflow.errors import BadSetting, StepFailed, Unavailable
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import allowed_names, base_env
 from thesis_mlflow.grid.packing import compile_cache_env
+from thesis_mlflow.grid.quoting import check_directive, check_path, check_slurm_word
 from thesis_mlflow.paths import ROOT, outputs
-from thesis_mlflow.permissions import private_files, secure_dir
+from thesis_mlflow.permissions import opened_dir, private_dir, private_files, read_in, write_in
 from thesis_mlflow.spec import CellSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,33 @@ class Script:
     cells: dict[str, str] = field(default_factory=dict)  # a pack's cells: name -> run id
 
 
-def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, export: list[str]) -> list[str]:
+# The submitting shell's own defaults that may fill a key the grid file leaves null (and only
+# then): written into the script, so the script alone says what the job asks for. Every other
+# SBATCH_* variable is removed from sbatch's environment (``sbatch_environment``).
+SHELL_DEFAULTS = {"partition": "SBATCH_PARTITION", "account": "SBATCH_ACCOUNT", "qos": "SBATCH_QOS"}
+
+
+def shell_defaults(g: Grid, environ: dict | None = None) -> dict[str, tuple[str, str]]:
+    """{key: (value, variable)} for each of ``SHELL_DEFAULTS`` the grid file leaves null and the
+    environment sets, each value checked as the grid file's would be."""
+    env = os.environ if environ is None else environ
+    out = {}
+    for key, var in SHELL_DEFAULTS.items():
+        if getattr(g.slurm, key) is None and env.get(var):
+            out[key] = (check_slurm_word(env[var], f"{var} (your shell's default for slurm.{key})"), var)
+    return out
+
+
+def sbatch_environment(environ: dict | None = None) -> dict[str, str]:
+    """sbatch's environment: the caller's, less every ``SBATCH_*`` and ``SLURM_*`` input variable
+    (``SBATCH_EXPORT=ALL`` or ``SBATCH_OUTPUT`` in a shell's start-up file would override the
+    script's own ``#SBATCH`` lines) except ``SLURM_CONF``, which says which cluster to talk to."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if not k.startswith(("SBATCH_", "SLURM_")) or k == "SLURM_CONF"}
+
+
+def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, export: list[str],
+                  defaults: dict[str, tuple[str, str]]) -> list[str]:
     s = g.slurm
     lines = [f"--job-name={name}", f"--output={folder / 'logs' / '%x-%j.out'}", "--open-mode=append", "--requeue",
              f"--time={s.time}", f"--cpus-per-task={s.cpus_per_job}", f"--mem={s.mem}"]
@@ -71,8 +98,9 @@ def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, exp
     if gpus:
         lines.append(f"--gres=gpu:{s.gpu_type}:{gpus}" if s.gpu_type else f"--gres=gpu:{gpus}")
     for k in ("partition", "account", "qos"):
-        if getattr(s, k):
-            lines.append(f"--{k}={getattr(s, k)}")
+        v = getattr(s, k) or defaults.get(k, (None, None))[0]
+        if v:
+            lines.append(f"--{k}={v}")
     # only these variables from the submitting shell (and SLURM's own); never the whole environment
     lines.append(f"--export={','.join(export)}" if export else "--export=NONE")
     lines += list(s.extra)
@@ -80,9 +108,12 @@ def _sbatch_lines(g: Grid, name: str, folder: Path, gpus: int, signal: bool, exp
 
 
 def _script(g: Grid, kind: str, name: str, folder: Path, argv: list[str], env: dict, export: list[str], gpus: int, signal: bool,
-            about: str) -> str:
+            about: str, defaults: dict[str, tuple[str, str]]) -> str:
     python = g.slurm.python or sys.executable
-    body = ["#!/bin/bash", f"# {about} (written by thesis-mlflow grid run; {g.source})", *_sbatch_lines(g, name, folder, gpus, signal, export),
+    # every value below is a checked name, or quoted for the shell (shlex); the #SBATCH values
+    # hold no blank or quote (quoting.check_directive), and nothing here holds a newline
+    body = ["#!/bin/bash", f"# {about} (written by thesis-mlflow grid run; {shlex.quote(str(g.source))})",
+            *_sbatch_lines(g, name, folder, gpus, signal, export, defaults),
             "set -u", f"cd {shlex.quote(str(ROOT))}", *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items()),
             f'echo "{MARK} job $SLURM_JOB_ID ({kind}) attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) started on $(hostname) at $(date -Is)"',
             # exec: the job's own process is Python, which SLURM's warning before the time limit (B:USR1)
@@ -94,14 +125,21 @@ def _script(g: Grid, kind: str, name: str, folder: Path, argv: list[str], env: d
 
 def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experiment_id: str, grid_file: Path, stack_seeds: str = "auto",
                   environ: dict | None = None) -> list[Script]:
-    """The grid's job scripts, in its private folder (0700, each file 0600): prepare, one per pack
-    of ``runs`` (cell -> child run id), report. Nothing secret is in them: the tracking URI is
-    refused when it holds a login, and the environment is an allow-list (``slurm.export``)."""
+    """The grid's job scripts, in its private folder (0700, each file 0600, written through the
+    folder's descriptor, never through a link): prepare, one per pack of ``runs`` (cell -> child
+    run id), report. Nothing secret is in them: the tracking URI is refused when it holds a login,
+    and the environment is an allow-list (``slurm.export``)."""
     s = g.slurm
     export = allowed_names(s.export, "slurm.export", environ)
+    defaults = shell_defaults(g, environ)
     env = base_env(tracking_uri, experiment_id, compile_cache_env() if s.gpus_per_job else None)
-    folder = secure_dir(job_dir(g), "SLURM job folder")
-    secure_dir(folder / "logs", "SLURM log folder")
+    for k, v in env.items():
+        check_path(v, f"the jobs' {k}")
+    check_path(str(ROOT), "the project's folder")
+    check_path(str(grid_file), "the grid file's path")
+    check_directive(str(job_dir(g)), "slurm.job_dir (as a full path)")
+    folder = private_dir(job_dir(g), "SLURM job folder")
+    private_dir(folder / "logs", "SLURM log folder")
     scale = ["--scale", g.scale]
     out = []
     packs = g.packs(list(runs), per_job=s.cells_per_job)
@@ -115,14 +153,11 @@ def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experim
                       f"{g.run_name}: pack {i + 1} of {len(packs)}: {', '.join(cells)}"))
     specs.append(("report", f"{g.run_name}-report", ["-m", "steps.report", "--grid", g.run_name], {}, 0, False,
                   f"{g.run_name}: the report, whether or not cells failed"))
-    with private_files():
+    with opened_dir(folder, "SLURM job folder") as fd:
         for kind, name, argv, cells, gpus, signal, about in specs:
-            path = folder / f"{name}.sh"
-            text = _script(g, kind, name, folder, argv, env, export, gpus, signal, about)
-            tmp = path.with_suffix(".sh.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # a job script is code SLURM runs as us: never half written
-            out.append(Script(kind, name, path, text, cells))
+            text = _script(g, kind, name, folder, argv, env, export, gpus, signal, about, defaults)
+            write_in(fd, f"{name}.sh", text)  # a job script is code SLURM runs as us: never half written, never through a link
+            out.append(Script(kind, name, folder / f"{name}.sh", text, cells))
     return out
 
 
@@ -133,22 +168,20 @@ def read_jobs(folder: Path) -> list[dict]:
     """The submissions recorded in a grid's job folder (oldest first); [] when none. Only a
     private folder is read: a jobs record others could write would point status at their jobs."""
     path = Path(folder) / JOBS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
-    secure_dir(folder, "SLURM job folder")
     try:
-        return list(json.loads(path.read_text()).get("submissions", []))
-    except (OSError, ValueError) as e:
+        with opened_dir(folder, "SLURM job folder") as fd:
+            text = read_in(fd, JOBS_FILE)
+        return list(json.loads(text or "{}").get("submissions", []))
+    except (OSError, ValueError, AttributeError) as e:
         raise BadSetting(f"{path} is not a jobs record written by thesis-mlflow ({e}); move it away to start the grid's SLURM record anew") from e
 
 
 def _record(folder: Path, submission: dict) -> None:
     subs = read_jobs(folder) + [submission]
-    path = Path(folder) / JOBS_FILE
-    with private_files():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"submissions": subs}, indent=1))
-        os.replace(tmp, path)
+    with opened_dir(folder, "SLURM job folder") as fd:
+        write_in(fd, JOBS_FILE, json.dumps({"submissions": subs}, indent=1))
 
 
 # --------------------------------------------------------------------------- submission
@@ -170,9 +203,9 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], check: bool = True, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, input=stdin, env=env)
     except subprocess.TimeoutExpired as e:
         raise Unavailable(f"{cmd[0]} did not answer in {SUBMIT_TIMEOUT_S} s (is SLURM's controller up?)") from e
     if check and out.returncode != 0:
@@ -186,15 +219,18 @@ def _last_line(out: subprocess.CompletedProcess) -> str:
     return lines[-1][:300] if lines else f"exit {out.returncode}"
 
 
-def sbatch(script: Path, dependency: str | None = None, kill_on_invalid_dep: bool = False) -> str:
-    """Submit one script; returns its job id. The umask is the job's (SLURM hands it on): its log is 0600."""
+def sbatch(script: Script, dependency: str | None = None, kill_on_invalid_dep: bool = False) -> str:
+    """Submit one script; returns its job id. The script's text goes to sbatch on its standard
+    input (the text written and checked here, not whatever the path holds by then), with an
+    environment without the caller's ``SBATCH_*`` overrides (``sbatch_environment``). The umask
+    is the job's (SLURM hands it on): its log is 0600."""
     cmd = ["sbatch", "--parsable"]
     if dependency:
         cmd.append(f"--dependency={dependency}")
     if kill_on_invalid_dep:
         cmd.append("--kill-on-invalid-dep=yes")
     with private_files():
-        out = _run([*cmd, str(script)])
+        out = _run(cmd, stdin=script.text, env=sbatch_environment())
     return out.stdout.strip().split(";")[0]
 
 
@@ -207,15 +243,15 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
     sub = {"at": time.time(), "user": _user(), "packs": []}
     try:
         by_kind = {s.kind: s for s in scripts if s.kind != "pack"}
-        prep = sbatch(by_kind["prepare"].path)
+        prep = sbatch(by_kind["prepare"])
         submitted.append(prep)
         sub["prepare"], sub["prepare_name"] = prep, by_kind["prepare"].name
         for s in (s for s in scripts if s.kind == "pack"):
-            jid = sbatch(s.path, f"afterok:{prep}", kill_on_invalid_dep=True)
+            jid = sbatch(s, f"afterok:{prep}", kill_on_invalid_dep=True)
             submitted.append(jid)
             sub["packs"].append({"job": jid, "name": s.name, "cells": s.cells})
         after = ":".join([p["job"] for p in sub["packs"]] or [prep])
-        rep = sbatch(by_kind["report"].path, f"afterany:{after}")
+        rep = sbatch(by_kind["report"], f"afterany:{after}")
         submitted.append(rep)
         sub["report"], sub["report_name"] = rep, by_kind["report"].name
     except Exception:
@@ -312,13 +348,21 @@ def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, 
             echo("nothing to submit")
             return folder, None
     scripts = write_scripts(g, runs, tracking.tracking_uri(), exp_id, grid_file, stack_seeds)
+    for key, (value, var) in shell_defaults(g).items():
+        echo(f"slurm.{key} is null in the grid file: {key} {value} from {var} in your environment (written into the scripts)")
+    ignored = sorted(k for k in os.environ if k.startswith("SBATCH_") and k not in {v for _, v in shell_defaults(g).values()})
+    if ignored:
+        echo(f"ignored from your environment (the scripts' #SBATCH lines decide): {', '.join(ignored)}")
     if dry_run:
         for s in scripts:
             echo(f"--- {s.path}\n{s.text}")
         packs = [s for s in scripts if s.kind == "pack"]
-        echo("would submit (nothing was):\n  PREPARE=$(sbatch --parsable " + str(scripts[0].path) + ")\n"
-             + "".join(f"  P{i}=$(sbatch --parsable --dependency=afterok:$PREPARE --kill-on-invalid-dep=yes {s.path})\n" for i, s in enumerate(packs))
-             + f"  sbatch --dependency=afterany:{':'.join(f'$P{i}' for i in range(len(packs))) or '$PREPARE'} {scripts[-1].path}")
+        q = shlex.quote
+        echo("would submit (nothing was; each script on sbatch's standard input, without your SBATCH_* variables):\n"
+             f"  PREPARE=$(sbatch --parsable < {q(str(scripts[0].path))})\n"
+             + "".join(f"  P{i}=$(sbatch --parsable --dependency=afterok:$PREPARE --kill-on-invalid-dep=yes < {q(str(s.path))})\n"
+                       for i, s in enumerate(packs))
+             + f"  sbatch --dependency=afterany:{':'.join(f'$P{i}' for i in range(len(packs))) or '$PREPARE'} < {q(str(scripts[-1].path))}")
         return folder, None
     if tracking.tracking_uri().startswith("sqlite"):
         echo("warning: jobs would log to a SQLite file: start `thesis-mlflow serve` and export MLFLOW_TRACKING_URI=http://HOST:PORT")

@@ -7,14 +7,9 @@ import re
 from dataclasses import dataclass, fields
 
 from thesis_mlflow.errors import BadSetting
-from thesis_mlflow.grid.jobenv import allowed_names, looks_secret
+from thesis_mlflow.grid.jobenv import allowed_names
+from thesis_mlflow.grid.quoting import check_directive, check_path, check_slurm_word, sbatch_option
 
-# Options the job scripts set themselves: an ``extra`` line may not set them again (the chain,
-# the logs, the requeue and the environment are what the grid's status and safety rest on).
-OWN_OPTIONS = ("--job-name", "-J", "--output", "-o", "--error", "-e", "--open-mode", "--dependency", "-d", "--requeue", "--no-requeue",
-               "--signal", "--export", "--export-file", "--chdir", "-D", "--kill-on-invalid-dep", "--parsable", "--wrap",
-               "--get-user-env", "--time", "-t", "--mem", "--cpus-per-task", "-c", "--gres", "--gpus", "-G", "--partition", "-p",
-               "--account", "-A", "--qos", "-q")
 TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")  # [D-]HH:MM:SS
 MEM = re.compile(r"^\d+[KMGT]?$")  # sbatch --mem: megabytes, or with a unit
 
@@ -48,35 +43,10 @@ class SlurmSpec:
         return ((d * 24 + h) * 60 + m) * 60 + s
 
 
-def _str_or_none(v, key: str) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v):
-        raise BadSetting(f"slurm.{key} must be a name without spaces, or null; got {v!r}")
-    return v
-
-
 def _int(v, key: str, low: int, high: int | None = None) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
         raise BadSetting(f"slurm.{key} must be an integer >= {low}" + (f" and <= {high}" if high is not None else "") + f"; got {v!r}")
     return v
-
-
-def _extra_line(line, i: int) -> str:
-    if not isinstance(line, str) or not line.strip():
-        raise BadSetting(f"slurm.extra[{i}] must be an sbatch option such as --constraint=a100; got {line!r}")
-    opt = line.strip().removeprefix("#SBATCH").strip()
-    if "\n" in opt or not opt.startswith("-"):
-        raise BadSetting(f"slurm.extra[{i}] must be one sbatch option such as --constraint=a100; got {line!r}")
-    name = re.split(r"[=\s]", opt, maxsplit=1)[0]
-    if name in OWN_OPTIONS:
-        raise BadSetting(f"slurm.extra[{i}] sets {name}, which the grid sets itself; use the slurm: keys "
-                         "(partition, account, qos, time, mem, cpus_per_job, gpus_per_job) or leave it to the grid")
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", opt)
-    if any(looks_secret(w) for w in words if w.isupper() or "_" in w) or re.search(r"(?i)passw|token|secret", opt):
-        raise BadSetting(f"slurm.extra[{i}] looks like it carries a secret ({opt!r}); job scripts are readable by the cluster's "
-                         "admins and stay in its records: give MLflow credentials through ~/.mlflow/credentials")
-    return opt
 
 
 def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
@@ -89,7 +59,7 @@ def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
     d = SlurmSpec()
     kw = {}
     for k in ("partition", "account", "qos", "gpu_type"):
-        kw[k] = _str_or_none(given.get(k, getattr(d, k)), k)
+        kw[k] = check_slurm_word(given.get(k, getattr(d, k)), f"slurm.{k}")
     t = given.get("time", d.time)
     if not isinstance(t, str) or not TIME.match(t) or SlurmSpec(time=t).seconds == 0:
         raise BadSetting(f"slurm.time must be HH:MM:SS or D-HH:MM:SS (more than zero), e.g. 12:00:00; got {t!r}")
@@ -111,21 +81,19 @@ def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
         extra = []
     if not isinstance(extra, list):
         raise BadSetting(f"slurm.extra must be a list of sbatch options; got {extra!r}")
-    kw["extra"] = tuple(_extra_line(x, i) for i, x in enumerate(extra))
+    kw["extra"] = tuple(sbatch_option(x, f"slurm.extra[{i}]") for i, x in enumerate(extra))
     export = given.get("export", d.export)
     if isinstance(export, list):
-        export = tuple(str(x) for x in export)
+        export = tuple(export)
     elif not isinstance(export, bool):
         raise BadSetting(f"slurm.export must be true, false or a list of variable names; got {export!r}")
     allowed_names(export, "slurm.export", {})  # a secret's name or a wildcard that could match one: refused here
     kw["export"] = export
-    for k in ("job_dir", "python"):
-        v = given.get(k, getattr(d, k))
-        if v is not None and (not isinstance(v, str) or not v.strip()):
-            raise BadSetting(f"slurm.{k} must be a path; got {v!r}")
-        kw[k] = v
-    if kw["job_dir"] is None:
-        raise BadSetting("slurm.job_dir must be a path; got None")
+    # the job folder is written into #SBATCH --output (no blanks or quotes there); the Python is
+    # shell-quoted in the script's body (any path without control characters)
+    kw["job_dir"] = check_directive(check_path(given.get("job_dir", d.job_dir), "slurm.job_dir"), "slurm.job_dir")
+    python = given.get("python", d.python)
+    kw["python"] = None if python is None else check_path(python, "slurm.python")
     spec = SlurmSpec(**kw)
     if spec.signal_before_end_s >= spec.seconds:
         raise BadSetting(f"slurm.signal_before_end_s ({spec.signal_before_end_s}) must be shorter than slurm.time ({spec.time})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -175,8 +176,32 @@ def _expected(grid_arg: str, scale: str | None):
     return grid_arg, None
 
 
-def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
-    """The status of a grid given by its YAML file (with ``scale``) or its name (``grid.name`` tag)."""
+# What a batch job last heard from its scheduler about the grid's jobs, per job folder:
+# (monotonic time, views, note). A cell ending inside a pack refreshes the parent's progress; the
+# scheduler (squeue, sacct, DAGMan's files) is asked at most once a minute per process for it:
+# cluster admins limit scheduler queries from compute nodes.
+_SCHEDULER_SEEN: dict[tuple[str, str], tuple[float, dict, str | None]] = {}
+_SEEN_LOCK = threading.Lock()
+SCHEDULER_EVERY_S = 60.0
+
+
+def _scheduler_views(kind: str, folder: Path, max_age_s: float) -> tuple[dict[str, jobs.JobView], str | None]:
+    key = (kind, str(folder))
+    with _SEEN_LOCK:
+        seen = _SCHEDULER_SEEN.get(key)
+        if seen is not None and time.monotonic() - seen[0] < max_age_s:
+            return seen[1], seen[2]
+        if kind == "condor":
+            views, note = {cell: n.view() for cell, n in condor.cell_states(folder).items()}, None
+        else:
+            views, note = slurmstate.cell_views(folder)
+        _SCHEDULER_SEEN[key] = (time.monotonic(), views, note)
+        return views, note
+
+
+def grid_status(grid_arg: str, scale: str | None = None, scheduler_max_age_s: float = 0) -> GridStatus:
+    """The status of a grid given by its YAML file (with ``scale``) or its name (``grid.name`` tag).
+    ``scheduler_max_age_s``: the scheduler's view of the jobs may be that old (a job's own refresh)."""
     name, cells = _expected(grid_arg, scale)
     exp_id = tracking.current_experiment_id()
     parent = gridruns.find_parent(name, exp_id)
@@ -199,9 +224,9 @@ def grid_status(grid_arg: str, scale: str | None = None) -> GridStatus:
     notes = []
     tags = parent.data.tags if parent is not None else {}
     if tags.get(DAG_DIR_TAG):
-        out = with_jobs(out, {cell: n.view() for cell, n in condor.cell_states(Path(tags[DAG_DIR_TAG])).items()})
+        out = with_jobs(out, _scheduler_views("condor", Path(tags[DAG_DIR_TAG]), scheduler_max_age_s)[0])
     if tags.get(SLURM_DIR_TAG):
-        views, note = slurmstate.cell_views(Path(tags[SLURM_DIR_TAG]))
+        views, note = _scheduler_views("slurm", Path(tags[SLURM_DIR_TAG]), scheduler_max_age_s)
         out = with_jobs(out, views)
         notes += [note] if note else []
     return GridStatus(name, out, parent.info.run_id if parent else None, notes=notes)
@@ -269,7 +294,7 @@ def publish_after_cell(run_id: str) -> None:
     r = tracking.get_run(run_id)
     name = r.data.tags.get("grid.name")
     if name and r.data.tags.get("mlflow.parentRunId"):
-        publish(grid_status(name))
+        publish(grid_status(name, scheduler_max_age_s=SCHEDULER_EVERY_S))
 
 
 def publish(st: GridStatus, step: int | None = None) -> None:

@@ -38,8 +38,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from thesis_mlflow import secret
 from thesis_mlflow.errors import Unavailable, UserError
 from thesis_mlflow.permissions import check_private, secure_dir, write_private
 from thesis_mlflow.server import logins
@@ -63,28 +63,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-_SECRET_KEYS = ("password", "passwd", "pwd", "pass", "sslpassword")
-
-
-def mask(uri: str | None) -> str | None:
-    """A URI with every form of password replaced by ``***`` (for anything printed or logged):
-    ``user:PW@host``, a ``?password=PW`` query parameter, and libpq's ``password=PW`` keyword."""
-    if not uri:
-        return uri
-    import re
-
-    keys = "|".join(_SECRET_KEYS)
-    out = re.sub(rf"(?i)(?<![A-Za-z0-9_])({keys})=([^&;\s]*)", r"\1=***", uri)  # query parameters and libpq keywords
-    u = urlsplit(out)
-    if "://" not in out or u.password is None:
-        return out
-    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-
-
-def has_password(uri: str) -> bool:
-    """Whether ``uri`` carries a password in any form ``mask`` hides."""
-    return mask(uri) != uri
+# One definition of a secret for the whole project (``thesis_mlflow.secret``): the server's
+# checks, the job files and every printout agree on what is masked.
+mask = secret.mask
+has_password = secret.carries_secret
 
 
 GRACE_S = 5  # seconds a stopping server gives the requests in flight

@@ -36,7 +36,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from thesis_mlflow.errors import BadInput, BadSetting, LeaseLost, RunConflict
+from thesis_mlflow.errors import BadInput, BadSetting, LeaseLost, RunConflict, Unavailable, UserError
+from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import peer
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,32 @@ def ensure_experiment(name: str | None = None) -> str:
 def current_experiment_id() -> str:
     """The experiment of this process: the one `mlflow run` chose, else ours (created if needed)."""
     return os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment()
+
+
+def reach_store() -> str:
+    """``current_experiment_id``, or one line naming the store (masked) and why it cannot be
+    reached: a host that does not resolve is said at once (MLflow's own retries would spend
+    minutes on it, then end in the database driver's traceback)."""
+    from urllib.parse import urlsplit
+
+    uri = tracking_uri()
+    try:
+        host, port = urlsplit(uri).hostname, urlsplit(uri).port
+    except ValueError as e:
+        raise BadSetting(f"MLFLOW_TRACKING_URI {mask(uri)} is not a URI ({e})") from e
+    if host and "://" in uri and not uri.startswith(("file:", "sqlite:")):
+        try:
+            socket.getaddrinfo(host, port)
+        except (socket.gaierror, UnicodeError) as e:
+            raise Unavailable(f"tracking store {mask(uri)} cannot be reached: its host {host!r} does not resolve "
+                              f"({getattr(e, 'strerror', None) or e})") from e
+    try:
+        return current_experiment_id()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the store's driver raises, said in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise Unavailable(f"tracking store {mask(uri)} cannot be reached: {type(e).__name__}: {mask(first)}") from e
 
 
 @contextmanager
