@@ -229,3 +229,69 @@ def test_two_grid_runs_at_once_submit_each_cell_once_and_again_submits_nothing_q
     finally:
         cluster.run("scancel", "-n", ",".join(["tw-demo-prepare", "tw-demo-pack-000", "tw-demo-pack-001", "tw-demo-report"]), check=False)
         cluster.run("scontrol", "update", f"PartitionName={cluster.partition}", "State=UP")
+
+
+def _odd_grids(tmp_path, cluster):
+    from tests.test_job_files import ODD, grid_doc, write
+
+    for name, changes in ODD:
+        doc = grid_doc(tmp_path / name, **changes)
+        doc["slurm"].update({"partition": cluster.partition, "mem": "1G", "cpus_per_job": 1, "job_dir": str(tmp_path / name / "jobs")})
+        if doc["slurm"].get("python"):
+            doc["slurm"]["python"] = str(tmp_path / name / doc["slurm"]["python"])
+        (tmp_path / name).mkdir()
+        yield name, write(tmp_path / name, doc)
+
+
+def test_sbatch_reads_every_odd_script_as_written(cluster, tmp_path, monkeypatch):
+    """The scripts of tests/test_job_files.py's odd-but-harmless rows through the real ``sbatch
+    --test-only`` (it parses every directive and asks the controller, submitting nothing), fed as
+    the grid feeds them (standard input, the caller's SBATCH_* removed): accepted, each one."""
+    from thesis_mlflow.grid import slurm
+    from thesis_mlflow.grid.gridfile import load_grid
+
+    monkeypatch.setenv("THESIS_MLFLOW_OUTPUTS", str(tmp_path / "out"))
+    monkeypatch.setenv("SBATCH_EXPORT", "ALL")
+    monkeypatch.setenv("SBATCH_PARTITION", "no_such_partition")  # would make --test-only fail if it reached sbatch
+    for name, p in _odd_grids(tmp_path, cluster):
+        g = load_grid(p, "demo", base_dir=tmp_path / name)
+        for s in slurm.write_scripts(g, {c: "0" * 32 for c in g.cells()}, "http://127.0.0.1:5000", "7", p):
+            out = subprocess.run(["sbatch", "--test-only"], input=s.text, capture_output=True, text=True, timeout=60,
+                                 env=slurm.sbatch_environment())
+            assert out.returncode == 0 and "to start at" in out.stderr, (name, s.name, out.stderr)
+
+
+def test_a_real_job_sees_only_the_allow_list_and_logs_in_its_folder_whatever_the_caller_sets(cluster, tmp_path, monkeypatch):
+    """``SBATCH_EXPORT=ALL`` and ``SBATCH_OUTPUT`` in the submitting shell (as in a user's start-up
+    file): the grid's real jobs (the product's scripts and chain, a stand-in Python that records
+    what it was given) still see only the allow-list and write their logs in the private folder."""
+    from tests.test_job_files import _recorder, grid_doc, write
+    from thesis_mlflow.grid import slurm
+    from thesis_mlflow.grid.gridfile import load_grid
+
+    monkeypatch.setenv("THESIS_MLFLOW_OUTPUTS", str(tmp_path / "out"))
+    rec = tmp_path / "rec" / "python"
+    _recorder(rec)
+    rec.write_text(rec.read_text().replace("'called.json'", "'called-' + os.environ['SLURM_JOB_ID'] + '.json'"))
+    doc = grid_doc(tmp_path, slurm={"partition": cluster.partition, "mem": "1G", "cpus_per_job": 1, "python": str(rec), "time": "00:05:00", "signal_before_end_s": 60})
+    doc["factors"]["pooling"] = ["mean"]
+    p = write(tmp_path, doc)
+    g = load_grid(p, "demo", base_dir=ROOT)
+    scripts = slurm.write_scripts(g, {c: "0" * 32 for c in g.cells()}, "http://127.0.0.1:5000", "7", p)
+    leak = tmp_path / "leak"
+    leak.mkdir()
+    monkeypatch.setenv("SBATCH_EXPORT", "ALL")
+    monkeypatch.setenv("SBATCH_OUTPUT", str(leak / "out-%j.log"))
+    monkeypatch.setenv("PLANTED_BY_THE_CALLER", "1")
+    sub = slurm.submit(g, scripts, echo=lambda _m: None)
+    ids = [sub["prepare"], *(x["job"] for x in sub["packs"]), sub["report"]]
+    _wait("the three jobs to end", lambda: not any(i in " ".join(_queue(cluster)) for i in ids), 90)
+    called = sorted(rec.parent.glob("called-*.json"))
+    assert len(called) == 3, called
+    for f in called:
+        env = __import__("json").loads(f.read_text())["env"]
+        assert "PLANTED_BY_THE_CALLER" not in env and "SBATCH_EXPORT" not in env, sorted(env)
+        assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert list(leak.iterdir()) == []
+    logs = sorted((slurm.job_dir(g) / "logs").iterdir())
+    assert len(logs) == 3 and all(stat.S_IMODE(os.stat(x).st_mode) == 0o600 for x in logs), logs
