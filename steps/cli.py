@@ -35,11 +35,12 @@ def main() -> None:
 @main.command("info", help="Show the tracking store, the experiment and how to open its runs table.")
 @user_errors
 def info() -> None:
+    from thesis_mlflow.secret import mask
     from thesis_mlflow.tracking import runs as tracking
 
     exp_id = tracking.ensure_experiment()
     runs = tracking.client().search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=10)
-    click.echo(f"tracking URI : {tracking.tracking_uri()}")
+    click.echo(f"tracking URI : {mask(tracking.tracking_uri())}")
     click.echo(f"experiment   : {tracking.experiment_name()} (id {exp_id})")
     for r in runs:
         click.echo(f"  {r.info.run_id[:8]}  {r.info.status:<9} {r.data.tags.get('step', '?'):<9} {r.info.run_name}")

@@ -28,7 +28,7 @@ def main(grid: str, out_dir: str | None, margin: str, test_noise: str, n_bootstr
     m = None if margin == "grid" else check_margin(margin)  # a wrong margin is named before anything is queried
     from thesis_mlflow.report.build import run_report
 
-    run_report(grid, out_dir, n_bootstrap, echo=click.echo, seed=seed, margin=m, method=test_noise)
+    run_report(grid, out_dir, n_bootstrap, echo=click.echo, seed=seed, margin=m, method=test_noise, margin_given=margin)
 
 
 if __name__ == "__main__":

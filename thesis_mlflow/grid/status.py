@@ -23,6 +23,7 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import DAG_DIR_TAG, SLURM_DIR_TAG
 from thesis_mlflow.paths import ROOT, resolve
+from thesis_mlflow.secret import mask
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.runs import finished
@@ -206,7 +207,7 @@ def grid_status(grid_arg: str, scale: str | None = None, scheduler_max_age_s: fl
     exp_id = tracking.current_experiment_id()
     parent = gridruns.find_parent(name, exp_id)
     if parent is None and cells is None:
-        raise BadInput(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()} "
+        raise BadInput(f"no grid {name!r} in experiment {tracking.experiment_name()!r} at {mask(tracking.tracking_uri())} "
                          "(give its YAML file, or the name its runs carry in the grid.name tag)")
     runs = {}
     if parent is not None:

@@ -21,10 +21,12 @@ import pandas as pd
 
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.quoting import check_name
 from thesis_mlflow.paths import outputs
 from thesis_mlflow.report import curves, results, stats
 from thesis_mlflow.report import writeup as rep
 from thesis_mlflow.report.equivalence import MARGIN, check_margin
+from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
 from thesis_mlflow.tracking.runs import finished_rows
@@ -52,7 +54,7 @@ def collect(grid: str) -> ReportData:
     runs = results.grid_runs(grid, exp)
     parent = gridruns.find_parent(grid, exp)
     if not len(runs) and parent is None:
-        raise BadInput(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {tracking.tracking_uri()}")
+        raise BadInput(f"no runs of grid {grid!r} in experiment {tracking.experiment_name()!r} at {mask(tracking.tracking_uri())}")
     h = results.histories(grid, "val_auc", exp, runs=runs)
     hist = {name: list(zip(g["step"], g["value"], strict=True)) for name, g in h.groupby("name", sort=False)}
     hist.update({name: [] for name in runs["name"] if name not in hist})
@@ -131,7 +133,7 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, 
     n_fin = int(finished_rows(runs).sum())
     how = "DeLong's closed form" if method == "delong" else f"{n_boot} paired bootstrap resamples (seed {seed})"
     r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
-                   f"test-set noise by {how}; equivalence margin ±{margin:g} AUC ({where}); tracking store {tracking.tracking_uri()}.")
+                   f"test-set noise by {how}; equivalence margin ±{margin:g} AUC ({where}); tracking store {mask(tracking.tracking_uri())}.")
     if len(cells):
         r.figures.append(rep.fig_auc_panels(cells))
     if len(eff):
@@ -184,7 +186,13 @@ def _write(path: Path, text: str) -> None:
 
 
 def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, echo: Callable[[str], None] = log.info,
-               seed: int = 0, margin: float | None = None, method: str = "delong") -> Path:
+               seed: int = 0, margin: float | None = None, method: str = "delong", margin_given: str | None = None) -> Path:
+    """Build, write and log the report of ``grid``. ``margin``: the equivalence margin asked for
+    (None: the grid file's, else the default); ``margin_given``: the option as typed (``grid`` or
+    a number), logged as param ``margin`` exactly as ``mlflow run -P margin=...`` logs it; the
+    margin used is param ``equivalence_margin`` (one name, one value: a re-logged ``margin`` with
+    another value is refused by MLflow)."""
+    check_name(grid, "report --grid")  # it names the report's folder: never a path outside dashboards/
     if margin is not None:
         check_margin(margin)  # before any query
     t0 = time.perf_counter()
@@ -203,7 +211,9 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, 
     pdfs = write_pdfs(r, out)
     t_build = time.perf_counter() - t1
     with tracking.step_run("report", run_name=f"report-{grid}", tags={"grid.name": grid}):
-        tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "test_noise": method, "margin": r.margin,
+        tracking.log_params({"grid": grid, "n_runs": len(data.runs), "n_missing": len(r.missing), "test_noise": method,
+                             "margin": margin_given if margin_given is not None else ("grid" if margin is None else str(margin)),
+                             "equivalence_margin": r.margin,
                              **({"n_bootstrap": n_boot, "bootstrap_seed": seed} if method == "bootstrap" else {})})
         for name in files:
             tracking.log_artifact(out / name, "report")

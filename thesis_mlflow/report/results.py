@@ -24,6 +24,7 @@ import pandas as pd
 
 from thesis_mlflow import spec
 from thesis_mlflow.errors import BadInput
+from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.runs import finished_rows
 
@@ -37,7 +38,7 @@ def _experiment_ids(experiment: str | None) -> list[str]:
     name = experiment or tracking.experiment_name()
     exp = tracking.experiment_by_name_or_id(name)
     if exp is None:
-        raise BadInput(f"no experiment {name!r} at {tracking.tracking_uri()}")
+        raise BadInput(f"no experiment {name!r} at {mask(tracking.tracking_uri())}")
     return [exp.experiment_id]
 
 

@@ -639,7 +639,7 @@ def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
-        raise BadInput(f"run {run_id!r} not found at {tracking_uri()} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
+        raise BadInput(f"run {run_id!r} not found at {mask(tracking_uri())} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
     if step and run.data.tags.get("step") != step:
         raise BadInput(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
     return run
