@@ -63,24 +63,6 @@ def test_log_params_compares_meaning_not_spelling(mlflow_env, tmp_path):
     assert p["lr"] == "1e-4" and p["new"] == "3"  # the user's spelling stays
 
 
-def test_mlflow_run_generate(mlflow_env, tmp_path):
-    """`mlflow run . -e generate` logs its own params first; the step must agree with them."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "g.h5"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(root), "-e", "generate", "--env-manager", "local", "--experiment-name", "test-exp",
-           "-P", "n_events=300", "-P", f"output={out}"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    (r,) = mlflow.search_runs(experiment_names=["test-exp"], output_format="list")
-    assert r.info.status == "FINISHED" and r.data.params["output_sha256"] == data.sha256(out)
-
-
 def test_a_generated_file_is_logged_again_only_as_it_is(mlflow_env, tmp_path):
     """`generate --no-log` writes the file and its data card and logs nothing; `generate` with the
     same settings then logs that very file (same digest, not rewritten, tagged reused). Other

@@ -83,5 +83,9 @@ def test_an_entry_point_runs_through_mlflow_run_with_its_defaults(project, entry
     assert set(declared) <= set(r.data.params), set(declared) - set(r.data.params)  # MLflow's own params, each kept as given
     for k, v in SMALL[entry].items():
         assert r.data.params[k] == v
+    if entry == "generate":  # the step agrees with what MLflow logged, and logged the file it wrote
+        from thesis_mlflow.learn import data
+
+        assert r.data.params["output_sha256"] == data.sha256(root / "data" / "4tops_synthetic.h5")
     if entry == "report":
         assert r.data.params["margin"] == "grid" and float(r.data.params["equivalence_margin"]) == 0.005

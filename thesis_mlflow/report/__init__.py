@@ -1,6 +1,6 @@
 """The PhD summary and the query API: tables from MLflow, statistics over seeds, figures and
 the written answer. May import everything below it (``grid``'s run lookup, ``tracking``,
-``learn``'s metrics, ``spec``); nothing imports ``report`` but ``steps/``.
+``learn``'s metrics, ``spec``, ``secret``); nothing imports ``report`` but ``steps/``.
 
 - ``results``: the study as tables for notebooks (programmatic MLflow queries)
 - ``testnoise``: the test-set part of each interval (DeLong's covariance; the paired bootstrap)

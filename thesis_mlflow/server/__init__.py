@@ -1,6 +1,6 @@
 """The tracking server this project starts: a real ``mlflow server`` process with its logins,
-its certificate beyond loopback and its start-up code. May import ``tracking``, ``errors`` and
-``permissions``.
+its certificate beyond loopback and its start-up code. May import ``tracking``, ``errors``,
+``permissions`` and ``secret``.
 
 - ``process``: start, find, stop and check the server (``thesis-mlflow serve``)
 - ``logins``: the admin and the least-privileged jobs user

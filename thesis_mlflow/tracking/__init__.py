@@ -1,6 +1,6 @@
 """The MLflow boundary: everything that reads or writes the tracking server goes through here
 (``steps/`` aside, which only start runs through ``runs.step_run``). May import ``learn``'s pure
-helpers, ``errors`` and ``spec``; never ``pipeline``, ``grid``, ``report`` or ``server``.
+helpers, ``errors``, ``spec`` and ``secret``; never ``pipeline``, ``grid``, ``report`` or ``server``.
 
 - ``runs``: the client with retries, experiments, runs and each run's own log, reuse of upstream
   runs, artifacts; each run's provenance (which code, environment and device made it); when a
