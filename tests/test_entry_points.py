@@ -31,7 +31,7 @@ SMALL = {
     "binning": {},
     "vqvae": {},
     "compare": {"theirs": "data/binned/4tops_synthetic_v4_b5_signed_all.h5"},  # required (no default): our own file
-    "train": {"epochs": "1"},
+    "train": {"pooling": "max", "tokenizer": "binned", "epochs": "1"},  # the command as the user wrote it, one epoch
     "grid": {"grid": "tiny_grid.yaml"},
     "report": {},
 }
@@ -87,5 +87,7 @@ def test_an_entry_point_runs_through_mlflow_run_with_its_defaults(project, entry
         from thesis_mlflow.learn import data
 
         assert r.data.params["output_sha256"] == data.sha256(root / "data" / "4tops_synthetic.h5")
+    if entry == "train":  # attached to mlflow's own run; its binning reused from the binning entry point
+        assert r.data.params["n_params"] and "test_auc" in r.data.metrics
     if entry == "report":
         assert r.data.params["margin"] == "grid" and float(r.data.params["equivalence_margin"]) == 0.005

@@ -169,22 +169,6 @@ def test_kill_and_resume_is_exact(mlflow_env, tiny_raw, caplog, monkeypatch):
     assert [m.step for m in c.get_metric_history(run_id, "val_auc")] == [1, 2, 3]
 
 
-def test_mlflow_run_train_as_written(mlflow_env, tiny_raw):
-    """`mlflow run . -e train -P pooling=max -P tokenizer=binned` attaches to mlflow's own run."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_env}
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    small = {"data": tiny_raw, "epochs": 1, "max_train_events": 300, "max_eval_events": 100, "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local", "--experiment-name", "test-exp",
-           "-P", "pooling=max", "-P", "tokenizer=binned"] + [a for k, v in small.items() for a in ("-P", f"{k}={v}")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (r,) = _runs("train")
-    assert f"Run (ID '{r.info.run_id}') succeeded" in res.stderr
-    assert r.info.status == "FINISHED" and r.data.params["pooling"] == "max" and r.data.params["tokenizer"] == "binned"
-    assert r.data.params["n_params"] and "test_auc" in r.data.metrics
-    assert len(_runs("binning")) == 1
-
-
 @pytest.mark.parametrize("on", [True, False])
 def test_system_metrics_of_train_runs(mlflow_env, tiny_raw, monkeypatch, on):
     """On by default (CPU and memory here; GPU utilisation and memory where CUDA is used), off with a flag."""
