@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting, LeaseHeld, StepFailed, Unavailable
-from thesis_mlflow.grid import packing
+from thesis_mlflow.grid import packing, slurmstate
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
@@ -447,7 +447,8 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
         return summary
     if backend == "slurm":
         gridruns.set_slurm_dir(pid, job_dir_of(g))  # where `grid status` finds the jobs record, before any job can end
-        summary.job_dir, summary.submitted = run_slurm(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo, stack_seeds)
+        summary.job_dir, summary.submitted = run_slurm(g, {cell: rid for cell, rid in todo}, exp_id, path, False, echo, stack_seeds,
+                                                       busy=slurmstate.active_cells(job_dir_of(g)))
         summary.launched = [c for p in (summary.submitted or {}).get("packs", []) for c in p["cells"]]
         return summary
     if todo:

@@ -329,17 +329,18 @@ def requeue_self(progressed: bool, max_requeues: int, echo: Callable[[str], None
 
 
 def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, dry_run: bool, echo: Callable[[str], None] = log.info,
-              stack_seeds: str = "auto") -> tuple[Path, dict | None]:
+              stack_seeds: str = "auto", busy: dict[str, str] | None = None) -> tuple[Path, dict | None]:
     """Write the grid's job scripts for ``runs`` (cell -> child run id) and submit them, leaving
     out cells whose latest pack job SLURM will still run (a second ``grid run`` while the first's
     jobs wait or train submits nothing for them). ``dry_run``: print the scripts and the sbatch
-    commands, submit nothing. Returns the job folder and the submission (None: nothing submitted)."""
-    from thesis_mlflow.grid import slurmstate  # lazy: the module reads this one's record format
+    commands, submit nothing. ``busy``: {cell name: job id} of the cells SLURM will still run
+    (``slurmstate.active_cells``, read by the caller: that module reads this one's record). Returns
+    the job folder and the submission (None: nothing submitted)."""
     from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow, only to submit (writing the scripts needs none)
 
     folder = job_dir(g)
     if not dry_run:  # (``run_grid`` checked ``require_slurm`` before it created any run)
-        busy = slurmstate.active_cells(folder) if (folder / JOBS_FILE).exists() else {}
+        busy = busy or {}
         if busy:
             echo(f"{len(busy)} cell(s) already in SLURM jobs that will still run them (" + ", ".join(sorted(set(busy.values()), key=int))
                  + "): not submitted again")
