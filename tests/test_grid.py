@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from steps.cli import main
 from tests import condorsyntax
 from tests.fault import ENV, kill_env
-from thesis_mlflow.grid.condor import write_dag
+from thesis_mlflow.grid.condor.submit import write_dag
 from thesis_mlflow.grid.driver import run_grid, train_command
 from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.status import grid_status

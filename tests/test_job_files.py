@@ -17,9 +17,9 @@ import yaml
 
 from tests import condorsyntax
 from thesis_mlflow.errors import BadSetting
-from thesis_mlflow.grid import slurm
-from thesis_mlflow.grid.condor import write_dag
+from thesis_mlflow.grid.condor.submit import write_dag
 from thesis_mlflow.grid.gridfile import load_grid
+from thesis_mlflow.grid.slurm import submit as slurm
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.permissions import UnsafePath
 

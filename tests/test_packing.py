@@ -18,7 +18,7 @@ import yaml
 
 from tests.fault import kill_env
 from thesis_mlflow.grid import packing
-from thesis_mlflow.grid.condor import write_dag
+from thesis_mlflow.grid.condor.submit import write_dag
 from thesis_mlflow.grid.driver import run_pack
 from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
@@ -367,12 +367,13 @@ def test_a_slurm_warning_during_set_up_requeues_without_training(mlflow_env, tin
     import signal
 
     from thesis_mlflow.errors import StepFailed
-    from thesis_mlflow.grid import packing, slurm
+    from thesis_mlflow.grid import packing
+    from thesis_mlflow.grid.slurm import commands
 
     gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "early", ["max"], max_train_events=300)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
     asked = []
-    monkeypatch.setattr(slurm, "_run", lambda cmd, check=True: asked.append(cmd))
+    monkeypatch.setattr(commands, "run", lambda cmd, check=True: asked.append(cmd))
     monkeypatch.setattr(packing.EARLY, "signum", signal.SIGUSR1)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")

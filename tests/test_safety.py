@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from thesis_mlflow.grid import condor as grid
+from thesis_mlflow.grid import jobenv as grid
 from thesis_mlflow.learn import safeload
 from thesis_mlflow.tracking import runs as done  # the rule of a finished cell lives with the runs
 

@@ -18,8 +18,8 @@ import yaml
 
 from tests import slurmcluster
 from tests.conftest import login_from_home
-from thesis_mlflow.grid import slurmstate
 from thesis_mlflow.grid.driver import run_grid
+from thesis_mlflow.grid.slurm import state as slurmstate
 from thesis_mlflow.grid.status import grid_status
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.server import logins
@@ -252,8 +252,8 @@ def test_sbatch_reads_every_odd_script_as_written(cluster, tmp_path, monkeypatch
     """The scripts of tests/test_job_files.py's odd-but-harmless rows through the real ``sbatch
     --test-only`` (it parses every directive and asks the controller, submitting nothing), fed as
     the grid feeds them (standard input, the caller's SBATCH_* removed): accepted, each one."""
-    from thesis_mlflow.grid import slurm
     from thesis_mlflow.grid.gridfile import load_grid
+    from thesis_mlflow.grid.slurm import submit as slurm
 
     monkeypatch.setenv("THESIS_MLFLOW_OUTPUTS", str(tmp_path / "out"))
     monkeypatch.setenv("SBATCH_EXPORT", "ALL")
@@ -274,8 +274,8 @@ def test_a_real_job_sees_only_the_allow_list_and_logs_in_its_folder_whatever_the
     import json
 
     from tests.test_job_files import _recorder, grid_doc, write
-    from thesis_mlflow.grid import slurm
     from thesis_mlflow.grid.gridfile import load_grid
+    from thesis_mlflow.grid.slurm import submit as slurm
 
     monkeypatch.setenv("THESIS_MLFLOW_OUTPUTS", str(tmp_path / "out"))
     rec = tmp_path / "rec" / "python"

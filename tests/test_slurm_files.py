@@ -10,9 +10,12 @@ import pytest
 import yaml
 
 from thesis_mlflow.errors import BadSetting
-from thesis_mlflow.grid import jobs, slurm, slurmstate
+from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.gridfile import load_grid
-from thesis_mlflow.grid.slurmspec import SlurmSpec, slurm_spec
+from thesis_mlflow.grid.slurm import commands, injob
+from thesis_mlflow.grid.slurm import state as slurmstate
+from thesis_mlflow.grid.slurm import submit as slurm
+from thesis_mlflow.grid.slurm.settings import SlurmSpec, slurm_spec
 from thesis_mlflow.paths import ROOT
 
 GRID = ROOT / "configs" / "grids" / "binning_vs_direct.yaml"
@@ -214,23 +217,23 @@ def test_a_pack_asks_for_its_requeue_up_to_its_cap(monkeypatch):
     from thesis_mlflow.errors import StepFailed
 
     asked = []
-    monkeypatch.setattr(slurm, "_run", lambda cmd, check=True: asked.append(cmd))
+    monkeypatch.setattr(commands, "run", lambda cmd, check=True: asked.append(cmd))
     before = signal.getsignal(signal.SIGTERM)
     try:
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)
         with pytest.raises(StepFailed, match="outside a SLURM job"):
-            slurm.requeue_self(True, 3)
+            injob.requeue_self(True, 3)
         monkeypatch.setenv("SLURM_JOB_ID", "42")
         for restarts, progressed, ok in ((0, True, True), (0, False, True), (2, True, True), (2, False, True), (3, True, False),
                                          (3, False, False)):
             monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
             asked.clear()
             if ok:
-                slurm.requeue_self(progressed, 3)
+                injob.requeue_self(progressed, 3)
                 assert asked == [["scontrol", "requeue", "42"]], (restarts, progressed)
             else:
                 with pytest.raises(StepFailed, match="TIME LIMIT: job 42 reached its time limit after 3 requeue") as e:
-                    slurm.requeue_self(progressed, 3)
+                    injob.requeue_self(progressed, 3)
                 assert asked == [] and "raise slurm.time" in str(e.value)
                 assert ("too short for one epoch" in str(e.value)) == (not progressed)
     finally:

@@ -15,7 +15,9 @@ import yaml
 from click.testing import CliRunner
 
 from steps.cli import main
-from thesis_mlflow.grid import condor, status
+from thesis_mlflow.grid import status
+from thesis_mlflow.grid.condor import state as condor
+from thesis_mlflow.grid.condor import submit as condor_submit
 from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
 from thesis_mlflow.paths import ROOT
@@ -126,7 +128,7 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     # on hold (its run would stay RUNNING forever), the unstarted one waits in the queue
     dag = tmp_path / "dag"
     dag.mkdir()
-    condor.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
+    condor_submit.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
                                        "pack:1": ["direct-max-met-4v-s1", "direct-mean-met-4v-s1"]})
     (dag / condor.STATUS_FILE).write_text(NODE_STATUS)
     c.set_tag(parent.info.run_id, status.DAG_DIR_TAG, str(dag))
@@ -147,7 +149,7 @@ def test_a_job_held_for_memory_is_released_with_more_up_to_the_cap():
     A hold for another reason is never released by it (plants: no cap, or release on any hold, fail it)."""
     import classad2
 
-    from thesis_mlflow.grid.condor import memory_settings
+    from thesis_mlflow.grid.condor.submit import memory_settings
 
     ms = memory_settings({"request_memory": "16GB", "memory_max": "64GB", "memory_multiplier": 2})
 
@@ -200,7 +202,7 @@ def test_status_says_a_job_was_released_with_more_memory_and_is_held_past_its_li
 
     day = (datetime.date.today() - datetime.timedelta(days=2)).isoformat()
     (tmp_path / "jobs.log").write_text(EVENT_LOG.format(day=day))
-    condor.write_cells_by_node(tmp_path, {"pack:0": ["a-s0", "a-s1"], "pack:1": ["b-s0"]})
+    condor_submit.write_cells_by_node(tmp_path, {"pack:0": ["a-s0", "a-s1"], "pack:1": ["b-s0"]})
     (tmp_path / condor.STATUS_FILE).write_text(NODE_STATUS)
     (tmp_path / condor.SETTINGS_FILE).write_text(json.dumps({"event_log": str(tmp_path / "jobs.log"), "held_limit_h": 24}))
     views = {cell: n.view() for cell, n in condor.cell_states(tmp_path).items()}

@@ -2,19 +2,23 @@
 machine, on HTCondor or on SLURM. May import ``pipeline``, ``tracking``, ``learn``'s pure helpers,
 ``errors``, ``spec``, ``paths``, ``permissions`` and ``secret``; never ``report`` or ``server``.
 
+Scheduler-free, here: what a grid is and how its cells run, whichever scheduler runs them.
+
 - ``gridfile``: YAML -> cells (``CellSpec``) and the exact command each cell runs
 - ``runs``: a grid's parent and children in MLflow
-- ``driver``: run a grid (local backend, packs), resume what is left
-- ``packing``: several cells on one GPU (threads, processes, CUDA MPS, thread budgets)
+- ``driver``: run a grid (the local backend, packs), resume what is left
+- ``packing``: several cells on one GPU (threads, processes, CUDA MPS, thread budgets, signals)
 - ``jobs``: one model of a grid's batch jobs (``JobView``), whichever scheduler runs them
 - ``jobenv``: what a batch job's environment may carry (never a secret)
 - ``quoting``: every value that reaches a scheduler's file, checked or quoted by one rule
-- ``condorspec``: the grid file's ``condor:`` section, checked
-- ``condor``: everything HTCondor (DAG and submit files, submission, DAGMan's node states, memory holds)
-- ``slurmspec``: the grid file's ``slurm:`` section, checked
-- ``slurm``: SLURM job scripts, their submission as a chain, a pack's requeue before its time limit
-- ``slurmstate``: what SLURM knows of a grid's jobs (squeue, sacct, the job logs)
+- ``backends``: the registry of schedulers, one line each
 - ``status``: a grid's state at a glance
+
+One folder per batch scheduler, each of the same shape (``settings``, ``submit``, ``state``):
+
+- ``condor/``: HTCondor (DAG and submit files, DAGMan's node states, memory holds)
+- ``slurm/``: SLURM (job scripts submitted as a chain, squeue / sacct / logs; ``injob``: the
+  pack's time-limit warning and requeue; ``commands``: how SLURM is called)
 
 Public API: ``load_grid``, ``run_grid``, ``run_pack``, ``grid_status``.
 """

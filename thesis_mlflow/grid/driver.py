@@ -20,14 +20,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadSetting, LeaseHeld, StepFailed, Unavailable
-from thesis_mlflow.grid import packing, slurmstate
+from thesis_mlflow.grid import packing
 from thesis_mlflow.grid import runs as gridruns
-from thesis_mlflow.grid.condor import run_condor
+from thesis_mlflow.grid.condor.submit import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.jobenv import check_no_credentials
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
-from thesis_mlflow.grid.slurm import MARK, near_end, requeue_self, require_slurm, run_slurm
-from thesis_mlflow.grid.slurm import job_dir as job_dir_of
+from thesis_mlflow.grid.slurm import state as slurmstate
+from thesis_mlflow.grid.slurm.injob import MARK, near_end, requeue_self
+from thesis_mlflow.grid.slurm.submit import job_dir as job_dir_of
+from thesis_mlflow.grid.slurm.submit import require_slurm, run_slurm
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
 from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream

@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
-from thesis_mlflow.grid.condorspec import CONDOR_DEFAULTS, PER_CELL, condor_spec, pack_resources  # noqa: F401 (re-exported)
+from thesis_mlflow.grid.condor.settings import CONDOR_DEFAULTS, PER_CELL, condor_spec, pack_resources  # noqa: F401 (re-exported)
 from thesis_mlflow.grid.quoting import check_name, check_path
-from thesis_mlflow.grid.slurmspec import SlurmSpec, slurm_spec
+from thesis_mlflow.grid.slurm.settings import SlurmSpec, slurm_spec
 from thesis_mlflow.spec import (
     CODEBOOK_SIZE,
     DEFAULT_DATA,

@@ -3,7 +3,7 @@
 MLflow knows what a cell's run did; only the scheduler knows that the job that trains it is
 still waiting for a slot, was put on hold, was requeued, ran out of time or memory, lost its
 node, was cancelled, or can never start because a job it depends on failed. Each backend reads
-its scheduler into one ``JobView`` per cell (``condor.cell_states``, ``slurmstate.cell_views``);
+its scheduler into one ``JobView`` per cell (each backend's ``state.cell_views``, ``grid.backends``);
 ``refine`` joins them with the runs' states for ``grid status`` and the parent's progress, the
 same way for both.
 """

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thesis_mlflow.errors import BadInput
-from thesis_mlflow.grid import condor, jobs, slurmstate
+from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid import runs as gridruns
+from thesis_mlflow.grid.backends import BATCH, Backend
 from thesis_mlflow.grid.gridfile import load_grid
-from thesis_mlflow.grid.runs import DAG_DIR_TAG, SLURM_DIR_TAG
 from thesis_mlflow.paths import ROOT, resolve
 from thesis_mlflow.secret import mask
 from thesis_mlflow.spec import CellSpec
@@ -186,16 +186,13 @@ _SEEN_LOCK = threading.Lock()
 SCHEDULER_EVERY_S = 60.0
 
 
-def _scheduler_views(kind: str, folder: Path, max_age_s: float) -> tuple[dict[str, jobs.JobView], str | None]:
-    key = (kind, str(folder))
+def _scheduler_views(backend: Backend, folder: Path, max_age_s: float) -> tuple[dict[str, jobs.JobView], str | None]:
+    key = (backend.name, str(folder))
     with _SEEN_LOCK:
         seen = _SCHEDULER_SEEN.get(key)
         if seen is not None and time.monotonic() - seen[0] < max_age_s:
             return seen[1], seen[2]
-        if kind == "condor":
-            views, note = {cell: n.view() for cell, n in condor.cell_states(folder).items()}, None
-        else:
-            views, note = slurmstate.cell_views(folder)
+        views, note = backend.cell_views(folder)
         _SCHEDULER_SEEN[key] = (time.monotonic(), views, note)
         return views, note
 
@@ -224,12 +221,11 @@ def grid_status(grid_arg: str, scale: str | None = None, scheduler_max_age_s: fl
     out = [_cell_state(cell, runs.get(cell.tag)) for cell in cells]
     notes = []
     tags = parent.data.tags if parent is not None else {}
-    if tags.get(DAG_DIR_TAG):
-        out = with_jobs(out, _scheduler_views("condor", Path(tags[DAG_DIR_TAG]), scheduler_max_age_s)[0])
-    if tags.get(SLURM_DIR_TAG):
-        views, note = _scheduler_views("slurm", Path(tags[SLURM_DIR_TAG]), scheduler_max_age_s)
-        out = with_jobs(out, views)
-        notes += [note] if note else []
+    for backend in BATCH:  # the scheduler that ran the grid's jobs (its folder is on the parent)
+        if tags.get(backend.folder_tag):
+            views, note = _scheduler_views(backend, Path(tags[backend.folder_tag]), scheduler_max_age_s)
+            out = with_jobs(out, views)
+            notes += [note] if note else []
     return GridStatus(name, out, parent.info.run_id if parent else None, notes=notes)
 
 

@@ -1,6 +1,6 @@
-"""Everything SLURM that writes or submits: the job scripts of a grid, their submission as a
-chain of jobs (``sbatch``), the jobs record ``grid status`` reads back, and a pack's own
-requeue before its time limit. What SLURM knows of the jobs afterwards: ``slurmstate``.
+"""SLURM's submission of a grid: the job scripts, their submission as a chain of jobs
+(``sbatch``), and the jobs record ``grid status`` reads back. What SLURM knows of the jobs
+afterwards: ``state``; the pack's side inside its job (time-limit warning, requeue): ``injob``.
 
 A grid is three kinds of job, as on HTCondor: ``prepare`` (the upstream runs) -> one job per
 pack of cells (``afterok``: a pack never trains on a failed or cancelled prepare; it is then
@@ -31,6 +31,8 @@ from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import allowed_names, base_env
 from thesis_mlflow.grid.packing import compile_cache_env
 from thesis_mlflow.grid.quoting import check_directive, check_path, check_slurm_word
+from thesis_mlflow.grid.slurm import commands
+from thesis_mlflow.grid.slurm.injob import MARK, TIME_LIMIT_SIGNAL
 from thesis_mlflow.paths import ROOT, outputs
 from thesis_mlflow.permissions import opened_dir, private_dir, private_files, read_in, write_in
 from thesis_mlflow.spec import CellSpec
@@ -38,9 +40,6 @@ from thesis_mlflow.spec import CellSpec
 log = logging.getLogger(__name__)
 
 JOBS_FILE = "jobs.json"  # what was submitted: read back by ``grid status`` and by the next ``grid run``
-MARK = "thesis-mlflow:"  # the start of the lines a job writes about itself into its log (read back when SLURM has forgotten the job)
-TIME_LIMIT_SIGNAL = "USR1"
-SUBMIT_TIMEOUT_S = 120
 
 
 def job_dir(g: Grid) -> Path:
@@ -192,31 +191,9 @@ def require_slurm() -> None:
     if not shutil.which("sbatch") or not shutil.which("squeue"):
         raise Unavailable("SLURM's sbatch/squeue are not on the PATH here: submit from a login node of the SLURM cluster "
                           "(or print the job scripts with --dry-run)")
-    out = _run(["squeue", "-h", "-u", _user(), "-o", "%i"], check=False)
+    out = commands.run(["squeue", "-h", "-u", commands.user(), "-o", "%i"], check=False)
     if out.returncode != 0:
-        raise Unavailable(f"SLURM's controller did not answer squeue: {_last_line(out)}")
-
-
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _run(cmd: list[str], check: bool = True, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, input=stdin, env=env)
-    except subprocess.TimeoutExpired as e:
-        raise Unavailable(f"{cmd[0]} did not answer in {SUBMIT_TIMEOUT_S} s (is SLURM's controller up?)") from e
-    if check and out.returncode != 0:
-        raise Unavailable(f"{shlex.join(cmd[:3])} ... failed: {_last_line(out)}")
-    return out
-
-
-def _last_line(out: subprocess.CompletedProcess) -> str:
-    """The last words of a failed SLURM command (its 'fatal:' or 'error:' line), on one line."""
-    lines = [ln.strip() for ln in (out.stderr or out.stdout or "").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else f"exit {out.returncode}"
+        raise Unavailable(f"SLURM's controller did not answer squeue: {commands.last_line(out)}")
 
 
 def sbatch(script: Script, dependency: str | None = None, kill_on_invalid_dep: bool = False) -> str:
@@ -230,7 +207,7 @@ def sbatch(script: Script, dependency: str | None = None, kill_on_invalid_dep: b
     if kill_on_invalid_dep:
         cmd.append("--kill-on-invalid-dep=yes")
     with private_files():
-        out = _run(cmd, stdin=script.text, env=sbatch_environment())
+        out = commands.run(cmd, stdin=script.text, env=sbatch_environment())
     return out.stdout.strip().split(";")[0]
 
 
@@ -240,7 +217,7 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
     cancelled before the error is raised. Returns the submission as recorded in ``jobs.json``."""
     folder = job_dir(g)
     submitted: list[str] = []
-    sub = {"at": time.time(), "user": _user(), "packs": []}
+    sub = {"at": time.time(), "user": commands.user(), "packs": []}
     try:
         by_kind = {s.kind: s for s in scripts if s.kind != "pack"}
         prep = sbatch(by_kind["prepare"])
@@ -256,7 +233,7 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
         sub["report"], sub["report_name"] = rep, by_kind["report"].name
     except Exception:
         if submitted:
-            _run(["scancel", *submitted], check=False)
+            commands.run(["scancel", *submitted], check=False)
             log.error("submission failed: cancelled the %d job(s) it had submitted (%s)", len(submitted), " ".join(submitted))
         raise
     _record(folder, sub)
@@ -264,65 +241,6 @@ def submit(g: Grid, scripts: list[Script], echo: Callable[[str], None] = log.inf
          f"{sub['packs'][0]['job']}..{sub['packs'][-1]['job']}, report {rep}" if sub["packs"] else f"submitted prepare {prep}, report {rep}")
     echo(f"follow it with: thesis-mlflow grid status {g.run_name}   (or squeue --me -n <job name>; logs in {folder / 'logs'})")
     return sub
-
-
-# --------------------------------------------------------------------------- a pack's requeue
-
-
-def query(cmd: list[str], timeout_s: float = 60) -> str | None:
-    """A SLURM query's output; None when the command is missing, times out or fails (logged):
-    the caller decides what not knowing means."""
-    if not shutil.which(cmd[0]):
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("%s did not answer: %s", cmd[0], e)
-        return None
-    if out.returncode != 0:
-        log.debug("%s failed: %s", cmd[0], out.stderr.strip()[:300])
-        return None
-    return out.stdout
-
-
-def near_end(signal_before_end_s: int) -> bool:
-    """Whether this SLURM job is already within its warning time of its end (a warning sent in the
-    instant between the script's exec and Python noting it would otherwise be missed)."""
-    import datetime
-
-    job = os.environ.get("SLURM_JOB_ID")
-    text = query(["squeue", "-h", "-j", job, "-o", "%e"], timeout_s=30) if job else None
-    try:
-        end = datetime.datetime.fromisoformat((text or "").strip())
-    except ValueError:
-        return False  # no end time (unlimited, or SLURM did not answer): the warning, if any, still comes
-    return (end - datetime.datetime.now()).total_seconds() <= signal_before_end_s
-
-
-def requeue_self(progressed: bool, max_requeues: int, echo: Callable[[str], None] = log.info) -> None:
-    """SLURM warned this pack of its time limit and its cells have stopped at their checkpoints:
-    ask SLURM to put the job back in the queue, where it resumes them. Refused (``StepFailed``,
-    the job then ends) after ``max_requeues`` requeues, saying when the last attempt got no epoch
-    done (``progressed``: then the time limit is too short for one epoch). An attempt without
-    progress is still requeued below the cap: SLURM may send its warning up to 60 s early."""
-    job = os.environ.get("SLURM_JOB_ID")
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    if not job:
-        raise StepFailed("stopped by SIGUSR1 outside a SLURM job: nothing to requeue; the runs resume at the next start")
-    if restarts >= max_requeues:
-        why = ("; no cell finished an epoch in this attempt: slurm.time is too short for one epoch of this pack"
-               if not progressed else "; its cells stopped at their checkpoints")
-        raise StepFailed(f"{MARK} TIME LIMIT: job {job} reached its time limit after {restarts} requeue(s) (slurm.max_requeues = "
-                         f"{max_requeues}){why}: raise slurm.time (or lower slurm.cells_per_job) and run `grid run` again")
-    echo(f"{MARK} REQUEUE: job {job} near its time limit: its cells stopped at their checkpoints; requeued "
-         f"({restarts + 1} of at most {max_requeues}), the next attempt resumes them")
-    sys.stdout.flush()
-    import signal
-
-    # SLURM answers a requeue with SIGTERM to this job: the cells have already stopped, so this
-    # process exits by itself instead of dying with a traceback in the middle of the request
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _run(["scontrol", "requeue", job])
 
 
 # --------------------------------------------------------------------------- a grid's submission
@@ -334,7 +252,7 @@ def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, 
     out cells whose latest pack job SLURM will still run (a second ``grid run`` while the first's
     jobs wait or train submits nothing for them). ``dry_run``: print the scripts and the sbatch
     commands, submit nothing. ``busy``: {cell name: job id} of the cells SLURM will still run
-    (``slurmstate.active_cells``, read by the caller: that module reads this one's record). Returns
+    (``state.active_cells``, read by the caller: that module reads this one's record). Returns
     the job folder and the submission (None: nothing submitted)."""
     from thesis_mlflow.tracking import runs as tracking  # lazy: MLflow, only to submit (writing the scripts needs none)
 

@@ -1,5 +1,5 @@
 """A grid's ``condor:`` section, checked: ``condor_spec``. MLflow-free and scheduler-free (as
-``slurmspec``), so a wrong key or a value that would rewrite a submit file is named before
+``slurm.settings``), so a wrong key or a value that would rewrite a submit file is named before
 anything is created or submitted. Every value is checked by the rule of ``grid.quoting``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A grid's ``slurm:`` section, checked: ``SlurmSpec``. MLflow-free and scheduler-free (no
+"""The SLURM backend's settings: a grid's ``slurm:`` section, checked (``SlurmSpec``). MLflow-free and scheduler-free (no
 command runs here), so a wrong key is named before anything is created or submitted."""
 
 from __future__ import annotations

@@ -19,14 +19,16 @@ from pathlib import Path
 
 from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.jobs import JobView
-from thesis_mlflow.grid.slurm import MARK, log_path, query, read_jobs
+from thesis_mlflow.grid.slurm.commands import query
+from thesis_mlflow.grid.slurm.injob import MARK
+from thesis_mlflow.grid.slurm.submit import log_path, read_jobs
 
 log = logging.getLogger(__name__)
 SLURM = "SLURM"
 
 
 @dataclass(frozen=True)
-class Job:
+class SlurmJob:
     """One job as the controller or accounting reports it."""
 
     job: str
@@ -39,7 +41,7 @@ class Job:
 SQUEUE_FIELDS = "JobID:|,Name:|,State:|,Reason:|,RestartCnt:|"
 
 
-def parse_squeue(text: str) -> dict[str, Job]:
+def parse_squeue(text: str) -> dict[str, SlurmJob]:
     """``squeue -h -O JobID:|,Name:|,State:|,Reason:|,RestartCnt:|`` lines -> jobs by id."""
     out = {}
     for line in text.splitlines():
@@ -47,11 +49,11 @@ def parse_squeue(text: str) -> dict[str, Job]:
         if len(parts) < 5 or not parts[0].strip():
             continue
         jid, name, state, reason, restarts = (p.strip() for p in parts[:5])
-        out[jid] = Job(jid, name, state.upper(), "" if reason in ("None", "(null)") else reason, int(restarts) if restarts.isdigit() else 0)
+        out[jid] = SlurmJob(jid, name, state.upper(), "" if reason in ("None", "(null)") else reason, int(restarts) if restarts.isdigit() else 0)
     return out
 
 
-def parse_sacct(text: str) -> dict[str, Job]:
+def parse_sacct(text: str) -> dict[str, SlurmJob]:
     """``sacct -n -P -X --format=JobID,JobName,State,Reason`` lines -> jobs by id (``CANCELLED by 0`` -> CANCELLED)."""
     out = {}
     for line in text.splitlines():
@@ -59,12 +61,12 @@ def parse_sacct(text: str) -> dict[str, Job]:
         if len(parts) < 3 or not parts[0].strip():
             continue
         jid = parts[0].split("_")[0].split("+")[0].strip()
-        out[jid] = Job(jid, parts[1].strip(), parts[2].split()[0].upper() if parts[2].split() else "",
+        out[jid] = SlurmJob(jid, parts[1].strip(), parts[2].split()[0].upper() if parts[2].split() else "",
                        parts[3].strip() if len(parts) > 3 and parts[3].strip() not in ("None", "(null)") else "")
     return out
 
 
-def scheduler_jobs(ids: list[str]) -> tuple[dict[str, Job], bool]:
+def scheduler_jobs(ids: list[str]) -> tuple[dict[str, SlurmJob], bool]:
     """The user's jobs among ``ids`` as SLURM knows them now, and whether the controller answered."""
     text = query(["squeue", "-h", "-t", "all", "--me", "-O", SQUEUE_FIELDS])
     if text is None:
@@ -128,7 +130,7 @@ def from_log(lines: list[str] | None) -> tuple[str | None, str]:
 # --------------------------------------------------------------------------- one view per job
 
 
-def view(job_id: str, j: Job | None, log_lines: list[str] | None, controller: bool) -> JobView:
+def view(job_id: str, j: SlurmJob | None, log_lines: list[str] | None, controller: bool) -> JobView:
     """One job's ``JobView`` from SLURM's record (``j``; None when SLURM has forgotten it) and its log."""
     cause, words = from_log(log_lines)
     if j is None:
