@@ -91,6 +91,12 @@ def test_the_answers_first_sentences_are_the_verdicts_against_direct():
     assert ans[4].startswith("binned - direct: ΔAUC = +0.0008") and "90% CI" in ans[4]
     method = next(s for s in ans if s.startswith("Method:"))
     assert "±0.01 AUC" in method and "primary (the tokenizer comparisons: 3 comparisons)" in method
+    # the one pair not found is equivalent: no "could have detected" sentence for it (its 90%
+    # interval already lies inside the margin); an inconclusive pair keeps it
+    assert not any("could have detected" in x for x in ans)
+    eff2 = pd.DataFrame([_row(0.0, 0.01, a="binned", b="direct", margin=0.01), *eff.iloc[1:].to_dict("records")], columns=stats.EFFECT_COLUMNS)
+    eff2.attrs["margin"] = 0.01
+    assert any("could have detected" in x for x in report.answer(toks, eff2, pd.DataFrame()))
 
 
 def test_the_margin_comes_from_the_grid_file_and_is_checked(tmp_path):

@@ -776,3 +776,21 @@ def test_a_single_cell_takes_the_grids_pooled_seed_variance_unless_the_cells_dif
         rid = fin.loc[r, "run_id"]
         noisy[rid] = {**scores[rid], "scores": scores[rid]["scores"] + (2 * k - 1) * 1.5 * (2 * scores[rid]["labels"] - 1)}
     assert stats.grid_seed_variance(cell_id, *stats.run_aucs(noisy, fin["run_id"].tolist())) is None
+
+
+@pytest.mark.parametrize("method", ["delong", "bootstrap"])
+def test_runs_from_an_earlier_version_on_the_same_events_share_the_test_set_noise(method):
+    """One tokenizer's runs logged before process labels were stored (their score files lack
+    them), on the very same test events as the others: the AUC contrast keeps its paired test-set
+    covariance (the same estimate, standard error and p as when every run has them); only the
+    per-background rows of those runs go without a value."""
+    rng = np.random.default_rng(11)
+    runs, scores, _ = simulate(rng, n_seeds=2, seed_sd=0.005)
+    old = {rid: {k: v for k, v in sc.items() if k != "process"} if rid.startswith("binned") else sc for rid, sc in scores.items()}
+    kw = {"n_boot": 300, "seed": 3} if method == "bootstrap" else {}
+    new_row = _main(stats.effects(runs, scores, metrics=["auc"], method=method, **kw))
+    old_row = _main(stats.effects(runs, old, metrics=["auc"], method=method, **kw))
+    for k in ("estimate", "se", "p_value", "ci_low", "ci_high"):
+        assert old_row[k] == pytest.approx(new_row[k], rel=1e-9), (k, old_row[k], new_row[k])
+    auc, cov = testnoise.run_aucs(old, runs.run_id.tolist(), "auc_vs_ttZ", method=method)
+    assert np.isnan(auc[runs.tokenizer.eq("binned").to_numpy()]).all() and np.isfinite(auc[runs.tokenizer.eq("direct").to_numpy()]).all()

@@ -81,18 +81,26 @@ def metric_mask(metric: str, labels: np.ndarray, process: np.ndarray | None) -> 
 
 
 def _groups(scores: dict[str, dict], run_ids: list[str], metric: str):
-    """Runs that scored the same test events (labels and process labels), with the events the
-    metric counts: ``(members, labels, [scores of each finite member])``."""
+    """Runs that scored the same test events, with the events the metric counts:
+    ``(members, labels, [scores of each finite member])``.
+
+    The events are known by their labels (and a recorded ``test_set`` identity where a run has
+    one), never by whether the version that logged a run also stored process labels: runs logged
+    before process labels were stored share the covariance of the AUC with the runs on the very
+    same events. A per-background metric needs the process labels: it groups the runs that have
+    them by those too; a run without them has no per-background value (NaN, said on the page)."""
     groups: dict[bytes, list[int]] = {}
     for i, rid in enumerate(run_ids):
-        lab = np.asarray(scores[rid]["labels"]).astype(np.int8)
-        proc = scores[rid].get("process")
-        key = lab.tobytes() + (np.asarray(proc).astype(np.int8).tobytes() if proc is not None else b"")
+        sc = scores[rid]
+        key = np.asarray(sc["labels"]).astype(np.int8).tobytes() + str(sc.get("test_set", "")).encode()
+        if metric != "auc":
+            proc = sc.get("process")
+            if proc is None:
+                continue  # logged before process labels were stored: no per-background value (NaN)
+            key += b"|" + np.asarray(proc).astype(np.int8).tobytes()
         groups.setdefault(key, []).append(i)
     for members in groups.values():
         first = scores[run_ids[members[0]]]
-        if metric != "auc" and first.get("process") is None:
-            continue  # runs logged before process labels were stored: no per-background value (NaN)
         mask = metric_mask(metric, first["labels"], first.get("process"))
         lab = np.asarray(first["labels"])[mask] if mask is not None else np.asarray(first["labels"])
         sc = [np.asarray(scores[run_ids[i]]["scores"], dtype=np.float64) for i in members]
