@@ -19,7 +19,7 @@ from thesis_mlflow.grid import status
 from thesis_mlflow.grid.condor import state as condor
 from thesis_mlflow.grid.condor import submit as condor_submit
 from thesis_mlflow.grid.gridfile import load_grid
-from thesis_mlflow.grid.runs import ensure_children, find_or_create_parent
+from thesis_mlflow.grid.runs import DAG_DIR_TAG, ensure_children, find_or_create_parent
 from thesis_mlflow.paths import ROOT
 
 TINY = {"epochs": 1, "batch_size": 128, "lr": 3e-3, "warmup_steps": 5, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
@@ -131,7 +131,7 @@ def test_status_of_a_grid_with_every_kind_of_cell(server_exp, shared_server, tmp
     condor_submit.write_cells_by_node(dag, {"pack:0": ["direct-max-met-4v-s0", "direct-mean-met-4v-s0"],
                                        "pack:1": ["direct-max-met-4v-s1", "direct-mean-met-4v-s1"]})
     (dag / condor.STATUS_FILE).write_text(NODE_STATUS)
-    c.set_tag(parent.info.run_id, status.DAG_DIR_TAG, str(dag))
+    c.set_tag(parent.info.run_id, DAG_DIR_TAG, str(dag))
     st = status.grid_status("st-demo")
     by = {x.cell: (x.state, x.retries, x.error_class) for x in st.cells}
     assert by == {"direct-max-met-4v-s0": ("finished", 1, None), "direct-mean-met-4v-s0": ("held", 1, "held by HTCondor"),

@@ -124,7 +124,7 @@ def stack() -> list[RunLog]:
 # --------------------------------------------------------------------------- the store, experiment and step runs
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "4t-tokenization"
-# A job keeps retrying a dead tracking server (a restart, a login-node reboot) for ~4 minutes
+# A job keeps retrying a dead tracking server (a restart, a login-node reboot) for up to ~8 minutes (489 s, below)
 # before it fails: MLflow's exponential backoff, 7 retries x factor 2 (0, 4, 8, ... 64 s, then
 # 120 s, urllib3's cap per wait). A retried write is stored once (the server drops an
 # identical metric row), so no epoch is lost or doubled. Each attempt waits at most 30 s for
