@@ -154,3 +154,60 @@ def test_the_margin_comes_from_report_margin_then_the_grid_file_then_the_default
         r = build("rep", replace(data, margin=in_file), n_boot=20, margin=given)
         assert r.margin == want and r.effects.attrs["margin"] == want
         assert any(f"equivalence margin ±{want:g} AUC ({where})" in n for n in r.notes), r.notes
+
+
+def _trace_colors(tr) -> set:
+    out = set()
+    for attr in ("line", "marker"):
+        c = getattr(getattr(tr, attr, None), "color", None)
+        if isinstance(c, str):
+            out.add(c.lower())
+    if getattr(tr, "fillcolor", None):
+        out.add(tr.fillcolor.lower())
+    return out
+
+
+def test_one_colour_per_tokenizer_in_every_figure_and_pdf(filled_store, tmp_path, monkeypatch):
+    """Every trace of the page that draws a tokenizer (by its name or legend group) has that
+    tokenizer's colour (``report.palette``), and no other trace uses a tokenizer's colour; the
+    PDFs' lines and markers likewise; epochs read as whole numbers and the rejection panels show
+    one label per decade (plants: a figure with its own colour map; ttH in direct's colour)."""
+    from thesis_mlflow.report import figures
+    from thesis_mlflow.report.build import build, collect, write_pdfs
+    from thesis_mlflow.report.palette import TOKENIZER_COLORS
+
+    r = build("rep", collect("rep"), n_boot=20)
+    reserved = {c.lower() for c in TOKENIZER_COLORS.values()}
+    seen_toks = set()
+    for fig in r.figures:
+        for tr in fig.data:
+            tok = next((t for t in TOKENIZER_COLORS if t in (tr.legendgroup, tr.name, (tr.name or "").split(" (")[0])), None)
+            colors = _trace_colors(tr)
+            if tok is not None and colors:
+                seen_toks.add(tok)
+                assert colors == {TOKENIZER_COLORS[tok]}, (fig.layout.title.text, tr.name, colors)
+            else:
+                assert not (colors & reserved), (fig.layout.title.text, tr.name, colors)
+    assert seen_toks == {"direct", "binned"}
+    learning = next(f for f in r.figures if "Validation AUC" in (f.layout.title.text or ""))
+    assert learning.layout.xaxis.tickformat == "d"
+    rejection = next(f for f in r.figures if "Rejection against efficiency" in (f.layout.title.text or ""))
+    assert rejection.layout.yaxis.type == "log" and rejection.layout.yaxis.dtick == 1
+
+    drawn: list = []
+    save = figures._save
+
+    def keep(fig, path):
+        for ax in fig.axes:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                c = h.get_color() if hasattr(h, "get_color") else h.lines[0].get_color()
+                drawn.append((path.name, label, str(c).lower()))
+            if path.name == "val_auc.pdf":
+                assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    write_pdfs(r, tmp_path / "pdf")
+    toks = [(f, label, c) for f, label, c in drawn if label in TOKENIZER_COLORS]
+    assert {f for f, _, _ in toks} >= {"auc_by_cell.pdf", "backgrounds.pdf", "rejection.pdf", "val_auc.pdf"}
+    assert all(c == TOKENIZER_COLORS[label] for _, label, c in toks), toks

@@ -9,6 +9,7 @@ the written answer. May import everything below it (``grid``'s run lookup, ``tra
 - ``curves``: rejection curves, score densities, calibration over seeds
 - ``writeup``: the answer's sentences, the HTML page and the TeX tables, from plain tables
 - ``figures``: the main figures as vector PDF
+- ``palette``: one colour per tokenizer for every figure, page and PDF (and palettes that never reuse one)
 - ``build``: the ``report`` step (queries -> tables -> writeup -> artifacts)
 
 Public API: ``run_report``, ``grid_runs``, ``cell_table``.

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thesis_mlflow.report.palette import NEUTRAL, tokenizer_color
 from thesis_mlflow.spec import TOKENIZERS
 
 TOKENIZER_ORDER = list(TOKENIZERS)
-COLORS = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}  # colour-blind safe (Petroff)
 
 
 def _plt():
@@ -50,7 +50,7 @@ def auc_by_cell(cells: pd.DataFrame, grid: str, path: Path) -> Path:
         c = cells[sel]
         lo = (c["test_auc_mean"] - c["auc_ci_low"]).fillna(0).clip(lower=0)
         hi = (c["auc_ci_high"] - c["test_auc_mean"]).fillna(0).clip(lower=0)
-        ax.errorbar(x[sel.to_numpy()], c["test_auc_mean"], yerr=[lo, hi], fmt="o", ms=4, capsize=2, color=COLORS.get(tok), label=tok)
+        ax.errorbar(x[sel.to_numpy()], c["test_auc_mean"], yerr=[lo, hi], fmt="o", ms=4, capsize=2, color=tokenizer_color(tok), label=tok)
     ax.set_xticks(x, [f"{r.pooling} {'MET' if r.met else 'no MET'} {r.vect}v" for r in cells.itertuples()], rotation=90, fontsize=7)
     ax.set_ylabel("test AUC (mean over seeds, 95% CI)")
     ax.legend(title="tokenizer", ncol=4, loc="lower left", bbox_to_anchor=(0.0, 1.06), frameon=False)
@@ -66,7 +66,7 @@ def effects_forest(eff: pd.DataFrame, grid: str, path: Path) -> Path:
     y = np.arange(len(e))[::-1]
     for yi, r in zip(y, e.itertuples(), strict=True):
         ax.errorbar(r.estimate, yi, xerr=[[max(r.estimate - r.ci_low, 0)], [max(r.ci_high - r.estimate, 0)]], fmt="o", ms=4, capsize=2,
-                    color="#3f90da", mfc="#3f90da" if r.significant else "white")
+                    color=NEUTRAL, mfc=NEUTRAL if r.significant else "white")
     ax.axvline(0, ls=":", color="k", lw=1)
     ax.set_yticks(y, [f"{r.comparison} " + (f"({r.at})" if r.at else f"[{r.factor}]") for r in e.itertuples()], fontsize=7)
     ax.set_xlabel(r"$\Delta$ test AUC (95% $t$ interval)")
@@ -85,7 +85,7 @@ def backgrounds(bkg: pd.DataFrame, grid: str, path: Path) -> Path:
         s = bkg[bkg["tokenizer"] == tok].set_index("background").reindex(procs)
         xs = np.arange(len(procs)) + (i - (len(toks) - 1) / 2) * width
         ax.errorbar(xs, s["auc_mean"], yerr=[(s["auc_mean"] - s["auc_ci_low"]).clip(lower=0), (s["auc_ci_high"] - s["auc_mean"]).clip(lower=0)],
-                    fmt="s", ms=4, capsize=2, color=COLORS.get(tok), label=tok)
+                    fmt="s", ms=4, capsize=2, color=tokenizer_color(tok), label=tok)
     ax.set_xticks(np.arange(len(procs)), [f"4t vs {p}" for p in procs])
     ax.set_ylabel("test AUC (95% CI)")
     ax.legend(title="tokenizer")
@@ -118,7 +118,7 @@ def rejection(bands: pd.DataFrame, grid: str, path: Path, reference: str = "dire
         for tok in toks:
             if tok != reference:
                 _curve(rx, bands[bands["tokenizer"] == tok].dropna(subset=["ratio"]), "eff", "ratio", "ratio_lo", "ratio_hi", tok, label=False)
-        rx.axhline(1.0, color=COLORS[reference], lw=1.2)
+        rx.axhline(1.0, color=tokenizer_color(reference), lw=1.2)
         rx.set_ylabel(f"ratio to {reference}", fontsize=9)
         rx.set_xlabel(r"signal efficiency $\varepsilon_S$")
     else:
@@ -134,6 +134,9 @@ def learning(bands: pd.DataFrame, grid: str, path: Path) -> Path:
     for tok in [t for t in TOKENIZER_ORDER if t in set(bands["tokenizer"])]:
         _curve(ax, bands[bands["tokenizer"] == tok], "epoch", "val_auc", "lo", "hi", tok)
     ax.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib, as _plt
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("validation AUC")
     n = int(bands["n_cells"].max()) if len(bands) else 0
     ax.legend(loc="lower right", fontsize=8, frameon=False, title=f"mean over seeds, {n} matched cells\n95% band", title_fontsize=7)
@@ -145,10 +148,10 @@ def _curve(ax, s: pd.DataFrame, x: str, y: str, lo: str, hi: str, tok: str, labe
     """One tokenizer's mean curve and, where it has one, its band."""
     if not len(s):
         return
-    ax.plot(s[x], s[y], lw=1.5, color=COLORS.get(tok), label=tok if label else None)
+    ax.plot(s[x], s[y], lw=1.5, color=tokenizer_color(tok), label=tok if label else None)
     band = s.dropna(subset=[lo, hi])
     if len(band):
-        ax.fill_between(band[x], band[lo], band[hi], color=COLORS.get(tok), alpha=0.25, lw=0)
+        ax.fill_between(band[x], band[lo], band[hi], color=tokenizer_color(tok), alpha=0.25, lw=0)
 
 
 def _save(fig, path: Path) -> Path:

@@ -28,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from thesis_mlflow.learn import metrics
 from thesis_mlflow.report import equivalence, stats
+from thesis_mlflow.report.palette import NEUTRAL, POOLING_COLORS, PROCESS_COLORS, other_color, tokenizer_color
 from thesis_mlflow.spec import LEVELS, METS, SCHEME, VECTS
 from thesis_mlflow.tracking.runs import finished_rows
 
@@ -433,7 +434,6 @@ def _label(row) -> str:
 def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
     combos = list(itertools.product(METS, VECTS))
     fig = make_subplots(rows=2, cols=2, subplot_titles=[f"MET {'in' if m else 'out'}, {v}-vectors" for m, v in combos], shared_yaxes=True)
-    colors = {"cls": "#1f77b4", "mean": "#ff7f0e", "max": "#2ca02c"}
     for i, (met, vect) in enumerate(combos):
         sub = cells[(cells["met"] == met) & (cells["vect"] == vect)]
         for pool in FACTOR_ORDER["pooling"]:
@@ -441,7 +441,7 @@ def fig_auc_panels(cells: pd.DataFrame) -> go.Figure:
             err = {"type": "data", "symmetric": False, "array": (s["auc_ci_high"] - s["test_auc_mean"]).fillna(0),
                    "arrayminus": (s["test_auc_mean"] - s["auc_ci_low"]).fillna(0)}
             fig.add_trace(go.Bar(x=s["tokenizer"], y=s["test_auc_mean"], error_y=err,
-                                 name=pool, marker_color=colors[pool], legendgroup=pool, showlegend=i == 0),
+                                 name=pool, marker_color=POOLING_COLORS[pool], legendgroup=pool, showlegend=i == 0),
                           row=i // 2 + 1, col=i % 2 + 1)
     lo = max(0.5, float(cells["test_auc_mean"].min()) - 0.03) if len(cells) else 0.5
     fig.update_yaxes(range=[lo, 1.0 if not len(cells) else min(1.0, float(cells["test_auc_mean"].max()) + 0.02)], title_text="test AUC")
@@ -458,8 +458,6 @@ def fig_rejection(bands: pd.DataFrame, reference: str = "direct") -> go.Figure:
     ratio = reference in set(bands["tokenizer"]) and bands["tokenizer"].nunique() > 1
     fig = make_subplots(rows=2 if ratio else 1, cols=max(len(panels), 1), subplot_titles=[f"vs {b}" for b in panels], shared_xaxes=True,
                         row_heights=[0.7, 0.3] if ratio else None, vertical_spacing=0.06)
-    colors = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}
-
     def trace(x, y, lo, hi, c, tok, row, col, show):
         keep = np.isfinite(lo) & np.isfinite(hi)
         if keep.any():
@@ -472,13 +470,14 @@ def fig_rejection(bands: pd.DataFrame, reference: str = "direct") -> go.Figure:
         sub = bands[bands["background"] == bkg]
         for tok in dict.fromkeys(sub["tokenizer"]):
             s = sub[sub["tokenizer"] == tok]
-            c = colors.get(tok, "#555")
+            c = tokenizer_color(tok)
             trace(s["eff"].to_numpy(), s["rejection"].to_numpy(), s["lo"].to_numpy(), s["hi"].to_numpy(), c, tok, 1, i + 1, i == 0)
             if ratio and tok != reference:
                 trace(s["eff"].to_numpy(), s["ratio"].to_numpy(), s["ratio_lo"].to_numpy(), s["ratio_hi"].to_numpy(), c, tok, 2, i + 1, False)
         if ratio:
-            fig.add_hline(y=1.0, line_color=colors.get(reference, "#555"), row=2, col=i + 1)
-    fig.update_yaxes(type="log", row=1)
+            fig.add_hline(y=1.0, line_color=tokenizer_color(reference), row=2, col=i + 1)
+    # one label per decade: with a panel per background, plotly's 2 and 5 between decades overlap
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=1)
     fig.update_yaxes(title_text="background rejection 1/ε_B", row=1, col=1)
     if ratio:
         fig.update_yaxes(title_text=f"ratio to {reference}", row=2, col=1)
@@ -493,13 +492,13 @@ def fig_scores(hist: pd.DataFrame, cal: pd.DataFrame) -> go.Figure:
     """Signal-score distributions per process (one panel per tokenizer) and the calibration curve."""
     toks = list(dict.fromkeys(hist["tokenizer"])) if len(hist) else list(dict.fromkeys(cal["tokenizer"]))
     fig = make_subplots(rows=1, cols=len(toks) + 1, subplot_titles=[*(f"{t}: score per process" for t in toks), "calibration"])
-    pcolors = {"4t": "#000000", "ttH": "#3f90da", "ttW": "#ffa90e", "ttWW": "#bd1f01", "ttZ": "#832db6"}
     for i, tok in enumerate(toks):
         for proc, g in hist[hist["tokenizer"] == tok].groupby("process", sort=False):
-            fig.add_trace(go.Scatter(x=(g["lo"] + g["hi"]) / 2, y=g["density"], mode="lines", line={"shape": "hvh", "color": pcolors.get(proc)},
+            fig.add_trace(go.Scatter(x=(g["lo"] + g["hi"]) / 2, y=g["density"], mode="lines", line={"shape": "hvh", "color": PROCESS_COLORS.get(proc, NEUTRAL)},
                                      name=proc, legendgroup=proc, showlegend=i == 0), row=1, col=i + 1)
     for tok, g in cal.groupby("tokenizer", sort=False):
-        fig.add_trace(go.Scatter(x=g["mean_score"], y=g["signal_fraction"], mode="lines+markers", name=f"{tok} (calibration)"),
+        fig.add_trace(go.Scatter(x=g["mean_score"], y=g["signal_fraction"], mode="lines+markers", name=f"{tok} (calibration)",
+                                 legendgroup=tok, line={"color": tokenizer_color(tok)}, marker={"color": tokenizer_color(tok)}),
                       row=1, col=len(toks) + 1)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#888"}, showlegend=False),
                   row=1, col=len(toks) + 1)
@@ -512,10 +511,9 @@ def fig_learning(bands: pd.DataFrame) -> go.Figure:
     """Validation AUC against epoch per tokenizer: mean over seeds and matched cells with its 95%
     band (``curves.learning_bands``; MLflow's UI shows each run, or a group's min / mean / max)."""
     fig = go.Figure()
-    colors = {"direct": "#3f90da", "binned": "#ffa90e", "binned_ambre": "#bd1f01", "vqvae": "#94a4a2"}
     for tok in dict.fromkeys(bands["tokenizer"]):
         s = bands[bands["tokenizer"] == tok].dropna(subset=["lo", "hi"])
-        c = colors.get(tok, "#555")
+        c = tokenizer_color(tok)
         if len(s):
             fig.add_trace(go.Scatter(x=list(s["epoch"]) + list(s["epoch"])[::-1], y=list(s["hi"]) + list(s["lo"])[::-1], fill="toself",
                                      line={"width": 0}, fillcolor=c, opacity=0.2, hoverinfo="skip", showlegend=False, legendgroup=tok))
@@ -524,25 +522,27 @@ def fig_learning(bands: pd.DataFrame) -> go.Figure:
     n = int(bands["n_cells"].max()) if len(bands) else 0
     fig.update_layout(title=f"Validation AUC against epoch per tokenizer: mean over seeds and the {n} matched cells, 95% band from the "
                             "seed spread", xaxis_title="epoch", yaxis_title="val AUC", height=480)
+    fig.update_xaxes(tickformat="d", dtick=1 if len(bands) and bands["epoch"].max() <= 12 else None)  # epochs are whole numbers
     return fig
 
 
 def fig_binning(binning_runs: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
-    for r in binning_runs.itertuples():
+    for i, r in enumerate(binning_runs.itertuples()):
         pops = {c: getattr(r, c) for c in binning_runs.columns if c.startswith("pop_")}
-        fig.add_trace(go.Bar(x=list(pops), y=list(pops.values()), name=f"vect={r.vect} phi={r.phi} fit_on={r.fit_on}"))
+        fig.add_trace(go.Bar(x=list(pops), y=list(pops.values()), name=f"vect={r.vect} phi={r.phi} fit_on={r.fit_on}",
+                             marker_color=other_color(i)))
     fig.update_layout(title="Binning occupancy on train (each bin should hold ~1/n_bins)", yaxis_title="fraction", barmode="group", height=450)
     return fig
 
 
 def fig_codebook(vq_hist: dict[str, dict[str, list[tuple[int, float]]]]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=["codebook usage", "perplexity"])
-    for name, h in vq_hist.items():
+    for i, (name, h) in enumerate(vq_hist.items()):
         for col, key in ((1, "codebook_usage"), (2, "perplexity")):
             if h.get(key):
                 x, y = zip(*h[key], strict=True)
-                fig.add_trace(go.Scatter(x=x, y=y, name=f"{name} {key}", mode="lines+markers"), row=1, col=col)
+                fig.add_trace(go.Scatter(x=x, y=y, name=f"{name} {key}", mode="lines+markers", line={"color": other_color(i)}), row=1, col=col)
     fig.update_layout(title="VQ-VAE codebook health against epoch", height=420)
     return fig
 
@@ -552,7 +552,7 @@ def fig_effects(eff: pd.DataFrame) -> go.Figure:
     e = eff[eff["kind"] != "background"].iloc[::-1]
     label = [f"{r.comparison}" + (f" ({r.at})" if r.at else f" [{r.factor}]") for r in e.itertuples()]
     fig = go.Figure(go.Scatter(x=e["estimate"], y=label, mode="markers",
-                               marker={"symbol": ["circle" if s else "circle-open" for s in e["significant"]], "size": 9, "color": "#1f77b4"},
+                               marker={"symbol": ["circle" if s else "circle-open" for s in e["significant"]], "size": 9, "color": NEUTRAL},
                                error_x={"type": "data", "symmetric": False, "array": e["ci_high"] - e["estimate"],
                                         "arrayminus": e["estimate"] - e["ci_low"]}))
     fig.add_vline(x=0, line_dash="dot")
@@ -565,10 +565,11 @@ def fig_backgrounds(bkg: pd.DataFrame) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=["AUC against one background", "rejection 1/ε_B at ε_S = 50%"])
     for tok in [t for t in FACTOR_ORDER["tokenizer"] if t in set(bkg["tokenizer"])]:
         s = bkg[bkg["tokenizer"] == tok]
-        fig.add_trace(go.Bar(x=s["background"], y=s["auc_mean"], name=tok, legendgroup=tok,
+        fig.add_trace(go.Bar(x=s["background"], y=s["auc_mean"], name=tok, legendgroup=tok, marker_color=tokenizer_color(tok),
                              error_y={"type": "data", "symmetric": False, "array": s["auc_ci_high"] - s["auc_mean"],
                                       "arrayminus": s["auc_mean"] - s["auc_ci_low"]}), row=1, col=1)
-        fig.add_trace(go.Bar(x=s["background"], y=s["rej50_mean"], name=tok, legendgroup=tok, showlegend=False), row=1, col=2)
+        fig.add_trace(go.Bar(x=s["background"], y=s["rej50_mean"], name=tok, legendgroup=tok, showlegend=False,
+                             marker_color=tokenizer_color(tok)), row=1, col=2)
     if len(bkg):
         fig.update_yaxes(range=[max(0.5, float(bkg["auc_ci_low"].min()) - 0.02), min(1.0, float(bkg["auc_ci_high"].max()) + 0.02)], row=1, col=1)
     fig.update_layout(barmode="group", title="Per background process (mean over cells and seeds)", height=450, legend_title="tokenizer")
