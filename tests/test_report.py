@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 
@@ -179,7 +180,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_pdf(filled_store, tmp_path
     r = build("rep", collect("rep"), n_boot=20)
     reserved = {c.lower() for c in TOKENIZER_COLORS.values()}
     seen_toks = set()
-    for fig in r.figures:
+    for fig in [*r.forests, *r.figures]:
         for tr in fig.data:
             tok = next((t for t in TOKENIZER_COLORS if t in (tr.legendgroup, tr.name, (tr.name or "").split(" (")[0])), None)
             colors = _trace_colors(tr)
@@ -200,14 +201,66 @@ def test_one_colour_per_tokenizer_in_every_figure_and_pdf(filled_store, tmp_path
     def keep(fig, path):
         for ax in fig.axes:
             for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                c = h.get_color() if hasattr(h, "get_color") else h.lines[0].get_color()
-                drawn.append((path.name, label, str(c).lower()))
+                if label in TOKENIZER_COLORS:
+                    c = h.get_color() if hasattr(h, "get_color") else h.lines[0].get_color()
+                    drawn.append((path.name, label, str(c).lower()))
             if path.name == "val_auc.pdf":
                 assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
         return save(fig, path)
 
     monkeypatch.setattr(figures, "_save", keep)
     write_pdfs(r, tmp_path / "pdf")
-    toks = [(f, label, c) for f, label, c in drawn if label in TOKENIZER_COLORS]
+    toks = drawn
     assert {f for f, _, _ in toks} >= {"auc_by_cell.pdf", "backgrounds.pdf", "rejection.pdf", "val_auc.pdf"}
     assert all(c == TOKENIZER_COLORS[label] for _, label, c in toks), toks
+
+
+@pytest.mark.parametrize("margin", [None, 0.01])
+def test_the_forest_plot_shades_the_margin_the_report_used(filled_store, tmp_path, margin):
+    """The first screen's forest plot: its shaded band spans exactly -margin..+margin, the margin
+    the verdicts used (the default, or report --margin); the 90% interval is drawn thicker than
+    the 95%; the TeX includes the same forest as a figure."""
+    from thesis_mlflow.report.build import build, collect
+
+    r = build("rep", collect("rep"), n_boot=20, margin=margin)
+    want = 0.005 if margin is None else margin
+    assert r.margin == want
+    primary = r.forests[0]
+    (band,) = [sh for sh in primary.layout.shapes if sh.type == "rect"]
+    assert (band.x0, band.x1) == (-want, want)
+    widths = sorted({tr.line.width for tr in primary.data if tr.mode == "lines"})
+    assert widths == [1.5, 7]
+    assert {tr.name for tr in primary.data if tr.mode == "markers"} <= set(report_verdicts())
+    assert r"\includegraphics[width=\linewidth]{figures/effects.pdf}" in r.tex() and f"$\\pm${want:g} AUC" in r.tex()
+
+
+def report_verdicts():
+    from thesis_mlflow.report.equivalence import VERDICTS
+
+    return VERDICTS
+
+
+def test_the_first_screen_answers_and_the_page_never_scrolls_sideways(filled_store, tmp_path):
+    """In Chromium at 1400 x 900, as a reader opens it: the verdict table and the forest plot of
+    the tokenizer pairs lie within the first two screen heights (positions from the DOM), and the
+    page is no wider than the window (wide tables scroll in their own box)."""
+    if CHROMIUM is None:
+        pytest.fail("headless Chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)")
+    import json
+
+    out = run_report("rep", str(tmp_path / "out"), n_boot=20, echo=lambda *_: None)
+    page = out / "summary.html"
+    probe = ("<script>window.addEventListener('load', () => setTimeout(() => { const r = s => document.querySelector(s)"
+             ".getBoundingClientRect(); const o = {verdicts: r('#verdicts').bottom, forest: r('#forest-primary').bottom, "
+             "forest_h: r('#forest-primary').height, scroll_w: document.documentElement.scrollWidth, inner_w: window.innerWidth}; "
+             "const p = document.createElement('pre'); p.id = 'probe'; p.textContent = JSON.stringify(o); document.body.appendChild(p); }, 300));"
+             "</script>")
+    probed = out / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=8000", "--window-size=1400,900"]
+    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    got = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout).group(1).replace("&quot;", '"'))
+    assert got["forest_h"] > 100, got  # drawn, not an empty box
+    assert got["verdicts"] <= 2 * 900 and got["forest"] <= 2 * 900, got
+    assert got["scroll_w"] <= got["inner_w"], got

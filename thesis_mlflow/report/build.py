@@ -137,7 +137,8 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, 
     if len(cells):
         r.figures.append(rep.fig_auc_panels(cells))
     if len(eff):
-        r.figures.append(rep.fig_effects(eff))
+        r.forests = [rep.fig_forest(eff, margin, primary=True)] + (
+            [rep.fig_forest(eff, margin, primary=False)] if ((eff["family"] != "primary") & (eff["kind"] != "background")).any() else [])
     if len(r.backgrounds):
         r.figures.append(rep.fig_backgrounds(r.backgrounds))
     if len(fin):
@@ -169,7 +170,7 @@ def write_pdfs(r: rep.Report, out: Path) -> list[Path]:
     if len(r.cells):
         files.append(tf.auc_by_cell(r.cells, r.grid, out / "figures" / "auc_by_cell.pdf"))
     if len(r.effects):
-        files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf"))
+        files.append(tf.effects_forest(r.effects, r.grid, out / "figures" / "effects.pdf", r.margin))
     if len(r.backgrounds):
         files.append(tf.backgrounds(r.backgrounds, r.grid, out / "figures" / "backgrounds.pdf"))
     if len(r.rejection):  # the page's curves against all backgrounds, not computed again

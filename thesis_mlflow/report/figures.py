@@ -58,18 +58,25 @@ def auc_by_cell(cells: pd.DataFrame, grid: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def effects_forest(eff: pd.DataFrame, grid: str, path: Path) -> Path:
-    """Every comparison with its interval; filled markers are significant after Holm."""
+def effects_forest(eff: pd.DataFrame, grid: str, path: Path, margin: float = 0.005) -> Path:
+    """Every comparison (but the per-background ones) against the ±margin band (shaded): the 90%
+    interval thick (TOST reads it), the 95% thin; a filled marker is significant after Holm. The
+    page's forest plots, as one figure for the thesis."""
     plt = _plt()
     e = eff[eff["kind"] != "background"].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(e) + 1.4))
+    ax.axvspan(-margin, margin, color="#888888", alpha=0.2, lw=0, label=f"±{margin:g} AUC margin")
     y = np.arange(len(e))[::-1]
     for yi, r in zip(y, e.itertuples(), strict=True):
-        ax.errorbar(r.estimate, yi, xerr=[[max(r.estimate - r.ci_low, 0)], [max(r.ci_high - r.estimate, 0)]], fmt="o", ms=4, capsize=2,
-                    color=NEUTRAL, mfc=NEUTRAL if r.significant else "white")
+        c = tokenizer_color(r.level_a) if r.family == "primary" else NEUTRAL
+        ax.plot([r.ci_low, r.ci_high], [yi, yi], color=c, lw=1.0)
+        if np.isfinite(getattr(r, "ci90_low", np.nan)):
+            ax.plot([r.ci90_low, r.ci90_high], [yi, yi], color=c, lw=4.0, solid_capstyle="butt")
+        ax.plot([r.estimate], [yi], "o", ms=5, color=c, mfc=c if r.significant else "white")
     ax.axvline(0, ls=":", color="k", lw=1)
     ax.set_yticks(y, [f"{r.comparison} " + (f"({r.at})" if r.at else f"[{r.factor}]") for r in e.itertuples()], fontsize=7)
-    ax.set_xlabel(r"$\Delta$ test AUC (95% $t$ interval)")
+    ax.set_xlabel(r"$\Delta$ test AUC (90% $t$ interval thick, 95% thin)")
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
     _label(ax, grid)
     return _save(fig, path)
 

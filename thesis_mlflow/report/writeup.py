@@ -547,17 +547,62 @@ def fig_codebook(vq_hist: dict[str, dict[str, list[tuple[int, float]]]]) -> go.F
     return fig
 
 
-def fig_effects(eff: pd.DataFrame) -> go.Figure:
-    """Every comparison of the effects table with its interval; significant ones (Holm) filled."""
-    e = eff[eff["kind"] != "background"].iloc[::-1]
-    label = [f"{r.comparison}" + (f" ({r.at})" if r.at else f" [{r.factor}]") for r in e.itertuples()]
-    fig = go.Figure(go.Scatter(x=e["estimate"], y=label, mode="markers",
-                               marker={"symbol": ["circle" if s else "circle-open" for s in e["significant"]], "size": 9, "color": NEUTRAL},
-                               error_x={"type": "data", "symmetric": False, "array": e["ci_high"] - e["estimate"],
-                                        "arrayminus": e["estimate"] - e["ci_low"]}))
-    fig.add_vline(x=0, line_dash="dot")
-    fig.update_layout(title="Effects on test AUC (95% t interval: seeds and test events; filled: significant after Holm)", xaxis_title="ΔAUC",
-                      height=max(350, 22 * len(e) + 120), margin={"l": 320})
+# the columns a reader looks for first in the long tables (the rest follow, in their order)
+EFFECT_KEY_COLUMNS = ("comparison", "family", "verdict", "estimate", "ci_low", "ci_high", "ci90_low", "ci90_high", "p_holm")
+CELL_KEY_COLUMNS = ("tokenizer", "pooling", "met", "vect", "n_seeds", "test_auc_mean", "auc_ci_low", "auc_ci_high")
+VERDICT_SYMBOLS = {"equivalent": "diamond", "better": "triangle-right", "worse": "triangle-left", "non-inferior": "square",
+                   "non-superior": "square-open", "inconclusive": "circle-open"}
+
+
+def verdict_rows(eff: pd.DataFrame, reference: str = "direct") -> list[dict]:
+    """The primary family's rows (the tokenizer comparisons), each read against ``reference``
+    where it is one of the pair (``binned - direct``), in the table's order."""
+    prim = eff[eff["family"] == "primary"] if len(eff) else eff
+    out = []
+    for r in prim.itertuples():
+        a, b = (r.level_b, r.level_a) if r.level_a == reference else (r.level_a, r.level_b)
+        o = _oriented(prim, a, b)
+        if o is not None:
+            out.append(o)
+    return out
+
+
+def verdict_table(eff: pd.DataFrame, margin: float, reference: str = "direct") -> pd.DataFrame:
+    """One line per tokenizer pair: its verdict, the difference, both intervals, p_Holm, the margin."""
+    return pd.DataFrame([{"pair": f"{r['level_a']} vs {r['level_b']}", "verdict": r["verdict"], "ΔAUC": f"{r['estimate']:+.4f}",
+                          "95% CI": f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]", "90% CI (TOST)": f"[{r['ci90_low']:+.4f}, {r['ci90_high']:+.4f}]",
+                          "p_Holm": _p(r["p_holm"]), "margin": f"±{margin:g}"} for r in verdict_rows(eff, reference)])
+
+
+def fig_forest(eff: pd.DataFrame, margin: float, primary: bool = True, reference: str = "direct") -> go.Figure:
+    """The comparisons against the ±margin band (shaded): the 90% interval thick (TOST reads it),
+    the 95% thin, a marker per verdict. ``primary``: the tokenizer pairs, each read against
+    ``reference`` and drawn in its tokenizer's colour; else every other row but the per-background
+    ones (other factors, interactions), neutral."""
+    if primary:
+        rows = verdict_rows(eff, reference)
+    else:
+        rest = eff[(eff["family"] != "primary") & (eff["kind"] != "background")] if len(eff) else eff
+        rows = [r._asdict() for r in rest.itertuples(index=False)]
+    rows = rows[::-1]  # plotly draws the first category at the bottom
+    fig = go.Figure()
+    fig.add_vrect(x0=-margin, x1=margin, fillcolor="#888888", opacity=0.18, line_width=0, layer="below")
+    fig.add_vline(x=0, line_dash="dot", line_color=NEUTRAL)
+    labels = [f"{r['level_a']} - {r['level_b']}" + (f" ({r['at']})" if r.get("at") else "" if primary else f" [{r['factor']}]")
+              for r in rows]
+    for r, y in zip(rows, labels, strict=True):
+        c, group = (tokenizer_color(r["level_a"]), r["level_a"]) if primary else (NEUTRAL, None)
+        for lo, hi, width in ((r["ci_low"], r["ci_high"], 1.5), (r["ci90_low"], r["ci90_high"], 7)):
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[y, y], mode="lines", line={"color": c, "width": width}, legendgroup=group,
+                                     showlegend=False, hoverinfo="skip"))
+    for verdict, symbol in VERDICT_SYMBOLS.items():
+        sel = [(r, y) for r, y in zip(rows, labels, strict=True) if r.get("verdict") == verdict]
+        if sel:
+            fig.add_trace(go.Scatter(x=[r["estimate"] for r, _ in sel], y=[y for _, y in sel], mode="markers", name=verdict,
+                                     marker={"symbol": symbol, "size": 12, "color": "white", "line": {"color": NEUTRAL, "width": 2}}))
+    what = "Tokenizer comparisons" if primary else "Other factors and interactions"
+    fig.update_layout(title=f"{what} against the ±{margin:g} AUC margin (shaded): 90% interval thick (TOST), 95% thin; marker: verdict",
+                      xaxis_title="ΔAUC", height=max(260, 46 * len(rows) + 140), margin={"l": 260}, legend_title="verdict")
     return fig
 
 
@@ -626,6 +671,7 @@ class Report:
     rejection: pd.DataFrame = field(default_factory=pd.DataFrame)  # curves.rejection_bands per background ("all" first)
     learning: pd.DataFrame = field(default_factory=pd.DataFrame)  # curves.learning_bands: val AUC per epoch per tokenizer
     margin: float = equivalence.MARGIN  # the equivalence margin the verdicts used
+    forests: list = field(default_factory=list)  # fig_forest: the tokenizer pairs, then the other families (the page's first figures)
 
     def csv(self) -> str:
         out = self.cells.copy()
@@ -658,6 +704,11 @@ class Report:
             rf"({', '.join(dict.fromkeys(self.effects['family'])) if len(self.effects) else 'none'}); * $p<0.05$, "
             rf"** $p<0.01$, *** $p<0.001$; verdict against a margin of $\pm${self.effects.attrs.get('margin', equivalence.MARGIN):g} AUC "
             rf"(TOST, 90\% interval); grid \texttt{{{g}}}.", "tab:tokenization-effects")
+        if len(self.effects):
+            lines += [r"\begin{figure}[htbp]", r"\centering", r"\includegraphics[width=\linewidth]{figures/effects.pdf}",
+                      rf"\caption{{Matched contrasts of test AUC against the $\pm${self.margin:g} AUC equivalence margin (shaded): 90\% "
+                      rf"interval thick (the two one-sided tests read it), 95\% thin, filled markers significant after Holm; grid "
+                      rf"\texttt{{{g}}}.}}", r"\label{fig:tokenization-effects}", r"\end{figure}", ""]
         if len(self.omnibus):
             lines += _tex_table(
                 "lrrr", r"Term & df & $F$ & $p$",
@@ -676,33 +727,54 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def html(self, plotly_src: str = "plotly.min.js") -> str:
+        """The page a reader opens: the answer, the verdicts and their forest plot in the first
+        screen; the other figures; then the tables, long ones collapsed with their key columns
+        first; how it was computed, collapsed. Wide tables scroll in their own box, never the page."""
         def table(df: pd.DataFrame) -> str:
-            return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t") if len(df) else "<p>none</p>"
+            return ("<div class=wide>" + df.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
+                    + "</div>") if len(df) else "<p>none</p>"
 
+        def folded(title: str, body: str, open_: bool = False) -> str:
+            return f"<details{' open' if open_ else ''}><summary><h2>{title}</h2></summary>{body}</details>"
+
+        def figure(fig, div_id: str | None = None) -> str:
+            return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}, div_id=div_id)
+
+        head = next((i for i, line in enumerate(self.answer) if ": ΔAUC = " in line), len(self.answer))
         parts = [f"<h1>Tokenization study — {html.escape(self.grid)}</h1>"]
-        parts.append("<div class=answer><h2>Answer</h2>" + "".join(f"<p>{html.escape(s)}</p>" for s in self.answer) + "</div>")
-        parts += [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
+        parts.append("<div class=answer id=answer><h2>Answer</h2>" + "".join(f"<p>{html.escape(s)}</p>" for s in self.answer[:head]) + "</div>")
+        verdicts = verdict_table(self.effects, self.margin)
+        if len(verdicts):
+            parts.append(f"<div id=verdicts><h2>Verdicts against a margin of ±{self.margin:g} AUC</h2>" + table(verdicts) + "</div>")
+        for i, fig in enumerate(self.forests):
+            parts.append(f"<div id=forest-{'primary' if i == 0 else 'others'}>" + figure(fig) + "</div>")
+        how = [f"<p>{html.escape(s)}</p>" for s in self.answer[head:]] + [f"<p class=note>{html.escape(n)}</p>" for n in self.notes]
+        parts.append(folded("How this was computed (the numbers, the method, warnings)", "".join(how)))
+        for fig in self.figures:
+            parts.append(figure(fig))
         if len(self.omnibus) or self.components.get("note"):
             parts.append("<h2>Is there a tokenizer effect at all? (factorial model)</h2>" + "".join(
                 f"<p>{html.escape(x)}</p>" for x in omnibus_sentences(self.omnibus, self.components))
                 + (table(self.omnibus) if len(self.omnibus) else ""))
         parts.append(f"<h2>Missing cells ({len(self.missing)})</h2>" + (table(self.missing) if len(self.missing) else "<p>none: every expected cell has a finished run</p>"))
         parts.append("<h2>Tokenizers (all cells and seeds; 95% t interval)</h2>" + table(self.tokenizers))
-        parts.append("<h2>Effects (matched contrasts of test AUC; 95% and 90% t intervals, p, Holm within each family, TOST "
-                     "verdict against the margin)</h2>" + table(self.effects))
-        parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
         parts.append("<h2>Per background process</h2>" + table(self.backgrounds))
-        parts.append("<h2>Per cell (over seeds; auc_ci: 95% t interval)</h2>" + table(self.cells))
+        parts.append("<h2>Where the gap is (best vs runner-up within each level)</h2>" + table(self.conditional))
+        key = [c for c in EFFECT_KEY_COLUMNS if c in self.effects.columns]
+        parts.append(folded("Effects (matched contrasts of test AUC; 95% and 90% t intervals, p, Holm within each family, TOST "
+                            "verdict against the margin)", table(self.effects[key + [c for c in self.effects.columns if c not in key]])))
+        cell_key = [c for c in CELL_KEY_COLUMNS if c in self.cells.columns]
+        parts.append(folded("Per cell (over seeds; auc_ci: 95% t interval)", table(self.cells[cell_key + [c for c in self.cells.columns
+                                                                                                       if c not in cell_key]])))
         if len(self.checks):
             flagged = self.checks[self.checks["flagged"]]
-            head = (f"{len(flagged)} of {len(self.checks)} runs have a train AUC more than {OVERTRAINING_GAP} above their test AUC"
-                    if len(flagged) else f"No run's train AUC exceeds its test AUC by more than {OVERTRAINING_GAP} (largest gap "
-                    f"{self.checks['gap'].max():+.4f}, median {self.checks['gap'].median():+.4f}); the 10 largest gaps:")
-            parts.append(f"<h2>Overtraining check (train vs test AUC per run)</h2><p>{html.escape(head)}</p>"
-                         + table(flagged if len(flagged) else self.checks.head(10)))
-        for fig in self.figures:
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+            head_ = (f"{len(flagged)} of {len(self.checks)} runs have a train AUC more than {OVERTRAINING_GAP} above their test AUC"
+                     if len(flagged) else f"No run's train AUC exceeds its test AUC by more than {OVERTRAINING_GAP} (largest gap "
+                     f"{self.checks['gap'].max():+.4f}, median {self.checks['gap'].median():+.4f}); the 10 largest gaps:")
+            parts.append(folded("Overtraining check (train vs test AUC per run)", f"<p>{html.escape(head_)}</p>"
+                                + table(flagged if len(flagged) else self.checks.head(10)), open_=bool(len(flagged))))
         style = ("body{font-family:sans-serif;margin:2em;max-width:1300px} table.t{border-collapse:collapse;font-size:13px;margin:1em 0}"
+                 ".wide{overflow-x:auto;max-width:100%} summary h2{display:inline} details{margin:1em 0}"
                  "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} .note{color:#555}"
                  ".answer{background:#f4f8fb;border-left:4px solid #1f77b4;padding:0.2em 1em;margin:1em 0}")
         # plotly.js once, as a file beside the page (offline, and the page stays small)
