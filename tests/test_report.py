@@ -155,6 +155,17 @@ def test_the_margin_comes_from_report_margin_then_the_grid_file_then_the_default
         r = build("rep", replace(data, margin=in_file), n_boot=20, margin=given)
         assert r.margin == want and r.effects.attrs["margin"] == want
         assert any(f"equivalence margin ±{want:g} AUC ({where})" in n for n in r.notes), r.notes
+        # the first screen's forest plot shades that margin, whichever source gave it
+        (band,) = [sh for sh in r.forests[0].layout.shapes if sh.type == "rect"]
+        assert (band.x0, band.x1) == (-want, want)
+        assert verdict_table_margin(r) == f"±{want:g}"
+
+
+def verdict_table_margin(r) -> str:
+    from thesis_mlflow.report.writeup import verdict_table
+
+    (m,) = set(verdict_table(r.effects, r.margin)["margin"])
+    return m
 
 
 def _trace_colors(tr) -> set:
