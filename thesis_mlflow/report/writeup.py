@@ -600,6 +600,10 @@ def fig_forest(eff: pd.DataFrame, margin: float, primary: bool = True, reference
         if sel:
             fig.add_trace(go.Scatter(x=[r["estimate"] for r, _ in sel], y=[y for _, y in sel], mode="markers", name=verdict,
                                      marker={"symbol": symbol, "size": 12, "color": "white", "line": {"color": NEUTRAL, "width": 2}}))
+    bare = [(r, y) for r, y in zip(rows, labels, strict=True) if r.get("verdict") not in VERDICT_SYMBOLS]
+    if bare:  # interactions: no equivalence test, the estimate alone
+        fig.add_trace(go.Scatter(x=[r["estimate"] for r, _ in bare], y=[y for _, y in bare], mode="markers", name="estimate (no verdict)",
+                                 marker={"symbol": "circle", "size": 8, "color": NEUTRAL}))
     what = "Tokenizer comparisons" if primary else "Other factors and interactions"
     fig.update_layout(title=f"{what} against the ±{margin:g} AUC margin (shaded): 90% interval thick (TOST), 95% thin; marker: verdict",
                       xaxis_title="ΔAUC", height=max(260, 46 * len(rows) + 140), margin={"l": 260}, legend_title="verdict")
