@@ -76,6 +76,27 @@ class Cluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        for pid in self._step_daemons():  # a job step cancelled as slurmd stopped retries "job complete" forever
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _step_daemons(self) -> list[int]:
+        """The pids of slurmstepd processes of this cluster (their working folder is under its root)."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if not (d / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                    continue
+                cwd = os.readlink(d / "cwd").removesuffix(" (deleted)")
+            except OSError:
+                continue
+            if cwd == str(self.root) or cwd.startswith(str(self.root) + "/"):
+                out.append(int(d.name))
+        return out
 
 
 CONF = """\
