@@ -211,3 +211,31 @@ def test_status_says_a_job_was_released_with_more_memory_and_is_held_past_its_li
     assert views["b-s0"].phase == "queued" and "released" not in views["b-s0"].reason
     (tmp_path / condor.SETTINGS_FILE).write_text(json.dumps({"event_log": str(tmp_path / "jobs.log"), "held_limit_h": 100}))
     assert "longer than" not in condor.cell_states(tmp_path)["a-s0"].view().reason
+
+
+def test_a_pack_asks_its_scheduler_at_most_once_a_minute(tmp_path, monkeypatch):
+    """Cells ending one after another inside a pack each refresh the parent's progress; the
+    scheduler (squeue, sacct, DAGMan's files) is asked once for them within a minute, and again
+    after it (plant: no cache -> asked per cell)."""
+    from thesis_mlflow.grid.backends import Backend
+
+    asked = []
+
+    class Counting(Backend):
+        def cell_views(self, folder):
+            asked.append(folder)
+            return {}, None
+
+    b = Counting("slurm", "thesis_mlflow.grid.slurm", "slurm.job_dir")
+    clock = [1000.0]
+    monkeypatch.setattr(status, "_now", lambda: clock[0])
+    monkeypatch.setattr(status, "_SCHEDULER_SEEN", {})
+    for _ in range(5):  # five cells end within the minute
+        status._scheduler_views(b, tmp_path, status.SCHEDULER_EVERY_S)
+        clock[0] += 10
+    assert len(asked) == 1
+    clock[0] += 60
+    status._scheduler_views(b, tmp_path, status.SCHEDULER_EVERY_S)
+    assert len(asked) == 2
+    status._scheduler_views(b, tmp_path, 0)  # `grid status` typed by a user: always fresh
+    assert len(asked) == 3

@@ -184,16 +184,17 @@ def _expected(grid_arg: str, scale: str | None):
 _SCHEDULER_SEEN: dict[tuple[str, str], tuple[float, dict, str | None]] = {}
 _SEEN_LOCK = threading.Lock()
 SCHEDULER_EVERY_S = 60.0
+_now = time.monotonic  # the clock of that minute (a test turns it)
 
 
 def _scheduler_views(backend: Backend, folder: Path, max_age_s: float) -> tuple[dict[str, jobs.JobView], str | None]:
     key = (backend.name, str(folder))
     with _SEEN_LOCK:
         seen = _SCHEDULER_SEEN.get(key)
-        if seen is not None and time.monotonic() - seen[0] < max_age_s:
+        if seen is not None and _now() - seen[0] < max_age_s:
             return seen[1], seen[2]
         views, note = backend.cell_views(folder)
-        _SCHEDULER_SEEN[key] = (time.monotonic(), views, note)
+        _SCHEDULER_SEEN[key] = (_now(), views, note)
         return views, note
 
 
