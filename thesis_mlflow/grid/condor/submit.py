@@ -8,20 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from thesis_mlflow.grid import jobs
 from thesis_mlflow.grid.condor.settings import memory_mb
 from thesis_mlflow.grid.condor.state import CELLS_FILE, SETTINGS_FILE, STATUS_FILE
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import base_env, check_no_credentials, getenv_value
-from thesis_mlflow.grid.jobs import JobView
 from thesis_mlflow.grid.packing import compile_cache_env
 from thesis_mlflow.grid.quoting import check_path, condor_arguments, condor_environment, condor_words
 from thesis_mlflow.paths import ROOT, outputs

@@ -19,14 +19,13 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thesis_mlflow.errors import BadSetting, StepFailed, Unavailable
+from thesis_mlflow.errors import BadSetting, Unavailable
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import allowed_names, base_env
 from thesis_mlflow.grid.packing import compile_cache_env
