@@ -129,13 +129,11 @@ def write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only (0600), atomically, never through a link."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if os.path.lexists(tmp):  # left by a crashed write of ours (same pid)
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_in(dir_fd, path.name, text)
+    finally:
+        os.close(dir_fd)
 
 
 @contextlib.contextmanager

@@ -87,11 +87,16 @@ def check_slurm_word(value, key: str) -> str | None:
     return value
 
 
+def _directive_char(c: str) -> bool:
+    """A character sbatch reads as it is in an ``#SBATCH`` line: it splits those lines at blanks
+    and reads quotes and backslashes, so printable ASCII but for those."""
+    return c.isascii() and c.isprintable() and not c.isspace() and c not in "'\"\\"
+
+
 def check_directive(value: str, key: str) -> str:
-    """A value written into a ``#SBATCH`` line: sbatch splits those lines at blanks and reads
-    quotes, so a value holds none (and no control character)."""
+    """A value written into a ``#SBATCH`` line: no blank, quote or control character."""
     check_path(value, key)
-    bad = _first_bad(value, lambda c: c.isascii() and c.isprintable() and not c.isspace() and c not in "'\"\\")
+    bad = _first_bad(value, _directive_char)
     if bad is not None:
         raise BadSetting(f"{key} {value!r} holds {_describe(bad)}: a value in an #SBATCH line may not hold blanks, quotes or "
                          "non-ASCII characters (choose a path without them)")
@@ -167,7 +172,7 @@ def sbatch_option(item, key: str) -> str:
     if not isinstance(item, str) or not item.strip():
         raise BadSetting(f"{key} must be an sbatch option such as --constraint=a100; got {item!r}")
     opt = item.strip().removeprefix("#SBATCH").strip()
-    bad = _first_bad(opt, lambda c: c.isascii() and c.isprintable() and not c.isspace() and c not in "'\"\\")
+    bad = _first_bad(opt, _directive_char)
     if bad is not None:
         raise BadSetting(f"{key} must be one sbatch option per item, without blanks or quotes (--constraint=a100, not "
                          f"'--constraint a100'); {item!r} holds {_describe(bad)}")

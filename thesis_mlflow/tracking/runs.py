@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -213,11 +214,10 @@ def reach_store() -> str:
     """``current_experiment_id``, or one line naming the store (masked) and why it cannot be
     reached: a host that does not resolve is said at once (MLflow's own retries would spend
     minutes on it, then end in the database driver's traceback)."""
-    from urllib.parse import urlsplit
-
     uri = tracking_uri()
     try:
-        host, port = urlsplit(uri).hostname, urlsplit(uri).port
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
     except ValueError as e:
         raise BadSetting(f"MLFLOW_TRACKING_URI {mask(uri)} is not a URI ({e})") from e
     if host and "://" in uri and not uri.startswith(("file:", "sqlite:")):

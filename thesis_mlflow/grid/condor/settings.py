@@ -8,7 +8,7 @@ import re
 
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid.jobenv import allowed_names
-from thesis_mlflow.grid.quoting import check_condor_value, check_name, check_path
+from thesis_mlflow.grid.quoting import check_condor_value, check_name
 
 # Defaults like the user's Stoomboot train.sub: 1 GPU, 16 GB, el9, category "long", shared FS.
 CONDOR_DEFAULTS = {
@@ -22,13 +22,13 @@ CONDOR_DEFAULTS = {
     "held_limit_h": 24,  # `grid status` says a job held longer than this will not be released by itself
 }
 PER_CELL = {"request_cpus": 1, "request_memory_gb": 4}  # one core and ~3-4 GB (a CUDA context, the data) per packed cell
-SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$")
+SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)B?")
 
 
 def memory_mb(size) -> int:
     """A Condor memory size (``16GB``, ``4000MB``, ``4000``: megabytes) in megabytes."""
-    m = SIZE.match(str(size).strip().upper())
-    if not m or any(c.isspace() for c in str(size).strip()):
+    m = SIZE.fullmatch(str(size).strip().upper())
+    if not m:
         raise BadSetting(f"condor memory size {size!r} is not a size such as 16GB or 4000MB")
     return int(float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)])
 
@@ -85,8 +85,8 @@ def condor_spec(given: dict | None, where: str = "grid file") -> dict:
     _number(c, "held_limit_h", 0, "a number of hours > 0", where)
     for k in ("job_category", "use_os"):  # written as ClassAd strings: +JobCategory = "long"
         check_name(c[k], f"{where}: condor.{k}")
-    for k in ("log_dir", "initialdir", "dag_dir", "python"):
-        if c[k] is not None or k != "python":
-            check_condor_value(check_path(c[k], f"{where}: condor.{k}"), f"{where}: condor.{k}")
+    for k in ("log_dir", "initialdir", "dag_dir", "python"):  # python may be null: the submitting one
+        if not (k == "python" and c[k] is None):
+            check_condor_value(c[k], f"{where}: condor.{k}")
     allowed_names(c["getenv"], "condor.getenv", {})  # a secret's name, a wildcard that could match one, or a non-name: refused here
     return c

@@ -95,9 +95,6 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
     return htcondor2.Submit(sub)
 
 
-_env = condor_environment
-
-
 def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, experiment_id: str, project_dir: Path, grid_file: Path,
               out_dir: Path | None = None, stack_seeds: str = "auto") -> Path:
     """Write the DAGMan workflow: prepare -> train nodes (with retries) -> report.
@@ -129,22 +126,23 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
 
 
     base = base_env(tracking_uri, experiment_id, compile_cache_env())  # every job reads and fills one compile cache
+    env = condor_environment(base)  # prepare, packs and report alike (one cell's node adds its run id)
 
     # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
     dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / STATUS_FILE, update_time=UPDATE_S))
     check_path(str(project_dir), "the project's folder")
     prep_args = condor_arguments(["-m", "steps.grid", "prepare", str(grid_file), "--scale", grid.scale])
-    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, _env(base), "prepare", project_dir, python),
+    prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, env, "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
     k = int(grid.condor["cells_per_job"])
     gpu = bool(grid.condor["request_gpus"])  # a job that asked for a GPU trains on it or fails at once, never on the CPU
     if k == 1:
         write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
-        env = _env({**base, "MLFLOW_RUN_ID": "$(run_id)"})
         prepare.child_layer(
             name="train",
-            submit_description=submit_description(grid, condor_arguments(["-m", "steps.train"], raw_tail="$(args)"), env, "$(cell)",
+            submit_description=submit_description(grid, condor_arguments(["-m", "steps.train"], raw_tail="$(args)"),
+                                                  condor_environment({**base, "MLFLOW_RUN_ID": "$(run_id)"}), "$(cell)",
                                                   project_dir, python),
             vars=[{"cell": c.name, "run_id": run_ids[c],
                    "args": condor_words(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
@@ -158,13 +156,13 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
         write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
         prepare.child_layer(
             name="pack",
-            submit_description=submit_description(grid, args, _env(base), "pack-$(pack)", project_dir, python),
+            submit_description=submit_description(grid, args, env, "pack-$(pack)", project_dir, python),
             vars=[{"pack": f"{i:03d}", "cells": " ".join(c.name for c in p), "runs": ",".join(f"{c.name}={run_ids[c]}" for c in p)}
                   for i, p in enumerate(packs)],
             retries=int(grid.condor["retries"]),
         )
     rep_args = condor_arguments(["-m", "steps.report", "--grid", grid.run_name])
-    report_sub = submit_description(grid, rep_args, _env(base), "report", project_dir, python)
+    report_sub = submit_description(grid, rep_args, env, "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
     log_dir = _under_outputs(grid.condor["log_dir"])
     (out_dir / SETTINGS_FILE).write_text(json.dumps({"event_log": str(log_dir / f"{grid.run_name}.log"),

@@ -91,7 +91,7 @@ def slurm_spec(given: dict | None, where: str = "grid file") -> SlurmSpec:
     kw["export"] = export
     # the job folder is written into #SBATCH --output (no blanks or quotes there); the Python is
     # shell-quoted in the script's body (any path without control characters)
-    kw["job_dir"] = check_directive(check_path(given.get("job_dir", d.job_dir), "slurm.job_dir"), "slurm.job_dir")
+    kw["job_dir"] = check_directive(given.get("job_dir", d.job_dir), "slurm.job_dir")
     python = given.get("python", d.python)
     kw["python"] = None if python is None else check_path(python, "slurm.python")
     spec = SlurmSpec(**kw)

@@ -135,8 +135,8 @@ def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experim
         check_path(v, f"the jobs' {k}")
     check_path(str(ROOT), "the project's folder")
     check_path(str(grid_file), "the grid file's path")
-    check_directive(str(job_dir(g)), "slurm.job_dir (as a full path)")
-    folder = private_dir(job_dir(g), "SLURM job folder")
+    folder = check_directive(str(job_dir(g)), "slurm.job_dir (as a full path)")
+    folder = private_dir(folder, "SLURM job folder")
     private_dir(folder / "logs", "SLURM log folder")
     scale = ["--scale", g.scale]
     out = []
@@ -266,9 +266,10 @@ def run_slurm(g: Grid, runs: dict[CellSpec, str], exp_id: str, grid_file: Path, 
             echo("nothing to submit")
             return folder, None
     scripts = write_scripts(g, runs, tracking.tracking_uri(), exp_id, grid_file, stack_seeds)
-    for key, (value, var) in shell_defaults(g).items():
+    defaults = shell_defaults(g)
+    for key, (value, var) in defaults.items():
         echo(f"slurm.{key} is null in the grid file: {key} {value} from {var} in your environment (written into the scripts)")
-    ignored = sorted(k for k in os.environ if k.startswith("SBATCH_") and k not in {v for _, v in shell_defaults(g).values()})
+    ignored = sorted(k for k in os.environ if k.startswith("SBATCH_") and k not in {v for _, v in defaults.values()})
     if ignored:
         echo(f"ignored from your environment (the scripts' #SBATCH lines decide): {', '.join(ignored)}")
     if dry_run:
