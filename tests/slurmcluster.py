@@ -76,26 +76,30 @@ class Cluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for pid in self._step_daemons():  # a job step cancelled as slurmd stopped retries "job complete" forever
+        for pid in self._leftovers():  # a job step cancelled as slurmd stopped retries "job complete" forever
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-    def _step_daemons(self) -> list[int]:
-        """The pids of slurmstepd processes of this cluster (their working folder is under its root)."""
-        out = []
+    def _leftovers(self) -> list[int]:
+        """The pids of this cluster's slurmstepd processes (their working folder is under its root)
+        and of its jobs' processes (``SLURM_CONF`` in their environment names this cluster's file):
+        a job whose step daemon was killed is re-parented to init and would run on, logging to a
+        server that is gone, after the session."""
+        out, mine = [], f"SLURM_CONF={self.conf}".encode()
         for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
                 continue
             try:
-                if not (d / "cmdline").read_bytes().startswith(b"slurmstepd"):
-                    continue
-                cwd = os.readlink(d / "cwd").removesuffix(" (deleted)")
+                if (d / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                    cwd = os.readlink(d / "cwd").removesuffix(" (deleted)")
+                    if cwd == str(self.root) or cwd.startswith(str(self.root) + "/"):
+                        out.append(int(d.name))
+                elif mine in (d / "environ").read_bytes().split(b"\0") and "SLURM_JOB_ID" in (d / "environ").read_text(errors="replace"):
+                    out.append(int(d.name))
             except OSError:
                 continue
-            if cwd == str(self.root) or cwd.startswith(str(self.root) + "/"):
-                out.append(int(d.name))
         return out
 
 

@@ -21,6 +21,7 @@ MAY_IMPORT = {
     "pipeline": {"learn", "tracking", "errors", "spec", "paths", "_lazy"},
     "grid": {"pipeline", "tracking", "learn", "errors", "spec", "paths", "permissions", "secret", "_lazy"},
     "report": {"grid", "tracking", "learn", "errors", "spec", "paths", "secret", "_lazy"},
+    "forecast": {"grid", "tracking", "learn", "errors", "spec", "paths", "_lazy"},
     "server": {"tracking", "errors", "permissions", "secret", "_lazy"},
     "spec": {"errors"},
     "permissions": {"errors"},

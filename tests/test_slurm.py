@@ -103,7 +103,9 @@ def _epochs(c, rid) -> list[int]:
     return [m.step for m in c.get_metric_history(rid, "val_auc")]
 
 
-EPOCHS = 10  # a pack trains ~70 s here (2 cells x 10 epochs of 3000 events): past its warning, whenever SLURM's check sends it
+# a pack trains ~45 s here (2 cells x 6 epochs of 3000 events, ~3.5 s each, and ~6 s to start): past its
+# warning, which SLURM's 30-s check sends 0-30 s after pack 1's limit is cut (below)
+EPOCHS = 6
 
 
 def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, jobs_home, tiny_raw, tmp_path):
@@ -113,7 +115,7 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
     warning (USR1) stops its cells at their checkpoints, KILLED, the pack requeues itself and the
     next attempt resumes them. Every cell ends FINISHED with each epoch logged once, the report ran,
     ``grid status`` exits 0 and nothing is left in the queue."""
-    gfile = _grid(tmp_path, tiny_raw, "sl", cluster, epochs=EPOCHS, events=3000, max_requeues=6, signal_before_end_s=30)
+    gfile = _grid(tmp_path, tiny_raw, "sl", cluster, epochs=EPOCHS, events=3000, max_requeues=6, signal_before_end_s=60)
     lines = []
     s = run_grid(str(gfile), "slurm", "demo", 1, False, echo=lines.append)
     text = "\n".join(lines)
@@ -133,8 +135,10 @@ def test_a_grid_through_slurm_survives_a_requeue_and_its_time_limit(cluster, job
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     c = mlflow.MlflowClient()
     rid = {name: r for p in sub["packs"] for name, r in p["cells"].items()}
-    # pack 1: once it runs, a time limit of one minute, shorter than its work (~70 s of training);
-    # SLURM checks limits every 30 s, so its warning (30 s before the end) comes 30-60 s after the start
+    # pack 1: once it runs, a time limit of one minute, shorter than its work; its warning is due
+    # 60 s before that end, at once: SLURM's check of limits (every 30 s) sends it 0-30 s later,
+    # while the pack trains (a warning due 30 s before the end came 30-60 s after, and the
+    # pack needed ~70 s of work to be sure to be caught training)
     _wait("pack 1 to start", lambda: _job(cluster, p1).get("JobState") == "RUNNING", 240, 0.3)
     cluster.run("scontrol", "update", f"JobId={p1}", "TimeLimit=1")
     first_of_p0 = next(iter(sub["packs"][0]["cells"].values()))

@@ -25,6 +25,7 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor.submit import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.jobenv import check_no_credentials
+from thesis_mlflow.grid.rehearsal import Rehearsal
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
 from thesis_mlflow.grid.slurm import state as slurmstate
 from thesis_mlflow.grid.slurm.injob import MARK, near_end, requeue_self
@@ -187,7 +188,7 @@ STACK_SEEDS = ("auto", "on", "off")
 def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1, stack_seeds: str = "auto") -> list[str]:
     """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
     runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
-    return [sys.executable, "-m", "steps.grid", "pack", str(g.source), "--scale", g.scale, "--runs", runs, "--mode", mode,
+    return [sys.executable, "-m", "steps.grid", "pack", str(g.source), *g.load_args(), "--runs", runs, "--mode", mode,
             "--at-once", str(at_once), "--stack-seeds", stack_seeds]
 
 
@@ -279,7 +280,8 @@ def require_cuda(what: str) -> None:
 
 
 def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps: str = "auto", mode: str = "threads",
-             at_once: int | None = None, device: str = "auto", stack_seeds: str = "auto", slurm_requeues: int | None = None) -> dict[str, str]:
+             at_once: int | None = None, device: str = "auto", stack_seeds: str = "auto", slurm_requeues: int | None = None,
+             rehearsal: Rehearsal | None = None) -> dict[str, str]:
     """A Condor or SLURM pack job (and the local worker): train its cells (``name=run_id,...``); the
     finished ones are skipped, so a retried or requeued job trains only what is left, each cell
     resuming from its checkpoint. ``mode`` ``threads``: in this process (side by side on a GPU, one CUDA
@@ -294,7 +296,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
         raise BadSetting(f"mode must be one of {', '.join(PACK_MODES)}; got {mode!r}")
     if device == "cuda":
         require_cuda("this pack")
-    g = load_grid(resolve(grid_file), scale, base_dir=ROOT)
+    g = load_grid(resolve(grid_file), scale, base_dir=ROOT, rehearsal=rehearsal)
     by_name = {c.name: c for c in g.cells()}
     pairs = [p.split("=", 1) for p in runs.split(",") if p]
     bad = [p[0] for p in pairs if len(p) != 2 or p[0] not in by_name]
@@ -384,12 +386,13 @@ class GridRun:
 
 
 def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool, echo: Echo = _log_echo, mps: str = "auto",
-             allow_dirty: bool | None = None, stack_seeds: str = "auto") -> GridRun:
+             allow_dirty: bool | None = None, stack_seeds: str = "auto", rehearsal: Rehearsal | None = None) -> GridRun:
     """Run (or resume) a grid. ``allow_dirty``: run code with uncommitted changes (its diff is then
-    recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused."""
+    recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused. ``rehearsal``:
+    the grid's rehearsal (``grid.rehearsal``), under its own parent."""
     stacking(stack_seeds, False)  # a bad value refused before anything starts
     path = resolve(grid_file)
-    g = load_grid(path, scale, base_dir=ROOT)
+    g = load_grid(path, scale, base_dir=ROOT, rehearsal=rehearsal)
     if allow_dirty is None:
         allow_dirty = os.environ.get("THESIS_MLFLOW_ALLOW_DIRTY", "") == "1"
     if backend in ("condor", "slurm"):

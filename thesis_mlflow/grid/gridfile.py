@@ -15,6 +15,7 @@ import yaml
 from thesis_mlflow.errors import BadSetting, MissingInput
 from thesis_mlflow.grid.condor.settings import CONDOR_DEFAULTS, PER_CELL, condor_spec, pack_resources  # noqa: F401 (re-exported)
 from thesis_mlflow.grid.quoting import check_name, check_path
+from thesis_mlflow.grid.rehearsal import SUFFIX, Rehearsal
 from thesis_mlflow.grid.slurm.settings import SlurmSpec, slurm_spec
 from thesis_mlflow.spec import (
     CODEBOOK_SIZE,
@@ -52,11 +53,24 @@ class Grid:
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     report: dict = field(default_factory=dict)  # {"margin": AUC} when the grid file sets it
     source: Path | None = None
+    rehearsal: Rehearsal | None = None  # a rehearsal of this scale (``grid.rehearsal``): its own runs, few steps per cell
 
     @property
     def run_name(self) -> str:
-        """``grid.name`` tag: the YAML name, suffixed by the scale unless it is ``full``."""
-        return self.name if self.scale == "full" else f"{self.name}-{self.scale}"
+        """``grid.name`` tag: the YAML name, suffixed by the scale unless it is ``full``, and by
+        ``-rehearsal`` for a rehearsal (its own parent, children, jobs and folders)."""
+        name = self.name if self.scale == "full" else f"{self.name}-{self.scale}"
+        return name + SUFFIX if self.rehearsal else name
+
+    def closing_argv(self, grid_file: str | Path, backend: str) -> list[str]:
+        """The job after every pack (``python`` + these): the report, or a rehearsal's forecast for ``backend``."""
+        if self.rehearsal:
+            return ["-m", "steps.grid", "forecast", str(grid_file), *self.load_args(), "--backend", backend]
+        return ["-m", "steps.report", "--grid", self.run_name]
+
+    def load_args(self) -> list[str]:
+        """How a job's command names this grid's scale (and rehearsal) after the grid file."""
+        return ["--scale", self.scale, *(self.rehearsal.args() if self.rehearsal else [])]
 
     @property
     def tokenizers(self) -> list[str]:
@@ -114,8 +128,9 @@ def _check(keys, allowed, where):
         raise BadSetting(f"{where}: unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
 
 
-def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None = None) -> Grid:
-    """Read and validate a grid YAML; every mistake is named before anything runs.
+def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None = None, rehearsal: Rehearsal | None = None) -> Grid:
+    """Read and validate a grid YAML; every mistake is named before anything runs. ``rehearsal``:
+    the grid as a rehearsal runs it (``grid.rehearsal``).
 
     Relative data paths are made absolute against ``base_dir`` (the project directory, where
     the jobs run), so the driver, local jobs and Condor jobs all read the same file.
@@ -135,6 +150,8 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
         raise BadSetting(f"{path}: 'name' is required")
     # the name becomes job names, file and folder names, tags: one safe set of characters, checked first
     check_name(doc["name"], f"{path}: name")
+    if str(doc["name"]).endswith(SUFFIX):
+        raise BadSetting(f"{path}: name {doc['name']!r} ends in {SUFFIX!r}, which names a grid's rehearsal; choose another name")
     scales = doc.get("scales") or {}
     if scale not in scales:
         raise BadSetting(f"{path}: scale {scale!r} not defined; defined scales: {', '.join(scales) or 'none'}")
@@ -195,6 +212,10 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
     g = Grid(name=str(doc["name"]), scale=scale, factors=factors, seeds=seeds, data=absolute(doc.get("data", DEFAULT_DATA), "data"),
              task=task, binned_ambre=ambre, binning=binning, train=train, vqvae=vq, condor=condor,
              slurm=slurm_spec(doc.get("slurm"), str(path)), report=report, source=path)
+    if rehearsal is not None:
+        g = replace(g, train=rehearsal.train(train), vqvae=rehearsal.vqvae(vq, int(train.get("batch_size", CellSpec.batch_size))),
+                    rehearsal=rehearsal)
+        check_name(g.run_name, f"{path}: name with its scale and rehearsal")
     try:
         g.cells()  # every cell is a valid train spec, or nothing runs
     except (TypeError, ValueError) as e:

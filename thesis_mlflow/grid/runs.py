@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from mlflow.entities import Metric, Param, RunTag
 
 from thesis_mlflow.grid.gridfile import Grid, load_grid
+from thesis_mlflow.grid.rehearsal import TAG as REHEARSAL_TAG
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import leases
@@ -28,6 +29,11 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 
 
 # --------------------------------------------------------------------------- parent and children
+
+
+def rehearsal_tags(g: Grid) -> dict[str, str]:
+    """``grid.rehearsal`` on a rehearsal's parent and children (none on a real grid's)."""
+    return {REHEARSAL_TAG: "true"} if g.rehearsal else {}
 
 
 def find_parent(grid_name: str, exp_id: str):
@@ -51,7 +57,7 @@ def find_or_create_parent(g: Grid, exp_id: str):
         if env_run and env_run != run.info.run_id:
             c.set_tag(env_run, "grid.resumed_parent", run.info.run_id)
         return run
-    tags = {"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale}
+    tags = {"step": "grid", "grid.name": g.run_name, "grid.scale": g.scale, **rehearsal_tags(g)}
     if env_run:
         rid = env_run
         for k, v in {**tags, "mlflow.runName": f"grid-{g.run_name}"}.items():
@@ -100,7 +106,8 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
         # start times one ms apart in the grid's order: the UI lists the children as the grid file does,
         # although they are created side by side
         rid = c.create_run(exp_id, start_time=t0 + i, run_name=cell.name,
-                           tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag, "step": "train"}).info.run_id
+                           tags={"mlflow.parentRunId": pid, "grid.name": g.run_name, "grid.cell": cell.tag, "step": "train",
+                                 **rehearsal_tags(g)}).info.run_id
         c.log_batch(rid, params=[Param(k, tracking.fmt(v)) for k, v in cell.factors().items()])
         c.update_run(rid, status="SCHEDULED")  # waiting, not running
         return rid

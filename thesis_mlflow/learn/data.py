@@ -210,6 +210,13 @@ def read_raw(path: str | Path, splits: tuple[str, ...] = SPLITS, validate: bool 
     return out
 
 
+def split_sizes(path: str | Path) -> dict[str, int]:
+    """Events per split, from the file's shapes (nothing read)."""
+    with open_h5(path, "raw 4-top HDF5 file") as f:
+        keys = split_keys(f, path)
+        return {s: int(f[keys[s][0]].shape[0]) for s in SPLITS}
+
+
 def validate_file(path: str | Path) -> dict[str, int]:
     """Validate a whole raw file; return split sizes."""
     return {s: len(v) for s, v in read_raw(path).items()}

@@ -22,6 +22,7 @@ from thesis_mlflow.errors import Diverged, RunConflict
 from thesis_mlflow.learn import data, features, metrics
 from thesis_mlflow.learn.model import Classifier
 from thesis_mlflow.learn.training import evaluate, fit, resolve_device, resolve_step
+from thesis_mlflow.pipeline.costs import CostMeter, tensor_bytes
 from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import FACTORS, CellSpec, cell_name, cell_tag
 from thesis_mlflow.tracking import leases
@@ -57,6 +58,7 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
     A new run is created only once the inputs are known good (bad input: no run at all). A run
     that already exists (a grid's child, `mlflow run`'s) is where the user looks: any failure,
     building the inputs included, is recorded on it (FAILED, ``error.class``, its log)."""
+    meter = CostMeter()  # this attempt's costs (``cost.*`` metrics), from here: building the inputs is part of them
     tcfg = spec.train_config()
     resolve_step(tcfg.step_mode, resolve_device(tcfg.device))  # refuses graph/compiled without CUDA, before any run
     given = run_id or os.environ.get("MLFLOW_RUN_ID")
@@ -83,7 +85,8 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
                 lease = leases.acquire_run(run.info.run_id, f"train run {run.info.run_id} ({cell.name})")
                 tracking.add_fence(lease)
             with lease.kept():
-                _train_logged(run.info.run_id, cell.model, cell.tens, tcfg, cell.params, cell.factors, cell.info, cell.name, lease, stack)
+                _train_logged(run.info.run_id, cell.model, cell.tens, tcfg, cell.params, cell.factors, cell.info, cell.name, lease, stack,
+                              meter)
                 lease.verify()  # still ours: only now may the run be marked FINISHED
             return run.info.run_id
     finally:
@@ -156,7 +159,9 @@ def _plain(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None, stack=None) -> str:
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None, stack=None,
+                  meter: CostMeter | None = None) -> str:
+    meter = meter or CostMeter()
     existing = tracking.get_run(run_id)
     if has_results(existing):
         log.info("run %s already has its test metrics and scores: nothing to do", run_id)
@@ -184,9 +189,15 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                 lease.check()  # taken over while we trained: stop before logging anything more
             if epoch in logged_epochs:
                 return
-            tracking.log_metrics({**values, "epoch": epoch}, step=epoch)  # "epoch": the latest value is the progress (grid status)
-            logged_epochs.add(epoch)
-            tracking.upload_current_log()  # the log so far, one click away while the cell runs
+            meter.epoch(len(tens["train"]), values.get("events_per_s", 0.0), tcfg.batch_size)
+            with meter.tracking(calls=2):
+                tracking.log_metrics({**values, "epoch": epoch}, step=epoch)  # "epoch": the latest value is the progress (grid status)
+                logged_epochs.add(epoch)
+                tracking.upload_current_log()  # the log so far, one click away while the cell runs
+
+        def on_checkpoint(path: Path) -> None:
+            with meter.tracking():
+                tracking.log_artifact(path, "checkpoints")
 
         def on_step_mode(mode: str, fallback: str | None) -> None:
             """The step mode that actually runs: the param (docs/design.md) when not logged yet, and a tag
@@ -197,15 +208,18 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                 tags["step_mode.fallback"] = fallback
             tracking.set_tags(tags)
 
+        meter.train_bytes_per_event = tensor_bytes(tens["train"]) / max(1, len(tens["train"]))
+        meter.fitting()
         t0 = time.perf_counter()
         (stack.fit if stack is not None else fit)(model, tens["train"], tens["val"], tcfg, work / "last.pt", resume_from=resume, on_epoch=on_epoch,
-            on_checkpoint=lambda path: tracking.log_artifact(path, "checkpoints"), extra_state={"scaler": info.scaler, "factors": _plain(factors)},
+            on_checkpoint=on_checkpoint, extra_state={"scaler": info.scaler, "factors": _plain(factors)},
             on_step_mode=on_step_mode)
         tracking.log_metrics({"train_seconds": time.perf_counter() - t0})
         # the trained model on its own training events: the report's overtraining check (train vs test AUC)
         device = resolve_device(tcfg.device)
-        train_auc = evaluate(model, tens["train"], device, tcfg.eval_batch_size)["auc"]
-        ev = evaluate(model, tens["test"], device, tcfg.eval_batch_size)
+        with meter.evaluating(len(tens["train"]) + len(tens["test"])):
+            train_auc = evaluate(model, tens["train"], device, tcfg.eval_batch_size)["auc"]
+            ev = evaluate(model, tens["test"], device, tcfg.eval_batch_size)
         check_scores(ev["scores"], name)  # before anything of the test split is logged
         process = tens["test"].labels  # original label 1-5 per test event
         npz = work / "test_scores.npz"
@@ -216,7 +230,7 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
                            "model_config": model.config_dict()}, "model/config.json")
         # the test metrics go last: a run that has them has its scores too (the grid's "done")
         final = metrics.test_metrics(ev["is_signal"], ev["scores"], process, ev.get("probs"))
-        tracking.log_metrics({**final, "test_acc": ev["acc"], "train_auc": train_auc})
+        tracking.log_metrics({**final, "test_acc": ev["acc"], "train_auc": train_auc, **meter.metrics()})
     log.info("%s: test AUC %.4f, rejection %.1f @50%% / %.1f @70%%", name, final["test_auc"], final["test_rej_at_eff50"],
              final["test_rej_at_eff70"])
     return run_id

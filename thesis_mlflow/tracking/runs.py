@@ -506,6 +506,12 @@ def artifact_paths(run_id: str, folder: str | None = None, artifact_uri: str | N
     return [a.path for a in _artifact_repo(artifact_uri or _artifact_root(run_id)).list_artifacts(folder)]
 
 
+def artifact_sizes(run_id: str, folder: str | None = None, artifact_uri: str | None = None) -> dict[str, int]:
+    """{path: bytes} of the run's files directly under ``folder`` (one request, as ``artifact_paths``)."""
+    return {a.path: int(a.file_size or 0) for a in _artifact_repo(artifact_uri or _artifact_root(run_id)).list_artifacts(folder)
+            if not a.is_dir}
+
+
 def _artifact_repo(root: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 

@@ -131,7 +131,7 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
     # DAGMan's own view of each node (queued, held, retried), read back by `grid status`
     dag = dags.DAG(node_status_file=dags.NodeStatusFile(out_dir / STATUS_FILE, update_time=UPDATE_S))
     check_path(str(project_dir), "the project's folder")
-    prep_args = condor_arguments(["-m", "steps.grid", "prepare", str(grid_file), "--scale", grid.scale])
+    prep_args = condor_arguments(["-m", "steps.grid", "prepare", str(grid_file), *grid.load_args()])
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, env, "prepare", project_dir, python),
                         retries=int(grid.condor["retries"]))
     cells = list(run_ids)
@@ -150,7 +150,7 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
             retries=int(grid.condor["retries"]),
         )
     else:
-        args = condor_arguments(["-m", "steps.grid", "pack", str(grid_file), "--scale", grid.scale, "--runs", "RUNS", "--stack-seeds",
+        args = condor_arguments(["-m", "steps.grid", "pack", str(grid_file), *grid.load_args(), "--runs", "RUNS", "--stack-seeds",
                                  stack_seeds, *(["--device", "cuda"] if gpu else [])]).replace(" RUNS ", " $(runs) ")
         packs = grid.packs(cells)
         write_cells_by_node(out_dir, {f"pack:{i}": [c.name for c in p] for i, p in enumerate(packs)})
@@ -161,7 +161,7 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
                   for i, p in enumerate(packs)],
             retries=int(grid.condor["retries"]),
         )
-    rep_args = condor_arguments(["-m", "steps.report", "--grid", grid.run_name])
+    rep_args = condor_arguments(grid.closing_argv(grid_file, "condor"))
     report_sub = submit_description(grid, rep_args, env, "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
     log_dir = _under_outputs(grid.condor["log_dir"])

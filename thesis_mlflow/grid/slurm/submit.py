@@ -138,7 +138,7 @@ def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experim
     folder = check_directive(str(job_dir(g)), "slurm.job_dir (as a full path)")
     folder = private_dir(folder, "SLURM job folder")
     private_dir(folder / "logs", "SLURM log folder")
-    scale = ["--scale", g.scale]
+    scale = g.load_args()
     out = []
     packs = g.packs(list(runs), per_job=s.cells_per_job)
     specs = [("prepare", f"{g.run_name}-prepare", ["-m", "steps.grid", "prepare", str(grid_file), *scale], {}, s.gpus_per_job, False,
@@ -149,8 +149,8 @@ def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experim
                 "--stack-seeds", stack_seeds, "--slurm-requeues", str(s.max_requeues)] + (["--device", "cuda"] if s.gpus_per_job else [])
         specs.append(("pack", f"{g.run_name}-pack-{i:03d}", argv, cells, s.gpus_per_job, True,
                       f"{g.run_name}: pack {i + 1} of {len(packs)}: {', '.join(cells)}"))
-    specs.append(("report", f"{g.run_name}-report", ["-m", "steps.report", "--grid", g.run_name], {}, 0, False,
-                  f"{g.run_name}: the report, whether or not cells failed"))
+    specs.append(("report", f"{g.run_name}-report", g.closing_argv(grid_file, "slurm"), {}, 0, False,
+                  f"{g.run_name}: the {'forecast' if g.rehearsal else 'report'}, whether or not cells failed"))
     with opened_dir(folder, "SLURM job folder") as fd:
         for kind, name, argv, cells, gpus, signal, about in specs:
             text = _script(g, kind, name, folder, argv, env, export, gpus, signal, about, defaults)
