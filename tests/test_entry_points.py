@@ -33,6 +33,7 @@ SMALL = {
     "compare": {"theirs": "data/binned/4tops_synthetic_v4_b5_signed_all.h5"},  # required (no default): our own file
     "train": {"pooling": "max", "tokenizer": "binned", "epochs": "1"},  # the command as the user wrote it, one epoch
     "grid": {"grid": "tiny_grid.yaml"},
+    "rehearse": {"grid": "tiny_grid.yaml", "steps": "3"},
     "report": {},
 }
 
@@ -89,5 +90,7 @@ def test_an_entry_point_runs_through_mlflow_run_with_its_defaults(project, entry
         assert r.data.params["output_sha256"] == data.sha256(root / "data" / "4tops_synthetic.h5")
     if entry == "train":  # attached to mlflow's own run; its binning reused from the binning entry point
         assert r.data.params["n_params"] and "test_auc" in r.data.metrics
+    if entry == "rehearse":  # the forecast on the rehearsal's own parent, not on the grid's
+        assert r.data.tags.get("grid.name") != "binning_vs_direct" and "full run: 1 cells in 1 packs" in res.stdout + res.stderr
     if entry == "report":
         assert r.data.params["margin"] == "grid" and float(r.data.params["equivalence_margin"]) == 0.005

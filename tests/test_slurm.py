@@ -303,3 +303,31 @@ def test_a_real_job_sees_only_the_allow_list_and_logs_in_its_folder_whatever_the
     assert list(leak.iterdir()) == []
     (log,) = (slurm.job_dir(g) / "logs").iterdir()
     assert log.name == f"{pack.name}-{job}.out" and stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_a_rehearsal_through_slurm_forecasts_from_its_own_jobs(cluster, jobs_home, tiny_raw, tmp_path):
+    """``grid rehearse --backend slurm --wait``: the rehearsal's prepare, pack and forecast jobs go
+    through the real scheduler under the rehearsal's own name; every cell is rehearsed once; the
+    forecast is printed here and by the last job, and logged on the rehearsal's parent; the real
+    grid's status sees none of it."""
+    from thesis_mlflow.forecast.rehearse import rehearse
+    from thesis_mlflow.grid.rehearsal import Rehearsal
+
+    gfile = _grid(tmp_path, tiny_raw, "rs", cluster, poolings=("mean",), epochs=4)
+    lines = []
+    r = rehearse(str(gfile), "demo", "slurm", Rehearsal(steps=3, eval_events=200), wait=True, echo=lines.append, poll_s=1)
+    text = "\n".join(lines)
+    assert r.forecast is not None and r.forecast.exit_code == 0, text
+    assert "full run: 2 cells in 1 packs (slurm)" in text and "requeues: 0 in all (time 0:10:00 per attempt)" in text, text
+    sub = r.run.submitted
+    assert all(_job(cluster, j)["JobName"].startswith("rs-demo-rehearsal-") for j in (sub["prepare"], sub["report"]))
+    _wait("the forecast job to end", lambda: _job(cluster, sub["report"]).get("JobState") in ("COMPLETED", "FAILED"), 120, 1)
+    assert _job(cluster, sub["report"])["JobState"] == "COMPLETED"
+    assert "full run: 2 cells in 1 packs (slurm)" in _log(r.run.job_dir, sub["report"])
+    c = mlflow.MlflowClient()
+    exp = c.get_experiment_by_name(f"t-{test_a_rehearsal_through_slurm_forecasts_from_its_own_jobs.__name__}").experiment_id
+    parent = c.search_runs([exp], "tags.`grid.name` = 'rs-demo-rehearsal' and tags.step = 'grid'")[0]
+    assert "forecast/forecast.html" in {a.path for a in c.list_artifacts(parent.info.run_id, "forecast")}
+    cells = c.search_runs([exp], "tags.`grid.name` = 'rs-demo-rehearsal' and tags.step = 'train'")
+    assert len(cells) == 2 and all(x.info.status == "FINISHED" and x.data.params["n_train_events"] == str(3 * 64) for x in cells)
+    assert grid_status(str(gfile), "demo").counts()["finished"] == 0
