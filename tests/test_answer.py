@@ -31,7 +31,7 @@ def grid(k: dict, n_seeds=3, seed_sd=0.03, n_events=600, rng=None, cells=None):
             kk = kc + rng.normal(0, seed_sd)
             rid = f"{tok}-{pool}-{met}-s{s}"
             scores[rid] = {"labels": y, "process": proc, "scores": kk * (2 * y - 1) + 0.95 * shared + 0.3 * rng.normal(size=n_events)}
-            rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
+            rows.append({"run_id": rid, "status": "FINISHED", "test_auc": 0.5, "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
                          "rng_stream": f"x{len(rows)}"})
     return pd.DataFrame(rows), scores
 

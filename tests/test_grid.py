@@ -283,11 +283,11 @@ def test_a_cell_that_fails_before_training_is_failed_where_the_user_looks(mlflow
     st = grid_status(str(gfile), "demo")
     assert st.counts()["failed"] == len(ambre) and st.exit_code == 1
     # the grid's parent records the code that drove it (provenance, like every step's run)
-    from thesis_mlflow.tracking import runs as tracking
+    from thesis_mlflow.tracking import provenance
 
     (parent,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'grid'", output_format="list")
     assert parent.data.tags["mlflow.source.name"] == "thesis-mlflow grid"
-    assert parent.data.tags.get("mlflow.source.git.commit") == tracking.code_state().commit and "env.python" in parent.data.tags
+    assert parent.data.tags.get("mlflow.source.git.commit") == provenance.code_state().commit and "env.python" in parent.data.tags
     # and what the grid is (its params; `grid status` reads the file and scale back from them)
     p = parent.data.params
     assert {k: p.get(k) for k in ("grid_file", "scale_name", "n_cells", "seeds")} == {"grid_file": str(gfile), "scale_name": "demo",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from steps.cli import main
 from thesis_mlflow.errors import BadSetting
-from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking import provenance
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -30,21 +30,21 @@ def _repo(tmp_path: Path) -> Path:
 
 def test_code_of_a_clean_and_a_dirty_tree(tmp_path):
     root = _repo(tmp_path)
-    clean = tracking.code_state(root)
+    clean = provenance.code_state(root)
     assert clean.commit and len(clean.commit) == 40 and not clean.dirty and clean.diff == ""
-    assert tracking.check_clean(False, root) == clean
+    assert provenance.check_clean(False, root) == clean
     (root / "a.py").write_text("x = 2\n")
     (root / "new.py").write_text("y = 1\n")
-    tracking.code_state.cache_clear()
-    dirty = tracking.code_state(root)
+    provenance.code_state.cache_clear()
+    dirty = provenance.code_state(root)
     assert dirty.dirty and dirty.commit == clean.commit and set(dirty.changed) == {"a.py", "new.py"}
     assert "-x = 1\n+x = 2" in dirty.diff and "# untracked: new.py" in dirty.diff and dirty.label.endswith("-dirty")
     with pytest.raises(BadSetting, match="uncommitted changes .*a.py.*--allow-dirty"):
-        tracking.check_clean(False, root)
-    assert tracking.check_clean(True, root).dirty  # allowed: the caller records the diff
-    tracking.code_state.cache_clear()
-    assert tracking.code_state(tmp_path).commit is None  # not a git checkout: says so, refuses nothing
-    tracking.code_state.cache_clear()
+        provenance.check_clean(False, root)
+    assert provenance.check_clean(True, root).dirty  # allowed: the caller records the diff
+    provenance.code_state.cache_clear()
+    assert provenance.code_state(tmp_path).commit is None  # not a git checkout: says so, refuses nothing
+    provenance.code_state.cache_clear()
 
 
 def test_a_train_run_records_code_environment_and_device(mlflow_env, tiny_raw):
@@ -54,7 +54,7 @@ def test_a_train_run_records_code_environment_and_device(mlflow_env, tiny_raw):
     assert res.exit_code == 0, res.output
     (r,) = mlflow.search_runs(experiment_names=["test-exp"], filter_string="tags.step = 'train'", output_format="list")
     t = r.data.tags
-    code = tracking.code_state()
+    code = provenance.code_state()
     assert t.get("mlflow.source.git.commit") == code.commit and t["code.dirty"] == ("true" if code.dirty else "false")
     assert t["mlflow.source.name"] == "thesis-mlflow train" and t["mlflow.user"] and t["host"]
     import importlib.metadata

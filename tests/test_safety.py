@@ -17,7 +17,7 @@ import torch
 
 from thesis_mlflow.grid import jobenv as grid
 from thesis_mlflow.learn import safeload
-from thesis_mlflow.tracking import runs as done  # the rule of a finished cell lives with the runs
+from thesis_mlflow.tracking import done  # the rule of a finished cell
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ import yaml
 from tests.conftest import login_from_home
 from thesis_mlflow.server import devdb
 from thesis_mlflow.server import process as server
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import done, leases
 from thesis_mlflow.tracking import runs as tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ def test_a_runs_artifacts_are_listed_and_fetched_at_its_own_location(server_exp,
 
     monkeypatch.setattr(requests.sessions.Session, "request", counted)
     assert tracking.artifact_paths(rid, "eval", run.info.artifact_uri) == ["eval/test_scores.npz"]
-    assert tracking.has_scores(rid, run.info.artifact_uri) and not tracking.has_artifact(rid, "eval/other.npz", run.info.artifact_uri)
+    assert done.has_scores(rid, run.info.artifact_uri) and not tracking.has_artifact(rid, "eval/other.npz", run.info.artifact_uri)
     assert len(calls) == 3 and not any("logged-models" in u for u in calls), calls
     calls.clear()
     assert tracking.artifact_paths(rid, "eval") == ["eval/test_scores.npz"]  # by id: the location asked once, then kept

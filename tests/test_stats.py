@@ -53,7 +53,7 @@ def simulate(rng, effect_k=0.0, seed_sd=0.05, n_seeds=3, n_events=400, rho=0.9, 
                 sc = k * (2 * y - 1) + math.sqrt(rho) * shared + math.sqrt(1 - rho) * rng.normal(size=n_events)
                 rid = f"{tok}-{pool}-{met}-s{s}"
                 scores[rid] = {"labels": y, "scores": sc, "process": proc}
-                rows.append({"run_id": rid, "status": "FINISHED", "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
+                rows.append({"run_id": rid, "status": "FINISHED", "test_auc": 0.5, "tokenizer": tok, "pooling": pool, "met": met, "vect": 4, "seed": s,
                              "true_auc": true[tok]})
         truth.append(true.get("binned", 0) - true.get("direct", 0))
     return pd.DataFrame(rows), scores, float(np.mean(truth))
@@ -118,7 +118,7 @@ def test_sign_flip_exact_small_case():
 
 
 def test_contrast_units_match_on_other_factors_and_seed():
-    runs = pd.DataFrame([{"run_id": f"{t}{p}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": 4, "seed": s, "status": "FINISHED"}
+    runs = pd.DataFrame([{"run_id": f"{t}{p}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": 4, "seed": s, "status": "FINISHED", "test_auc": 0.5}
                          for t in ("direct", "binned") for p in ("cls", "max") for s in (0, 1)])
     runs = runs[runs["run_id"] != "binnedmax1"].reset_index(drop=True)  # one unit loses its partner
     units = stats.contrast_units(runs, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
@@ -138,7 +138,7 @@ def test_paired_interval_is_narrower_than_unpaired_when_runs_share_events():
     sa = 0.6 * (2 * y - 1) + shared + 0.2 * rng.normal(size=3000)
     sb = 0.55 * (2 * y - 1) + shared + 0.2 * rng.normal(size=3000)
     scores = {"a": {"labels": y, "scores": sa}, "b": {"labels": y, "scores": sb}}
-    runs = pd.DataFrame([{"run_id": r, "tokenizer": t, "pooling": "cls", "met": True, "vect": 4, "seed": 0, "status": "FINISHED"}
+    runs = pd.DataFrame([{"run_id": r, "tokenizer": t, "pooling": "cls", "met": True, "vect": 4, "seed": 0, "status": "FINISHED", "test_auc": 0.5}
                          for r, t in (("a", "binned"), ("b", "direct"))])
     row = stats.effects(runs, scores, n_boot=400).iloc[0]
     paired = row["ci_high"] - row["ci_low"]
@@ -503,7 +503,7 @@ def test_interaction_and_background_contrasts_are_the_differences_they_name():
     for (tok, met), k in shift.items():
         for seed in (0, 1, 2):
             rid = f"{tok}-{met}-{seed}"
-            rows.append({"run_id": rid, "tokenizer": tok, "pooling": "max", "met": met, "vect": 4, "seed": seed, "status": "FINISHED"})
+            rows.append({"run_id": rid, "tokenizer": tok, "pooling": "max", "met": met, "vect": 4, "seed": seed, "status": "FINISHED", "test_auc": 0.5})
             scores[rid] = {"labels": labels, "process": process, "scores": labels * k + noise}  # the same noise: exact differences
     runs = pd.DataFrame(rows)
     auc_of = {key: roc_auc_score(labels, labels * k + noise) for key, k in shift.items()}
@@ -534,13 +534,15 @@ def test_weighted_auc_of_a_resample_without_one_class_is_no_value():
 
 
 def test_finished_keeps_finished_runs_with_scores_once():
-    """A FAILED run with scores and a FINISHED run without them are out (plant ``|`` for ``&``);
-    two runs of one cell and seed count once, the first (plant ``drop_duplicates()`` over
-    every column)."""
+    """A FAILED run with scores, a FINISHED run without them and a FINISHED run with scores but
+    without its test metrics (the one done rule, ``tracking.done.finished_rows``) are out (plant
+    ``|`` for ``&``, or the status alone); two runs of one cell and seed count once, the first
+    (plant ``drop_duplicates()`` over every column)."""
     base = {"tokenizer": "direct", "pooling": "cls", "met": True, "vect": 4, "seed": 0}
-    runs = pd.DataFrame([{**base, "run_id": "a", "status": "FINISHED"}, {**base, "run_id": "b", "status": "FINISHED"},
-                         {**base, "seed": 1, "run_id": "c", "status": "FAILED"}, {**base, "seed": 2, "run_id": "d", "status": "FINISHED"}])
-    scores = {"a": {}, "b": {}, "c": {}}
+    runs = pd.DataFrame([{**base, "run_id": "a", "status": "FINISHED", "test_auc": 0.5}, {**base, "run_id": "b", "status": "FINISHED", "test_auc": 0.5},
+                         {**base, "seed": 1, "run_id": "c", "status": "FAILED"}, {**base, "seed": 2, "run_id": "d", "status": "FINISHED", "test_auc": 0.5},
+                         {**base, "seed": 3, "run_id": "e", "status": "FINISHED"}])
+    scores = {"a": {}, "b": {}, "c": {}, "e": {}}
     fin = stats.finished(runs, scores)
     assert fin["run_id"].tolist() == ["a"] and fin.index.tolist() == [0]
 
@@ -556,7 +558,7 @@ def test_available_metrics_join_the_backgrounds_of_every_run():
 def test_a_units_stratum_is_its_other_factors():
     """Units share a stratum exactly when they agree on every factor outside the contrast
     (plants: one stratum for all, or strata that forget the last factor)."""
-    runs = pd.DataFrame([{"run_id": f"{t}{p}{v}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": v, "seed": s, "status": "FINISHED"}
+    runs = pd.DataFrame([{"run_id": f"{t}{p}{v}{s}", "tokenizer": t, "pooling": p, "met": True, "vect": v, "seed": s, "status": "FINISHED", "test_auc": 0.5}
                          for t in ("direct", "binned") for p in ("cls", "max") for v in (4, 5) for s in (0, 1)])
     units = stats.contrast_units(runs, [({"tokenizer": "binned"}, 1.0), ({"tokenizer": "direct"}, -1.0)])
     assert len(units) == 8 and len(set(units.strata.tolist())) == 4

@@ -89,10 +89,10 @@ def test_train_binned_reuses_binning_run(mlflow_env, tiny_raw):
     assert len(trains) == 2 and {r.data.params["binning_run_id"] for r in trains} == {binning[0].info.run_id}
     assert {r.data.params["vocab_size"] for r in trains} == {"886"}
     # the upstream run says which code, environment and device made it, like the train runs
-    from thesis_mlflow.tracking import runs as tracking
+    from thesis_mlflow.tracking import provenance
 
     t = binning[0].data.tags
-    assert t["mlflow.source.name"] == "thesis-mlflow binning" and t.get("mlflow.source.git.commit") == tracking.code_state().commit
+    assert t["mlflow.source.name"] == "thesis-mlflow binning" and t.get("mlflow.source.git.commit") == provenance.code_state().commit
     assert {"code.dirty", "env.torch", "env.mlflow", "device", "host", "mlflow.user"} <= set(t)
 
 

@@ -77,7 +77,7 @@ def check_binning(n_bins: int, vect: int, phi: str, fit_on: str) -> None:
 def check_training(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int, device: str = "auto",
                    step_mode: str = "auto") -> None:
     """The rules of the training settings, in one place: a cell (``CellSpec``) and the training
-    loop's own config (``train.TrainConfig``, also built directly by benchmarks) both call this."""
+    loop's own config (``spec.TrainConfig``, also built directly by benchmarks) both call this."""
     for k, v in (("epochs", epochs), ("batch_size", batch_size)):
         if v < 1:
             raise BadSetting(f"{k} must be >= 1; got {v}")

@@ -36,9 +36,9 @@ from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream
 from thesis_mlflow.pipeline.stack import SeedStack
 from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec
-from thesis_mlflow.tracking import leases, views
+from thesis_mlflow.tracking import leases, provenance, views
 from thesis_mlflow.tracking import runs as tracking
-from thesis_mlflow.tracking.runs import are_done, is_done
+from thesis_mlflow.tracking.done import are_done, is_done
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -398,7 +398,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     if backend in ("condor", "slurm"):
         check_no_credentials(tracking.tracking_uri())  # before the store is contacted: a login in the URI would reach every job
     if not dry_run:
-        tracking.check_clean(allow_dirty)  # before any run is created
+        provenance.check_clean(allow_dirty)  # before any run is created
         if backend == "slurm":
             require_slurm()  # no parent or child for a scheduler that is not there
     cells = g.cells()

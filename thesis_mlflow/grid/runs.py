@@ -19,7 +19,7 @@ from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.rehearsal import TAG as REHEARSAL_TAG
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import leases, provenance
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ def find_or_create_parent(g: Grid, exp_id: str):
     params = {"grid_file": str(g.source), "scale_name": g.scale, "n_cells": len(g.cells()), "seeds": ",".join(map(str, g.seeds)),
               "tokenizers": ",".join(g.tokenizers)}
     c.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
-                tags=[RunTag(k, v) for k, v in tracking.provenance_tags("grid").items()])
-    code = tracking.code_state()
+                tags=[RunTag(k, v) for k, v in provenance.provenance_tags("grid").items()])
+    code = provenance.code_state()
     if code.dirty:
-        c.log_text(rid, code.diff, tracking.DIFF_ARTIFACT)
+        c.log_text(rid, code.diff, provenance.DIFF_ARTIFACT)
     if g.source:
         c.log_artifact(rid, str(g.source), "grid")
     return c.get_run(rid)

@@ -27,7 +27,7 @@ from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import FACTORS, CellSpec, cell_name, cell_tag
 from thesis_mlflow.tracking import leases
 from thesis_mlflow.tracking import runs as tracking
-from thesis_mlflow.tracking.runs import has_results
+from thesis_mlflow.tracking.done import has_results
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"

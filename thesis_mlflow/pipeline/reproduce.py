@@ -25,6 +25,7 @@ import numpy as np
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.pipeline.cell import train_cell
 from thesis_mlflow.spec import CellSpec
+from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def reproduce(run_id: str) -> Verdict:
         raise BadInput(f"run {run_id} scored {a.shape[0]} test events, its reproduction {b.shape[0]}: not the same test set")
     diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
     verdict = "identical" if diff == 0 else ("within tolerance" if diff <= TOLERANCE else "different")
-    now = tracking.provenance_tags("train")
+    now = provenance.provenance_tags("train")
     differs = {k: (old.data.tags.get(k), now.get(k)) for k in COMPARED if old.data.tags.get(k) != now.get(k)}
     v = Verdict(run_id, new_id, verdict, diff, differs)
     tracking.client().set_tag(new_id, "reproduction.verdict", verdict)

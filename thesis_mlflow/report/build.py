@@ -29,7 +29,7 @@ from thesis_mlflow.report.equivalence import MARGIN, check_margin
 from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking import views
-from thesis_mlflow.tracking.runs import finished_rows
+from thesis_mlflow.tracking.done import finished_rows
 
 log = logging.getLogger(__name__)
 

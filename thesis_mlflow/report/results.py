@@ -25,8 +25,9 @@ import pandas as pd
 from thesis_mlflow import spec
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.secret import mask
+from thesis_mlflow.tracking import provenance
 from thesis_mlflow.tracking import runs as tracking
-from thesis_mlflow.tracking.runs import finished_rows
+from thesis_mlflow.tracking.done import finished_rows
 
 FACTORS = [*spec.FACTORS, "seed"]  # a run's coordinates in the grid
 PARAMS = ["n_params", "n_params_embedding", "binning_run_id", "vqvae_run_id", "step_mode", "rng_stream", "rng_scheme"]
@@ -59,7 +60,7 @@ def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
             "met": str(p.get("met")).lower() == "true", "vect": int(p.get("vect", 0)), "seed": int(p.get("seed", 0)),
             "n_params": float(p.get("n_params", "nan")), "n_params_embedding": float(p.get("n_params_embedding", "nan")),
             **{k: p.get(k) for k in PARAMS[2:]}, **r.data.metrics,
-            "code": tracking.code_label(r.data.tags),
+            "code": provenance.code_label(r.data.tags),
         })
     base = ["run_id", "name", "status", *FACTORS, *PARAMS, "code"]
     df = pd.DataFrame(rows)

@@ -46,6 +46,7 @@ from thesis_mlflow.learn.metrics import BACKGROUNDS
 from thesis_mlflow.report import equivalence
 from thesis_mlflow.report.testnoise import boot_cov, bootstrap_weights, metric_mask, run_aucs, weighted_auc  # noqa: F401 - the public face
 from thesis_mlflow.spec import FACTORS, LEVELS
+from thesis_mlflow.tracking.done import finished_rows
 
 # contrasts read "later level minus earlier level": binned - direct, max - cls, met in - out, 5 - 4
 CONTRAST_ORDER = {**LEVELS, "met": (False, True)}  # as the spec lists them, but MET contrasts are "with - without"
@@ -328,8 +329,9 @@ def _contrasts(runs: pd.DataFrame, metrics: list[str]) -> list[dict]:
 
 
 def finished(runs: pd.DataFrame, scores: dict) -> pd.DataFrame:
-    """Finished runs that have their test scores, one row each (the first of duplicates)."""
-    fin = runs[(runs["status"] == "FINISHED") & runs["run_id"].isin(list(scores))].copy()
+    """Finished runs (the one done rule, ``tracking.done.finished_rows``: FINISHED with the test
+    metrics) whose test scores were read, one row each (the first of duplicates)."""
+    fin = runs[finished_rows(runs) & runs["run_id"].isin(list(scores))].copy()
     return fin.drop_duplicates([*FACTORS, "seed"]).reset_index(drop=True)
 
 

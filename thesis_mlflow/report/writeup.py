@@ -30,7 +30,7 @@ from thesis_mlflow.learn import metrics
 from thesis_mlflow.report import equivalence, stats
 from thesis_mlflow.report.palette import NEUTRAL, POOLING_COLORS, PROCESS_COLORS, other_color, tokenizer_color
 from thesis_mlflow.spec import LEVELS, METS, SCHEME, VECTS
-from thesis_mlflow.tracking.runs import finished_rows
+from thesis_mlflow.tracking.done import finished_rows
 
 CELL = list(stats.FACTORS)
 FACTOR_ORDER = {k: list(v) for k, v in LEVELS.items()}

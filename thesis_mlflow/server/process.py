@@ -6,7 +6,7 @@ PostgreSQL when dozens of jobs log at once.
 
 On a shared login node nothing is trusted that this code did not start or cannot verify:
 
-- The root must be the user's own and writable by nobody else (``private.secure_dir``).
+- The root must be the user's own and writable by nobody else (``permissions.secure_dir``).
 - The port must be free before anything is written; the server is "up" only when the
   process started here is alive, the socket answering on the port belongs to its process
   tree, and ``/health`` answers there (over TLS, verified, beyond loopback). A stranger

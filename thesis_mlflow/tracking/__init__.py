@@ -3,8 +3,9 @@
 helpers, ``errors``, ``spec`` and ``secret``; never ``pipeline``, ``grid``, ``report`` or ``server``.
 
 - ``runs``: the client with retries, experiments, runs and each run's own log, reuse of upstream
-  runs, artifacts; each run's provenance (which code, environment and device made it); when a
-  train run counts as finished (``is_done``, the one rule)
+  runs, artifacts
+- ``provenance``: which code, environment and device made a run
+- ``done``: when a train run counts as finished (``is_done``, the one rule)
 - ``leases``: who works on a run, decided by the server (claims, beats, fencing)
 - ``peer``: who answers on a loopback port; ``telemetry``: MLflow's telemetry off
 - ``views``: saved views of the runs table (experiment tags)
@@ -14,4 +15,4 @@ Public API: ``client``, ``step_run``, ``retrying``, ``is_done``.
 
 from thesis_mlflow._lazy import public
 
-__getattr__, __dir__ = public(__name__, {"client": "runs", "step_run": "runs", "retrying": "runs", "is_done": "runs"})
+__getattr__, __dir__ = public(__name__, {"client": "runs", "step_run": "runs", "retrying": "runs", "is_done": "done"})

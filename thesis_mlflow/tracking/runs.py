@@ -1,7 +1,7 @@
 """Everything that talks to MLflow (with ``steps/``): store, experiment, runs, reuse, inputs;
-what every run records about the code, environment and device that made it (provenance); and
-when a train run counts as finished (the one rule). Sections, in order: each run's own log; the
-store, experiment and step runs; fencing, logging and queries; provenance; when a cell is done.
+which code made a run is ``provenance``'s, when a train run counts as finished ``done``'s (the one
+rule). Sections, in order: each run's own log; the store, experiment and step runs; fencing,
+logging and queries.
 
 Conventions (docs/design.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`` or
 ``sqlite:///mlflow.db`` in the working directory; experiment ``4t-tokenization`` unless
@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
-import importlib.metadata
 import logging
 import os
-import platform
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +22,6 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from thesis_mlflow.errors import BadInput, BadSetting, LeaseLost, RunConflict, Unavailable, UserError
 from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import peer
+from thesis_mlflow.tracking.provenance import DIFF_ARTIFACT, code_state, provenance_tags
 
 log = logging.getLogger(__name__)
 peer.install()  # every new loopback connection of this process is checked before the login goes out on it
@@ -670,175 +665,3 @@ def ui_hint(experiment_id: str | None = None) -> str:
         f"mlflow ui --backend-store-uri {uri} --port 5000   then open "
         f"http://127.0.0.1:5000/#/experiments/{exp}/runs"
     )
-
-
-# --------------------------------------------------------------------------- provenance
-# Which code, environment and device made a run, recorded in one place on every run.
-#
-# ``provenance_tags(step)`` is what ``step_run`` sets on each step's run (train, binning, VQ-VAE,
-# compare, report, generate) and ``gridruns`` on a grid's parent: MLflow's own tags where they
-# exist (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``) and the project's
-# for the rest (``code.dirty``, ``env.python`` / ``env.torch`` / ``env.cuda`` / ``env.mlflow`` /
-# ``env.numpy``, ``env.threads`` (torch's CPU threads), ``device``, ``host``). A tree with uncommitted changes also gets its diff
-# against the commit as the artifact ``provenance/diff.patch``. The data file's digest and the
-# run's random stream are logged where the run reads them (``data.sha256``, ``spec.RunStream``).
-#
-# The code is the checkout this package was imported from (an editable install, as ``make
-# setup`` makes); an installed copy outside git records no commit and says so.
-
-CHECKOUT = Path(__file__).resolve().parents[2]  # the code this package was imported from
-COMMIT, DIRTY = "mlflow.source.git.commit", "code.dirty"
-DIFF_ARTIFACT = "provenance/diff.patch"
-
-
-@dataclass(frozen=True)
-class Code:
-    commit: str | None  # None: not a git checkout
-    dirty: bool
-    changed: tuple[str, ...]  # files with uncommitted changes (tracked or not ignored)
-    diff: str  # `git diff HEAD` plus the untracked files' names
-
-    @property
-    def label(self) -> str:
-        return "no git checkout" if self.commit is None else self.commit[:12] + ("-dirty" if self.dirty else "")
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True).stdout
-
-
-@functools.lru_cache(maxsize=8)
-def code_state(root: Path = CHECKOUT) -> Code:
-    """The commit of ``root`` and whether its tree has uncommitted changes (once per process)."""
-    try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
-        status = _git(root, "status", "--porcelain", "--untracked-files=normal")
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return Code(None, False, (), "")
-    changed = tuple(line[3:] for line in status.splitlines() if line.strip())
-    diff = _git(root, "diff", "HEAD") if changed else ""
-    untracked = [c for line, c in zip(status.splitlines(), changed, strict=False) if line.startswith("??")]
-    if untracked:
-        diff += "".join(f"# untracked: {u}\n" for u in untracked)
-    return Code(commit, bool(changed), changed, diff)
-
-
-def _version(pkg: str) -> str:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def device_name() -> str:
-    """The GPU this process uses (name and driver) when torch has CUDA up, else the CPU model."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        name = torch.cuda.get_device_name()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            name += f", driver {pynvml.nvmlSystemGetDriverVersion()}"
-        except Exception:  # noqa: BLE001 - the driver version is a nicety
-            pass
-        return name
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "CPU: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU: " + (platform.processor() or platform.machine())
-
-
-def environment() -> dict[str, str]:
-    torch = sys.modules.get("torch")
-    cuda = (torch.version.cuda or "none") if torch is not None else "not loaded"
-    out = {"env.python": platform.python_version(), "env.torch": _version("torch"), "env.cuda": cuda,
-           "env.mlflow": _version("mlflow"), "env.numpy": _version("numpy")}
-    if torch is not None:  # CPU results depend on it (the order of sums in a matmul): a cell remade with other threads differs
-        out["env.threads"] = str(torch.get_num_threads())
-    return out
-
-
-def provenance_tags(step: str, root: Path = CHECKOUT) -> dict[str, str]:
-    """The provenance tags of a run of ``step`` made by this process."""
-    c = code_state(root)
-    out = {"mlflow.source.name": f"thesis-mlflow {step}", "mlflow.user": getpass.getuser(), "host": socket.gethostname(),
-           DIRTY: "true" if c.dirty else "false", "device": device_name(), **environment()}
-    if c.commit:
-        out[COMMIT] = c.commit
-    return out
-
-
-def code_label(tags: dict) -> str:
-    """Which code made a run, from its tags: the commit (12 characters, ``-dirty`` with
-    uncommitted changes), or ``unknown`` for runs logged before provenance was recorded."""
-    commit = tags.get(COMMIT)
-    if not commit or DIRTY not in tags:
-        return "unknown"
-    return commit[:12] + ("-dirty" if tags[DIRTY] == "true" else "")
-
-
-def check_clean(allow_dirty: bool, root: Path = CHECKOUT) -> Code:
-    """A grid's code must be committed, so every cell says which code made it; with
-    ``allow_dirty`` the diff is recorded instead. Raises ``BadSetting`` naming the files."""
-    c = code_state(root)
-    if c.dirty and not allow_dirty:
-        shown = ", ".join(c.changed[:5]) + (f" and {len(c.changed) - 5} more" if len(c.changed) > 5 else "")
-        raise BadSetting(f"the code in {root} has uncommitted changes ({shown}): a grid whose cells ran different code looks like "
-                         "one experiment. Commit them, or pass --allow-dirty (the diff is then recorded on the grid's parent run)")
-    return c
-
-
-# --------------------------------------------------------------------------- when a cell is done
-# When a cell is finished (docs/design.md section 6): its test metrics *and* its test scores exist.
-#
-# A train run logs ``eval/test_scores.npz`` first and its test metrics last, so a run evicted
-# in between has no test metrics and is trained (resumed) again. Runs of older versions logged
-# the metrics first; the artifact is checked too, so such a run without scores is not "done".
-# The grid driver, a pack, ``train`` itself, ``grid status`` and the report all decide it here:
-# ``is_done`` on one run (its artifacts listed), ``finished`` / ``finished_rows`` on what a runs
-# table holds (one query for a whole grid, no artifact listing: the status line and the report's
-# tables; the report then loads the scores, and a run without them counts as missing).
-
-SCORES = "eval/test_scores.npz"
-FINAL_METRIC = "test_auc"
-
-
-def has_scores(run_id: str, artifact_uri: str | None = None) -> bool:
-    return has_artifact(run_id, SCORES, artifact_uri)
-
-
-def has_results(run) -> bool:
-    """The run's evaluation is complete: test metrics logged and the scores stored."""
-    return FINAL_METRIC in run.data.metrics and has_scores(run.info.run_id, run.info.artifact_uri)
-
-
-def finished(status: str, metrics) -> bool:
-    """The rule on a runs table's row: FINISHED with its final test metric (logged last)."""
-    return status == "FINISHED" and FINAL_METRIC in metrics
-
-
-def finished_rows(runs):
-    """``finished`` over a runs table (a pandas DataFrame with ``status`` and the final metric's
-    column): a boolean Series."""
-    if FINAL_METRIC not in runs:
-        return runs["status"] != runs["status"]  # all False, same index
-    return (runs["status"] == "FINISHED") & runs[FINAL_METRIC].notna()
-
-
-def is_done(run) -> bool:
-    """A finished cell: FINISHED with its results (nothing left to train or log)."""
-    return finished(run.info.status, run.data.metrics) and has_scores(run.info.run_id, run.info.artifact_uri)
-
-
-def are_done(runs) -> list[bool]:
-    """``is_done`` of each of ``runs``, their artifacts listed side by side: one listing takes
-    ~130 ms against a server with its login, and a grid's 36 one after another took ~5 s."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    runs = list(runs)
-    with ThreadPoolExecutor(max_workers=min(8, len(runs) or 1), thread_name_prefix="are-done") as pool:
-        return list(pool.map(is_done, runs))  # a run that has not finished is answered without a request
