@@ -112,7 +112,7 @@ def prepare_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events) 
 def pack_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events, runs, mode, at_once, mps, device, stack_seeds,
              slurm_requeues) -> None:
     if slurm_requeues is not None:  # before the heavy imports: SLURM's warning may come while they run
-        from thesis_mlflow.grid.packing import watch_time_limit
+        from thesis_mlflow.grid.slurm.injob import watch_time_limit
 
         watch_time_limit()
     from thesis_mlflow.grid.driver import run_pack

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.fault import kill_env
-from thesis_mlflow.grid import packing
+from thesis_mlflow.grid import mps, packing
 from thesis_mlflow.grid.condor.submit import write_dag
 from thesis_mlflow.grid.driver import run_pack
 from thesis_mlflow.grid.gridfile import load_grid
@@ -242,25 +242,25 @@ def _fake_gpu_node(tmp_path, monkeypatch, mps_record: str) -> Path:
 def test_mps_daemon_started_and_stopped(tmp_path, monkeypatch):
     """The plumbing of a private MPS daemon, with stand-ins for nvidia-smi and the control binary."""
     calls = _fake_gpu_node(tmp_path, monkeypatch, "$@ pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat 2>/dev/null | head -1)")
-    monkeypatch.setattr(packing, "MPS_PROBE", ["true"])  # a CUDA client that got through
+    monkeypatch.setattr(mps, "MPS_PROBE", ["true"])  # a CUDA client that got through
     assert packing.gpu_count() == 1
-    with packing.shared_gpu("auto", 4) as env:
+    with mps.shared_gpu("auto", 4) as env:
         pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
         assert Path(pipe).is_dir() and Path(env["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
     assert not Path(pipe).exists()  # removed afterwards
     started, stopped = calls.read_text().splitlines()
     assert started.startswith(f"-d pipe={pipe}") and stopped == f" pipe={pipe} stdin=quit"
-    with packing.shared_gpu("auto", 1) as env:  # one process: nothing to share
+    with mps.shared_gpu("auto", 1) as env:  # one process: nothing to share
         assert env == {}
 
 
 def test_mps_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # neither nvidia-smi nor the MPS control binary
-    with packing.shared_gpu("auto", 8) as env:
+    with mps.shared_gpu("auto", 8) as env:
         assert env == {}
-    with pytest.raises(RuntimeError, match="nvidia-cuda-mps-control is not on the PATH"), packing.shared_gpu("on", 8):
+    with pytest.raises(RuntimeError, match="nvidia-cuda-mps-control is not on the PATH"), mps.shared_gpu("on", 8):
         pass
-    with pytest.raises(ValueError, match="mps must be one of auto, on, off"), packing.shared_gpu("sometimes", 8):
+    with pytest.raises(ValueError, match="mps must be one of auto, on, off"), mps.shared_gpu("sometimes", 8):
         pass
 
 
@@ -285,11 +285,11 @@ def test_job_ads_carry_no_secrets(tmp_path, monkeypatch):
 def test_a_daemon_no_cuda_client_can_use_is_not_used(tmp_path, monkeypatch):
     """The control daemon starts, but a real client fails (a broken MPS setup): no MPS, and the daemon is stopped."""
     calls = _fake_gpu_node(tmp_path, monkeypatch, "$@ stdin=$(cat 2>/dev/null | head -1)")
-    monkeypatch.setattr(packing, "MPS_PROBE", [sys.executable, "-c", "raise SystemExit('all CUDA-capable devices are busy')"])
-    with packing.shared_gpu("auto", 8) as env:
+    monkeypatch.setattr(mps, "MPS_PROBE", [sys.executable, "-c", "raise SystemExit('all CUDA-capable devices are busy')"])
+    with mps.shared_gpu("auto", 8) as env:
         assert env == {}
     assert calls.read_text().splitlines() == ["-d stdin=", " stdin=quit"]
-    with pytest.raises(RuntimeError, match="could not use the MPS daemon"), packing.shared_gpu("on", 8):
+    with pytest.raises(RuntimeError, match="could not use the MPS daemon"), mps.shared_gpu("on", 8):
         pass
 
 
@@ -312,13 +312,13 @@ def test_a_signalled_pack_stops_its_children(tmp_path):
     code = f"""
 import sys, time
 from pathlib import Path
-from thesis_mlflow.grid import packing
-jobs = [packing.Job(f"c{{i}}", [sys.executable, "-c", "import time; time.sleep(120)"], {{}}, Path({str(tmp_path)!r}) / f"c{{i}}.log", Path("."))
+from thesis_mlflow.grid import processes, signals
+jobs = [processes.ChildProcess(f"c{{i}}", [sys.executable, "-c", "import time; time.sleep(120)"], {{}}, Path({str(tmp_path)!r}) / f"c{{i}}.log", Path("."))
         for i in range(2)]
 killed = []
 try:
-    with packing.signals_as_interrupt():
-        packing.run_jobs(jobs, 2, lambda *a: None, on_interrupt=lambda j: killed.append(j.pid))
+    with signals.signals_as_interrupt():
+        processes.run_processes(jobs, 2, lambda *a: None, on_interrupt=lambda j: killed.append(j.pid))
 except KeyboardInterrupt:
     Path({str(tmp_path / "killed")!r}).write_text(" ".join(map(str, killed)))
 """
@@ -361,20 +361,19 @@ def test_a_job_that_asked_for_a_gpu_trains_on_it_or_fails_at_once(tmp_path, mlfl
 
 def test_a_slurm_warning_during_set_up_requeues_without_training(mlflow_env, tiny_raw, tmp_path, monkeypatch):
     """SLURM's time-limit warning arrived while the pack job was still importing (noted by
-    ``packing.watch_time_limit``): the pack trains nothing and asks for its requeue; at its cap of
+    ``injob.watch_time_limit``): the pack trains nothing and asks for its requeue; at its cap of
     requeues it gives up with one line saying the limit is too short for one epoch.
     (Plant: the early warning not read -> the pack trains its cells.)"""
     import signal
 
     from thesis_mlflow.errors import StepFailed
-    from thesis_mlflow.grid import packing
-    from thesis_mlflow.grid.slurm import commands
+    from thesis_mlflow.grid.slurm import commands, injob
 
     gfile, exp, children, runs = _pack(tmp_path, tiny_raw, "early", ["max"], max_train_events=300)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
     asked = []
     monkeypatch.setattr(commands, "run", lambda cmd, check=True: asked.append(cmd))
-    monkeypatch.setattr(packing.EARLY, "signum", signal.SIGUSR1)
+    monkeypatch.setattr(injob.EARLY, "signum", signal.SIGUSR1)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     before = signal.getsignal(signal.SIGTERM)

@@ -7,7 +7,11 @@ Scheduler-free, here: what a grid is and how its cells run, whichever scheduler 
 - ``gridfile``: YAML -> cells (``CellSpec``) and the exact command each cell runs
 - ``runs``: a grid's parent and children in MLflow
 - ``driver``: run a grid (the local backend, packs), resume what is left
-- ``packing``: several cells on one GPU (threads, processes, CUDA MPS, thread budgets, signals)
+- ``packing``: a node's resources for packed cells (cores, thread budgets, GPUs, compile cache)
+- ``mps``: processes sharing one GPU under a private CUDA MPS daemon
+- ``processes``: child processes run a few at a time (``ChildProcess``, ``run_processes``)
+- ``signals``: a job's SIGTERM / SIGHUP (and SLURM's SIGUSR1) as Ctrl-C
+- ``rehearsal``: a grid as its rehearsal runs it (real sizes, few steps, its own name)
 - ``jobs``: one model of a grid's batch jobs (``JobView``), whichever scheduler runs them
 - ``jobenv``: what a batch job's environment may carry (never a secret)
 - ``quoting``: every value that reaches a scheduler's file, checked or quoted by one rule

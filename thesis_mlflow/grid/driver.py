@@ -25,10 +25,13 @@ from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor.submit import run_condor
 from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.jobenv import check_no_credentials
+from thesis_mlflow.grid.mps import shared_gpu
+from thesis_mlflow.grid.processes import ChildProcess, run_processes
 from thesis_mlflow.grid.rehearsal import Rehearsal
 from thesis_mlflow.grid.runs import close_left_running, ensure_children, find_or_create_parent
+from thesis_mlflow.grid.signals import signals_as_interrupt
 from thesis_mlflow.grid.slurm import state as slurmstate
-from thesis_mlflow.grid.slurm.injob import MARK, near_end, requeue_self
+from thesis_mlflow.grid.slurm.injob import EARLY, MARK, near_end, requeue_self
 from thesis_mlflow.grid.slurm.submit import job_dir as job_dir_of
 from thesis_mlflow.grid.slurm.submit import require_slurm, run_slurm
 from thesis_mlflow.grid.status import WATCHED, grid_status, publish, publish_after_cell
@@ -134,7 +137,7 @@ def train_here(todo: list[tuple[CellSpec, str]], echo: Echo = _log_echo, side_by
 
 
 def _wait_or_stop(futures) -> None:
-    """Wait for the cells trained in threads; on Ctrl-C or a signal (``packing.signals_as_interrupt``)
+    """Wait for the cells trained in threads; on Ctrl-C or a signal (``signals_as_interrupt``)
     tell every fit of the process to stop at its next step, wait for them (seconds: each run
     ends KILLED, its last checkpoint kept), lift the stop and re-raise."""
     try:
@@ -198,7 +201,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
     returns {cell name: final status}. Each worker imports and sets up once and trains its share
     of the cells one after another (each still its own child run, checkpoint and resume); the
     workers share the node's GPU (under a private MPS daemon where one can be started,
-    ``packing.shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
+    ``shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
     logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
     parallel = max(1, min(parallel, len(todo) or 1))
     n_gpus = packing.gpu_count()
@@ -231,7 +234,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
                 r = ended[rid]
                 report(cell, r, "FINISHED" if is_done(r) else r.info.status, str(logs))
 
-    def on_done(job: packing.Job, code: int, seconds: float) -> None:
+    def on_done(job: ChildProcess, code: int, seconds: float) -> None:
         poll()
         for cell, rid in job.cells:
             if cell.name in result:
@@ -245,11 +248,11 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
             close_left_running(rid, job.pid)  # the worker died with it
             report(cell, tracking.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
 
-    def on_interrupt(job: packing.Job) -> None:
+    def on_interrupt(job: ChildProcess) -> None:
         for _, rid in job.cells:
             close_left_running(rid, job.pid, "KILLED")
 
-    with packing.signals_as_interrupt(), packing.shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
+    with signals_as_interrupt(), shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
                 **packing.thread_env(workers), **gpu_env, **(packing.compile_cache_env() if n_gpus else {})}
         base.pop("MLFLOW_RUN_ID", None)
@@ -258,10 +261,10 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: 
             env = dict(base)
             if n_gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # one worker per GPU
-            job = packing.Job(f"worker-{i}", worker_command(g, group, mode, at_once, stack_seeds), env, logs / f"worker-{i}.log", ROOT)
+            job = ChildProcess(f"worker-{i}", worker_command(g, group, mode, at_once, stack_seeds), env, logs / f"worker-{i}.log", ROOT)
             job.cells = group
             jobs.append(job)
-        packing.run_jobs(jobs, workers, on_done, on_interrupt, on_poll=poll)
+        run_processes(jobs, workers, on_done, on_interrupt, on_poll=poll)
     return result
 
 
@@ -314,12 +317,12 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
         "side by side on the GPU, one CUDA stream each" if side else "one process per cell" if mode == "processes" else "one after another")
     echo(f"pack of {len(pairs)} cells: {len(pairs) - len(todo)} finished, {len(todo)} to train" + (f" ({how})" if todo else ""))
     status = {}
-    if todo and slurm_requeues is not None and (packing.EARLY.time_limit or near_end(g.slurm.signal_before_end_s)):
+    if todo and slurm_requeues is not None and (EARLY.time_limit or near_end(g.slurm.signal_before_end_s)):
         echo(f"{MARK} SLURM's time-limit warning came while the pack was setting up: nothing trained in this attempt")
         requeue_self(False, slurm_requeues, echo)  # raises when it will not
         return {name: "REQUEUED" for name, _ in pairs}
     if todo:
-        with packing.signals_as_interrupt(time_limit=slurm_requeues is not None) as caught:
+        with signals_as_interrupt(time_limit=slurm_requeues is not None) as caught:
             try:
                 if mode == "processes":
                     status = run_cells_processes(g, todo, echo, mps)
@@ -347,19 +350,19 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
     result: dict[str, str] = {}
     logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
 
-    def on_done(job: packing.Job, code: int, seconds: float) -> None:
+    def on_done(job: ChildProcess, code: int, seconds: float) -> None:
         rid = job.env["MLFLOW_RUN_ID"]
         if code != 0 and code != LeaseHeld.exit_code:
             close_left_running(rid, job.pid)
         result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else tracking.get_run(rid).info.status
         echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
 
-    with packing.shared_gpu(mps, len(todo)) as gpu_env:
+    with shared_gpu(mps, len(todo)) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
                 **packing.thread_env(len(todo)), **gpu_env}
-        jobs = [packing.Job(cell.name, train_command(cell), {**base, "MLFLOW_RUN_ID": rid}, logs / f"{cell.name}.log", ROOT)
+        jobs = [ChildProcess(cell.name, train_command(cell), {**base, "MLFLOW_RUN_ID": rid}, logs / f"{cell.name}.log", ROOT)
                 for cell, rid in todo]
-        packing.run_jobs(jobs, len(todo), on_done)
+        run_processes(jobs, len(todo), on_done)
     return result
 
 

@@ -1,7 +1,7 @@
 """The SLURM pack's side inside its job: the mark its log lines carry, SLURM's warning before the
 time limit (``USR1``, ``TIME_LIMIT_SIGNAL``), whether the job is already within it (``near_end``),
 and the pack's own requeue once its cells have stopped at their checkpoints (``requeue_self``).
-(Catching the signal itself: ``grid.packing.signals_as_interrupt``, shared with the local backend's
+(Catching the signal itself: ``grid.signals.signals_as_interrupt``, shared with the local backend's
 Ctrl-C.)"""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from thesis_mlflow.errors import StepFailed
+from thesis_mlflow.grid.signals import Caught
 from thesis_mlflow.grid.slurm import commands
 
 log = logging.getLogger(__name__)
@@ -58,3 +59,18 @@ def requeue_self(progressed: bool, max_requeues: int, echo: Callable[[str], None
     # process exits by itself instead of dying with a traceback in the middle of the request
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     commands.run(["scontrol", "requeue", job])
+
+
+EARLY = Caught()  # SLURM's time-limit warning when it came while a pack was still setting up
+
+
+def watch_time_limit() -> None:
+    """Note SLURM's warning before the time limit (SIGUSR1) from the first moment of a pack job,
+    while it still sets up (importing torch and MLflow takes seconds, more on a busy node): its
+    default action would end the process, and SLURM sends it once. ``driver.run_pack`` reads ``EARLY``."""
+    import signal
+
+    def note(signum, frame):
+        EARLY.signum = signum
+
+    signal.signal(signal.SIGUSR1, note)
