@@ -5,7 +5,7 @@ Starts a one-node SLURM cluster (Debian's packages, ``tests/slurmcluster.py``; r
 ``make test``) and a tracking server of its own, both under a temporary folder, and rehearses
 ``configs/grids/binning_vs_direct.yaml --scale full --backend slurm --wait``, with the grid's
 ``slurm:`` section pointed at that cluster: its partition, CPU jobs (no GPU here), one core and
-the grid's memory per job; ``time``, ``cells_per_job``, ``signal_before_end_s`` and
+8G per job (two jobs at once on a 2-core node of ~19 GB); ``time``, ``cells_per_job``, ``signal_before_end_s`` and
 ``max_requeues`` as the grid file sets them. Prints the wall time, the peak memory of any job
 (``sacct``-free: the cells' own ``cost.peak_rss_mb``) and the forecast table.
 
@@ -60,7 +60,7 @@ def main() -> int:
         data = Path(doc.get("data", "data/4tops_synthetic.h5"))
         doc["data"] = str(data if data.is_absolute() else ROOT / data)
         doc["slurm"] = {**doc.get("slurm", {}), "partition": cluster.partition, "account": None, "qos": None, "gpus_per_job": 0,
-                        "gpu_type": None, "cpus_per_job": 1, "job_dir": str(tmp / "jobs")}
+                        "gpu_type": None, "cpus_per_job": 1, "mem": "8G", "job_dir": str(tmp / "jobs")}  # two jobs at once on this node
         gfile = tmp / "thesis.yaml"
         gfile.write_text(yaml.safe_dump(doc))
         t0 = time.perf_counter()

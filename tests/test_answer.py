@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.test_stats import simulate
-from thesis_mlflow.report import stats
-from thesis_mlflow.report import writeup as report
+from thesis_mlflow.report import answer, documents, stats, tables
 
 POOL = ["cls", "mean", "max"]
 
@@ -39,7 +38,7 @@ def grid(k: dict, n_seeds=3, seed_sd=0.03, n_events=600, rng=None, cells=None):
 def words(runs, scores, streams=None):
     eff = stats.effects(runs, scores, n_boot=200, metrics=["auc"])
     toks = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=200)
-    return report.answer(toks, eff, pd.DataFrame(), streams=streams), eff
+    return answer.answer(toks, eff, pd.DataFrame(), streams=streams), eff
 
 
 def test_a_clear_winner_is_named_with_its_matched_differences():
@@ -114,7 +113,7 @@ def test_no_winner_in_a_world_without_tokenizer_effect_and_one_with_a_clear_effe
             runs, scores, _ = simulate(rng, effect_k=effect)
             eff = stats.effects(runs, scores, n_boot=100, seed=i, metrics=["auc"])
             toks = stats.cell_intervals(runs, scores, by=("tokenizer",), n_boot=100, seed=i)
-            bucket.append(report.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
+            bucket.append(answer.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
     print(f"winner named: {np.mean(named_null):.3f} without an effect, {np.mean(named_effect):.3f} with a two-seed-sd effect")
     assert np.mean(named_null) <= 0.05
     assert np.mean(named_effect) >= 0.80
@@ -126,7 +125,7 @@ def test_ranking_uses_matched_differences():
         {"kind": "main", "factor": "tokenizer", "level_a": "vqvae", "level_b": "direct", "estimate": -0.01, "significant": False},
         {"kind": "main", "factor": "tokenizer", "level_a": "vqvae", "level_b": "binned", "estimate": -0.03, "significant": True},
     ]).assign(ci_low=0.0, ci_high=0.0)
-    r = report.ranking(eff)
+    r = answer.ranking(eff)
     assert r["tokenizer"].tolist() == ["binned", "direct", "vqvae"]
     assert r.set_index("tokenizer").loc["binned", ["beats", "loses"]].tolist() == [2, 0]
     assert math.isclose(r.set_index("tokenizer").loc["direct", "score"], (-0.02 + 0.01) / 2)
@@ -159,17 +158,17 @@ def test_omnibus_on_a_grid_it_cannot_fit_says_why():
     runs, scores = grid(k)
     tab, comps = stats.omnibus(runs, scores, n_boot=20)
     assert not len(tab) and "at least 2 tokenizers" in comps["note"]
-    assert report.omnibus_sentences(tab, comps) == ["Factorial model not fitted: needs at least 2 tokenizers and 2 seeds."]
+    assert answer.omnibus_sentences(tab, comps) == ["Factorial model not fitted: needs at least 2 tokenizers and 2 seeds."]
 
 
 def test_overtraining_flags_large_train_test_gaps_only():
     runs = pd.DataFrame([{"name": n, "status": "FINISHED", "tokenizer": "direct", "pooling": "cls", "met": True, "vect": 4, "seed": i,
                           "train_auc": tr, "test_auc": te} for i, (n, tr, te) in enumerate((("a", 0.90, 0.85), ("b", 0.86, 0.85),
                                                                                                ("c", np.nan, 0.8)))])
-    chk = report.overtraining(runs)
+    chk = tables.overtraining(runs)
     assert chk["name"].tolist() == ["a", "b"] and chk["flagged"].tolist() == [True, False]
     assert chk["gap"].iloc[0] == pytest.approx(0.05)
-    assert not len(report.overtraining(runs.drop(columns=["train_auc"])))  # runs from before train_auc: no check, no crash
+    assert not len(tables.overtraining(runs.drop(columns=["train_auc"])))  # runs from before train_auc: no check, no crash
 
 
 def test_tokenizer_table_shows_parameter_counts():
@@ -177,7 +176,7 @@ def test_tokenizer_table_shows_parameter_counts():
     runs, scores = grid(k)
     runs["n_params"] = runs["tokenizer"].map({"direct": 1000, "binned": 900}) + (runs["pooling"] == "cls") * 72
     runs["n_params_embedding"] = runs["tokenizer"].map({"direct": 56, "binned": 6000})
-    t = report.tokenizer_table(runs, scores, n_boot=20).set_index("tokenizer")
+    t = tables.tokenizer_table(runs, scores, n_boot=20).set_index("tokenizer")
     assert t.loc["direct", ["params_min", "params_max", "params_embedding"]].tolist() == [1056, 1128, 56]
     assert t.loc["binned", ["params_min", "params_max"]].tolist() == [6900, 6972]
 
@@ -185,7 +184,7 @@ def test_tokenizer_table_shows_parameter_counts():
 def test_an_unfitted_factorial_model_says_why_and_nothing_after_it():
     """The page's factorial section: the reason it was not fitted, and no stray "none" table
     after it (plant: the empty table's "none" back)."""
-    r = report.Report(grid="g", cells=pd.DataFrame(), effects=pd.DataFrame(), missing=pd.DataFrame(),
+    r = documents.Report(grid="g", cells=pd.DataFrame(), effects=pd.DataFrame(), missing=pd.DataFrame(),
                       components={"note": "needs at least 2 tokenizers and 2 seeds"})
     page = r.html()
     section = page.split("<h2>Is there a tokenizer effect at all? (factorial model)</h2>")[1].split("<h2>")[0]
@@ -202,7 +201,7 @@ def test_the_detectable_difference_is_found_with_80_percent_power(df):
     replaced fell to 0.79 at 9 df and 0.72 at 2 df (simulated here)."""
     from scipy import stats as sps
 
-    from thesis_mlflow.report.writeup import detectable
+    from thesis_mlflow.report.answer import detectable
 
     rng = np.random.default_rng(df)
     se, n, k = 0.004, 400_000, 3

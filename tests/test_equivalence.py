@@ -14,8 +14,7 @@ from scipy import stats as sps
 from tests.test_stats import _main, simulate
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid.gridfile import load_grid
-from thesis_mlflow.report import equivalence, stats
-from thesis_mlflow.report import writeup as report
+from thesis_mlflow.report import answer, equivalence, stats
 
 
 def _row(est, se, df=10.0, a="binned", b="direct", margin=0.005, significant=None, alpha=0.05) -> dict:
@@ -61,18 +60,18 @@ def test_verdict_sentences_read_the_pair_against_its_reference():
     """Each verdict in words, with the numbers of its interval; a row stored the other way round
     ("direct - binned") is turned, and so is its one-sided claim (plant: no turn -> "binned is
     better than direct")."""
-    s = report.verdict_sentence("binned", "direct", _row(0.001, 0.001), 0.005)
+    s = answer.verdict_sentence("binned", "direct", _row(0.001, 0.001), 0.005)
     assert s.startswith("binned is equivalent to direct within ±0.005 AUC: 90% CI [-0.0008, +0.0028] lies inside the margin")
-    s = report.verdict_sentence("binned", "direct", _row(-0.03, 0.005), 0.005)
+    s = answer.verdict_sentence("binned", "direct", _row(-0.03, 0.005), 0.005)
     lo, hi = -0.03 - sps.t.ppf(0.975, 10) * 0.005, -0.03 + sps.t.ppf(0.975, 10) * 0.005
     assert s == f"binned is worse than direct by {-hi:.4f} to {-lo:.4f} in AUC (95% CI; p_Holm < 0.001)."
     stored = pd.DataFrame([_row(0.03, 0.005, a="direct", b="binned")])
-    turned = report._oriented(stored, "binned", "direct")
-    assert report.verdict_sentence("binned", "direct", turned, 0.005).startswith("binned is worse than direct by")
+    turned = answer._oriented(stored, "binned", "direct")
+    assert answer.verdict_sentence("binned", "direct", turned, 0.005).startswith("binned is worse than direct by")
     stored = pd.DataFrame([_row(-0.004, 0.003, a="direct", b="binned")])  # direct non-superior to binned = binned non-inferior
-    assert report.verdict_sentence("binned", "direct", report._oriented(stored, "binned", "direct"), 0.005).startswith(
+    assert answer.verdict_sentence("binned", "direct", answer._oriented(stored, "binned", "direct"), 0.005).startswith(
         "binned is non-inferior to direct: not worse by 0.005 AUC or more (90% CI [-0.0014, +0.0094] above -0.005)")
-    assert "inconclusive" in report.verdict_sentence("binned", "direct", _row(0.0, 0.01), 0.005)
+    assert "inconclusive" in answer.verdict_sentence("binned", "direct", _row(0.0, 0.01), 0.005)
 
 
 def test_the_answers_first_sentences_are_the_verdicts_against_direct():
@@ -83,7 +82,7 @@ def test_the_answers_first_sentences_are_the_verdicts_against_direct():
                         _row(-0.031, 0.005, a="vqvae", b="binned", margin=0.01)], columns=stats.EFFECT_COLUMNS)
     eff.attrs["margin"] = 0.01
     toks = pd.DataFrame({"tokenizer": ["direct", "binned", "vqvae"], "mean": [0.80, 0.80, 0.77]})
-    ans = report.answer(toks, eff, pd.DataFrame())
+    ans = answer.answer(toks, eff, pd.DataFrame())
     assert ans[0].startswith("No tokenizer is detectably best")
     assert ans[1].startswith("binned is equivalent to direct within ±0.01 AUC")
     assert ans[2].startswith("vqvae is worse than direct by")
@@ -96,7 +95,7 @@ def test_the_answers_first_sentences_are_the_verdicts_against_direct():
     assert not any("could have detected" in x for x in ans)
     eff2 = pd.DataFrame([_row(0.0, 0.01, a="binned", b="direct", margin=0.01), *eff.iloc[1:].to_dict("records")], columns=stats.EFFECT_COLUMNS)
     eff2.attrs["margin"] = 0.01
-    assert any("could have detected" in x for x in report.answer(toks, eff2, pd.DataFrame()))
+    assert any("could have detected" in x for x in answer.answer(toks, eff2, pd.DataFrame()))
 
 
 def test_the_margin_comes_from_the_grid_file_and_is_checked(tmp_path):
@@ -167,7 +166,7 @@ def test_a_winner_of_eight_standard_errors_is_always_named_at_two_seeds():
         runs, scores, truth = simulate(rng, n_seeds=2, effect_k=0.2, tokenizers=("direct", "binned", "vqvae"))
         eff = stats.effects(runs, scores)
         toks = stats.cell_intervals(runs, scores, by=("tokenizer",))
-        named.append(report.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
+        named.append(answer.answer(toks, eff, pd.DataFrame())[0].startswith("Best tokenizer: binned."))
         ratio.append(truth / _main(eff)["se"])
     print(f"winner named at 2 seeds: {np.mean(named):.3f} (effect / se: median {np.median(ratio):.1f})")
     assert np.median(ratio) >= 8

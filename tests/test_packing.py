@@ -301,10 +301,10 @@ def test_pack_resources_scale_with_cells_per_job(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text(yaml.safe_dump(doc))
     c = load_grid(p, "full", base_dir=ROOT).condor
-    assert c["request_cpus"] == 6 and c["request_memory"] == "24GB"
+    assert c.request_cpus == 6 and c.request_memory == "24GB"
     doc["condor"]["request_cpus"] = 3  # what the user sets stays
     p.write_text(yaml.safe_dump(doc))
-    assert load_grid(p, "full", base_dir=ROOT).condor["request_cpus"] == 3
+    assert load_grid(p, "full", base_dir=ROOT).condor.request_cpus == 3
 
 
 def test_a_signalled_pack_stops_its_children(tmp_path):

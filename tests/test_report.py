@@ -162,7 +162,7 @@ def test_the_margin_comes_from_report_margin_then_the_grid_file_then_the_default
 
 
 def verdict_table_margin(r) -> str:
-    from thesis_mlflow.report.writeup import verdict_table
+    from thesis_mlflow.report.answer import verdict_table
 
     (m,) = set(verdict_table(r.effects, r.margin)["margin"])
     return m

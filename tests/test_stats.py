@@ -321,7 +321,7 @@ def test_seed_luck_shared_across_cells_breaks_coverage():
     cover = _coverage([(_main(df)["ci_low"], _main(df)["ci_high"], truth) for df, truth, _, _ in grids])
     print(f"main effect coverage with seed luck shared across cells (correlation 0.5): {cover:.3f}")
     assert cover < 0.85, cover
-    assert f"{cover:.0%}" in __import__("inspect").getsource(__import__("thesis_mlflow.report.writeup").report.writeup._caveats)  # the figure the warning quotes
+    assert f"{cover:.0%}" in __import__("inspect").getsource(__import__("thesis_mlflow.report.answer").report.answer._caveats)  # the figure the warning quotes
 
 
 def test_seed_variance_is_the_unbiased_one_with_its_t_quantile():

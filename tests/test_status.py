@@ -149,9 +149,10 @@ def test_a_job_held_for_memory_is_released_with_more_up_to_the_cap():
     A hold for another reason is never released by it (plants: no cap, or release on any hold, fail it)."""
     import classad2
 
+    from thesis_mlflow.grid.condor.settings import CondorSpec
     from thesis_mlflow.grid.condor.submit import memory_settings
 
-    ms = memory_settings({"request_memory": "16GB", "memory_max": "64GB", "memory_multiplier": 2})
+    ms = memory_settings(CondorSpec(request_memory="16GB", memory_max="64GB", memory_multiplier=2))
 
     def job(starts: int, code: int | None, sub: int = 0, last: int | None = None) -> classad2.ClassAd:
         ad = classad2.ClassAd({"NumJobStarts": starts, "JobStatus": 5 if code is not None else 2})
@@ -170,7 +171,7 @@ def test_a_job_held_for_memory_is_released_with_more_up_to_the_cap():
     assert job(9, None, last=34).eval("RequestMemory") == 65536  # never above the cap
     assert job(1, 3, sub=34).eval("PeriodicRelease") is True  # newer pools: code 3, subcode 34
     assert job(1, 13).eval("PeriodicRelease") is False  # held for something else (a missing file): not released
-    assert memory_settings({"request_memory": "16GB", "memory_max": None, "memory_multiplier": 2}) == {"request_memory": "16GB"}
+    assert memory_settings(CondorSpec(request_memory="16GB", memory_max=None, memory_multiplier=2)) == {"request_memory": "16GB"}
 
 
 EVENT_LOG = """\

@@ -34,7 +34,7 @@ def per_job(g: Grid, backend: str, jobs: int = 1) -> int:
     if backend == "slurm":
         return g.slurm.cells_per_job
     if backend == "condor":
-        return int(g.condor.get("cells_per_job", 1))
+        return g.condor.cells_per_job
     return -(-len(g.cells()) // max(1, jobs))
 
 
@@ -46,9 +46,8 @@ def limits(g: Grid, backend: str, gpu: bool = False) -> Limits:
                       side_by_side=s.gpus_per_job > 0 and s.cells_per_job > 1, gpus_per_job=s.gpus_per_job)
     if backend == "condor":
         c = g.condor
-        gpus = int(c.get("request_gpus") or 0)
-        return Limits("condor", None, 0, int(c.get("retries") or 0), condor_mb(c["request_memory"]), "condor.request_memory",
-                      side_by_side=gpus > 0 and int(c.get("cells_per_job", 1)) > 1, gpus_per_job=gpus)
+        return Limits("condor", None, 0, c.retries, condor_mb(c.request_memory), "condor.request_memory",
+                      side_by_side=c.request_gpus > 0 and c.cells_per_job > 1, gpus_per_job=c.request_gpus)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MB
     return Limits("local", None, 0, None, int(total), "this machine's memory", side_by_side=False, gpus_per_job=int(gpu))
 

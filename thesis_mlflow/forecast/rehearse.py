@@ -83,7 +83,7 @@ def forecast_grid(grid_file: str, scale: str, backend: str, rehearsal: Rehearsal
     reh = load_grid(path, scale, base_dir=ROOT, rehearsal=rehearsal)
     exp = tracking.reach_store()
     gpu = gpu_count() > 0 or (backend == "slurm" and real.slurm.gpus_per_job > 0) or (
-        backend == "condor" and int(real.condor.get("request_gpus") or 0) > 0)
+        backend == "condor" and real.condor.request_gpus > 0)
     m: Measured = measured(reh, real, backend, exp, stacked=stacking(stack_seeds, gpu), jobs=jobs)
     if not m.costs:
         raise StepFailed(f"no cell of {reh.run_name} was measured ({'; '.join(m.missing[:3])}): nothing to forecast from")

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from thesis_mlflow.errors import BadSetting, MissingInput
-from thesis_mlflow.grid.condor.settings import CONDOR_DEFAULTS, PER_CELL, condor_spec, pack_resources  # noqa: F401 (re-exported)
+from thesis_mlflow.grid.condor.settings import CONDOR_DEFAULTS, PER_CELL, CondorSpec, condor_spec, pack_resources  # noqa: F401 (re-exported)
 from thesis_mlflow.grid.quoting import check_name, check_path
 from thesis_mlflow.grid.rehearsal import SUFFIX, Rehearsal
 from thesis_mlflow.grid.slurm.settings import SlurmSpec, slurm_spec
@@ -49,7 +49,7 @@ class Grid:
     binning: dict
     train: dict
     vqvae: dict
-    condor: dict = field(default_factory=dict)
+    condor: CondorSpec = field(default_factory=CondorSpec)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     report: dict = field(default_factory=dict)  # {"margin": AUC} when the grid file sets it
     source: Path | None = None
@@ -105,7 +105,7 @@ class Grid:
         that are in ``cells``), as many as fit in ``cells_per_job`` and at least one: the seeds of a
         configuration train as one stacked model on the job's GPU (``--stack-seeds``), and the
         model is compiled once per configuration, not once per seed."""
-        k = int(per_job if per_job is not None else self.condor.get("cells_per_job", 1))
+        k = int(per_job if per_job is not None else self.condor.cells_per_job)
         cells = self.cells() if cells is None else cells
         by_config: dict[CellSpec, list[CellSpec]] = {}  # insertion order: configurations in grid order
         for c in cells:

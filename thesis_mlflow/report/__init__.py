@@ -7,10 +7,13 @@ the written answer. May import everything below it (``grid``'s run lookup, ``tra
 - ``stats``: seed-aware intervals, contrasts, Holm families, the omnibus model (no MLflow)
 - ``equivalence``: "as good as" within a margin (TOST) and one verdict per pair
 - ``curves``: rejection curves, score densities, calibration over seeds
-- ``writeup``: the answer's sentences, the HTML page and the TeX tables, from plain tables
+- ``tables``: the effects, per-cell, tokenizer and background tables; the overtraining check
+- ``answer``: the answer in words (ranking, verdicts against the margin, detectable sizes, caveats)
+- ``charts``: the page's plotly figures (the forest against the margin first)
+- ``documents``: the ``Report`` as the HTML page, CSV and TeX
 - ``figures``: the main figures as vector PDF
 - ``palette``: one colour per tokenizer for every figure, page and PDF (and palettes that never reuse one)
-- ``build``: the ``report`` step (queries -> tables -> writeup -> artifacts)
+- ``build``: the ``report`` step (queries -> tables -> answer, charts -> documents -> artifacts)
 
 Public API: ``run_report``, ``grid_runs``, ``cell_table``.
 """

@@ -5,7 +5,7 @@ Queries the grid's child runs, their metric histories and their ``eval/test_scor
 ``plotly.min.js`` beside it), ``summary.csv``, ``summary.tex``, ``effects.csv`` and the PDF
 figures under ``figures/`` to ``dashboards/<grid>/`` and logs them under ``report/`` in a run
 tagged ``step=report``. A partial grid gives a report that lists what is missing. Tables and
-figures are ``thesis_mlflow.report.writeup``'s (MLflow-free).
+figures are ``thesis_mlflow.report``'s ``tables``, ``answer``, ``charts`` and ``documents`` (MLflow-free).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from thesis_mlflow.errors import BadInput
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.quoting import check_name
 from thesis_mlflow.paths import outputs
-from thesis_mlflow.report import curves, results, stats
-from thesis_mlflow.report import writeup as rep
+from thesis_mlflow.report import answer, charts, curves, documents, results, stats, tables
 from thesis_mlflow.report.equivalence import MARGIN, check_margin
 from thesis_mlflow.secret import mask
 from thesis_mlflow.tracking import runs as tracking
@@ -83,8 +82,8 @@ def _expected_cells(g) -> list[dict]:
     return [{"tokenizer": x.tokenizer, "pooling": x.pooling, "met": x.met, "vect": x.vect, "seed": x.seed} for x in cells]
 
 
-def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, margin: float | None = None,
-          method: str = "delong") -> rep.Report:
+def build(grid: str, data: ReportData, n_boot: int = tables.N_BOOT, seed: int = 0, margin: float | None = None,
+          method: str = "delong") -> documents.Report:
     """The report's tables, sentences and figures. ``margin``: the equivalence margin (default:
     the grid file's ``report.margin``, else ``equivalence.MARGIN``); ``method``: the test-set
     part of each interval (``delong``, or ``bootstrap`` with ``n_boot`` resamples from ``seed``)."""
@@ -92,29 +91,29 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, 
     where = "report --margin" if margin is not None else "the grid file's report.margin" if data.margin is not None else "the default"
     margin = check_margin(margin if margin is not None else data.margin if data.margin is not None else MARGIN)
     noise = {"n_boot": n_boot, "seed": seed, "method": method}
-    cells = rep.cell_table(runs, scores, **noise)
-    eff = rep.effects(runs, scores, margin=margin, **noise)
-    toks = rep.tokenizer_table(runs, scores, **noise)
+    cells = tables.cell_table(runs, scores, **noise)
+    eff = tables.effects(runs, scores, margin=margin, **noise)
+    toks = tables.tokenizer_table(runs, scores, **noise)
     cond = pd.DataFrame()
-    rank = rep.ranking(eff) if len(eff) else pd.DataFrame()
+    rank = answer.ranking(eff) if len(eff) else pd.DataFrame()
     if len(rank) > 1:  # the top two by matched contrasts, not by their unmatched means
         best, runner = rank["tokenizer"].iloc[:2]
         cond = stats.conditional_effects(runs, scores, best, runner, **noise)
-    r = rep.Report(grid=grid, cells=cells, effects=eff, missing=rep.missing_cells(data.expected, runs), tokenizers=toks,
-                   backgrounds=rep.background_table(runs, scores, **noise), conditional=cond)
+    r = documents.Report(grid=grid, cells=cells, effects=eff, missing=tables.missing_cells(data.expected, runs), tokenizers=toks,
+                   backgrounds=tables.background_table(runs, scores, **noise), conditional=cond)
     r.omnibus, r.components = stats.omnibus(runs, scores, **noise)
     if len(eff):
         eff["in_seed_sd"] = eff["estimate"] / r.components["within_sd"] if np.isfinite(r.components.get("within_sd", np.nan)) else np.nan
     r.margin = margin
-    r.checks = rep.overtraining(runs)
+    r.checks = tables.overtraining(runs)
     fin = stats.finished(runs, scores)
     no_stream = int(fin["rng_stream"].isna().sum()) if "rng_stream" in fin else len(fin)
-    r.answer = rep.answer(toks, eff, cond, streams=(no_stream, len(fin)))
+    r.answer = answer.answer(toks, eff, cond, streams=(no_stream, len(fin)))
     at = next((i for i, line in enumerate(r.answer) if line.startswith("Method:")), len(r.answer))
-    extra = rep.omnibus_sentences(r.omnibus, r.components)[:1]
+    extra = answer.omnibus_sentences(r.omnibus, r.components)[:1]
     flagged = r.checks[r.checks["flagged"]] if len(r.checks) else r.checks
     if len(flagged):
-        extra.append(f"Overtraining check: {len(flagged)} of {len(r.checks)} runs score more than {rep.OVERTRAINING_GAP} higher AUC on "
+        extra.append(f"Overtraining check: {len(flagged)} of {len(r.checks)} runs score more than {tables.OVERTRAINING_GAP} higher AUC on "
                      f"their training events than on the test events (largest: {flagged['name'].iloc[0]}, {flagged['gap'].iloc[0]:+.4f}).")
     r.answer[at:at] = extra
     versions = runs["code"].value_counts() if "code" in runs else pd.Series(dtype=int)
@@ -135,23 +134,23 @@ def build(grid: str, data: ReportData, n_boot: int = rep.N_BOOT, seed: int = 0, 
     r.notes.append(f"{n_fin} finished runs of {max(len(data.expected), len(runs))} expected, {len(scores)} with test scores; "
                    f"test-set noise by {how}; equivalence margin ±{margin:g} AUC ({where}); tracking store {mask(tracking.tracking_uri())}.")
     if len(cells):
-        r.figures.append(rep.fig_auc_panels(cells))
+        r.figures.append(charts.fig_auc_panels(cells))
     if len(eff):
-        r.forests = [rep.fig_forest(eff, margin, primary=True)] + (
-            [rep.fig_forest(eff, margin, primary=False)] if ((eff["family"] != "primary") & (eff["kind"] != "background")).any() else [])
+        r.forests = [charts.fig_forest(eff, margin, primary=True)] + (
+            [charts.fig_forest(eff, margin, primary=False)] if ((eff["family"] != "primary") & (eff["kind"] != "background")).any() else [])
     if len(r.backgrounds):
-        r.figures.append(rep.fig_backgrounds(r.backgrounds))
+        r.figures.append(charts.fig_backgrounds(r.backgrounds))
     if len(fin):
         r.rejection = rejection_bands(fin, scores)
-        r.figures.append(rep.fig_rejection(r.rejection))
+        r.figures.append(charts.fig_rejection(r.rejection))
         r.learning = curves.learning_bands(fin, data.histories)
         if len(r.learning):
-            r.figures.append(rep.fig_learning(r.learning))
-        r.figures.append(rep.fig_scores(curves.score_histograms(fin, scores), curves.calibration(fin, scores)))
+            r.figures.append(charts.fig_learning(r.learning))
+        r.figures.append(charts.fig_scores(curves.score_histograms(fin, scores), curves.calibration(fin, scores)))
     if len(data.binning):
-        r.figures.append(rep.fig_binning(data.binning))
+        r.figures.append(charts.fig_binning(data.binning))
     if data.vqvae:
-        r.figures.append(rep.fig_codebook(data.vqvae))
+        r.figures.append(charts.fig_codebook(data.vqvae))
     return r
 
 
@@ -162,7 +161,7 @@ def rejection_bands(fin: pd.DataFrame, scores: dict) -> pd.DataFrame:
     return pd.concat([b for b in bands if len(b)], ignore_index=True) if any(len(b) for b in bands) else bands[0]
 
 
-def write_pdfs(r: rep.Report, out: Path) -> list[Path]:
+def write_pdfs(r: documents.Report, out: Path) -> list[Path]:
     """The thesis figures (vector PDF, mplhep style) under ``out/figures``."""
     from thesis_mlflow.report import figures as tf  # lazy: matplotlib, only when the PDFs are written
 
@@ -186,7 +185,7 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run_report(grid: str, out_dir: str | None = None, n_boot: int = rep.N_BOOT, echo: Callable[[str], None] = log.info,
+def run_report(grid: str, out_dir: str | None = None, n_boot: int = tables.N_BOOT, echo: Callable[[str], None] = log.info,
                seed: int = 0, margin: float | None = None, method: str = "delong", margin_given: str | None = None) -> Path:
     """Build, write and log the report of ``grid``. ``margin``: the equivalence margin asked for
     (None: the grid file's, else the default); ``margin_given``: the option as typed (``grid`` or

@@ -11,7 +11,7 @@ the *matched* cells (the pooling / MET / vect cells every compared tokenizer has
 - score distributions per process and the calibration curve (fraction of signal against mean
   score per score bin) over every test event of every run of a tokenizer in the matched cells.
 
-numpy and pandas only; the report (``thesis_mlflow.report.writeup``) draws them.
+numpy and pandas only; the report (``thesis_mlflow.report.charts``) draws them.
 """
 
 from __future__ import annotations

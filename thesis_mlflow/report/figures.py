@@ -1,6 +1,6 @@
 """The report's main figures as vector PDF, in the style particle physicists publish (mplhep).
 
-Same tables as the interactive page (``thesis_mlflow.report.writeup``), drawn with matplotlib's Agg
+Same tables as the interactive page (``thesis_mlflow.report.charts``), drawn with matplotlib's Agg
 backend (no display on a cluster node). Each function writes one file and returns its path.
 """
 

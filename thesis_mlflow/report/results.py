@@ -71,7 +71,7 @@ def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
 def cell_table(grid: str, experiment: str | None = None) -> pd.DataFrame:
     """One row per cell over its seeds (finished runs only): mean and std of test AUC,
     mean rejections, parameters and training time, in the report's order."""
-    from thesis_mlflow.report.writeup import cell_table as table  # lazy: plotly, only for cell_table (the query API starts light)
+    from thesis_mlflow.report.tables import cell_table as table  # lazy: plotly, only for cell_table (the query API starts light)
 
     return table(grid_runs(grid, experiment))
 

@@ -1,26 +1,44 @@
-"""A grid's ``condor:`` section, checked: ``condor_spec``. MLflow-free and scheduler-free (as
+"""A grid's ``condor:`` section, checked: ``condor_spec`` -> ``CondorSpec``. MLflow-free and scheduler-free (as
 ``slurm.settings``), so a wrong key or a value that would rewrite a submit file is named before
 anything is created or submitted. Every value is checked by the rule of ``grid.quoting``."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
 
 from thesis_mlflow.errors import BadSetting
 from thesis_mlflow.grid.jobenv import allowed_names
 from thesis_mlflow.grid.quoting import check_condor_value, check_name
 
-# Defaults like the user's Stoomboot train.sub: 1 GPU, 16 GB, el9, category "long", shared FS.
-CONDOR_DEFAULTS = {
-    "request_gpus": 1, "request_cpus": 2, "request_memory": "16GB", "request_disk": "32GB", "job_category": "long", "use_os": "el9",
-    "getenv": True, "log_dir": "condor/logs", "initialdir": ".", "retries": 3, "python": None, "dag_dir": "condor",
-    # cells trained at once in one GPU job (each its own process, child run and checkpoint); 1 = one job per cell
-    "cells_per_job": 1,
+
+@dataclass(frozen=True)
+class CondorSpec:
+    """How a grid's jobs ask HTCondor for resources. Defaults like the user's Stoomboot train.sub:
+    1 GPU, 16 GB, el9, category "long", shared filesystem."""
+
+    request_gpus: int = 1
+    request_cpus: int = 2  # a pack's default grows with cells_per_job (``pack_resources``)
+    request_memory: str = "16GB"
+    request_disk: str = "32GB"
+    job_category: str = "long"
+    use_os: str = "el9"
+    getenv: bool | list = True  # an allow-list of variable names (True: jobenv.GETENV_ALLOW), never secrets
+    log_dir: str = "condor/logs"
+    initialdir: str = "."
+    retries: int = 3
+    python: str | None = None  # the jobs' Python; None: the submitting one
+    dag_dir: str = "condor"
+    # cells trained at once in one GPU job (each its own child run and checkpoint); 1 = one job per cell
+    cells_per_job: int = 1
     # a job held for exceeding its memory is released with request_memory x memory_multiplier^starts,
     # up to memory_max (None: never released; it stays held for the user)
-    "memory_max": None, "memory_multiplier": 2,
-    "held_limit_h": 24,  # `grid status` says a job held longer than this will not be released by itself
-}
+    memory_max: str | None = None
+    memory_multiplier: float = 2
+    held_limit_h: float = 24  # `grid status` says a job held longer than this will not be released by itself
+
+
+CONDOR_DEFAULTS = {f.name: f.default for f in fields(CondorSpec)}
 PER_CELL = {"request_cpus": 1, "request_memory_gb": 4}  # one core and ~3-4 GB (a CUDA context, the data) per packed cell
 SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)B?")
 
@@ -56,7 +74,7 @@ def _number(c: dict, key: str, above: float, what: str, where) -> None:
         raise BadSetting(f"{where}: condor.{key} must be {what}; got {v!r}")
 
 
-def condor_spec(given: dict | None, where: str = "grid file") -> dict:
+def condor_spec(given: dict | None, where: str = "grid file") -> CondorSpec:
     """The ``condor:`` section of a grid file (``None``: every default), each key checked: the
     numbers as numbers, sizes as sizes, names as names (``quoting.check_name``), paths without
     control characters or macros, ``getenv`` as an allow-list of variable names."""
@@ -89,4 +107,4 @@ def condor_spec(given: dict | None, where: str = "grid file") -> dict:
         if not (k == "python" and c[k] is None):
             check_condor_value(c[k], f"{where}: condor.{k}")
     allowed_names(c["getenv"], "condor.getenv", {})  # a secret's name, a wildcard that could match one, or a non-name: refused here
-    return c
+    return CondorSpec(**c)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from thesis_mlflow.grid.condor.settings import memory_mb
+from thesis_mlflow.grid.condor.settings import CondorSpec, memory_mb
 from thesis_mlflow.grid.condor.state import CELLS_FILE, SETTINGS_FILE, STATUS_FILE
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import base_env, check_no_credentials, getenv_value
@@ -37,16 +37,16 @@ def write_cells_by_node(dag_dir: Path, cells_by_node: dict[str, list[str]]) -> N
     (Path(dag_dir) / CELLS_FILE).write_text(json.dumps(cells_by_node, indent=1))
 
 
-def memory_settings(c: dict) -> dict:
+def memory_settings(c: CondorSpec) -> dict:
     """``request_memory`` and ``periodic_release`` for a job held for exceeding its memory: with
     ``condor.memory_max`` set, each start asks for ``request_memory x memory_multiplier^starts``
     after such a hold (never more than the cap) and the hold is released while the next request
     stays within the cap (as LSST's batch layer does); at the cap the job stays held, and
     ``grid status`` says so. Without ``memory_max``: the fixed request, no release."""
-    base = memory_mb(c["request_memory"])
-    if not c.get("memory_max"):
-        return {"request_memory": str(c["request_memory"])}
-    cap, mult = memory_mb(c["memory_max"]), float(c["memory_multiplier"])
+    base = memory_mb(c.request_memory)
+    if not c.memory_max:
+        return {"request_memory": str(c.request_memory)}
+    cap, mult = memory_mb(c.memory_max), float(c.memory_multiplier)
     grown = f"min({{int({base} * pow({mult:g}, NumJobStarts)), {cap}}})"
     return {"request_memory": f"ifThenElse({LAST_MEMORY_HOLD}, {grown}, {base})",
             "periodic_release": f"(JobStatus == 5) && ({MEMORY_HOLD}) && ({base} * pow({mult:g}, NumJobStarts - 1) < {cap})"}
@@ -67,8 +67,8 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
     import htcondor2
 
     c = grid.condor
-    log_dir = _under_outputs(c["log_dir"])
-    initialdir = Path(c["initialdir"])
+    log_dir = _under_outputs(c.log_dir)
+    initialdir = Path(c.initialdir)
     if not initialdir.is_absolute():
         initialdir = (project_dir / initialdir).resolve()
     sub = {
@@ -77,21 +77,21 @@ def submit_description(grid: Grid, args: str, env: str, log_name: str, project_d
         "arguments": args,
         "initialdir": str(initialdir),
         "environment": env,
-        "getenv": getenv_value(c["getenv"]),
+        "getenv": getenv_value(c.getenv),
         "output": str(log_dir / f"{log_name}.out"),
         "error": str(log_dir / f"{log_name}.err"),
         "log": str(log_dir / f"{grid.run_name}.log"),
-        "request_cpus": str(c["request_cpus"]),
+        "request_cpus": str(c.request_cpus),
         **memory_settings(c),
-        "request_disk": str(c["request_disk"]),
-        "+JobCategory": f'"{c["job_category"]}"',
-        "+UseOS": f'"{c["use_os"]}"',
+        "request_disk": str(c.request_disk),
+        "+JobCategory": f'"{c.job_category}"',
+        "+UseOS": f'"{c.use_os}"',
         "should_transfer_files": "NO",  # shared filesystem, as on Stoomboot
         "stream_output": "True",
         "stream_error": "True",
     }
-    if c["request_gpus"]:
-        sub["request_gpus"] = str(c["request_gpus"])
+    if c.request_gpus:
+        sub["request_gpus"] = str(c.request_gpus)
     return htcondor2.Submit(sub)
 
 
@@ -108,14 +108,14 @@ def write_dag(grid: Grid, run_ids: dict[CellSpec, str], tracking_uri: str, exper
     """
 
     check_no_credentials(tracking_uri)
-    getenv_value(grid.condor["getenv"])  # refused before anything is written
-    python = check_path(grid.condor["python"] or sys.executable, "the jobs' Python")
+    getenv_value(grid.condor.getenv)  # refused before anything is written
+    python = check_path(grid.condor.python or sys.executable, "the jobs' Python")
 
     # DAGMan re-reads the submit files at every retry: a groupmate able to edit one would run code
     # as us, with our login. The folders are ours alone (0700; one open to others, or below a folder
     # another user could swap, is refused, naming it) and every file is written 0600.
-    out_dir = private_dir(Path(out_dir or (_under_outputs(grid.condor["dag_dir"]) / grid.run_name)), "DAG folder")
-    private_dir(_under_outputs(grid.condor["log_dir"]), "Condor log folder")
+    out_dir = private_dir(Path(out_dir or (_under_outputs(grid.condor.dag_dir) / grid.run_name)), "DAG folder")
+    private_dir(_under_outputs(grid.condor.log_dir), "Condor log folder")
     with private_files():
         return _write_dag(grid, run_ids, tracking_uri, experiment_id, project_dir, grid_file, out_dir, python, stack_seeds)
 
@@ -133,10 +133,10 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
     check_path(str(project_dir), "the project's folder")
     prep_args = condor_arguments(["-m", "steps.grid", "prepare", str(grid_file), *grid.load_args()])
     prepare = dag.layer(name="prepare", submit_description=submit_description(grid, prep_args, env, "prepare", project_dir, python),
-                        retries=int(grid.condor["retries"]))
+                        retries=int(grid.condor.retries))
     cells = list(run_ids)
-    k = int(grid.condor["cells_per_job"])
-    gpu = bool(grid.condor["request_gpus"])  # a job that asked for a GPU trains on it or fails at once, never on the CPU
+    k = int(grid.condor.cells_per_job)
+    gpu = bool(grid.condor.request_gpus)  # a job that asked for a GPU trains on it or fails at once, never on the CPU
     if k == 1:
         write_cells_by_node(out_dir, {f"train:{i}": [c.name] for i, c in enumerate(cells)})
         prepare.child_layer(
@@ -147,7 +147,7 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
             vars=[{"cell": c.name, "run_id": run_ids[c],
                    "args": condor_words(grid.train_args(replace(c, device="cuda") if gpu and c.device == "auto" else c)),
                    **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in c.factors().items()}} for c in cells],
-            retries=int(grid.condor["retries"]),
+            retries=int(grid.condor.retries),
         )
     else:
         args = condor_arguments(["-m", "steps.grid", "pack", str(grid_file), *grid.load_args(), "--runs", "RUNS", "--stack-seeds",
@@ -159,14 +159,14 @@ def _write_dag(grid: Grid, run_ids: dict, tracking_uri: str, experiment_id: str,
             submit_description=submit_description(grid, args, env, "pack-$(pack)", project_dir, python),
             vars=[{"pack": f"{i:03d}", "cells": " ".join(c.name for c in p), "runs": ",".join(f"{c.name}={run_ids[c]}" for c in p)}
                   for i, p in enumerate(packs)],
-            retries=int(grid.condor["retries"]),
+            retries=int(grid.condor.retries),
         )
     rep_args = condor_arguments(grid.closing_argv(grid_file, "condor"))
     report_sub = submit_description(grid, rep_args, env, "report", project_dir, python)
     dag.final(name="report", submit_description=report_sub)
-    log_dir = _under_outputs(grid.condor["log_dir"])
+    log_dir = _under_outputs(grid.condor.log_dir)
     (out_dir / SETTINGS_FILE).write_text(json.dumps({"event_log": str(log_dir / f"{grid.run_name}.log"),
-                                                     "held_limit_h": grid.condor["held_limit_h"]}))
+                                                     "held_limit_h": grid.condor.held_limit_h}))
     dag_file = dags.write_dag(dag, out_dir, dag_file_name=f"{grid.run_name}.dag")
     # htcondor2.dags writes submit files for layers only; the FINAL node's is written here.
     (out_dir / "report.sub").write_text(str(report_sub))
