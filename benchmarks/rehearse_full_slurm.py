@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -48,6 +49,10 @@ def main() -> int:
     from thesis_mlflow.server import logins
     from thesis_mlflow.server import process as server
 
+    def stop(signum, frame):  # a killed benchmark stops its cluster and server (the finally below)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
     cluster = slurmcluster.start(tmp / "slurm")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     srv = server.start(tmp / "srv", auth=True, workers=2, experiment="rehearse-full")

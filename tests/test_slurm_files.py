@@ -87,7 +87,7 @@ def test_job_scripts_chain_requeue_and_carry_no_secret(tmp_path, monkeypatch):
     for line in ("#SBATCH --job-name=binning_vs_direct-pack-000", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300",
                  "#SBATCH --time=12:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --partition=gpu_h100", "#SBATCH --account=phd123",
                  "#SBATCH --constraint=h100", "#SBATCH --open-mode=append", "export MLFLOW_TRACKING_URI=http://login01:5000",
-                 "export MLFLOW_EXPERIMENT_ID=7"):
+                 "export MLFLOW_EXPERIMENT_ID=7", "#SBATCH --cpus-per-task=8", "export OMP_NUM_THREADS=8", "export MKL_NUM_THREADS=8"):
         assert line + "\n" in pack, line
     # a warning while Python starts does not end the job (trap), and reaches Python itself (exec)
     assert "\ntrap '' USR1\nexec " in pack and "-m steps.grid pack" in pack and "--slurm-requeues 3" in pack and "--device cuda" in pack
@@ -104,6 +104,11 @@ def test_job_scripts_chain_requeue_and_carry_no_secret(tmp_path, monkeypatch):
     g0 = load_grid(_grid_file(tmp_path, gpus_per_job=0, export=False), "full", base_dir=ROOT)
     cpu = slurm.write_scripts(g0, runs, "http://login01:5000", "7", p)[1].text
     assert "--gres" not in cpu and "--device cuda" not in cpu and "#SBATCH --export=NONE" in cpu
+    # its threads held to the cores it asked for (a node that does not bind jobs to cores would otherwise
+    # give each job's torch a thread per core of the node: planted without the limits, this fails)
+    one = slurm.write_scripts(load_grid(_grid_file(tmp_path, gpus_per_job=0, cpus_per_job=1), "full", base_dir=ROOT), runs,
+                              "http://login01:5000", "7", p)
+    assert all("export OMP_NUM_THREADS=1\n" in s.text and "export TORCHINDUCTOR_COMPILE_THREADS=1\n" in s.text for s in one)
     # a typed GPU where the cluster names them
     typed = slurm.write_scripts(load_grid(_grid_file(tmp_path, gpu_type="h100"), "full", base_dir=ROOT), runs, "http://login01:5000", "7", p)
     assert "#SBATCH --gres=gpu:h100:1\n" in typed[1].text

@@ -27,8 +27,13 @@ def cpu_budget() -> int:
 
 def thread_env(parallel: int) -> dict:
     """Thread limits for one of ``parallel`` processes, so together they do not oversubscribe the cores."""
-    t = str(max(1, cpu_budget() // max(1, parallel)))
-    # Inductor would start up to 32 compile workers in each of the packed processes
+    return thread_limits(max(1, cpu_budget() // max(1, parallel)))
+
+
+def thread_limits(n: int) -> dict:
+    """The variables that hold a process's compute threads to ``n`` (OpenMP, MKL, OpenBLAS; Inductor
+    would start up to 32 compile workers in each packed process)."""
+    t = str(max(1, int(n)))
     return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "TORCHINDUCTOR_COMPILE_THREADS": t}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from thesis_mlflow.errors import BadSetting, Unavailable
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.grid.jobenv import allowed_names, base_env
-from thesis_mlflow.grid.packing import compile_cache_env
+from thesis_mlflow.grid.packing import compile_cache_env, thread_limits
 from thesis_mlflow.grid.quoting import check_directive, check_path, check_slurm_word
 from thesis_mlflow.grid.slurm import commands
 from thesis_mlflow.grid.slurm.injob import MARK, TIME_LIMIT_SIGNAL
@@ -130,7 +130,10 @@ def write_scripts(g: Grid, runs: dict[CellSpec, str], tracking_uri: str, experim
     s = g.slurm
     export = allowed_names(s.export, "slurm.export", environ)
     defaults = shell_defaults(g, environ)
-    env = base_env(tracking_uri, experiment_id, compile_cache_env() if s.gpus_per_job else None)
+    # the job's threads held to its cores: where SLURM does not bind a job to them (task/none, no
+    # cgroup), torch would start one thread per core of the node in every job (two 1-core packs on
+    # a 2-core node each ran 3-4x slower in the thesis grid's rehearsal)
+    env = {**base_env(tracking_uri, experiment_id, compile_cache_env() if s.gpus_per_job else None), **thread_limits(s.cpus_per_job)}
     for k, v in env.items():
         check_path(v, f"the jobs' {k}")
     check_path(str(ROOT), "the project's folder")
