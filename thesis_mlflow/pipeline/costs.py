@@ -10,8 +10,9 @@ artifacts' sizes are read back from the store (``forecast.measured``).
 - ``cost.epoch_train_s``: the training part of the last epoch trained here, steps only (the
   first epoch of an attempt carries warm-up, compile and capture: it is not the steady pace)
 - ``cost.steps_per_epoch``: the steps of that epoch
-- ``cost.warmup_s``: how much longer the attempt's first epoch took than its steady ones (0 with
-  one epoch): a fixed cost per attempt
+- ``cost.warmup_s``: how much longer the attempt's first epoch took, from the start of training to
+  its end, than a steady one: building, compiling and capturing the step and the first epoch's
+  warm-up; a fixed cost per attempt (with one epoch: the training part's excess only, 0)
 - ``cost.eval_s_per_1k``: seconds per 1,000 events evaluated (the final train and test passes)
 - ``cost.tracking_s_per_epoch`` and ``cost.tracking_calls_per_epoch``: time in, and number of,
   tracking calls per epoch (metrics, checkpoint upload, log upload)
@@ -57,6 +58,7 @@ class CostMeter:
     start: float = field(default_factory=time.perf_counter)
     fit_start: float | None = None
     epoch_train_s: list[float] = field(default_factory=list)  # this attempt's epochs, training steps only
+    epoch_ends: list[float] = field(default_factory=list)  # when each of them was logged (perf_counter)
     steps_per_epoch: int = 0
     tracking_s: float = 0.0
     tracking_calls: int = 0
@@ -73,6 +75,7 @@ class CostMeter:
         """An epoch trained here, as fit reports it (events and their rate)."""
         if events_per_s > 0:
             self.epoch_train_s.append(events / events_per_s)
+            self.epoch_ends.append(time.perf_counter())
             self.steps_per_epoch = -(-events // batch_size)
 
     @contextmanager
@@ -104,8 +107,12 @@ class CostMeter:
         if n:
             out["epoch_train_s"] = self.epoch_train_s[-1]
             out["steps_per_epoch"] = float(self.steps_per_epoch)
-            steady = sum(self.epoch_train_s[1:]) / (n - 1) if n > 1 else self.epoch_train_s[0]
-            out["warmup_s"] = max(0.0, self.epoch_train_s[0] - steady)
+            if n > 1 and self.fit_start is not None:  # whole epochs (training, validation, checkpoint, logging)
+                ends = self.epoch_ends
+                steady = (ends[-1] - ends[0]) / (n - 1)
+                out["warmup_s"] = max(0.0, (ends[0] - self.fit_start) - steady)
+            else:
+                out["warmup_s"] = 0.0
             out["tracking_s_per_epoch"] = self.tracking_s / n
             out["tracking_calls_per_epoch"] = self.tracking_calls / n
         if self.eval_events:
