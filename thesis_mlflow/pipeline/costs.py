@@ -55,7 +55,7 @@ class CostMeter:
     """One attempt of one cell, timed from its construction. Thread-safe enough for its use: each
     cell (thread) has its own meter."""
 
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=lambda: time.perf_counter())  # looked up at each call: a test may set the clock
     fit_start: float | None = None
     epoch_train_s: list[float] = field(default_factory=list)  # this attempt's epochs, training steps only
     epoch_ends: list[float] = field(default_factory=list)  # when each of them was logged (perf_counter)
@@ -78,24 +78,22 @@ class CostMeter:
             self.epoch_ends.append(time.perf_counter())
             self.steps_per_epoch = -(-events // batch_size)
 
-    @contextmanager
-    def tracking(self, calls: int = 1) -> Iterator[None]:
+    def tracking(self, calls: int = 1):
         """Time spent logging (``calls`` tracking calls inside)."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.tracking_s += time.perf_counter() - t
-            self.tracking_calls += calls
+        return self._timed("tracking_s", "tracking_calls", calls)
+
+    def evaluating(self, events: int):
+        """Time spent evaluating ``events`` events."""
+        return self._timed("eval_s", "eval_events", events)
 
     @contextmanager
-    def evaluating(self, events: int) -> Iterator[None]:
+    def _timed(self, seconds: str, count: str, n: int) -> Iterator[None]:
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.eval_s += time.perf_counter() - t
-            self.eval_events += events
+            setattr(self, seconds, getattr(self, seconds) + time.perf_counter() - t)
+            setattr(self, count, getattr(self, count) + n)
 
     def metrics(self) -> dict[str, float]:
         """The ``cost.*`` metrics of this attempt (only those it measured)."""
