@@ -10,6 +10,7 @@ logs a CSV and a page on the rehearsal's parent run. Exit status 1 when a pack c
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ def rehearse(grid_file: str, scale: str = "full", backend: str = "local", rehear
 
 
 def _wait(name: str, echo: Echo, poll_s: float) -> None:
+    # each poll reads the grid file its parent logged: MLflow would draw a download bar for it every time
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     last = None
     while True:
         st = grid_status(name)
