@@ -54,12 +54,12 @@ slurm:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null; \
 	  else echo "SLURM is not installed and this is not root: the SLURM tests will skip (a root's make test installs it)"; fi; }
 
-# three workers, a group of tests each at a time: a test file, or all the files that share the
+# two workers, a group of tests each at a time: a test file, or all the files that share the
 # session's tracking server (tests/conftest.py makes the groups, longest first; its module's
 # server and fixtures stay in one worker): the suite waits on servers and subprocesses as much
-# as it computes: three workers on 2 cores kept them at ~163% CPU (two: ~127%) and took 457 s
-# against 542 s for two (2026-12-08; benchmarks/RESULTS.md)
-TEST_WORKERS ?= 3
+# as it computes; three workers were no faster on 2 cores (457 s against 432 s for two, the same
+# code within the hour, 2026-12-08; benchmarks/RESULTS.md)
+TEST_WORKERS ?= 2
 test: setup chromium postgres slurm
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 

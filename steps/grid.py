@@ -3,6 +3,9 @@
     thesis-mlflow grid run configs/grids/binning_vs_direct.yaml --backend local --scale demo --jobs 2
     thesis-mlflow grid run configs/grids/binning_vs_direct.yaml --backend condor [--dry-run]
     thesis-mlflow grid status configs/grids/binning_vs_direct.yaml --scale demo
+
+The commands the jobs themselves run (``prepare``, ``pack``) are ``steps.gridjobs``'s; ``rehearse``
+and ``forecast`` are ``steps.rehearse``'s: all reached as ``python -m steps.grid <command>``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ import time
 import click
 
 from steps._common import choice, user_errors
-from steps.rehearse import _rehearsal, forecast_cmd, rehearsal_options, rehearse_cmd
-
-STACK_HELP = ("Train the seeds of each configuration as one stacked model (each seed keeps its own run, stream, checkpoint "
-              "and metrics). auto: stacked on a GPU (one compiled step per configuration), not on a CPU.")
-MPS_HELP = "Several cells on one GPU: run them under a private CUDA MPS daemon (auto: where one can be started)."
+from steps.gridjobs import MPS_HELP, STACK_HELP, pack_cmd, prepare_cmd
+from steps.rehearse import forecast_cmd, rehearse_cmd
 
 
 @click.group("grid", help="Run the grid of cells as parent/child MLflow runs (local, HTCondor or SLURM).")
@@ -69,69 +69,8 @@ def status_cmd(grid, scale, watch) -> None:
     sys.exit(st.exit_code)
 
 
-REHEARSE = click.option("--rehearse", "rehearse_steps", type=click.IntRange(min=1), default=None, hidden=True,
-                        help="A rehearsal's job: the grid as rehearsed with this many steps per epoch (grid rehearse sets it).")
-
-
-@main.command("prepare", help="Run the upstream steps (binning, VQ-VAE) of a grid once; the DAG's first node.")
-@click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--scale", default="full", show_default=True)
-@REHEARSE
-@rehearsal_options
-@user_errors
-def prepare_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events) -> None:
-    from thesis_mlflow.grid.driver import prepare
-    from thesis_mlflow.grid.gridfile import load_grid
-    from thesis_mlflow.paths import ROOT, resolve
-    from thesis_mlflow.tracking import runs as tracking
-
-    g = load_grid(resolve(grid_file), scale, base_dir=ROOT, rehearsal=_rehearsal(rehearse_steps, rehearse_epochs, eval_events))
-    tracking.ensure_experiment()
-    for k, v in prepare(g).items():
-        click.echo(f"{k}: run {v}")
-
-
-@main.command("pack", help="Train several cells on this node (a Condor pack node, a local worker); finished cells are skipped.")
-@click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--scale", default="full", show_default=True)
-@REHEARSE
-@rehearsal_options
-@click.option("--runs", required=True, help="The pack's cells and their child runs: name=run_id,name=run_id,...")
-@click.option("--mode", type=choice("threads", "sequential", "processes"), default="threads", show_default=True,
-              help="threads: in this process, side by side on the GPU (one CUDA stream each) or one after another on a CPU; "
-                   "sequential: one after another; processes: one process per cell sharing the GPU (under MPS when it works).")
-@click.option("--at-once", type=click.IntRange(min=1), default=None, help="threads: at most this many cells side by side [default: all].")
-@click.option("--mps", type=choice("auto", "on", "off"), default="auto", show_default=True, help=MPS_HELP)
-@click.option("--device", type=choice("auto", "cpu", "cuda"), default="auto", show_default=True,
-              help="cuda: train on the GPU or fail at once when none is visible (the DAG sets it when the job asks for GPUs).")
-@click.option("--stack-seeds", type=choice("auto", "on", "off"), default="auto", show_default=True, help=STACK_HELP)
-@click.option("--slurm-requeues", type=click.IntRange(min=0), default=None,
-              help="A SLURM job: on SLURM's warning before the time limit (SIGUSR1) stop every cell at its checkpoint and requeue "
-                   "the job, at most this many times (its job script sets it).")
-@user_errors
-def pack_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events, runs, mode, at_once, mps, device, stack_seeds,
-             slurm_requeues) -> None:
-    if slurm_requeues is not None:  # before the heavy imports: SLURM's warning may come while they run
-        from thesis_mlflow.grid.slurm.injob import watch_time_limit
-
-        watch_time_limit()
-    from thesis_mlflow.grid.driver import run_pack
-
-    try:
-        run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
-                 stack_seeds=stack_seeds.lower(), slurm_requeues=slurm_requeues,
-                 rehearsal=_rehearsal(rehearse_steps, rehearse_epochs, eval_events))  # a failed cell: StepFailed, exit 1 (DAGMan retries)
-    finally:
-        if slurm_requeues is not None:
-            import signal
-
-            # Python's shutdown puts its own handlers back to the default, which for USR1 ends the
-            # process: a warning during the last second of a finished pack made SLURM call it FAILED
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
-main.add_command(rehearse_cmd)
-main.add_command(forecast_cmd)
+for _cmd in (prepare_cmd, pack_cmd, rehearse_cmd, forecast_cmd):  # what the jobs run; the rehearsal
+    main.add_command(_cmd)
 
 if __name__ == "__main__":
     main()
