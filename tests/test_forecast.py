@@ -8,7 +8,18 @@ from __future__ import annotations
 import pytest
 
 from thesis_mlflow.forecast import page
-from thesis_mlflow.forecast.arithmetic import EARLY_WARNING_S, CellCost, FullSize, Limits, _Unit, attempts, cell_forecast, forecast
+from thesis_mlflow.forecast.arithmetic import (
+    EARLY_WARNING_S,
+    CellCost,
+    FullSize,
+    Limits,
+    Upstream,
+    _Unit,
+    attempts,
+    cell_forecast,
+    forecast,
+    prepare_s,
+)
 
 
 def _cost(cell="a", pack=0, stack=None, **kw) -> CellCost:
@@ -120,3 +131,26 @@ def test_every_quantity_says_how_it_was_had():
     assert "How each number was had" in html and "<table>" in html
     rows = page.csv_text(page.cell_rows(fc)).splitlines()
     assert rows[0].startswith("cell,pack,step_ms") and len(rows) == 2
+
+
+def test_the_inputs_part_of_the_setup_grows_with_the_events():
+    c = _cost(inputs_s_per_1k=2.0)
+    f, f0 = cell_forecast(c, FULL), cell_forecast(_cost(), FULL)
+    more = (240_000 + 30_000 + 30_000) - (1280 + 2 * 2000)  # every split at full size, against the rehearsal's
+    assert f.cell_s - f0.cell_s == pytest.approx(more * 2.0 / 1000)
+
+
+def test_the_prepare_job_runs_two_at_a_time_and_cannot_outlast_an_attempt():
+    """Binning as measured; a VQ-VAE's training scaled to the full pre-training; two at a time
+    (longest first); longer than an attempt: exit 1, said first (it has no checkpoint to resume)."""
+    vq = Upstream("vqvae-v4-k512", wall_s=30.0, train_s=10.0, scale=100.0)  # 20 s reading + 10 s x 100
+    assert vq.full_s == pytest.approx(1020.0)
+    ups = [Upstream("binning-v4", 5.0), Upstream("binning-v5", 6.0), vq, Upstream("vqvae-v5-k512", 30.0, 10.0, 100.0)]
+    assert prepare_s(ups) == pytest.approx(1020.0 + 6.0)  # the two VQ-VAEs side by side, a binning after each
+    c = _cost()
+    ok = forecast([c], {"a": FULL}, Limits("slurm", 48 * 3600, 300, 3, None), ups)
+    assert ok.prepare_s == pytest.approx(1026.0) and ok.exit_code == 0 and "prepare job (binning, VQ-VAE pre-training) 0:17:06" in page.text(ok)
+    short = forecast([c], {"a": FULL}, Limits("slurm", 1200, 100, 100, None), ups)  # usable 1200 - 100 - 60 = 1040 s
+    assert short.exit_code == 0
+    tight = forecast([c], {"a": FULL}, Limits("slurm", 1150, 100, 100, None), ups)  # usable 990 s < 1026 s
+    assert tight.exit_code == 1 and tight.warnings[0].startswith("the prepare job needs 0:17:06")

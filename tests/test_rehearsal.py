@@ -27,9 +27,10 @@ EPOCHS = 3
 
 
 def _grid(tmp_path, tiny_raw, name="rh", **slurm) -> str:
-    doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct"], "pooling": ["mean", "max"], "met": [True], "vect": [4]},
+    doc = {"name": name, "data": str(tiny_raw), "factors": {"tokenizer": ["direct", "vqvae"], "pooling": ["mean"], "met": [True], "vect": [4]},
            "scales": {"full": {"seeds": [0], "train": {"epochs": EPOCHS, "batch_size": 64, "lr": 3e-3, "warmup_steps": 5, "d_model": 16,
-                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32}}},
+                                                       "n_layers": 1, "n_heads": 2, "d_ff": 32},
+                               "vqvae": {"epochs": 3, "codebook_size": 16, "max_events": 1200}}},
            "slurm": {"time": "01:00:00", "mem": "8G", "cells_per_job": 2, "gpus_per_job": 0, **slurm}}
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(doc))
@@ -54,6 +55,10 @@ def test_a_rehearsal_forecasts_and_leaves_the_real_grid_untouched(mlflow_env, ti
         assert {"cost.epoch_train_s", "cost.setup_s", "cost.eval_s_per_1k", "cost.peak_rss_mb"} <= set(x.data.metrics)
     # the forecast: printed with the full run's packs, and logged on the rehearsal's parent
     assert "full run: 2 cells in 1 packs (local)" in text and "how each quantity was had:" in text, text
+    # the prepare job: the rehearsal's VQ-VAE trained one epoch on 3 x 64 events; the real one 3 epochs on 1,200
+    assert "prepare job (binning, VQ-VAE pre-training)" in text and fc.prepare_s is not None and fc.prepare_s > 0, text
+    vq = c.search_runs([c.get_experiment_by_name("test-exp").experiment_id], "tags.step = 'vqvae'")
+    assert len(vq) == 1 and vq[0].data.params["epochs"] == "1" and vq[0].data.metrics["cost.events"] == 3 * 64
     parent = c.search_runs([exp], "tags.`grid.name` = 'rh-rehearsal' and tags.step = 'grid'")[0]
     assert parent.data.tags["grid.rehearsal"] == "true"
     logged = {a.path for a in c.list_artifacts(parent.info.run_id, "forecast")}

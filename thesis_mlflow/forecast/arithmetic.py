@@ -5,7 +5,13 @@ Per cell (``CellCost`` -> ``CellForecast``), from the real scale's sizes (``Full
     step_s    = epoch_train_s / steps_per_epoch             (the rehearsal's steady epoch)
     epoch_s   = ceil(n_train / batch) x step_s + n_val x eval_s_per_1k / 1000 + tracking_s_per_epoch
     final_s   = (n_train + n_test) x eval_s_per_1k / 1000  (the train and test passes at the end)
-    cell_s    = setup_s + warmup_s + epochs x epoch_s + final_s
+    setup     = setup_s + (full events - rehearsed events) x inputs_s_per_1k / 1000
+    cell_s    = setup + warmup_s + epochs x epoch_s + final_s
+
+The prepare job (``Upstream``): each binning run as measured (it is the real one), each VQ-VAE
+pre-training as its fixed part (reading the file) plus its training extrapolated per object and
+epoch; two at a time, as ``grid.driver.prepare`` runs them. It cannot resume: longer than an attempt
+means it never finishes.
 
 A pack (one job) runs its cells side by side (a GPU job: the rehearsal measured them side by side,
 so their pace already holds the contention) or one after another (a CPU job, a local worker);
@@ -47,6 +53,21 @@ class CellCost:
     n_eval: int
     epochs: int
     cuda_peak_mb: float | None = None
+    inputs_s_per_1k: float = 0.0  # building the inputs per 1,000 events (0: not measured, runs of an earlier version)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An upstream run of the rehearsal (binning or VQ-VAE pre-training) and what it measured."""
+
+    name: str
+    wall_s: float  # the run, start to end
+    train_s: float = 0.0  # of which training (VQ-VAE)
+    scale: float = 1.0  # full-size training / rehearsed training (objects x epochs)
+
+    @property
+    def full_s(self) -> float:
+        return self.wall_s - self.train_s + self.train_s * self.scale
 
 
 @dataclass(frozen=True)
@@ -116,18 +137,21 @@ class Forecast:
     peak_calls_per_min: float
     extrapolated: dict[str, str]  # quantity -> how it was extrapolated
     warnings: list[str] = field(default_factory=list)
+    prepare_s: float | None = None  # the prepare job (binning, VQ-VAE), when its runs were measured
+    prepare_fatal: bool = False
 
     @property
     def exit_code(self) -> int:
         """1 when a pack cannot finish (memory over its request, or no epoch fits an attempt)."""
-        return 1 if any(p.fatal for p in self.packs) else 0
+        return 1 if self.prepare_fatal or any(p.fatal for p in self.packs) else 0
 
 
 EXTRAPOLATED = {
     "step time": "measured: the steady epoch of the rehearsal (after warm-up), per step",
     "epoch time": "extrapolated: steps of the full training set x step time + validation at the measured rate per event",
     "evaluation": "measured on the rehearsal's sample of events, per 1,000 events",
-    "setup": "measured (data read at the rehearsal's sizes: the full read adds a few seconds)",
+    "setup": "measured, its inputs part (reading, binning or encoding the events) extrapolated per event",
+    "prepare": "binning measured (the real one); VQ-VAE: reading measured, training extrapolated per object and epoch",
     "memory": "measured peak of the pack's process + the full-size data per cell (extrapolated per event)",
     "checkpoint": "measured (its size does not depend on the data)",
     "score files": "extrapolated per test event",
@@ -140,14 +164,16 @@ def cell_forecast(c: CellCost, full: FullSize) -> CellForecast:
     per_event = c.eval_s_per_1k / 1000
     epoch_s = math.ceil(full.n_train / full.batch_size) * step_s + full.n_val * per_event + c.tracking_s_per_epoch
     final_s = (full.n_train + full.n_test) * per_event
-    cell_s = c.setup_s + c.warmup_s + full.epochs * epoch_s + final_s
+    more_events = max(0, full.n_train + full.n_val + full.n_test - c.n_train - 2 * c.n_eval)
+    setup_s = c.setup_s + more_events * c.inputs_s_per_1k / 1000
+    cell_s = setup_s + c.warmup_s + full.epochs * epoch_s + final_s
     # the training tensors beyond the rehearsal's, and the evaluation splits' (same width per event)
     extra_events = max(0, full.n_train - c.n_train) + 2 * max(0, max(full.n_val, full.n_test) - c.n_eval)
     data_mb = extra_events * c.train_mb_per_1k / 1000
     scores_mb = c.scores_mb * full.n_test / max(1, c.n_eval)
     log_mb = c.log_mb * full.epochs / max(1, c.epochs)
     calls = c.tracking_calls_per_epoch / (epoch_s / 60) if epoch_s > 0 else 0.0
-    return CellForecast(c.cell, c.pack, step_s, epoch_s, cell_s, c.setup_s + c.warmup_s, final_s, data_mb,
+    return CellForecast(c.cell, c.pack, step_s, epoch_s, cell_s, setup_s + c.warmup_s, final_s, data_mb,
                         c.checkpoint_mb + scores_mb + log_mb, calls)
 
 
@@ -191,8 +217,17 @@ def attempts(units: list[_Unit], usable_s: float | None) -> int | None:
     return n
 
 
-def forecast(costs: list[CellCost], sizes: dict[str, FullSize], limits: Limits) -> Forecast:
-    """The full run's forecast from the rehearsal's ``costs`` and each cell's full ``sizes``."""
+def prepare_s(upstream: list[Upstream]) -> float:
+    """The prepare job's wall time: its runs two at a time, longest first."""
+    slots = [0.0, 0.0]
+    for u in sorted(upstream, key=lambda u: -u.full_s):
+        slots[slots.index(min(slots))] += u.full_s
+    return max(slots)
+
+
+def forecast(costs: list[CellCost], sizes: dict[str, FullSize], limits: Limits, upstream: list[Upstream] | None = None) -> Forecast:
+    """The full run's forecast from the rehearsal's ``costs``, each cell's full ``sizes`` and the
+    rehearsal's ``upstream`` runs (the prepare job)."""
     cells = {c.cell: cell_forecast(c, sizes[c.cell]) for c in costs}
     by_pack: dict[int, list[CellCost]] = {}
     for c in costs:
@@ -229,6 +264,12 @@ def forecast(costs: list[CellCost], sizes: dict[str, FullSize], limits: Limits) 
     fc = Forecast(list(cells.values()), packs, limits, sum(f.disk_mb for f in cells.values()), node_hours,
                   node_hours * limits.gpus_per_job, max((p.wall_s for p in packs), default=0.0), peak_calls, dict(EXTRAPOLATED))
     fc.warnings = sorted((w for p in packs for w in p.warnings), key=lambda w: "can never" not in w and "killed" not in w)
+    if upstream:
+        fc.prepare_s = prepare_s(upstream)
+        if usable is not None and fc.prepare_s > usable:  # no checkpoint: a requeued prepare starts again
+            fc.prepare_fatal = True
+            fc.warnings.insert(0, f"the prepare job needs {_hms(fc.prepare_s)} ({', '.join(u.name for u in upstream)}), more than an "
+                                  f"attempt's usable {_hms(usable)} under time {_hms(limits.time_s or 0)}: it can never finish")
     return fc
 
 

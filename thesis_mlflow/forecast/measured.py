@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from thesis_mlflow.forecast.arithmetic import CellCost, FullSize, Limits
+from thesis_mlflow.forecast.arithmetic import CellCost, FullSize, Limits, Upstream
 from thesis_mlflow.grid.condor.settings import memory_mb as condor_mb
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.learn import data
+from thesis_mlflow.spec import VQVAE_EPOCHS
 from thesis_mlflow.tracking import runs as tracking
 
 MB = 1 << 20
@@ -26,6 +27,7 @@ class Measured:
     costs: list[CellCost]
     sizes: dict[str, FullSize]
     missing: list[str]  # cells of the grid without a measurement, each with why
+    upstream: list[Upstream]  # the rehearsal's binning and VQ-VAE runs, as the full run's prepare job will need them
 
 
 def per_job(g: Grid, backend: str, jobs: int = 1) -> int:
@@ -80,7 +82,7 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
     for r in runs:
         by_tag.setdefault(r.data.tags.get("grid.cell"), r)
     pack_of = {c.tag: i for i, p in enumerate(real.packs(per_job=per_job(real, backend, jobs))) for c in p}
-    costs, missing = [], []
+    costs, missing, upstream_ids = [], [], {}
     for cell in real.cells():
         r = by_tag.get(cell.tag)
         if r is None:
@@ -95,6 +97,9 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
         for what, (folder, path) in FILES.items():
             sizes[what] = tracking.artifact_sizes(r.info.run_id, folder, r.info.artifact_uri).get(path, 0) / MB
         p = r.data.params
+        for k in ("binning_run_id", "vqvae_run_id"):
+            if p.get(k):
+                upstream_ids[p[k]] = k
         costs.append(CellCost(
             cell=cell.name, pack=pack_of[cell.tag], stack=replace(cell, seed=0).tag if stacked else cell.name,
             setup_s=m["cost.setup_s"], warmup_s=m.get("cost.warmup_s", 0.0), epoch_train_s=m["cost.epoch_train_s"],
@@ -102,5 +107,19 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
             tracking_s_per_epoch=m.get("cost.tracking_s_per_epoch", 0.0), tracking_calls_per_epoch=m.get("cost.tracking_calls_per_epoch", 0.0),
             peak_rss_mb=m["cost.peak_rss_mb"], train_mb_per_1k=m.get("cost.train_mb_per_1k", 0.0), checkpoint_mb=sizes["checkpoint"],
             scores_mb=sizes["scores"], log_mb=sizes["log"], n_train=int(p.get("n_train_events", 0)), n_eval=int(p.get("n_test_events", 0)),
-            epochs=int(p.get("epochs", rehearsal.rehearsal.epochs if rehearsal.rehearsal else 1)), cuda_peak_mb=m.get("cost.cuda_peak_mb")))
-    return Measured(costs, full_sizes(real), missing)
+            epochs=int(p.get("epochs", rehearsal.rehearsal.epochs if rehearsal.rehearsal else 1)), cuda_peak_mb=m.get("cost.cuda_peak_mb"),
+            inputs_s_per_1k=m.get("cost.inputs_s_per_1k", 0.0)))
+    return Measured(costs, full_sizes(real), missing, [upstream_cost(rid, real) for rid in upstream_ids])
+
+
+def upstream_cost(run_id: str, real: Grid) -> Upstream:
+    """A rehearsal's binning or VQ-VAE run, and how much longer the real grid's pre-training trains."""
+    r = tracking.get_run(run_id)
+    wall = max(0.0, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000)
+    name = r.info.run_name or r.data.tags.get("mlflow.runName", run_id[:8])
+    m, p = r.data.metrics, r.data.params
+    if "cost.train_s" not in m:  # a binning run: the real one, at full size
+        return Upstream(name, wall)
+    full_events = min(data.split_sizes(real.data)["train"], int(real.vqvae.get("max_events") or 0) or 10**12)
+    rehearsed = max(1.0, m.get("cost.events", 1.0)) * max(1, int(p.get("epochs", 1)))
+    return Upstream(name, wall, m["cost.train_s"], full_events * int(real.vqvae.get("epochs", VQVAE_EPOCHS)) / rehearsed)

@@ -13,7 +13,7 @@ from thesis_mlflow.forecast.arithmetic import Forecast, _hms
 def summary_lines(fc: Forecast) -> list[str]:
     """The headline numbers, after the warnings."""
     lim = fc.limits
-    return [
+    lines = [
         f"full run: {len(fc.cells)} cells in {len(fc.packs)} packs ({lim.backend}); longest pack {_hms(fc.wall_s)} "
         f"(all packs at once), {fc.node_hours:.1f} node-hours" + (f", {fc.gpu_hours:.1f} GPU-hours" if lim.gpus_per_job else ""),
         f"peak memory per pack {max((p.memory_mb for p in fc.packs), default=0) / 1024:.1f} GB"
@@ -22,6 +22,9 @@ def summary_lines(fc: Forecast) -> list[str]:
         f"requeues: {sum(p.requeues or 0 for p in fc.packs)} in all" + (f" (time {_hms(lim.time_s)} per attempt)" if lim.time_s else
                                                                        " (no time limit known for this backend)"),
     ]
+    if fc.prepare_s is not None:
+        lines.insert(1, f"prepare job (binning, VQ-VAE pre-training) {_hms(fc.prepare_s)}, before the packs")
+    return lines
 
 
 def pack_rows(fc: Forecast) -> list[dict]:

@@ -90,7 +90,7 @@ def forecast_grid(grid_file: str, scale: str, backend: str, rehearsal: Rehearsal
     m: Measured = measured(reh, real, backend, exp, stacked=stacking(stack_seeds, gpu), jobs=jobs)
     if not m.costs:
         raise StepFailed(f"no cell of {reh.run_name} was measured ({'; '.join(m.missing[:3])}): nothing to forecast from")
-    fc = forecast(m.costs, m.sizes, limits(real, backend, gpu))
+    fc = forecast(m.costs, m.sizes, limits(real, backend, gpu), m.upstream)
     echo(text(fc, m.missing))
     parent = gridruns.find_parent(reh.run_name, exp)
     if parent is not None:

@@ -9,7 +9,8 @@ backend, model, batch size, data file, codebook and evaluation, with
 - validation and test on the first ``eval_events`` events of their splits (evaluation time and
   score files are extrapolated per event; the forecast says so);
 - the VQ-VAE pre-training at its codebook size and batch, one epoch on ``steps x batch_size``
-  events, then encoding the whole file as the real one does (the binning is the real one: it has
+  events (it reads the whole file as the real one does; its training is timed and extrapolated);
+  the cells encode their own events with it, timed per event (the binning is the real one: it has
   no training to shorten, and the real grid reuses it);
 - its own name, ``<grid>-rehearsal``, and tag ``grid.rehearsal``: its parent, children, jobs and
   folders are never the real grid's, and the real grid never resumes into them.

@@ -70,11 +70,11 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
         tracking.add_fence(lease)  # every write to the run checks the lease first, its final status included
     try:
         if lease is None:
-            cell = _prepare(spec, tcfg)  # standalone: bad input is refused before any run exists
+            cell = _prepare(spec, tcfg, meter)  # standalone: bad input is refused before any run exists
         else:
             with tracking.RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
                 try:
-                    cell = _prepare(spec, tcfg)
+                    cell = _prepare(spec, tcfg, meter)
                 except Exception as e:
                     tracking.record_failure(given, e, early)
                     lease.release()
@@ -114,8 +114,11 @@ class Prepared:
     tags: dict
 
 
-def _prepare(spec: CellSpec, tcfg) -> Prepared:
+def _prepare(spec: CellSpec, tcfg, meter: CostMeter | None = None) -> Prepared:
+    t0 = time.perf_counter()
     inp = build_inputs(spec)
+    if meter is not None:  # reading (and binning or encoding) the events, per event: a full-size cell reads more of them
+        meter.inputs(time.perf_counter() - t0, sum(len(v) for v in inp.labels.values()))
     model = Classifier(spec.model_config(data.n_classes(spec.task), **_table_sizes(inp.info)))
     tens = {s: features.make_tensors(inp.arrays[s], inp.labels[s], spec.task) for s in data.SPLITS}
     factors = _factors(model, inp)

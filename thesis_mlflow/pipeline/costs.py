@@ -7,6 +7,8 @@ artifacts' sizes are read back from the store (``forecast.measured``).
 
 - ``cost.setup_s``: from the cell's start to its first training step's epoch (inputs built,
   upstream files fetched, model made; a resume's checkpoint download too)
+- ``cost.inputs_s_per_1k``: building the inputs (reading the events, encoding them with the VQ-VAE)
+  per 1,000 events: the part of the setup that grows with the events
 - ``cost.epoch_train_s``: the training part of the last epoch trained here, steps only (the
   first epoch of an attempt carries warm-up, compile and capture: it is not the steady pace)
 - ``cost.steps_per_epoch``: the steps of that epoch
@@ -65,6 +67,12 @@ class CostMeter:
     eval_s: float = 0.0
     eval_events: int = 0
     train_bytes_per_event: float = 0.0
+    inputs_s: float = 0.0
+    input_events: int = 0
+
+    def inputs(self, seconds: float, events: int) -> None:
+        """The inputs were built: ``events`` events of every split in ``seconds``."""
+        self.inputs_s, self.input_events = seconds, events
 
     def fitting(self) -> None:
         """Training starts now (inputs built, the model made)."""
@@ -115,6 +123,8 @@ class CostMeter:
             out["tracking_calls_per_epoch"] = self.tracking_calls / n
         if self.eval_events:
             out["eval_s_per_1k"] = 1000 * self.eval_s / self.eval_events
+        if self.input_events:
+            out["inputs_s_per_1k"] = 1000 * self.inputs_s / self.input_events
         if self.train_bytes_per_event:
             out["train_mb_per_1k"] = 1000 * self.train_bytes_per_event / (1 << 20)
         cuda = cuda_peak_mb()

@@ -196,10 +196,13 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
                              "dead_threshold": cfg.dead_threshold, **stream.params()})
         tracking.log_file_input(inp, digest, name=inp.name, context="training")
         model = ObjectVQVAE(cfg, stream)
+        t0 = time.perf_counter()
         hist = train_vqvae(model, x["cont"][v], x["ids"][v], tcfg, names, on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
                            stream=stream)
         final = hist[-1]
-        tracking.log_metrics({"final_codebook_usage": final["codebook_usage"], "final_perplexity": final["perplexity"]})
+        # the training's share of the run, for a rehearsal's forecast of the full pre-training (forecast.arithmetic)
+        tracking.log_metrics({"final_codebook_usage": final["codebook_usage"], "final_perplexity": final["perplexity"],
+                              "cost.train_s": time.perf_counter() - t0, "cost.events": float(len(tr.y))})
         path = Path(tempfile.mkdtemp(prefix="vqvae-")) / "model.pt"
         torch.save(save_payload(model, scaler.to_dict(), o.seed), path)
         tracking.log_artifact(path, "vqvae")
