@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from steps._common import choice, user_errors
-from steps.rehearse import _rehearsal, rehearsal_options
+from steps.rehearse import rehearsal_of, rehearsal_options
 
 STACK_HELP = ("Train the seeds of each configuration as one stacked model (each seed keeps its own run, stream, checkpoint "
               "and metrics). auto: stacked on a GPU (one compiled step per configuration), not on a CPU.")
@@ -29,7 +29,7 @@ def prepare_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events) 
     from thesis_mlflow.paths import ROOT, resolve
     from thesis_mlflow.tracking import runs as tracking
 
-    g = load_grid(resolve(grid_file), scale, base_dir=ROOT, rehearsal=_rehearsal(rehearse_steps, rehearse_epochs, eval_events))
+    g = load_grid(resolve(grid_file), scale, base_dir=ROOT, rehearsal=rehearsal_of(rehearse_steps, rehearse_epochs, eval_events))
     tracking.ensure_experiment()
     for k, v in prepare(g).items():
         click.echo(f"{k}: run {v}")
@@ -64,7 +64,7 @@ def pack_cmd(grid_file, scale, rehearse_steps, rehearse_epochs, eval_events, run
     try:
         run_pack(grid_file, scale, runs, echo=click.echo, mps=mps.lower(), mode=mode.lower(), at_once=at_once, device=device.lower(),
                  stack_seeds=stack_seeds.lower(), slurm_requeues=slurm_requeues,
-                 rehearsal=_rehearsal(rehearse_steps, rehearse_epochs, eval_events))  # a failed cell: StepFailed, exit 1 (DAGMan retries)
+                 rehearsal=rehearsal_of(rehearse_steps, rehearse_epochs, eval_events))  # a failed cell: StepFailed, exit 1 (DAGMan retries)
     finally:
         if slurm_requeues is not None:
             import signal

@@ -23,7 +23,7 @@ def rehearsal_options(f):
     return f
 
 
-def _rehearsal(steps, epochs, eval_events):
+def rehearsal_of(steps, epochs, eval_events):
     from thesis_mlflow.grid.rehearsal import Rehearsal
 
     return Rehearsal(steps=steps, epochs=epochs, eval_events=eval_events) if steps else None
@@ -44,7 +44,7 @@ def _rehearsal(steps, epochs, eval_events):
 def rehearse_cmd(grid_file, scale, backend, steps, rehearse_epochs, eval_events, jobs, wait, stack_seeds, allow_dirty) -> None:
     from thesis_mlflow.forecast.rehearse import rehearse
 
-    r = rehearse(grid_file, scale, backend.lower(), _rehearsal(steps, rehearse_epochs, eval_events), jobs, wait, echo=click.echo,
+    r = rehearse(grid_file, scale, backend.lower(), rehearsal_of(steps, rehearse_epochs, eval_events), jobs, wait, echo=click.echo,
                  stack_seeds=stack_seeds.lower(), allow_dirty=allow_dirty)
     if r.forecast is not None:
         sys.exit(r.forecast.exit_code)
@@ -61,6 +61,6 @@ def rehearse_cmd(grid_file, scale, backend, steps, rehearse_epochs, eval_events,
 def forecast_cmd(grid_file, scale, backend, steps, rehearse_epochs, eval_events, stack_seeds) -> None:
     from thesis_mlflow.forecast.rehearse import forecast_grid
 
-    fc = forecast_grid(grid_file, scale, backend.lower(), _rehearsal(steps, rehearse_epochs, eval_events), echo=click.echo,
+    fc = forecast_grid(grid_file, scale, backend.lower(), rehearsal_of(steps, rehearse_epochs, eval_events), echo=click.echo,
                        stack_seeds=stack_seeds.lower())
     sys.exit(fc.exit_code)

@@ -96,8 +96,10 @@ class Cluster:
                     cwd = os.readlink(d / "cwd").removesuffix(" (deleted)")
                     if cwd == str(self.root) or cwd.startswith(str(self.root) + "/"):
                         out.append(int(d.name))
-                elif mine in (d / "environ").read_bytes().split(b"\0") and "SLURM_JOB_ID" in (d / "environ").read_text(errors="replace"):
-                    out.append(int(d.name))
+                else:
+                    env = (d / "environ").read_bytes().split(b"\0")
+                    if mine in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env):
+                        out.append(int(d.name))
             except OSError:
                 continue
         return out

@@ -100,7 +100,7 @@ def test_a_time_limit_that_needs_requeues_warns_and_exits_0_unless_past_max_requ
     fc = forecast([c], {"a": FULL}, Limits("slurm", 4 * 3600, 300, need, None))
     p = fc.packs[0]
     assert p.attempts == need and p.requeues == need - 1 and fc.exit_code == 0
-    assert fc.warnings == [f"pack 0 needs {page._hms(p.wall_s)}: with time 4:00:00 it will be requeued {need - 1} time{'s' * (need > 2)}"]
+    assert fc.warnings == [f"pack 0 needs {page.hms(p.wall_s)}: with time 4:00:00 it will be requeued {need - 1} time{'s' * (need > 2)}"]
     assert p.wall_s == pytest.approx(f.cell_s + (need - 1) * (c.setup_s + c.warmup_s))  # each attempt sets up again
     few = forecast([c], {"a": FULL}, Limits("slurm", 4 * 3600, 300, need - 2, None))
     assert few.exit_code == 1 and "more than max_requeues" in few.warnings[0]

@@ -268,8 +268,8 @@ def forecast(costs: list[CellCost], sizes: dict[str, FullSize], limits: Limits, 
         fc.prepare_s = prepare_s(upstream)
         if usable is not None and fc.prepare_s > usable:  # no checkpoint: a requeued prepare starts again
             fc.prepare_fatal = True
-            fc.warnings.insert(0, f"the prepare job needs {_hms(fc.prepare_s)} ({', '.join(u.name for u in upstream)}), more than an "
-                                  f"attempt's usable {_hms(usable)} under time {_hms(limits.time_s or 0)}: it can never finish")
+            fc.warnings.insert(0, f"the prepare job needs {hms(fc.prepare_s)} ({', '.join(u.name for u in upstream)}), more than an "
+                                  f"attempt's usable {hms(usable)} under time {hms(limits.time_s or 0)}: it can never finish")
     return fc
 
 
@@ -283,20 +283,20 @@ def _judge(p: PackForecast, limits: Limits, usable: float | None) -> None:
     if p.attempts is None:
         p.fatal = True
         if usable is not None and usable <= 0:
-            p.warnings.append(f"pack {p.pack}: time {_hms(limits.time_s or 0)} leaves nothing to train in once SLURM's warning "
+            p.warnings.append(f"pack {p.pack}: time {hms(limits.time_s or 0)} leaves nothing to train in once SLURM's warning "
                               f"({limits.signal_before_end_s} s before the end, up to {EARLY_WARNING_S} s early) is taken: it can never finish")
         else:
-            p.warnings.append(f"pack {p.pack}: one epoch takes {_hms(p.epoch_s)}, more than an attempt's usable {_hms(usable or 0)} "
-                              f"(time {_hms(limits.time_s or 0)} less the warning): it can never finish")
+            p.warnings.append(f"pack {p.pack}: one epoch takes {hms(p.epoch_s)}, more than an attempt's usable {hms(usable or 0)} "
+                              f"(time {hms(limits.time_s or 0)} less the warning): it can never finish")
     elif p.attempts > 1:
         over = limits.max_requeues is not None and p.requeues > limits.max_requeues
         if over:
             p.fatal = True
-        p.warnings.append(f"pack {p.pack} needs {_hms(p.wall_s)}: with time {_hms(limits.time_s or 0)} it will be requeued "
+        p.warnings.append(f"pack {p.pack} needs {hms(p.wall_s)}: with time {hms(limits.time_s or 0)} it will be requeued "
                           f"{p.requeues} time{'s' if p.requeues != 1 else ''}"
                           + (f", more than max_requeues {limits.max_requeues}: it would be left unfinished" if over else ""))
 
 
-def _hms(s: float) -> str:
+def hms(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, replace
 
 from thesis_mlflow.forecast.arithmetic import CellCost, FullSize, Limits, Upstream
-from thesis_mlflow.grid.condor.settings import memory_mb as condor_mb
+from thesis_mlflow.grid.condor.settings import memory_mb
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.learn import data
 from thesis_mlflow.spec import VQVAE_EPOCHS
@@ -44,27 +44,20 @@ def limits(g: Grid, backend: str, gpu: bool = False) -> Limits:
     """What each of ``g``'s jobs gets on ``backend``, from the grid file."""
     if backend == "slurm":
         s = g.slurm
-        return Limits("slurm", s.seconds, s.signal_before_end_s, s.max_requeues, slurm_mb(s.mem), "slurm.mem",
+        # sbatch's --mem (megabytes, or a K/M/G/T suffix) is a subset of what Condor's sizes allow
+        return Limits("slurm", s.seconds, s.signal_before_end_s, s.max_requeues, memory_mb(s.mem), "slurm.mem",
                       side_by_side=s.gpus_per_job > 0 and s.cells_per_job > 1, gpus_per_job=s.gpus_per_job)
     if backend == "condor":
         c = g.condor
-        return Limits("condor", None, 0, c.retries, condor_mb(c.request_memory), "condor.request_memory",
+        return Limits("condor", None, 0, c.retries, memory_mb(c.request_memory), "condor.request_memory",
                       side_by_side=c.request_gpus > 0 and c.cells_per_job > 1, gpus_per_job=c.request_gpus)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MB
     return Limits("local", None, 0, None, int(total), "this machine's memory", side_by_side=False, gpus_per_job=int(gpu))
 
 
-def slurm_mb(mem: str) -> int:
-    """sbatch's ``--mem`` (megabytes, or with K/M/G/T) in megabytes."""
-    unit = mem[-1].upper() if mem[-1].isalpha() else "M"
-    n = int(mem[:-1] if mem[-1].isalpha() else mem)
-    return int(n * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit])
-
-
-def full_sizes(g: Grid) -> dict[str, FullSize]:
-    """Each real cell's events, epochs and batch: the data file's splits, cut where the scale cuts them.
-    (The colleague's pre-binned file is taken to have the raw file's splits.)"""
-    n = data.split_sizes(g.data)
+def full_sizes(g: Grid, n: dict[str, int]) -> dict[str, FullSize]:
+    """Each real cell's events, epochs and batch: the data file's splits ``n``, cut where the scale cuts
+    them. (The colleague's pre-binned file is taken to have the raw file's splits.)"""
     out = {}
     for c in g.cells():
         def cut(k: int, limit: int) -> int:
@@ -109,17 +102,19 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
             scores_mb=sizes["scores"], log_mb=sizes["log"], n_train=int(p.get("n_train_events", 0)), n_eval=int(p.get("n_test_events", 0)),
             epochs=int(p.get("epochs", rehearsal.rehearsal.epochs if rehearsal.rehearsal else 1)), cuda_peak_mb=m.get("cost.cuda_peak_mb"),
             inputs_s_per_1k=m.get("cost.inputs_s_per_1k", 0.0)))
-    return Measured(costs, full_sizes(real), missing, [upstream_cost(rid, real) for rid in upstream_ids])
+    n = data.split_sizes(real.data)
+    return Measured(costs, full_sizes(real, n), missing, [upstream_cost(rid, real, n["train"]) for rid in upstream_ids])
 
 
-def upstream_cost(run_id: str, real: Grid) -> Upstream:
-    """A rehearsal's binning or VQ-VAE run, and how much longer the real grid's pre-training trains."""
+def upstream_cost(run_id: str, real: Grid, n_train: int) -> Upstream:
+    """A rehearsal's binning or VQ-VAE run, and how much longer the real grid's pre-training trains
+    (on ``n_train`` training events at most)."""
     r = tracking.get_run(run_id)
     wall = max(0.0, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000)
     name = r.info.run_name or r.data.tags.get("mlflow.runName", run_id[:8])
     m, p = r.data.metrics, r.data.params
     if "cost.train_s" not in m:  # a binning run: the real one, at full size
         return Upstream(name, wall)
-    full_events = min(data.split_sizes(real.data)["train"], int(real.vqvae.get("max_events") or 0) or 10**12)
+    full_events = min(n_train, int(real.vqvae.get("max_events") or 0) or n_train)
     rehearsed = max(1.0, m.get("cost.events", 1.0)) * max(1, int(p.get("epochs", 1)))
     return Upstream(name, wall, m["cost.train_s"], full_events * int(real.vqvae.get("epochs", VQVAE_EPOCHS)) / rehearsed)

@@ -7,28 +7,28 @@ import csv
 import html
 import io
 
-from thesis_mlflow.forecast.arithmetic import Forecast, _hms
+from thesis_mlflow.forecast.arithmetic import Forecast, hms
 
 
 def summary_lines(fc: Forecast) -> list[str]:
     """The headline numbers, after the warnings."""
     lim = fc.limits
     lines = [
-        f"full run: {len(fc.cells)} cells in {len(fc.packs)} packs ({lim.backend}); longest pack {_hms(fc.wall_s)} "
+        f"full run: {len(fc.cells)} cells in {len(fc.packs)} packs ({lim.backend}); longest pack {hms(fc.wall_s)} "
         f"(all packs at once), {fc.node_hours:.1f} node-hours" + (f", {fc.gpu_hours:.1f} GPU-hours" if lim.gpus_per_job else ""),
         f"peak memory per pack {max((p.memory_mb for p in fc.packs), default=0) / 1024:.1f} GB"
         + (f" (request: {lim.memory_key} {lim.memory_mb / 1024:.1f} GB)" if lim.memory_mb else ""),
         f"disk for all cells' artifacts {fc.disk_mb / 1024:.2f} GB; tracking server at the peak ~{fc.peak_calls_per_min:.0f} calls/min",
-        f"requeues: {sum(p.requeues or 0 for p in fc.packs)} in all" + (f" (time {_hms(lim.time_s)} per attempt)" if lim.time_s else
+        f"requeues: {sum(p.requeues or 0 for p in fc.packs)} in all" + (f" (time {hms(lim.time_s)} per attempt)" if lim.time_s else
                                                                        " (no time limit known for this backend)"),
     ]
     if fc.prepare_s is not None:
-        lines.insert(1, f"prepare job (binning, VQ-VAE pre-training) {_hms(fc.prepare_s)}, before the packs")
+        lines.insert(1, f"prepare job (binning, VQ-VAE pre-training) {hms(fc.prepare_s)}, before the packs")
     return lines
 
 
 def pack_rows(fc: Forecast) -> list[dict]:
-    return [{"pack": p.pack, "cells": len(p.cells), "wall": _hms(p.wall_s), "wall_s": round(p.wall_s, 1), "epoch_s": round(p.epoch_s, 2),
+    return [{"pack": p.pack, "cells": len(p.cells), "wall": hms(p.wall_s), "wall_s": round(p.wall_s, 1), "epoch_s": round(p.epoch_s, 2),
              "requeues": "never finishes" if p.attempts is None else p.requeues, "memory_gb": round(p.memory_mb / 1024, 2),
              "ok": "no" if p.fatal else "yes"} for p in fc.packs]
 

@@ -162,9 +162,8 @@ def _plain(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease=None, stack=None,
-                  meter: CostMeter | None = None) -> str:
-    meter = meter or CostMeter()
+def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease, stack,
+                  meter: CostMeter) -> str:
     existing = tracking.get_run(run_id)
     if has_results(existing):
         log.info("run %s already has its test metrics and scores: nothing to do", run_id)
