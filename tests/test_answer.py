@@ -91,7 +91,23 @@ def test_method_sentence_and_the_warning_for_runs_without_streams():
     assert not any(s.startswith("Warning:") for s in ans)
     ans, _ = words(runs, scores, streams=(4, len(runs)))
     warn = [s for s in ans if s.startswith("Warning:")]
-    assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "80%" in warn[0]
+    assert warn and warn[0].startswith(f"Warning: 4 of {len(runs)} runs carry no random-stream id") and "78%" in warn[0]
+
+
+def test_a_comparison_read_from_its_strata_scatter_is_named_and_no_other():
+    """The wild-stratum guard's sentence names exactly the comparisons whose seed part came from
+    the strata's scatter (``seed_var_pooled`` False) and says why; with none, no sentence (plants:
+    the sentence always, or naming every row)."""
+    k = {(t, p, m): 0.5 + (0.1 if t == "binned" else 0) for t in ("direct", "binned") for p in POOL for m in (True, False)}
+    eff = stats.effects(*grid(k, n_seeds=2), n_boot=50, metrics=["auc"])
+    assert eff["seed_var_pooled"].all()
+    assert not any("scatter more than the seeds explain" in s for s in answer._caveats(eff, None))
+    wild = eff.copy()
+    row = wild.index[(wild["kind"] == "main") & (wild["factor"] == "tokenizer")][0]
+    wild.loc[row, "seed_var_pooled"] = False
+    said = [s for s in answer._caveats(wild, None) if "scatter more than the seeds explain" in s]
+    assert len(said) == 1 and said[0].startswith(f"1 comparison ({wild.loc[row, 'comparison']} tokenizer)"), said
+    assert "strata minus one degrees of freedom" in said[0]
 
 
 def test_one_seed_everywhere_says_test_noise_only_and_names_no_winner():

@@ -285,13 +285,14 @@ def test_each_family_keeps_its_family_wise_error():
 @pytest.mark.simulation
 def test_pooled_degrees_of_freedom_do_not_collapse_at_two_seeds(world):
     """The main effect's df is the pooled one (6 strata x (n - 1)), never the ~1.4 the
-    per-stratum Satterthwaite sum fell to when most strata were truncated at zero; and the
-    smallest detectable difference printed is the interval's own se and df."""
+    per-stratum Satterthwaite sum fell to when most strata were truncated at zero; where the
+    wild-stratum guard fires (by design in ~10% of homogeneous worlds) it is S - 1 = 5, never
+    less (plant: the guard's df from Satterthwaite over the strata)."""
     (regime, n_seeds), grids = world
     dfs = [float(_main(df)["df"]) for df, *_ in grids]
     pooled = np.mean([bool(_main(df)["seed_var_pooled"]) for df, *_ in grids])
-    assert np.median(dfs) == 6 * (n_seeds - 1) and min(dfs) >= 1, sorted(dfs)[:5]
-    assert pooled >= 0.95  # Bartlett falls back in ~1% of homogeneous worlds
+    assert np.median(dfs) == 6 * (n_seeds - 1) and min(dfs) >= 5, sorted(dfs)[:5]
+    assert pooled >= 0.8, pooled  # the guard fires in ~10% of homogeneous worlds (its F gate), fewer where test-set noise dominates
 
 
 @pytest.mark.simulation
@@ -356,20 +357,58 @@ def test_t_interval_adds_the_test_set_part_and_pools_the_seed_variance():
     assert iv.estimate == pytest.approx((v[:3].mean() + v[3:].mean()) / 2)
 
 
-def test_strata_whose_seed_spreads_differ_keep_their_own_with_satterthwaite_df():
-    """Bartlett rejects equal spreads (one stratum 30x noisier): no pooling, each stratum its own
-    variance and Welch-Satterthwaite df, and the interval says so (plant: pooling regardless)."""
+def test_a_wild_stratum_gives_the_interval_its_scatter_with_s_minus_1_df():
+    """One stratum of six whose seeds scatter 30x the others' and whose mean is off with them: the
+    seed part is read from the strata's scatter (``between_strata``), with S - 1 = 5 df, and the
+    interval says so; a test-set covariance common to every run takes nothing from that scatter,
+    one of a stratum's own does. Strata alike: the pooled variance and its 6 df. (Plants: the
+    guard off -> pooled; the test-set part not subtracted -> a larger scatter.)"""
     rng = np.random.default_rng(1)
-    quiet = 0.80 + rng.normal(0, 0.001, 6)
-    loud = 0.70 + rng.normal(0, 0.03, 6)
-    v = np.r_[quiet, loud]
-    units = stats.Units(np.eye(12), np.repeat([0, 1], 6), np.tile(np.arange(6), 2))
-    iv = stats.t_interval(units, v, np.zeros((12, 12)))
-    a = [quiet.var(ddof=1) / (6 * 4), loud.var(ddof=1) / (6 * 4)]
-    assert not iv.pooled and iv.seed_var == pytest.approx(sum(a))
-    assert iv.df == pytest.approx(sum(a) ** 2 / (a[0] ** 2 / 5 + a[1] ** 2 / 5))
-    alike = stats.t_interval(units, np.r_[quiet, 0.70 + rng.normal(0, 0.001, 6)], np.zeros((12, 12)))
-    assert alike.pooled and alike.df == 10
+    S, n = 6, 2
+    units = stats.Units(np.eye(S * n), np.repeat(np.arange(S), n), np.tile(np.arange(n), S))
+    quiet = 0.80 + rng.normal(0, 0.001, (S, n))
+    wild = quiet.copy()
+    wild[0] = 0.80 + np.array([0.05, 0.07])  # its mean 0.06 off, its own spread 0.014 (1 df)
+    iv = stats.t_interval(units, wild.ravel(), np.zeros((S * n, S * n)))
+    m = wild.mean(1)
+    assert not iv.pooled and iv.df == S - 1
+    assert iv.seed_var == pytest.approx(((m - m.mean()) ** 2).sum() / (S * (S - 1)))
+    common = np.full((S * n, S * n), 1e-5)  # one shift shared by every run: in the test-set part, not in the scatter
+    both = stats.t_interval(units, wild.ravel(), common)
+    assert both.seed_var == pytest.approx(iv.seed_var) and both.test_var == pytest.approx(1e-5)
+    own = np.diag(np.full(S * n, 1e-4))  # each run's own test-set error: the scatter's share of it comes out
+    idx = [np.flatnonzero(units.strata == s) for s in range(S)]
+    assert stats.between_strata(idx, wild.ravel(), own).seed == pytest.approx(max(iv.seed_var - (S * 1e-4 / n) * (1 - 1 / S) / (S * (S - 1)), 0))
+    alike = stats.t_interval(units, quiet.ravel(), np.zeros((S * n, S * n)))
+    assert alike.pooled and alike.df == S * (n - 1)
+
+
+@pytest.mark.simulation
+def test_one_wild_stratum_keeps_coverage_and_power_at_two_and_three_seeds():
+    """Issue 48, item 2: one stratum's seed sd 4x, 8x or 16x the others' (12 strata, the primary
+    contrasts' shape; 2 and 3 seeds; 600 grids each): the contrast's 95% interval covers >= 0.93
+    (the pooled one alone: 0.77-0.92, benchmarks/wild_stratum.py), a homogeneous world >= 0.94 and
+    <= 0.99, and an effect of 8 standard errors is found at Holm's strictest level of 6 pairs in
+    >= 97% of grids with one stratum 8x wild. (Plant: the guard off -> 16x covers ~0.80.)"""
+    rng = np.random.default_rng(48)
+    S = 12
+    for n in (2, 3):
+        units = stats.Units(np.eye(S * n), np.repeat(np.arange(S), n), np.tile(np.arange(n), S))
+        zero = np.zeros((S * n, S * n))
+        for k in (1, 4, 8, 16):
+            sd = np.ones(S)
+            sd[0] = k
+            draws = rng.normal(size=(600, S, n)) * sd[None, :, None]
+            ivs = [stats.t_interval(units, d.ravel(), zero) for d in draws]
+            cover = np.mean([iv.ci_low <= 0 <= iv.ci_high for iv in ivs])
+            print(f"one stratum {k}x, {n} seeds: coverage {cover:.3f}, guard fired {np.mean([not iv.pooled for iv in ivs]):.2f}")
+            assert cover >= (0.94 if k == 1 else 0.93), (n, k, cover)
+            if k == 1:
+                assert cover <= 0.99, (n, cover)
+            if k == 8:
+                true_se = np.sqrt((sd**2).sum() / (n * S**2))
+                found = [stats.t_interval(units, d.ravel() + 8 * true_se, zero, alpha=0.05 / 6).ci_low > 0 for d in draws]
+                assert np.mean(found) >= 0.97, (n, np.mean(found))
 
 
 def test_one_seed_strata_borrow_the_pooled_variance_and_say_so():
@@ -621,7 +660,7 @@ def test_strata_with_one_seed_borrow_what_every_other_stratum_pools():
     """Strata of 3 and 2 seeds pool their variances (df 2 + 1); two one-seed strata take it too,
     each as 1/S^2 of it, and the degrees of freedom stay the pooled ones (plants: pooling only
     the last stratum, dividing by the number of borrowers, counting the borrowers in the df)."""
-    v = np.array([0.80, 0.83, 0.81, 0.70, 0.74, 0.60, 0.65])
+    v = np.array([0.80, 0.83, 0.81, 0.80, 0.84, 0.82, 0.81])  # strata alike in their means: the wild-stratum guard stays off
     strata = np.array([0, 0, 0, 1, 1, 2, 3])
     iv = _iv(v, strata, np.repeat(v[:, None], 40, axis=1))
     S = 4

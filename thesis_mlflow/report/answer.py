@@ -203,7 +203,8 @@ METHOD = ("Method: runs are independent replicates by construction: each run dra
           "masks from its own random stream (scheme {scheme}, derived from its configuration and seed). Comparisons are matched "
           "contrasts (same other factors and seed). Each interval and its p-value come from one t statistic whose variance adds the "
           "seed-to-seed spread (one seed variance pooled over the strata, its degrees of freedom the strata's seeds minus one, "
-          "summed; strata whose spreads differ by Bartlett's test keep their own, with Satterthwaite's degrees of freedom) and the "
+          "summed; where the strata's own contrasts scatter more than that explains, the seed part is read from their scatter, with "
+          "the strata minus one degrees of freedom) and the "
           "test-set noise ({noise}): both answer the same question, how the result would vary with new seeds and a new test sample, "
           "so an interval excludes 0 exactly when its unadjusted p < 0.05. Holm's correction runs within each family of the "
           "effects table: {families}; the answer's claims rest on the primary family only. \"As good as\" is tested against a margin "
@@ -249,7 +250,7 @@ def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
                    f"seeds shared the data order and, where parameters coincide, the initial weights across cells, so they are not "
                    f"independent replicates and the intervals above may be too narrow. In a simulation where half of a run's seed "
                    f"noise is shared across the cells of its seed, 95% intervals of a main effect covered the truth in only about 4 "
-                   f"grids of 5 (80%, tests/test_stats.py). Retrain those runs before quoting their intervals.")
+                   f"grids of 5 (78%, tests/test_stats.py). Retrain those runs before quoting their intervals.")
     if len(eff) and not eff["seed_var_known"].all():
         out.append("Only one seed per cell in some comparisons: their intervals cover test-set noise only, not training variance; "
                    "run more seeds before quoting them as the uncertainty of a result.")
@@ -260,9 +261,9 @@ def _caveats(eff: pd.DataFrame, streams: tuple[int, int] | None) -> list[str]:
     if len(eff) and "seed_var_pooled" in eff and not eff["seed_var_pooled"].all():
         rows = eff[~eff["seed_var_pooled"].astype(bool)]
         out.append(f"{len(rows)} comparison{'s' if len(rows) != 1 else ''} ({', '.join(dict.fromkeys(rows['comparison'] + ' ' + rows['factor']))}) "
-                   f"did not pool the seed variance: Bartlett's test found their strata's seed spreads different (p < "
-                   f"{stats.HOMOGENEITY_P}), so each stratum kept its own, with Satterthwaite's (fewer) degrees of freedom "
-                   f"(seed_var_pooled in the effects table).")
+                   f"did not use the pooled seed variance: their strata's own differences scatter more than the seeds explain "
+                   f"(one configuration with wild seeds, or configurations that differ for real), so the interval is read from "
+                   f"that scatter, with the strata minus one degrees of freedom (seed_var_pooled in the effects table).")
     return out
 
 
