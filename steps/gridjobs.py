@@ -1,6 +1,6 @@
 """The commands a grid's jobs run (``python -m steps.grid prepare|pack``, attached to ``steps.grid``'s
 group): the upstream runs once, and a pack of cells on one node. Their command lines are written by
-the backends (``grid.driver.worker_command``, the SLURM scripts, the DAG)."""
+the backends (``grid.local.submit.worker_command``, the SLURM scripts, the DAG)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from thesis_mlflow.errors import BadInput, MissingInput
-from thesis_mlflow.grid import driver
+from thesis_mlflow.grid import driver, gridfile
+from thesis_mlflow.grid.local import submit as local_submit
 from thesis_mlflow.learn.metrics import binary_metrics
 from thesis_mlflow.pipeline.cell import train_cell
 from thesis_mlflow.pipeline.inputs import build_inputs
@@ -266,10 +267,10 @@ def test_inputs_from_the_colleagues_file(colleague_files, tiny_raw, which, how):
 def test_driver_bookkeeping():
     cells = [CellSpec(tokenizer=t, pooling=p, seed=s) for s in (0, 1, 2) for t in ("direct", "binned") for p in ("cls", "max")]
     todo = [(c, f"r{i}") for i, c in enumerate(cells)]
-    groups = driver.by_configuration(todo)
+    groups = gridfile.by_configuration(todo)
     assert len(groups) == 4 and all([c.seed for c, _ in v] == [0, 1, 2] for v in groups.values())
     assert list(groups)[0] == CellSpec(tokenizer="direct", pooling="cls")  # configurations in the order given
-    workers = driver.split_over_workers(todo, 3)
+    workers = local_submit.split_over_workers(todo, 3)
     assert sorted(len(w) for w in workers) == [3, 3, 6] and sum(map(len, workers)) == 12
     for w in workers:  # a configuration's seeds never split over two workers
         assert all(len([c for c, _ in w if c.replace(seed=0) == k]) in (0, 3) for k in groups)

@@ -293,3 +293,18 @@ def test_a_cell_that_fails_before_training_is_failed_where_the_user_looks(mlflow
     assert {k: p.get(k) for k in ("grid_file", "scale_name", "n_cells", "seeds")} == {"grid_file": str(gfile), "scale_name": "demo",
                                                                                       "n_cells": str(len(runs)), "seeds": "0"}
     assert "binned_ambre" in p["tokenizers"].split(",") and "direct" in p["tokenizers"].split(",")
+
+
+def test_the_local_backends_settings_are_checked_before_anything_starts(tmp_path):
+    """``LocalSpec`` refuses a worker count below one or an unknown MPS mode, naming it; ``run_grid``
+    checks them before any run or process (plants: no check -> the grid would start)."""
+    from thesis_mlflow.errors import BadSetting
+    from thesis_mlflow.grid.local import LocalSpec
+
+    assert LocalSpec(2, "off") == LocalSpec(jobs=2, mps="off")
+    for bad, what in (({"jobs": 0}, "jobs must be a whole number >= 1; got 0"), ({"jobs": True}, "jobs must be"),
+                      ({"mps": "yes"}, "mps must be one of auto, on, off; got 'yes'")):
+        with pytest.raises(BadSetting, match=what):
+            LocalSpec(**bad)
+    with pytest.raises(BadSetting, match="jobs must be"):
+        run_grid(str(tmp_path / "absent.yaml"), "local", "demo", 0, False)

@@ -178,18 +178,22 @@ def test_tests_that_need_root_skip_without_it(tmp_path):
     assert _root_breaches(tmp_path) == ["test_x.py:3 test_x needs root but does not skip without it"]
 
 
-def test_every_batch_backend_is_one_registered_folder_of_the_same_shape():
-    """A scheduler is a folder under grid/ with the same modules (settings, submit, state) whose
-    ``state.cell_views(folder)`` gives the grid's one model of a job, and one line in
-    ``grid.backends``: a folder without its line, or a line without its folder, fails here."""
+def test_every_backend_is_one_registered_folder_of_the_same_shape():
+    """A backend is a folder under grid/ with the same modules (settings, submit; a batch
+    scheduler also state, whose ``state.cell_views(folder)`` gives the grid's one model of a
+    job) and one line in ``grid.backends``: a folder without its line, or a line without its
+    folder, fails here."""
     import importlib
     import inspect
 
     from thesis_mlflow.grid.backends import BACKENDS, BATCH
 
     folders = {p.parent.name for p in (PACKAGE / "grid").glob("*/__init__.py")}
-    assert folders == {b.package.rsplit(".", 1)[1] for b in BATCH}, folders
-    assert set(BACKENDS) >= {"local", "condor", "slurm"}
+    assert folders == {b.package.rsplit(".", 1)[1] for b in BACKENDS.values()} == set(BACKENDS), folders
+    assert set(BACKENDS) >= {"local", "condor", "slurm"} and {b.name for b in BATCH} == {"condor", "slurm"}
+    for b in BACKENDS.values():
+        for module in ("settings", "submit"):
+            assert (PACKAGE / "grid" / b.name / f"{module}.py").is_file(), (b.name, module)
     for b in BATCH:
         for module in ("settings", "submit", "state"):
             assert (PACKAGE / "grid" / b.name / f"{module}.py").is_file(), (b.name, module)

@@ -1,7 +1,8 @@
-"""The schedulers a grid runs on, one line each. A batch backend is one folder of the same shape
-(``settings``, ``submit``, ``state``; SLURM also ``injob``): its ``state.cell_views(folder)``
-turns what the scheduler knows into one ``jobs.JobView`` per cell, and the parent run's tag
-``folder_tag`` says where its job files are. A new scheduler is a new folder and a line here."""
+"""The backends a grid runs on, one line each, each one folder of the same shape: ``settings``
+and ``submit``; a batch scheduler also ``state`` (SLURM also ``injob``), whose
+``state.cell_views(folder)`` turns what the scheduler knows into one ``jobs.JobView`` per cell,
+the parent run's tag ``folder_tag`` saying where its job files are. The local backend has no
+scheduler to ask (``grid.local``). A new scheduler is a new folder and a line here."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from thesis_mlflow.grid.runs import DAG_DIR_TAG, SLURM_DIR_TAG
 @dataclass(frozen=True)
 class Backend:
     name: str  # as ``grid run --backend`` names it
-    package: str | None  # the backend's folder (None: this machine, no scheduler)
+    package: str  # the backend's folder
     folder_tag: str | None  # the parent run's tag naming the grid's job folder
 
     def cell_views(self, folder: Path) -> tuple[dict[str, JobView], str | None]:
@@ -26,8 +27,8 @@ class Backend:
 
 
 BACKENDS = {b.name: b for b in (
-    Backend("local", None, None),
+    Backend("local", "thesis_mlflow.grid.local", None),
     Backend("condor", "thesis_mlflow.grid.condor", DAG_DIR_TAG),
     Backend("slurm", "thesis_mlflow.grid.slurm", SLURM_DIR_TAG),
 )}
-BATCH = tuple(b for b in BACKENDS.values() if b.package)
+BATCH = tuple(b for b in BACKENDS.values() if b.folder_tag)  # the batch schedulers: a job folder, a state to read

@@ -23,8 +23,10 @@ from thesis_mlflow.errors import BadSetting, LeaseHeld, StepFailed, Unavailable
 from thesis_mlflow.grid import packing
 from thesis_mlflow.grid import runs as gridruns
 from thesis_mlflow.grid.condor.submit import run_condor
-from thesis_mlflow.grid.gridfile import Grid, load_grid
+from thesis_mlflow.grid.gridfile import Grid, by_configuration, load_grid
 from thesis_mlflow.grid.jobenv import check_no_credentials
+from thesis_mlflow.grid.local import LocalSpec
+from thesis_mlflow.grid.local.submit import run_cells
 from thesis_mlflow.grid.mps import shared_gpu
 from thesis_mlflow.grid.processes import ChildProcess, run_processes
 from thesis_mlflow.grid.rehearsal import Rehearsal
@@ -153,21 +155,6 @@ def _wait_or_stop(futures) -> None:
         raise
 
 
-def by_configuration(todo: list[tuple[CellSpec, str]]) -> dict[CellSpec, list[tuple[CellSpec, str]]]:
-    """``todo`` grouped by configuration (the cell with seed 0 as key), seeds in order, configurations in the given order."""
-    out: dict[CellSpec, list[tuple[CellSpec, str]]] = {}
-    for cell, rid in todo:
-        out.setdefault(replace(cell, seed=0), []).append((cell, rid))
-    return {k: sorted(v, key=lambda cr: cr[0].seed) for k, v in out.items()}
-
-
-def split_over_workers(todo: list[tuple[CellSpec, str]], workers: int) -> list[list[tuple[CellSpec, str]]]:
-    """``todo`` shared among ``workers``: whole configurations (a configuration's seeds in one
-    worker, where they can be stacked), round robin so that similar configurations spread."""
-    configs = list(by_configuration(todo).values())
-    return [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
-
-
 # Whether ``auto`` stacks on a GPU: yes. The stacked step is compiled there (learn.stacked: one
 # fused function per configuration, compiled once, not per seed), and the stacked probe reached
 # 169-185k events/s on an H100 against ~100k for compiled cells side by side
@@ -186,86 +173,6 @@ def stacking(stack_seeds: str, on_gpu: bool) -> bool:
 
 
 STACK_SEEDS = ("auto", "on", "off")
-
-
-def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1, stack_seeds: str = "auto") -> list[str]:
-    """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
-    runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
-    return [sys.executable, "-m", "steps.grid", "pack", str(g.source), *g.load_args(), "--runs", runs, "--mode", mode,
-            "--at-once", str(at_once), "--stack-seeds", stack_seeds]
-
-
-def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], parallel: int, exp_id: str, echo: Echo = _log_echo,
-              mps: str = "auto", on_progress: Callable[[int], None] | None = None, stack_seeds: str = "auto") -> dict[str, str]:
-    """Train ``todo`` (cell, child run id) with ``parallel`` worker processes at once on this node;
-    returns {cell name: final status}. Each worker imports and sets up once and trains its share
-    of the cells one after another (each still its own child run, checkpoint and resume); the
-    workers share the node's GPU (under a private MPS daemon where one can be started,
-    ``shared_gpu``) and split its CPU threads. Results are reported as the cells end."""
-    logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
-    parallel = max(1, min(parallel, len(todo) or 1))
-    n_gpus = packing.gpu_count()
-    result: dict[str, str] = {}
-    n_total = len(todo)
-    if n_gpus:  # one worker per GPU, its cells side by side on CUDA streams (no MPS needed)
-        workers, mode, at_once = min(n_gpus, parallel), "threads", -(-parallel // min(n_gpus, parallel))
-    else:  # CPU: `parallel` workers, each training its cells one after another
-        workers, mode, at_once = parallel, "sequential", 1
-    groups = split_over_workers(todo, workers)
-    started = time.perf_counter()
-
-    def report(cell: CellSpec, run, status: str, where: str) -> None:
-        result[cell.name] = status
-        auc = run.data.metrics.get("test_auc") if run is not None else None
-        what = f"AUC {auc:.4f}" if auc is not None else f"see {where}"
-        echo(f"[{len(result)}/{n_total}] {cell.name:<28} {status:<8} {what}  ({time.perf_counter() - started:.0f} s)")
-        if on_progress:
-            on_progress(len(result))
-
-    def ends() -> dict:
-        return gridruns.ended_children(exp_id, g.run_name)
-
-    before = {rid: r.info.end_time for rid, r in ends().items()}  # failed in an earlier pass: not ended in this one
-
-    def poll() -> None:  # cells that ended meanwhile, reported as they end (one query)
-        ended = {rid: r for rid, r in ends().items() if before.get(rid) != r.info.end_time}
-        for cell, rid in todo:
-            if cell.name not in result and rid in ended:
-                r = ended[rid]
-                report(cell, r, "FINISHED" if is_done(r) else r.info.status, str(logs))
-
-    def on_done(job: ChildProcess, code: int, seconds: float) -> None:
-        poll()
-        for cell, rid in job.cells:
-            if cell.name in result:
-                continue
-            run = tracking.get_run(rid)
-            holder = leases.holder_of(run)
-            if holder is not None and holder.pid != job.pid and leases.pid_alive(holder) is not False:
-                result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
-                echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
-                continue
-            close_left_running(rid, job.pid)  # the worker died with it
-            report(cell, tracking.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
-
-    def on_interrupt(job: ChildProcess) -> None:
-        for _, rid in job.cells:
-            close_left_running(rid, job.pid, "KILLED")
-
-    with signals_as_interrupt(), shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
-        base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
-                **packing.thread_env(workers), **gpu_env, **(packing.compile_cache_env() if n_gpus else {})}
-        base.pop("MLFLOW_RUN_ID", None)
-        jobs = []
-        for i, group in enumerate(groups):
-            env = dict(base)
-            if n_gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
-                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)  # one worker per GPU
-            job = ChildProcess(f"worker-{i}", worker_command(g, group, mode, at_once, stack_seeds), env, logs / f"worker-{i}.log", ROOT)
-            job.cells = group
-            jobs.append(job)
-        run_processes(jobs, workers, on_done, on_interrupt, on_poll=poll)
-    return result
 
 
 PACK_MODES = ("threads", "sequential", "processes")
@@ -394,6 +301,8 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused. ``rehearsal``:
     the grid's rehearsal (``grid.rehearsal``), under its own parent."""
     stacking(stack_seeds, False)  # a bad value refused before anything starts
+    if backend == "local":
+        LocalSpec(jobs, mps)  # the same
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT, rehearsal=rehearsal)
     if allow_dirty is None:
@@ -470,7 +379,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
                 last[0] = time.monotonic()
                 _publish(g)
 
-        summary.status = run_cells(g, todo, jobs, exp_id, echo, mps, on_progress=progress, stack_seeds=stack_seeds)
+        summary.status = run_cells(g, todo, LocalSpec(jobs, mps), exp_id, echo, on_progress=progress, stack_seeds=stack_seeds)
         _publish(g)
     final = ensure_children(g, parent, exp_id)
     n_done = sum(are_done(final.values()))

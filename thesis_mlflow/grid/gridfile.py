@@ -222,3 +222,10 @@ def load_grid(path: str | Path, scale: str = "full", base_dir: str | Path | None
         raise BadSetting(f"{path}: scales.{scale}: {e}") from e
     return g
 
+
+def by_configuration(todo: list[tuple[CellSpec, str]]) -> dict[CellSpec, list[tuple[CellSpec, str]]]:
+    """``todo`` grouped by configuration (the cell with seed 0 as key), seeds in order, configurations in the given order."""
+    out: dict[CellSpec, list[tuple[CellSpec, str]]] = {}
+    for cell, rid in todo:
+        out.setdefault(replace(cell, seed=0), []).append((cell, rid))
+    return {k: sorted(v, key=lambda cr: cr[0].seed) for k, v in out.items()}
