@@ -141,7 +141,7 @@ class Interval:
 
     estimate: float
     se: float
-    df: float  # of the seed part (pooled: the sum of the strata's n_s - 1); inf when only the test-set part is known
+    df: float  # of the seed part (pooled: the sum of the strata's n_s - 1; from their scatter: S - 1); inf when only the test-set part is known
     ci_low: float
     ci_high: float
     p_value: float  # two-sided, of "the contrast is zero", from the same t statistic
