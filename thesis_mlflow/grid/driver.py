@@ -301,8 +301,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     recorded on the parent); default from ``THESIS_MLFLOW_ALLOW_DIRTY``, else refused. ``rehearsal``:
     the grid's rehearsal (``grid.rehearsal``), under its own parent."""
     stacking(stack_seeds, False)  # a bad value refused before anything starts
-    if backend == "local":
-        LocalSpec(jobs, mps)  # the same
+    local = None if backend in ("condor", "slurm") else LocalSpec(jobs, mps)  # the same (every other backend runs here)
     path = resolve(grid_file)
     g = load_grid(path, scale, base_dir=ROOT, rehearsal=rehearsal)
     if allow_dirty is None:
@@ -332,7 +331,7 @@ def run_grid(grid_file: str, backend: str, scale: str, jobs: int, dry_run: bool,
     pid = parent.info.run_id
     # one driver per grid at a time (a second `grid run` refuses at once, naming the first)
     with leases.acquire_run(pid, f"grid {g.run_name} (parent run {pid})").kept():
-        return _drive(g, cells, parent, exp_id, backend, path, jobs, echo, mps, t0, stack_seeds)
+        return _drive(g, cells, parent, exp_id, backend, path, local, echo, t0, stack_seeds)
 
 
 # The parent's progress is a whole status query (every child, its metrics, its scores): ~0.7 s,
@@ -349,7 +348,7 @@ def _publish(g: Grid) -> None:
         log.warning("could not update the parent's progress: %s", e)
 
 
-def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, jobs: int, echo: Echo, mps: str,
+def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, path: Path, local: LocalSpec | None, echo: Echo,
            t0: float, stack_seeds: str = "auto") -> GridRun:
     pid = parent.info.run_id
     gridruns.mark_running(parent)
@@ -379,7 +378,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
                 last[0] = time.monotonic()
                 _publish(g)
 
-        summary.status = run_cells(g, todo, LocalSpec(jobs, mps), exp_id, echo, on_progress=progress, stack_seeds=stack_seeds)
+        summary.status = run_cells(g, todo, local, exp_id, echo, on_progress=progress, stack_seeds=stack_seeds)
         _publish(g)
     final = ensure_children(g, parent, exp_id)
     n_done = sum(are_done(final.values()))

@@ -107,10 +107,7 @@ class Grid:
         model is compiled once per configuration, not once per seed."""
         k = int(per_job if per_job is not None else self.condor.cells_per_job)
         cells = self.cells() if cells is None else cells
-        by_config: dict[CellSpec, list[CellSpec]] = {}  # insertion order: configurations in grid order
-        for c in cells:
-            by_config.setdefault(replace(c, seed=0), []).append(c)
-        configs = [sorted(seeds, key=lambda c: c.seed) for seeds in by_config.values()]
+        configs = [[c for c, _ in seeds] for seeds in by_configuration([(c, "") for c in cells]).values()]  # in grid order
         if k <= 1:
             return [[c] for seeds in configs for c in seeds]
         packs: list[list[CellSpec]] = []

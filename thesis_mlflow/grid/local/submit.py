@@ -27,11 +27,6 @@ from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import is_done
 
 log = logging.getLogger(__name__)
-Echo = Callable[[str], None]
-
-
-def _log_echo(msg: str) -> None:
-    log.info("%s", msg)
 
 
 def split_over_workers(todo: list[tuple[CellSpec, str]], workers: int) -> list[list[tuple[CellSpec, str]]]:
@@ -41,7 +36,6 @@ def split_over_workers(todo: list[tuple[CellSpec, str]], workers: int) -> list[l
     return [[cr for seeds in configs[i::workers] for cr in seeds] for i in range(workers)]
 
 
-
 def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_once: int = 1, stack_seeds: str = "auto") -> list[str]:
     """A worker process of the local backend: ``steps.grid pack`` over its share of the cells."""
     runs = ",".join(f"{c.name}={rid}" for c, rid in cells)
@@ -49,7 +43,7 @@ def worker_command(g: Grid, cells: list[tuple[CellSpec, str]], mode: str, at_onc
             "--at-once", str(at_once), "--stack-seeds", stack_seeds]
 
 
-def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id: str, echo: Echo = _log_echo,
+def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id: str, echo: Callable[[str], None],
               on_progress: Callable[[int], None] | None = None, stack_seeds: str = "auto") -> dict[str, str]:
     """Train ``todo`` (cell, child run id) with ``LocalSpec.jobs`` worker processes at once on this node;
     returns {cell name: final status}. Each worker imports and sets up once and trains its share
@@ -57,9 +51,8 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id
     workers share the node's GPU (under a private MPS daemon where one can be started and
     ``LocalSpec.mps`` allows it, ``shared_gpu``) and split its CPU threads. Results are reported as the
     cells end."""
-    parallel, mps = spec.jobs, spec.mps
     logs = outputs() / "outputs" / "grids" / g.run_name / "logs"
-    parallel = max(1, min(parallel, len(todo) or 1))
+    parallel = max(1, min(spec.jobs, len(todo) or 1))
     n_gpus = packing.gpu_count()
     result: dict[str, str] = {}
     n_total = len(todo)
@@ -108,7 +101,7 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id
         for _, rid in job.cells:
             close_left_running(rid, job.pid, "KILLED")
 
-    with signals_as_interrupt(), shared_gpu(mps if mode != "threads" else "off", workers) as gpu_env:
+    with signals_as_interrupt(), shared_gpu(spec.mps if mode != "threads" else "off", workers) as gpu_env:
         base = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_EXPERIMENT_ID": exp_id, "PYTHONUNBUFFERED": "1", WATCHED: "1",
                 **packing.thread_env(workers), **gpu_env, **(packing.compile_cache_env() if n_gpus else {})}
         base.pop("MLFLOW_RUN_ID", None)
@@ -122,5 +115,3 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id
             jobs.append(job)
         run_processes(jobs, workers, on_done, on_interrupt, on_poll=poll)
     return result
-
-
