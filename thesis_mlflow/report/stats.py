@@ -20,7 +20,7 @@ seed; its units are the matched sets, one per stratum (the other factors) and se
   the other at ``BETWEEN_GATE``), the seed part is taken from that scatter instead, with S - 1
   degrees of freedom (``pooled`` False). It sees the wild stratum in its *mean*, where the error
   is, not in its seed spread (at 2 seeds one degree of freedom, which Bartlett's test, the guard
-  before it, rarely caught: coverage 0.79 at 16x, and 0.90 with any spread-based guard). With 3 seeds a
+  before it, rarely caught: coverage 0.79 at 16x; no spread-based guard tried reached 0.93 at 8x or 16x). With 3 seeds a
   single cell has 2 degrees of freedom (t = 4.30): a percentile bootstrap of 3 values covered
   the truth in only ~84% of cells where seed noise dominates. Strata with one seed take the
   pooled seed variance of the others (``n_single`` says how many); with one seed everywhere
@@ -165,11 +165,8 @@ MIN_STRATA_BETWEEN = 4  # below, S - 1 degrees of freedom would be the collapse 
 class SeedPool(NamedTuple):
     """The seed spread of groups of units (each group: one stratum's, or one cell's, seeds)."""
 
-    raw: np.ndarray  # per group with more than one seed: the sample variance of its values
-    own: np.ndarray  # the share of it its units' own test-set errors make (in the test-set part already)
-    df: np.ndarray  # n - 1
-    pooled: float  # sum df (raw - own) / sum df, truncated at zero once
-    alike: bool  # Bartlett's test finds the groups' spreads alike (``_homogeneous``)
+    df: np.ndarray  # per group with more than one seed: n - 1
+    pooled: float  # sum df (raw - own) / sum df, truncated at zero once (raw: a group's sample variance; own: its test-set share)
 
 
 def seed_pool(groups: list[np.ndarray], v: np.ndarray, M: np.ndarray) -> SeedPool:
@@ -182,7 +179,7 @@ def seed_pool(groups: list[np.ndarray], v: np.ndarray, M: np.ndarray) -> SeedPoo
     own = np.array([(np.trace(M[np.ix_(i, i)]) - M[np.ix_(i, i)].sum() / len(i)) / (len(i) - 1) for i in multi])
     df = np.array([len(i) - 1 for i in multi], dtype=float)
     pooled = max(float((df * (raw - own)).sum() / df.sum()), 0.0) if multi else 0.0
-    return SeedPool(raw, own, df, pooled, _homogeneous([v[i] for i in multi]))
+    return SeedPool(df, pooled)
 
 
 def t_interval(units: Units, auc: np.ndarray, test_cov: np.ndarray, alpha: float = ALPHA,
@@ -506,8 +503,10 @@ def grid_seed_variance(cell_id: np.ndarray, auc: np.ndarray, cov: np.ndarray) ->
     groups = [g for g in (np.flatnonzero((cell_id == c) & ok) for c in np.unique(cell_id)) if len(g) > 1]
     if len(groups) < 2:
         return None
+    if not _homogeneous([auc[g] for g in groups]):
+        return None
     sp = seed_pool(groups, auc, np.asarray(cov))
-    return (sp.pooled, float(sp.df.sum())) if sp.alike else None
+    return sp.pooled, float(sp.df.sum())
 
 
 # --------------------------------------------------------------------------- the omnibus model
