@@ -23,6 +23,8 @@ import argparse
 import numpy as np
 from scipy import special
 
+from thesis_mlflow.report.stats import BETWEEN_GATE
+
 
 def coverage(v: np.ndarray, crit: float | None) -> tuple[float, float]:
     """Coverage of 0 and the median df over grids ``v`` (M, S, n); ``crit``: Cochran's critical share (None: pooled)."""
@@ -55,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grids", type=int, default=20000)
     ap.add_argument("--level", type=float, default=0.5, help="the guard's level under homogeneity")
-    ap.add_argument("--gate", type=float, default=0.9, help="the scatter guard's F quantile (report.stats.BETWEEN_GATE)")
+    ap.add_argument("--gate", type=float, default=BETWEEN_GATE, help="the scatter guard's F quantile (default: the report's)")
     args = ap.parse_args()
     rng = np.random.default_rng(1)
     for S in (6, 12):
