@@ -53,8 +53,8 @@ LONGEST_FIRST = ("test_slurm.py", "test_serve_safety.py", "test_stacked.py", "te
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids: after it they would be ignored
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("simulation"):
+            item.add_marker(pytest.mark.slow)  # simulations: thousands of simulated grids, not the quick loop either
     shared = {item.path for item in items if SHARED_SERVER & set(getattr(item, "fixturenames", ()))}
 
     def group(item) -> str:

@@ -307,6 +307,7 @@ def test_pack_resources_scale_with_cells_per_job(tmp_path):
     assert load_grid(p, "full", base_dir=ROOT).condor.request_cpus == 3
 
 
+@pytest.mark.slow  # starts processes: not in the quick loop (test-fast)
 def test_a_signalled_pack_stops_its_children(tmp_path):
     """SIGTERM to the process running cells (Condor removing the job) stops the children too."""
     code = f"""

@@ -69,6 +69,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 # --------------------------------------------------------------------------- telemetry
 
 
+@pytest.mark.slow  # starts processes: not in the quick loop (test-fast)
 def test_no_telemetry_thread_in_a_train_process(tmp_path, tiny_raw):
     """MLflow turns telemetry off by itself under CI; a user's shell has no CI variable."""
     hook = tmp_path / "hook"

@@ -55,6 +55,7 @@ def impostor():
     httpd.server_close()
 
 
+@pytest.mark.slow  # starts a server: not in the quick loop (test-fast)
 def test_a_foreign_listener_on_the_port_is_an_error_before_any_login_is_written(tmp_path, impostor, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
@@ -182,6 +183,7 @@ def _get(url, login=None, cafile=None):
         return e.code
 
 
+@pytest.mark.slow  # starts a server: not in the quick loop (test-fast)
 def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path, monkeypatch, impostor):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
@@ -239,6 +241,7 @@ def test_https_beyond_loopback_least_privilege_and_one_login_per_server(tmp_path
         a.stop()
 
 
+@pytest.mark.slow  # starts a server: not in the quick loop (test-fast)
 def test_a_backend_password_stays_off_command_lines_and_logs(tmp_path, monkeypatch):
     pg = devdb.start()
     try:
@@ -323,6 +326,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # starts a server: not in the quick loop (test-fast)
 def test_a_squatter_of_another_user_on_the_servers_port_gets_no_login(tmp_path, monkeypatch, tiny_raw):
     """The server is stopped; another user binds its port and answers 401 like MLflow does. A
     train job started now must send it nothing (the jobs' login least of all), fail at once

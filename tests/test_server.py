@@ -263,6 +263,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow  # starts a server: not in the quick loop (test-fast)
 def test_jobs_survive_a_server_restart(tmp_path, monkeypatch):
     """The server is SIGKILLed mid-run and restarted: the job rides out the outage and finishes, every epoch once."""
     assert tracking.retry_budget_s() >= 60

@@ -92,6 +92,7 @@ def test_each_stacked_seed_equals_that_seed_alone(splits, alone, tmp_path):
     assert ck["epoch"] == EPOCHS and ck["stream"]["seed"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "history"}
 
 
+@pytest.mark.slow  # torch.compile on the CPU (~7 s): not in the quick loop (test-fast)
 def test_the_compiled_stacked_step_gives_the_same_numbers(splits, alone, tmp_path):
     """The step as one torch.compile'd function (forward, backward, per-seed clipping and AdamW):
     traced here with the ``aot_eager`` backend (the graph the GPU compiles, without generating
