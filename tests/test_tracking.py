@@ -3,6 +3,8 @@ call, and a step's whole life against a store that refuses every write once."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -184,3 +186,22 @@ def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
     failed = [r for r in runs.values() if r.data.tags.get("step") == "compare"]
     assert [(r.info.status, r.data.tags[tracking.ERROR_CLASS]) for r in failed] == [("FAILED", "ValueError")]
     assert len(runs) == 3 and all(refused.values()), (len(runs), refused)  # nothing created twice; every kind of call was refused
+
+
+def test_a_runs_log_goes_up_after_an_epoch_at_most_every_log_every_s(monkeypatch):
+    """``upload_current_log`` (each epoch of a train run): nothing within ``LOG_EVERY_S`` of the
+    log's opening (a demo cell's epochs), an upload once that has passed, then nothing again
+    within it; ``upload_log`` (the run's end) always uploads (plants: no spacing -> an upload per
+    call; spacing on the final upload -> the end's log lost)."""
+    sent = []
+    monkeypatch.setattr(tracking, "log_artifact", lambda path, folder: sent.append((Path(path).name, folder)))
+    with tracking.RunLog("train") as rl:
+        monkeypatch.setattr(tracking, "stack", lambda: [rl])
+        tracking.upload_current_log()
+        assert sent == []
+        rl.uploaded -= tracking.LOG_EVERY_S + 1  # as if it opened longer ago than that (a thesis epoch)
+        tracking.upload_current_log()
+        tracking.upload_current_log()
+        assert sent == [("train.log", "logs")]
+        tracking.upload_log(rl)  # the end of the run: whatever the spacing
+        assert len(sent) == 2

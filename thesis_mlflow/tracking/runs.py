@@ -43,7 +43,7 @@ peer.install()  # every new loopback connection of this process is checked befor
 # Each run keeps its own log: a failed cell's cause is one click away in the MLflow UI.
 # While a step's run is active, every log record of its thread (the library's and MLflow's)
 # is also written to a file (``RunLog``) uploaded as ``logs/<step>.log``: when the caller asks
-# (``upload_current_log``, each epoch of a train run), and at the end, FAILED or not. A failure adds its traceback to
+# (``upload_current_log``, each epoch of a train run, at most every ``LOG_EVERY_S``), and at the end, FAILED or not. A failure adds its traceback to
 # the log and tags the run ``error.class`` and a one-line ``error.message``; ``grid status``
 # groups failed cells by them.
 
@@ -68,6 +68,7 @@ class RunLog:
         self.handler = logging.FileHandler(self.path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
         self.handler.setLevel(logging.INFO)
+        self.uploaded = time.monotonic()  # when it last went up, or opened (monotonic): ``upload_current_log`` spaces its uploads
         thread = threading.get_ident()  # cells trained side by side in threads: each run logs its own thread's records
         self.handler.addFilter(lambda record: record.thread == thread)
         root = logging.getLogger()
@@ -374,6 +375,7 @@ def upload_log(rl) -> None:
     the step, except with ``LeaseLost``: a run fenced to another process gets no upload)."""
     try:
         rl.handler.flush()
+        rl.uploaded = time.monotonic()
         log_artifact(rl.path, "logs")
     except LeaseLost:
         raise
@@ -381,10 +383,21 @@ def upload_log(rl) -> None:
         log.debug("log upload failed: %s", e)
 
 
+# A train run offers its log after every epoch; it goes up at most this often, counted from when
+# the log opened (and always at the run's end). A thesis epoch takes minutes, so each goes up; a
+# demo cell's sub-second epochs sent two uploads per cell that nobody could open before the final
+# one (72 cells: 144 of its ~4,200 requests, each a PUT of the whole file through the server).
+LOG_EVERY_S = 30.0
+
+
 def upload_current_log() -> None:
-    """This thread's innermost active step log, uploaded (a train run calls it every epoch)."""
+    """This thread's innermost active step log, uploaded (a train run calls it every epoch)
+    unless it opened or went up less than ``LOG_EVERY_S`` ago."""
     if stack():
-        upload_log(stack()[-1])
+        rl = stack()[-1]
+        if time.monotonic() - rl.uploaded < LOG_EVERY_S:
+            return
+        upload_log(rl)
 
 
 def log_failure(rl, e: BaseException) -> None:
