@@ -154,3 +154,18 @@ def test_rejection_figure_has_a_ratio_panel_and_its_header_clears_the_legend(tmp
     assert seen["legend_low"]  # in the lower half, nowhere near the header (plant: the old upper placement)
     lb = curves.learning_bands(runs.assign(name=runs["run_id"]), {r: [(1, 0.7), (2, 0.75)] for r in runs["run_id"]})
     assert figures.learning(lb, "g", tmp_path / "val_auc.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_a_point_infinite_each_way_in_two_cells_is_left_out_without_a_warning():
+    """One cell's ratio +inf and another's -inf at an efficiency (no background left in one curve,
+    then in the other: what a 2-seed demo's report printed as numpy's "invalid value encountered
+    in reduce"): the mean there is NaN, so no point, and nothing is printed; finite points are
+    the plain means (plant: the errstate dropped -> the warning, an error here)."""
+    import warnings
+
+    values = {("a",): np.array([[0.5, np.inf], [0.7, np.inf]]), ("b",): np.array([[0.9, -np.inf], [1.1, -np.inf]])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, lo, hi = curves._band(values, 0.05)
+    assert mean[0] == pytest.approx(0.8) and np.isnan(mean[1])
+    assert lo[0] < 0.8 < hi[0]

@@ -55,7 +55,8 @@ def _band(values: dict[tuple, np.ndarray], alpha: float) -> tuple[np.ndarray, np
     """Mean over cells of the mean over seeds, with its t interval from the within-cell spread.
     ``values``: cell -> (n_seeds, E)."""
     C = len(values)
-    means = np.mean([v.mean(0) for v in values.values()], axis=0)
+    with np.errstate(invalid="ignore"):  # inf + -inf (one cell's ratio infinite each way at an efficiency): NaN, no point there
+        means = np.mean([v.mean(0) for v in values.values()], axis=0)
     parts, dfs = [], []
     for v in values.values():
         if len(v) > 1:
