@@ -36,6 +36,7 @@ def main() -> None:
 @user_errors
 def info() -> None:
     from thesis_mlflow.secret import mask
+    from thesis_mlflow.tracking import queries
     from thesis_mlflow.tracking import runs as tracking
 
     exp_id = tracking.ensure_experiment()
@@ -44,7 +45,7 @@ def info() -> None:
     click.echo(f"experiment   : {tracking.experiment_name()} (id {exp_id})")
     for r in runs:
         click.echo(f"  {r.info.run_id[:8]}  {r.info.status:<9} {r.data.tags.get('step', '?'):<9} {r.info.run_name}")
-    click.echo(tracking.ui_hint(exp_id))
+    click.echo(queries.ui_hint(exp_id))
 
 
 @main.command("views", help="Write (or refresh) the saved MLflow UI views of a grid and print their links.")

@@ -23,10 +23,10 @@ def main(n_events: int, seed: int, output: str, no_log: bool) -> None:
     if run_id is None:
         click.echo(f"wrote {resolve(output)} (not logged)")
         return
-    from thesis_mlflow.tracking import runs as tracking
+    from thesis_mlflow.tracking import queries
 
     click.echo(f"generate run {run_id}: {resolve(output)}")
-    click.echo(tracking.ui_hint())
+    click.echo(queries.ui_hint())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import yaml
 from tests.conftest import login_from_home
 from thesis_mlflow.server import devdb
 from thesis_mlflow.server import process as server
-from thesis_mlflow.tracking import done, leases
+from thesis_mlflow.tracking import done, leases, queries
 from thesis_mlflow.tracking import runs as tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,15 +350,15 @@ def test_a_runs_artifacts_are_listed_and_fetched_at_its_own_location(server_exp,
         return real(self, method, url, *a, **k)
 
     monkeypatch.setattr(requests.sessions.Session, "request", counted)
-    assert tracking.artifact_paths(rid, "eval", run.info.artifact_uri) == ["eval/test_scores.npz"]
-    assert done.has_scores(rid, run.info.artifact_uri) and not tracking.has_artifact(rid, "eval/other.npz", run.info.artifact_uri)
+    assert queries.artifact_paths(rid, "eval", run.info.artifact_uri) == ["eval/test_scores.npz"]
+    assert done.has_scores(rid, run.info.artifact_uri) and not queries.has_artifact(rid, "eval/other.npz", run.info.artifact_uri)
     assert len(calls) == 3 and not any("logged-models" in u for u in calls), calls
     calls.clear()
-    assert tracking.artifact_paths(rid, "eval") == ["eval/test_scores.npz"]  # by id: the location asked once, then kept
-    assert tracking.artifact_paths(rid) == ["eval"]
+    assert queries.artifact_paths(rid, "eval") == ["eval/test_scores.npz"]  # by id: the location asked once, then kept
+    assert queries.artifact_paths(rid) == ["eval"]
     assert len(calls) == 3, calls
     calls.clear()
-    got = tracking.artifact_path(rid, "eval/test_scores.npz", dst=tmp_path / "dl")
+    got = queries.artifact_path(rid, "eval/test_scores.npz", dst=tmp_path / "dl")
     assert got.read_bytes() == b"scores" and got.parent.parent == tmp_path / "dl"
     # a listing and the file (and MLflow's own server-info, asked once per process before a first download)
     assert len([u for u in calls if "server-info" not in u]) == 2 and not any("logged-models" in u or "runs/get" in u for u in calls), calls

@@ -15,7 +15,7 @@ from thesis_mlflow.grid.condor.settings import memory_mb
 from thesis_mlflow.grid.gridfile import Grid
 from thesis_mlflow.learn import data
 from thesis_mlflow.spec import VQVAE_EPOCHS
-from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking import queries
 
 MB = 1 << 20
 FILES = {"checkpoint": ("checkpoints", "checkpoints/last.pt"), "scores": ("eval", "eval/test_scores.npz"), "log": ("logs", "logs/train.log")}
@@ -70,7 +70,7 @@ def full_sizes(g: Grid, n: dict[str, int]) -> dict[str, FullSize]:
 
 def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bool = False, jobs: int = 1) -> Measured:
     """The rehearsal's measurements of ``real``'s cells, each placed in its real pack."""
-    runs = tracking.search_all([exp_id], tracking.grid_filter(rehearsal.run_name, "train"), order_by=["attributes.start_time ASC"])
+    runs = queries.search_all([exp_id], queries.grid_filter(rehearsal.run_name, "train"), order_by=["attributes.start_time ASC"])
     by_tag: dict[str, object] = {}
     for r in runs:
         by_tag.setdefault(r.data.tags.get("grid.cell"), r)
@@ -88,7 +88,7 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
             continue
         sizes = {}
         for what, (folder, path) in FILES.items():
-            sizes[what] = tracking.artifact_sizes(r.info.run_id, folder, r.info.artifact_uri).get(path, 0) / MB
+            sizes[what] = queries.artifact_sizes(r.info.run_id, folder, r.info.artifact_uri).get(path, 0) / MB
         p = r.data.params
         for k in ("binning_run_id", "vqvae_run_id"):
             if p.get(k):
@@ -109,7 +109,7 @@ def measured(rehearsal: Grid, real: Grid, backend: str, exp_id: str, stacked: bo
 def upstream_cost(run_id: str, real: Grid, n_train: int) -> Upstream:
     """A rehearsal's binning or VQ-VAE run, and how much longer the real grid's pre-training trains
     (on ``n_train`` training events at most)."""
-    r = tracking.get_run(run_id)
+    r = queries.get_run(run_id)
     wall = max(0.0, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000)
     name = r.info.run_name or r.data.tags.get("mlflow.runName", run_id[:8])
     m, p = r.data.metrics, r.data.params

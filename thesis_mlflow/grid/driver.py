@@ -41,7 +41,7 @@ from thesis_mlflow.paths import ROOT, outputs, resolve
 from thesis_mlflow.pipeline import upstream
 from thesis_mlflow.pipeline.stack import SeedStack
 from thesis_mlflow.spec import BinningSpec, CellSpec, VQSpec
-from thesis_mlflow.tracking import leases, provenance, views
+from thesis_mlflow.tracking import leases, provenance, queries, views
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import are_done, is_done
 
@@ -213,7 +213,7 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
     if bad or not pairs:
         raise BadSetting(f"--runs must be cell=run_id pairs of cells of {g.run_name}; unknown or malformed: {bad or [runs]}")
     tracking.current_experiment_id()  # created once here, before cells side by side would race to create it
-    before = {rid: tracking.require_run(rid, "train") for _, rid in pairs}
+    before = {rid: queries.require_run(rid, "train") for _, rid in pairs}
     todo = [(by_name[name], rid) for name, rid in pairs if not is_done(before[rid])]
     on_gpu = device == "cuda" or packing.gpu_count() > 0
     if on_gpu:  # a pack on a GPU node trains on the GPU or fails loudly, never on the CPU by default
@@ -238,12 +238,12 @@ def run_pack(grid_file: str, scale: str, runs: str, echo: Echo = _log_echo, mps:
             except KeyboardInterrupt:
                 if not caught.time_limit:
                     raise
-                now = {rid: tracking.get_run(rid) for _, rid in todo}
+                now = {rid: queries.get_run(rid) for _, rid in todo}
                 progressed = any(int(now[rid].data.metrics.get("epoch", 0)) > int(before[rid].data.metrics.get("epoch", 0)) or is_done(now[rid])
                                  for _, rid in todo)
                 requeue_self(progressed, slurm_requeues or 0, echo)  # raises when it will not
                 return {name: "REQUEUED" for name, _ in pairs}
-    failed = [name for name, rid in pairs if not is_done(tracking.get_run(rid))]
+    failed = [name for name, rid in pairs if not is_done(queries.get_run(rid))]
     if failed:
         raise StepFailed(f"{len(failed)} of {len(pairs)} cells not finished: {', '.join(failed)} (a retry resumes them)")
     echo(f"{MARK} DONE: all {len(pairs)} cells of the pack finished")
@@ -261,7 +261,7 @@ def run_cells_processes(g: Grid, todo: list[tuple[CellSpec, str]], echo: Echo, m
         rid = job.env["MLFLOW_RUN_ID"]
         if code != 0 and code != LeaseHeld.exit_code:
             close_left_running(rid, job.pid)
-        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else tracking.get_run(rid).info.status
+        result[job.key] = "ELSEWHERE" if code == LeaseHeld.exit_code else queries.get_run(rid).info.status
         echo(f"{job.key:<28} {result[job.key]}  ({seconds:.0f} s)")
 
     with shared_gpu(mps, len(todo)) as gpu_env:
@@ -386,7 +386,7 @@ def _drive(g: Grid, cells: list[CellSpec], parent, exp_id: str, backend: str, pa
     gridruns.end_parent(pid, n_done, len(cells), close=not elsewhere)  # cells trained by other processes: it stays RUNNING for them
     echo(f"grid {g.run_name}: {n_done}/{len(cells)} cells finished in {time.perf_counter() - t0:.0f} s"
          + (f"; {len(elsewhere)} being trained by other processes" if elsewhere else ""))
-    echo(tracking.ui_hint(exp_id))
+    echo(queries.ui_hint(exp_id))
     views.echo_views(g.run_name, exp_id, echo)
     summary.n_finished = n_done
     return summary

@@ -19,7 +19,7 @@ from thesis_mlflow.grid.gridfile import Grid, load_grid
 from thesis_mlflow.grid.rehearsal import TAG as REHEARSAL_TAG
 from thesis_mlflow.paths import ROOT
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases, provenance
+from thesis_mlflow.tracking import leases, provenance, queries
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def rehearsal_tags(g: Grid) -> dict[str, str]:
 
 def find_parent(grid_name: str, exp_id: str):
     """The grid's parent run (the oldest with its ``grid.name``), or None."""
-    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name, "grid"),
+    runs = tracking.client().search_runs([exp_id], queries.grid_filter(grid_name, "grid"),
                                          order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
@@ -124,7 +124,7 @@ def ensure_children(g: Grid, parent, exp_id: str) -> dict[CellSpec, object]:
 
 def ended_children(exp_id: str, grid_name: str) -> dict[str, object]:
     """The grid's child runs that have ended (FINISHED, FAILED, KILLED), by run id: one query."""
-    runs = tracking.client().search_runs([exp_id], tracking.grid_filter(grid_name), max_results=5000)
+    runs = tracking.client().search_runs([exp_id], queries.grid_filter(grid_name), max_results=5000)
     return {r.info.run_id: r for r in runs if r.info.status in ("FINISHED", "FAILED", "KILLED")}
 
 
@@ -177,8 +177,8 @@ def close_parent(data, n_missing: int) -> None:
 def grid_of(parent):
     """The grid its parent run logged (its grid file at the run's scale), or None if unreadable."""
     try:
-        files = tracking.artifact_paths(parent.info.run_id, "grid", parent.info.artifact_uri)
-        path = tracking.artifact_path(parent.info.run_id, files[0])
+        files = queries.artifact_paths(parent.info.run_id, "grid", parent.info.artifact_uri)
+        path = queries.artifact_path(parent.info.run_id, files[0])
         return load_grid(path, parent.data.params.get("scale_name", parent.data.tags.get("grid.scale", "full")), base_dir=ROOT)
     except Exception as e:  # noqa: BLE001 - an unreadable grid file: the runs that exist are what is known
         log.warning("could not read the grid file of parent %s (%s)", parent.info.run_id, e)

@@ -25,7 +25,7 @@ from thesis_mlflow.grid.gridfile import load_grid
 from thesis_mlflow.paths import ROOT, resolve
 from thesis_mlflow.secret import mask
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import provenance
+from thesis_mlflow.tracking import provenance, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import finished
 
@@ -162,7 +162,7 @@ def _duration(s: float) -> str:
 
 def last_log_lines(run_id: str, n: int) -> list[str]:
     try:
-        path = tracking.artifact_path(run_id, "logs/train.log")
+        path = queries.artifact_path(run_id, "logs/train.log")
         return Path(path).read_text(errors="replace").splitlines()[-n:]
     except Exception:  # noqa: BLE001 - no log uploaded (killed before its first epoch)
         return []
@@ -290,7 +290,7 @@ def publish_after_cell(run_id: str) -> None:
     a local driver (``WATCHED`` set) the driver does it and the cell leaves it alone."""
     if os.environ.get(WATCHED):
         return
-    r = tracking.get_run(run_id)
+    r = queries.get_run(run_id)
     name = r.data.tags.get("grid.name")
     if name and r.data.tags.get("mlflow.parentRunId"):
         publish(grid_status(name, scheduler_max_age_s=SCHEDULER_EVERY_S))

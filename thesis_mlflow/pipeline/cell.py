@@ -25,7 +25,7 @@ from thesis_mlflow.learn.training import evaluate, fit, resolve_device, resolve_
 from thesis_mlflow.pipeline.costs import CostMeter, tensor_bytes
 from thesis_mlflow.pipeline.inputs import build_inputs
 from thesis_mlflow.spec import FACTORS, CellSpec, cell_name, cell_tag
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import leases, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import has_results
 
@@ -164,7 +164,7 @@ def _plain(d: dict) -> dict:
 
 def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: dict, info, name: str, lease, stack,
                   meter: CostMeter) -> str:
-    existing = tracking.get_run(run_id)
+    existing = queries.get_run(run_id)
     if has_results(existing):
         log.info("run %s already has its test metrics and scores: nothing to do", run_id)
         return run_id
@@ -177,12 +177,12 @@ def _train_logged(run_id: str, model, tens: dict, tcfg, params: dict, factors: d
     if not existing.inputs.dataset_inputs:
         src = Path(info.binned_file or info.data)
         tracking.log_file_input(src, data.sha256(src), name=src.name, context="training")
-    logged_epochs = {step for step, _ in tracking.metric_history(run_id, "val_auc")}
+    logged_epochs = {step for step, _ in queries.metric_history(run_id, "val_auc")}
     with tempfile.TemporaryDirectory(prefix="thesis-train-") as tmp:  # local checkpoint copies, gone afterwards
         work = Path(tmp)
         resume = None
-        if tracking.has_artifact(run_id, "checkpoints"):
-            resume = tracking.artifact_path(run_id, CHECKPOINT, dst=work / "resume")
+        if queries.has_artifact(run_id, "checkpoints"):
+            resume = queries.artifact_path(run_id, CHECKPOINT, dst=work / "resume")
             log.info("resuming run %s from its checkpoint", run_id)
         if info.scaler is not None:
             tracking.log_dict(info.scaler, "model/scaler.json")

@@ -19,6 +19,7 @@ from thesis_mlflow.learn import data
 from thesis_mlflow.learn import prebinned as cmp
 from thesis_mlflow.learn.binning import Binning
 from thesis_mlflow.paths import resolve
+from thesis_mlflow.tracking import queries
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,10 @@ def resolve_ours(ours: str) -> Path:
     if p.is_file():
         return p
     if len(ours) == 32 and all(ch in "0123456789abcdef" for ch in ours):
-        arts = tracking.artifact_paths(ours, "binned")
+        arts = queries.artifact_paths(ours, "binned")
         if not arts:
             raise BadInput(f"run {ours} has no binned/ artifact (is it a binning run?)")
-        return tracking.artifact_path(ours, arts[0])
+        return queries.artifact_path(ours, arts[0])
     raise MissingInput(f"--ours {ours}: neither a file nor a binning run id")
 
 

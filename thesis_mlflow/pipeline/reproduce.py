@@ -25,7 +25,7 @@ import numpy as np
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.pipeline.cell import train_cell
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import provenance
+from thesis_mlflow.tracking import provenance, queries
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -81,17 +81,17 @@ def spec_of(run) -> object:
     if p["tokenizer"] == "binned_ambre":
         kw["binned_path"] = p.get("binned_file", "")
     if p.get("binning_run_id") and "n_bins" not in p:  # older runs: the binning's settings are on the binning run
-        b = tracking.get_run(p["binning_run_id"]).data.params
+        b = queries.get_run(p["binning_run_id"]).data.params
         kw |= {"n_bins": int(b["n_bins"]), "phi": b["phi"], "fit_on": b["fit_on"]}
     return CellSpec(**kw)
 
 
 def _scores(run_id: str) -> np.ndarray:
-    return np.load(tracking.artifact_path(run_id, "eval/test_scores.npz"))["scores"].astype(np.float64)
+    return np.load(queries.artifact_path(run_id, "eval/test_scores.npz"))["scores"].astype(np.float64)
 
 
 def reproduce(run_id: str) -> Verdict:
-    old = tracking.require_run(run_id, "train")
+    old = queries.require_run(run_id, "train")
     spec = spec_of(old)
     if old.data.params.get("rng_stream") != spec.train_config().stream.id:
         raise BadInput(f"run {run_id} drew from random stream {old.data.params.get('rng_stream')} (scheme "

@@ -21,7 +21,7 @@ from thesis_mlflow.learn import data, synthetic
 from thesis_mlflow.learn.binning import Binning, write_binned
 from thesis_mlflow.paths import ROOT, resolve
 from thesis_mlflow.spec import DEFAULT_DATA, BinningSpec, RunStream, VQSpec
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import leases, queries
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _binned_file_of(run) -> Path:
     if out.is_file() and data.sha256(out) == run.data.params.get("output_sha256"):
         log.info("reusing binning run %s (%s)", run.info.run_id, out)
         return out
-    local = tracking.artifact_path(run.info.run_id, f"binned/{out.name}")
+    local = queries.artifact_path(run.info.run_id, f"binned/{out.name}")
     log.info("reusing binning run %s (artifact %s)", run.info.run_id, local)
     return local
 
@@ -213,7 +213,7 @@ def run_vqvae(o: VQSpec, use_env: bool = True, run_id: str | None = None, lease=
 
 def _vqvae_file_of(run) -> Path:
     log.info("reusing vqvae run %s", run.info.run_id)
-    return tracking.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
+    return queries.artifact_path(run.info.run_id, VQVAE_ARTIFACT)
 
 
 # --------------------------------------------------------------------------- found or made once
@@ -243,6 +243,6 @@ def load_vqvae(run_id: str):
     from thesis_mlflow.learn.features import Scaler  # lazy: torch, only for a VQ-VAE
     from thesis_mlflow.learn.vqvae import load_payload  # lazy: torch, only for a VQ-VAE
 
-    tracking.require_run(run_id, "vqvae")
-    payload = safeload.load(tracking.artifact_path(run_id, VQVAE_ARTIFACT))
+    queries.require_run(run_id, "vqvae")
+    payload = safeload.load(queries.artifact_path(run_id, VQVAE_ARTIFACT))
     return load_payload(payload), Scaler.from_dict(payload["scaler"])

@@ -26,8 +26,8 @@ from thesis_mlflow.paths import outputs
 from thesis_mlflow.report import answer, charts, curves, documents, results, stats, tables
 from thesis_mlflow.report.equivalence import MARGIN, check_margin
 from thesis_mlflow.secret import mask
+from thesis_mlflow.tracking import queries, views
 from thesis_mlflow.tracking import runs as tracking
-from thesis_mlflow.tracking import views
 from thesis_mlflow.tracking.done import finished_rows
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,14 @@ def collect(grid: str) -> ReportData:
         {"tokenizer": r.tokenizer, "pooling": r.pooling, "met": r.met, "vect": r.vect, "seed": r.seed} for r in runs.itertuples()]
     binning = []
     for rid in sorted({x for x in runs["binning_run_id"].dropna() if x}):
-        b = tracking.get_run(rid)
+        b = queries.get_run(rid)
         binning.append({"run_id": rid, "vect": b.data.params.get("vect"), "phi": b.data.params.get("phi"), "fit_on": b.data.params.get("fit_on"),
                         **{k: v for k, v in b.data.metrics.items() if k.startswith("pop_")}})
     vq = {}
     for rid in sorted({x for x in runs["vqvae_run_id"].dropna() if x}):
-        v = tracking.get_run(rid)
+        v = queries.get_run(rid)
         vq[f"vect={v.data.params.get('vect')} K={v.data.params.get('codebook_size')}"] = {
-            k: tracking.metric_history(rid, k) for k in ("codebook_usage", "perplexity")}
+            k: queries.metric_history(rid, k) for k in ("codebook_usage", "perplexity")}
     return ReportData(runs=runs, scores=scores, histories=hist, expected=expected, binning=pd.DataFrame(binning), vqvae=vq, parent=parent,
                       margin=g.report.get("margin") if g is not None else None)
 
@@ -228,6 +228,6 @@ def run_report(grid: str, out_dir: str | None = None, n_boot: int = tables.N_BOO
     echo(f"  {out / 'summary.html'}  (effects.csv, summary.tex, figures/*.pdf beside it)")
     if len(data.runs):
         exp_id = tracking.current_experiment_id()
-        echo(tracking.ui_hint(exp_id))
+        echo(queries.ui_hint(exp_id))
         views.echo_views(grid, exp_id, echo)
     return out

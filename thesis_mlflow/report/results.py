@@ -25,7 +25,7 @@ import pandas as pd
 from thesis_mlflow import spec
 from thesis_mlflow.errors import BadInput
 from thesis_mlflow.secret import mask
-from thesis_mlflow.tracking import provenance
+from thesis_mlflow.tracking import provenance, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import finished_rows
 
@@ -37,7 +37,7 @@ PAGE = 1000
 
 def _experiment_ids(experiment: str | None) -> list[str]:
     name = experiment or tracking.experiment_name()
-    exp = tracking.experiment_by_name_or_id(name)
+    exp = queries.experiment_by_name_or_id(name)
     if exp is None:
         raise BadInput(f"no experiment {name!r} at {mask(tracking.tracking_uri())}")
     return [exp.experiment_id]
@@ -45,14 +45,14 @@ def _experiment_ids(experiment: str | None) -> list[str]:
 
 def search_all(filter_string: str, experiment: str | None = None, order_by: list[str] | None = None) -> list:
     """Every run matching ``filter_string``, page by page."""
-    return tracking.search_all(_experiment_ids(experiment), filter_string, order_by, page=PAGE)
+    return queries.search_all(_experiment_ids(experiment), filter_string, order_by, page=PAGE)
 
 
 def grid_runs(grid: str, experiment: str | None = None) -> pd.DataFrame:
     """One row per cell run of ``grid`` (its ``grid.name`` tag): the factors, status, run id,
     the bookkeeping params and every final metric (one column each)."""
     rows = []
-    for r in search_all(tracking.grid_filter(grid), experiment, order_by=["attributes.start_time ASC"]):
+    for r in search_all(queries.grid_filter(grid), experiment, order_by=["attributes.start_time ASC"]):
         p = r.data.params
         rows.append({
             "run_id": r.info.run_id, "name": r.info.run_name or r.data.tags.get("mlflow.runName", r.info.run_id[:8]),
@@ -81,7 +81,7 @@ def histories(grid: str, metric: str = "val_auc", experiment: str | None = None,
     ``runs``: the grid's ``grid_runs`` when already queried."""
     runs = grid_runs(grid, experiment) if runs is None else runs
     with ThreadPoolExecutor(FETCH_THREADS) as pool:  # one request per run: in parallel
-        hists = list(pool.map(lambda rid: tracking.metric_history(rid, metric), runs["run_id"]))
+        hists = list(pool.map(lambda rid: queries.metric_history(rid, metric), runs["run_id"]))
     rows = []
     for r, hist in zip(runs.itertuples(), hists, strict=True):
         for step, value in hist:
@@ -115,7 +115,7 @@ def _fetch_scores(run_id: str, finished: bool) -> dict[str, np.ndarray]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="thesis-scores-") as tmp:
-        local = tracking.artifact_path(run_id, SCORES, dst=tmp)
+        local = queries.artifact_path(run_id, SCORES, dst=tmp)
         out = _load(local)
         if finished:
             import shutil
@@ -129,7 +129,7 @@ def _fetch_scores(run_id: str, finished: bool) -> dict[str, np.ndarray]:
 def test_scores(run_id: str) -> dict[str, np.ndarray]:
     """A train run's ``eval/test_scores.npz``: ``labels`` (1 signal, 0 background), ``scores``
     (signal probability) and, where logged, ``process`` (original label 1-5), one per test event."""
-    run = tracking.require_run(run_id, "train")
+    run = queries.require_run(run_id, "train")
     return _fetch_scores(run_id, run.info.status == "FINISHED")
 
 

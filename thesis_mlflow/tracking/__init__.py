@@ -2,8 +2,8 @@
 (``steps/`` aside, which only start runs through ``runs.step_run``). May import ``learn``'s pure
 helpers, ``errors``, ``spec`` and ``secret``; never ``pipeline``, ``grid``, ``report`` or ``server``.
 
-- ``runs``: the client with retries, experiments, runs and each run's own log, reuse of upstream
-  runs, artifacts
+- ``runs``: the client with retries, experiments, step runs, fenced writes, each run's own log
+- ``queries``: reading runs, metrics, artifacts and searches (reuse of upstream runs included)
 - ``provenance``: which code, environment and device made a run
 - ``done``: when a train run counts as finished (``is_done``, the one rule)
 - ``leases``: who works on a run, decided by the server (claims, beats, fencing)

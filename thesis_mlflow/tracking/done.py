@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from thesis_mlflow.tracking.runs import has_artifact
+from thesis_mlflow.tracking.queries import has_artifact
 
 SCORES = "eval/test_scores.npz"
 FINAL_METRIC = "test_auc"

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import mlflow
 
 from thesis_mlflow.errors import LeaseHeld, LeaseLost, StepFailed
+from thesis_mlflow.tracking import queries
 from thesis_mlflow.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ def find_or_claim(step: str, params: dict, run_name: str, poll_s: float = 2.0, h
     exp_id = tracking.current_experiment_id()
     key = claim_key(step, params)
     me = holder or Holder.here()
-    find = find or (lambda exp: tracking.find_finished_run(step, params, exp))
+    find = find or (lambda exp: queries.find_finished_run(step, params, exp))
     mine: str | None = None
     waiting: Lease | None = None  # our own claim run, kept visibly alive while we wait
     failed: set[str] = set()

@@ -1,7 +1,7 @@
-"""Everything that talks to MLflow (with ``steps/``): store, experiment, runs, reuse, inputs;
-which code made a run is ``provenance``'s, when a train run counts as finished ``done``'s (the one
-rule). Sections, in order: each run's own log; the store, experiment and step runs; fencing,
-logging and queries.
+"""Writing to MLflow (with ``steps/``): the store and its retried client, the experiment, step
+runs, fenced writes, inputs and each run's own log; reading is ``queries``', which code made a
+run ``provenance``'s, when a train run counts as finished ``done``'s (the one rule). Sections, in
+order: each run's own log; the store, experiment and step runs; fencing and writes.
 
 Conventions (docs/design.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`` or
 ``sqlite:///mlflow.db`` in the working directory; experiment ``4t-tokenization`` unless
@@ -11,7 +11,6 @@ Conventions (docs/design.md section 5): tracking URI from ``MLFLOW_TRACKING_URI`
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -322,7 +321,7 @@ def end_run(run_id: str, status) -> None:
     detach_run()
 
 
-# --------------------------------------------------------------------------- fencing, logging and queries
+# --------------------------------------------------------------------------- fencing and writes
 
 # A run this process writes under a lease (a train run, an upstream claim, a grid's parent) is
 # fenced: before each write batch to it (params, metrics, tags, artifacts, the log, the final
@@ -497,73 +496,8 @@ class _Retried:
         return lambda *args, **kwargs: retrying(fn, *args, **kwargs)
 
 
-def get_run(run_id: str):
-    return client().get_run(run_id)
-
-
-def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of a metric, by step."""
-    return [(m.step, m.value) for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
-def artifact_paths(run_id: str, folder: str | None = None, artifact_uri: str | None = None) -> list[str]:
-    """The run's artifacts directly under ``folder`` (paths from the run's root), listed at the
-    run's own artifact location: one request. (MLflow's ``list_artifacts(run_id)`` goes through
-    ``runs:/``, which also fetches the run and searches its logged models: three requests per
-    listing, ~8 of a demo cell's ~50.) ``artifact_uri``: the run's, when the caller has the run."""
-    return [a.path for a in _artifact_repo(artifact_uri or _artifact_root(run_id)).list_artifacts(folder)]
-
-
-def artifact_sizes(run_id: str, folder: str | None = None, artifact_uri: str | None = None) -> dict[str, int]:
-    """{path: bytes} of the run's files directly under ``folder`` (one request, as ``artifact_paths``)."""
-    return {a.path: int(a.file_size or 0) for a in _artifact_repo(artifact_uri or _artifact_root(run_id)).list_artifacts(folder)
-            if not a.is_dir}
-
-
-def _artifact_repo(root: str):
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    return get_artifact_repository(root, tracking_uri=tracking_uri())
-
-
-@functools.lru_cache(maxsize=4096)
-def _artifact_root(run_id: str) -> str:
-    """A run's artifact location (fixed when the run is created: safe to keep)."""
-    return client().get_run(run_id).info.artifact_uri
-
-
-def experiment_by_name_or_id(name: str):
-    """An experiment by name (or, for a number, by id); None when there is none."""
-    c = client()
-    exp = c.get_experiment_by_name(name)
-    if exp is None and name.isdigit():
-        exp = c.get_experiment(name)
-    return exp
-
-
-def search_all(experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None, page: int = 1000) -> list:
-    """Every run matching ``filter_string``, page by page (``page`` runs per request)."""
-    c = client()
-    out, token = [], None
-    while True:
-        runs = c.search_runs(experiment_ids, filter_string, max_results=page, order_by=order_by, page_token=token)
-        out.extend(runs)
-        token = runs.token
-        if not token:
-            return out
-
-
-def experiment_tags(experiment_id: str) -> dict[str, str]:
-    return dict(client().get_experiment(experiment_id).tags or {})
-
-
 def set_experiment_tag(experiment_id: str, key: str, value: str) -> None:
     client().set_experiment_tag(experiment_id, key, value)
-
-
-def has_artifact(run_id: str, path: str, artifact_uri: str | None = None) -> bool:
-    """Whether the run has an artifact (file or folder) at ``path``."""
-    return path in artifact_paths(run_id, path.rsplit("/", 1)[0] if "/" in path else None, artifact_uri)
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
@@ -623,58 +557,3 @@ def log_file_input(path: str | Path, digest: str, name: str | None = None, conte
     # Jobs started together (a pack of cells, a Condor wave) insert the same new dataset at once;
     # the losers get a unique-constraint error. The row exists then: the next try links to it.
     retrying(mlflow.log_input, ds, context=context, transient=(*TRANSIENT, "UNIQUE constraint", "duplicate key"))
-
-
-def quote(value: str) -> str:
-    """A value inside a single-quoted search_runs filter string."""
-    return str(value).replace("'", "\\'")
-
-
-def find_finished_run(step: str, params: dict, experiment_id: str | None = None) -> mlflow.entities.Run | None:
-    """A FINISHED run of ``step`` whose params equal ``params`` (all of them), newest first.
-
-    This is how steps are reused instead of recomputed (mlflow's multistep_workflow pattern).
-    """
-    c = client()
-    exp_id = experiment_id or current_experiment_id()
-    filt = [f"tags.step = '{step}'", "attributes.status = 'FINISHED'"]
-    filt += [f"params.{k} = '{quote(fmt(v))}'" for k, v in params.items()]
-    runs = c.search_runs([exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def grid_filter(grid: str, step: str = "train") -> str:
-    """The runs of one grid (its ``grid.name`` tag) of one step: its cells (train) or its parent (grid)."""
-    return f"tags.`grid.name` = '{quote(grid)}' and tags.step = '{step}'"
-
-
-def require_run(run_id: str, step: str | None = None) -> mlflow.entities.Run:
-    """The run ``run_id``, or a one-line ValueError naming it (and the step it should be)."""
-    try:
-        run = client().get_run(run_id)
-    except mlflow.exceptions.MlflowException as e:
-        raise BadInput(f"run {run_id!r} not found at {mask(tracking_uri())} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
-    if step and run.data.tags.get("step") != step:
-        raise BadInput(f"run {run_id} is not a {step} run (its step tag is {run.data.tags.get('step')!r})")
-    return run
-
-
-def artifact_path(run_id: str, path: str, dst: str | Path | None = None) -> Path:
-    """Local path of a run's artifact (downloaded when the store is remote), fetched from the
-    run's own artifact location (not through ``runs:/``: see ``artifact_paths``)."""
-    if dst is not None:
-        Path(dst).mkdir(parents=True, exist_ok=True)
-    # no ``dst``: a local store's file itself, a remote one's copy in a new temporary folder (as MLflow's own)
-    return Path(_artifact_repo(_artifact_root(run_id)).download_artifacts(path, dst_path=str(dst) if dst else None))
-
-
-def ui_hint(experiment_id: str | None = None) -> str:
-    """How to look at the runs: the runs table URL (3.x opens on a GenAI overview otherwise)."""
-    uri = tracking_uri()
-    exp = experiment_id or ensure_experiment()
-    if uri.startswith("http"):
-        return f"MLflow UI: {uri.rstrip('/')}/#/experiments/{exp}/runs"
-    return (
-        f"mlflow ui --backend-store-uri {uri} --port 5000   then open "
-        f"http://127.0.0.1:5000/#/experiments/{exp}/runs"
-    )

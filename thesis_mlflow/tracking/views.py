@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thesis_mlflow.spec import FACTORS
+from thesis_mlflow.tracking import queries
 from thesis_mlflow.tracking import runs as tracking
 
 TAG_PREFIX = "mlflow.sharedViewState."
@@ -52,7 +53,7 @@ def grid_views(grid: str) -> list[View]:
     # test AUC first, then the factors: the figure the user came for within the first screen
     columns = [_metric("test_auc"), *(_param(k) for k in (*FACTORS, "seed")), *(_metric(k) for k in METRICS if k != "test_auc"),
                _param("n_params"), _param("n_params_embedding")]
-    base = {"searchFilter": tracking.grid_filter(grid), "orderByKey": _metric("test_auc"), "orderByAsc": False, "selectedColumns": columns,
+    base = {"searchFilter": queries.grid_filter(grid), "orderByKey": _metric("test_auc"), "orderByAsc": False, "selectedColumns": columns,
             "columnOrder": columns,
             "runsHiddenMode": "SHOW_ALL"}  # charts plot every cell of the grid, not MLflow's default first 10 runs
     views = [View(f"{ID_PREFIX}{slug}-cells", f"{NAME_PREFIX} {grid}: cells by test AUC", base)]
@@ -109,7 +110,7 @@ def url(base_uri: str, experiment_id: str, view: View) -> str:
 
 def write_views(grid: str, experiment_id: str) -> dict[str, str]:
     """Write (or update in place) the grid's views and the experiment's kind; returns {view name: link}."""
-    tags = tracking.experiment_tags(experiment_id)
+    tags = queries.experiment_tags(experiment_id)
     if tags.get(KIND_TAG) != KIND:
         tracking.set_experiment_tag(experiment_id, KIND_TAG, KIND)
     out = {}

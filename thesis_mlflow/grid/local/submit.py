@@ -22,7 +22,7 @@ from thesis_mlflow.grid.signals import signals_as_interrupt
 from thesis_mlflow.grid.status import WATCHED
 from thesis_mlflow.paths import ROOT, outputs
 from thesis_mlflow.spec import CellSpec
-from thesis_mlflow.tracking import leases
+from thesis_mlflow.tracking import leases, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import is_done
 
@@ -88,14 +88,14 @@ def run_cells(g: Grid, todo: list[tuple[CellSpec, str]], spec: LocalSpec, exp_id
         for cell, rid in job.cells:
             if cell.name in result:
                 continue
-            run = tracking.get_run(rid)
+            run = queries.get_run(rid)
             holder = leases.holder_of(run)
             if holder is not None and holder.pid != job.pid and leases.pid_alive(holder) is not False:
                 result[cell.name] = "ELSEWHERE"  # another process trains it (a second grid run, a DAG job): not ours to mark
                 echo(f"[{len(result)}/{n_total}] {cell.name:<28} ELSEWHERE trained by another process ({holder.describe()})")
                 continue
             close_left_running(rid, job.pid)  # the worker died with it
-            report(cell, tracking.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
+            report(cell, queries.get_run(rid), "FAILED" if run.info.status != "SCHEDULED" else "NOT RUN", str(job.log))
 
     def on_interrupt(job: ChildProcess) -> None:
         for _, rid in job.cells:
