@@ -9,6 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from thesis_mlflow.tracking import runs as tracking
+from thesis_mlflow.tracking.runlog import ERROR_CLASS, RunLog
 
 
 def _flaky(errors: list[str]):
@@ -79,7 +80,7 @@ def test_run_logs_open_in_threads_leave_the_callers_log_level_as_it_was():
         opened, proceed, closed, texts = [threading.Event(), threading.Event()], threading.Event(), [threading.Event(), threading.Event()], {}
 
         def step(i: int) -> None:
-            runlog = tracking.RunLog(f"step{i}")
+            runlog = RunLog(f"step{i}")
             opened[i].set()
             if i == 0:
                 opened[1].wait(10)
@@ -184,7 +185,7 @@ def test_a_steps_runs_and_leases_ride_out_an_overloaded_server(overloaded):
     assert runs[rid].info.status == "FINISHED" and runs[rid].data.metrics["test_auc"] == 0.8
     assert runs[rid].data.tags[leases.ENDED] == "1" and runs[lease.run_id].data.tags[leases.ENDED] == "1"
     failed = [r for r in runs.values() if r.data.tags.get("step") == "compare"]
-    assert [(r.info.status, r.data.tags[tracking.ERROR_CLASS]) for r in failed] == [("FAILED", "ValueError")]
+    assert [(r.info.status, r.data.tags[ERROR_CLASS]) for r in failed] == [("FAILED", "ValueError")]
     assert len(runs) == 3 and all(refused.values()), (len(runs), refused)  # nothing created twice; every kind of call was refused
 
 
@@ -195,7 +196,7 @@ def test_a_runs_log_goes_up_after_an_epoch_at_most_every_log_every_s(monkeypatch
     call; spacing on the final upload -> the end's log lost)."""
     sent = []
     monkeypatch.setattr(tracking, "log_artifact", lambda path, folder: sent.append((Path(path).name, folder)))
-    with tracking.RunLog("train") as rl:
+    with RunLog("train") as rl:
         monkeypatch.setattr(tracking, "stack", lambda: [rl])
         tracking.upload_current_log()
         assert sent == []

@@ -28,6 +28,7 @@ from thesis_mlflow.spec import CellSpec
 from thesis_mlflow.tracking import provenance, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import finished
+from thesis_mlflow.tracking.runlog import ERROR_CLASS, ERROR_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _cell_state(cell, r) -> CellState:
         state = NOT_STARTED
     return CellState(cell.name, state, r.info.run_id, int(m.get("epoch", 0)), int(p.get("epochs", cell.epochs) or cell.epochs),
                      m.get("events_per_s"), int(p["n_train_events"]) if p.get("n_train_events") else None, m.get("test_auc"),
-                     t.get(tracking.ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(tracking.ERROR_MESSAGE),
+                     t.get(ERROR_CLASS) or (status if state == FAILED and status == "KILLED" else None), t.get(ERROR_MESSAGE),
                      code=provenance.code_label(t) if state != NOT_STARTED else None, killed=status == "KILLED")
 
 

@@ -28,6 +28,7 @@ from thesis_mlflow.spec import FACTORS, CellSpec, cell_name, cell_tag
 from thesis_mlflow.tracking import leases, queries
 from thesis_mlflow.tracking import runs as tracking
 from thesis_mlflow.tracking.done import has_results
+from thesis_mlflow.tracking.runlog import RunLog
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
@@ -72,7 +73,7 @@ def _train_cell(spec: CellSpec, run_id: str | None, stack, on_end) -> str:
         if lease is None:
             cell = _prepare(spec, tcfg, meter)  # standalone: bad input is refused before any run exists
         else:
-            with tracking.RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
+            with RunLog("train") as early:  # the run exists (the lease beats): a failure here is recorded on it
                 try:
                     cell = _prepare(spec, tcfg, meter)
                 except Exception as e:

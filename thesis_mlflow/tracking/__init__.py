@@ -2,7 +2,8 @@
 (``steps/`` aside, which only start runs through ``runs.step_run``). May import ``learn``'s pure
 helpers, ``errors``, ``spec`` and ``secret``; never ``pipeline``, ``grid``, ``report`` or ``server``.
 
-- ``runs``: the client with retries, experiments, step runs, fenced writes, each run's own log
+- ``runs``: the client with retries, experiments, step runs, fenced writes, the run log's uploads
+- ``runlog``: each run's own log file (its thread's records, the root logger's level)
 - ``queries``: reading runs, metrics, artifacts and searches (reuse of upstream runs included)
 - ``provenance``: which code, environment and device made a run
 - ``done``: when a train run counts as finished (``is_done``, the one rule)
